@@ -1,0 +1,79 @@
+"""The ``augreg-nb`` command: the notebooks' jobs, headless.
+
+Each sub-command lives next to the code it drives: a module that offers commands defines
+``register_cli(subparsers)`` and attaches a handler with ``parser.set_defaults(func=...)``.
+The handler takes the parsed ``argparse.Namespace`` and returns an exit code.
+
+    augreg-nb report --out augreg-report   # the offline main job: catalogue + paper figures
+    augreg-nb index --model B/16           # recommended checkpoints, filters
+    augreg-nb fetch NAME                   # resolve a checkpoint to a local file
+    augreg-nb figures --out DIR            # every reproducible paper figure as PNG/SVG/HTML
+    augreg-nb finetune --preset smoke      # the paper's fine-tuning recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from augreg_nb import __version__
+
+#: Modules that contribute sub-commands, in the order they are listed in ``--help``.
+COMMAND_MODULES = (
+    "augreg_nb.report",
+    "augreg_nb.index",
+    "augreg_nb.sources",
+    "augreg_nb.figures",
+    "augreg_nb.train",
+    "augreg_nb.inference",
+    "augreg_nb.envinfo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="augreg-nb",
+        description="Choose, fetch, fine-tune and re-check the AugReg ViT checkpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"augreg-nb {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        module = importlib.import_module(name)
+        register = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, PermissionError) as err:
+        # Expected, explained failures: print the message (which names the fix), no traceback.
+        if args.verbose:
+            raise
+        print(f"augreg-nb {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
