@@ -1,0 +1,226 @@
+"""Image pre-processing of the AugReg transfer protocol, as TensorFlow ops.
+
+The same functions run eagerly (one image in a notebook) and inside ``tf.data`` pipelines,
+and give identical results for the same seed because every random choice is a *stateless*
+op driven by an explicit seed.
+
+Training (big_vision ``configs/transfer.py``, the default ``mode="inception_crop"``)::
+
+    uint8 image -> inception crop (random 5%..100% of the area, aspect ratio 3/4..4/3)
+                -> bilinear resize to resolution x resolution -> random horizontal flip
+                -> x / 127.5 - 1
+
+Evaluation (``mode="resize_crop"``)::
+
+    uint8 image -> resize the short side to eval_resize_size(resolution) (448 for 384,
+                   256 for 224) -> centre crop resolution x resolution -> x / 127.5 - 1
+
+The simpler variant of the vit_jax repository is available as ``mode="random_crop"``
+(resize the whole image to eval_resize_size(resolution) squared, then a random
+resolution x resolution crop and flip) and ``mode="resize"`` for evaluation (plain resize
+to resolution x resolution). As in big_vision, every resize returns to uint8 (clipped and
+truncated) before the value range is applied, so outputs are multiples of 1/127.5 minus 1.
+
+Usage::
+
+    from augreg_nb.preprocess import prepare_images, train_preprocess, eval_preprocess
+    batch = prepare_images(["cat.jpg", pil_image, uint8_array], 224)  # (3, 224, 224, 3)
+    x = train_preprocess(image_uint8, 224, seed=(0, 17))               # tf.Tensor
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODES = ("inception_crop", "random_crop")
+EVAL_MODES = ("resize_crop", "resize")
+#: Inception crop: fraction of the image area and aspect ratio range (big_vision defaults).
+AREA_RANGE = (0.05, 1.0)
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+#: Short side before the centre crop, for the resolutions the paper uses.
+_EVAL_RESIZE = {224: 256, 384: 448}
+
+
+def import_tf():
+    """Import TensorFlow with every accelerator hidden from it (JAX owns GPUs and TPUs).
+
+    Safe to call many times; if TensorFlow had already initialised its devices, the hiding
+    is skipped with a debug message (it then already runs wherever it was placed).
+    """
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError) as err:  # devices already initialised / no such kind
+            log.debug("could not hide %s devices from TensorFlow: %s", kind, err)
+    return tf
+
+
+def eval_resize_size(resolution: int) -> int:
+    """Short side before the centre crop: 448 for 384, 256 for 224, else resolution * 8/7."""
+    if resolution <= 0:
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+    return _EVAL_RESIZE.get(int(resolution), int(round(resolution * 8 / 7)))
+
+
+def as_seed(seed: Any):
+    """A stateless-op seed (int32 tensor of shape [2]) from an int, a pair or a tensor."""
+    tf = import_tf()
+    if isinstance(seed, int | np.integer):
+        return tf.constant([int(seed), 0], tf.int32)
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
+        raise ValueError(f"seed must be an int or a pair of ints, got shape {seed.shape}")
+    return tf.cast(seed, tf.int32)
+
+
+def _check_image(image):
+    tf = import_tf()
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        raise ValueError(
+            f"expected a uint8 image with values 0..255, got dtype {image.dtype.name}; decode "
+            "with tf.io.decode_image(..., channels=3) or convert with np.asarray(img, np.uint8)"
+        )
+    if image.shape.rank != 3 or image.shape[-1] not in (3, None):
+        raise ValueError(f"expected an image of shape (height, width, 3), got {image.shape}")
+    return image
+
+
+def _resize_uint8(image, size, method: str):
+    """Resize like big_vision: float resize, clip to 0..255, cast (truncate) to uint8."""
+    tf = import_tf()
+    resized = tf.image.resize(image, size, method=method, antialias=False)
+    return tf.cast(tf.clip_by_value(resized, 0.0, 255.0), tf.uint8)
+
+
+def value_range(image):
+    """uint8 0..255 -> float32 in [-1, 1] (x / 127.5 - 1), the AugReg input range."""
+    tf = import_tf()
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "inception_crop"):
+    """Training augmentation for one uint8 image (H, W, 3) -> float32 (r, r, 3) in [-1, 1].
+
+    ``seed`` is an int or a pair of ints (a tensor inside tf.data); the same seed gives the
+    same crop and flip eagerly and in a pipeline. ``mode`` is ``"inception_crop"`` (paper,
+    big_vision) or ``"random_crop"`` (vit_jax's simpler variant).
+    """
+    tf = import_tf()
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown train pre-processing mode {mode!r}; use one of {TRAIN_MODES}")
+    image = _check_image(image_uint8)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), 2))
+    if mode == "inception_crop":
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
+            seed=crop_seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=ASPECT_RATIO_RANGE,
+            area_range=AREA_RANGE,
+            use_image_if_no_bounding_boxes=True,
+        )
+        crop = tf.slice(image, begin, size)
+        crop.set_shape([None, None, 3])
+        image = _resize_uint8(crop, (resolution, resolution), "bilinear")
+    else:
+        big = eval_resize_size(resolution)
+        image = _resize_uint8(image, (big, big), "bilinear")
+        image = tf.image.stateless_random_crop(image, (resolution, resolution, 3), crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return value_range(image)
+
+
+def eval_preprocess(image_uint8, resolution: int, mode: str = "resize_crop"):
+    """Deterministic evaluation pre-processing: uint8 (H, W, 3) -> float32 (r, r, 3).
+
+    ``"resize_crop"`` (paper): resize the short side to ``eval_resize_size(resolution)``
+    with area interpolation, keeping the aspect ratio, then crop the centre.
+    ``"resize"`` (vit_jax): bilinear resize of the whole image to resolution x resolution.
+    """
+    tf = import_tf()
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown eval pre-processing mode {mode!r}; use one of {EVAL_MODES}")
+    image = _check_image(image_uint8)
+    if mode == "resize":
+        return value_range(_resize_uint8(image, (resolution, resolution), "bilinear"))
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    factor = tf.cast(eval_resize_size(resolution), tf.float32) / tf.cast(
+        tf.minimum(h, w), tf.float32
+    )
+    new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * factor), tf.int32)
+    new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * factor), tf.int32)
+    image = _resize_uint8(image, tf.stack([new_h, new_w]), "area")
+    top = (new_h - resolution) // 2
+    left = (new_w - resolution) // 2
+    image = tf.image.crop_to_bounding_box(image, top, left, resolution, resolution)
+    return value_range(image)
+
+
+def decode_image(encoded):
+    """Decode JPEG/PNG/GIF/BMP bytes to a uint8 (H, W, 3) tensor (grey becomes RGB)."""
+    tf = import_tf()
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _to_uint8_array(item: Any) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(item, str | Path):
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except OSError as err:
+            raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+    if isinstance(item, Image.Image):
+        return np.asarray(item.convert("RGB"), dtype=np.uint8)
+    array = np.asarray(item)
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 pixels 0..255, got an array of dtype {array.dtype}; if the values "
+            "are in [0, 1], pass (array * 255).round().astype(np.uint8)"
+        )
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W, 3), got {array.shape}")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array[..., :3]
+
+
+def prepare_images(images: Any, resolution: int, mode: str = "resize_crop") -> np.ndarray:
+    """Images ready for a model: float32 array (N, resolution, resolution, 3) in [-1, 1].
+
+    ``images`` is one image or a sequence of them; each may be a file path, a PIL image or
+    a uint8 array (H, W, 3). A uint8 array of shape (N, H, W, 3) is a batch. The evaluation
+    pre-processing (``mode``, see ``eval_preprocess``) is applied to each image.
+    """
+    from PIL import Image
+
+    if isinstance(images, str | Path | Image.Image):
+        items: Sequence[Any] = [images]
+    elif isinstance(images, np.ndarray):
+        items = list(images) if images.ndim == 4 else [images]
+    else:
+        items = list(images)
+    if not items:
+        raise ValueError("prepare_images got no images")
+    out = [np.asarray(eval_preprocess(_to_uint8_array(x), resolution, mode)) for x in items]
+    return np.stack(out).astype(np.float32)
