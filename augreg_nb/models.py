@@ -1,0 +1,494 @@
+"""Vision Transformers and ResNet+ViT hybrids whose parameters are named like the AugReg files.
+
+The ten AugReg architectures (and two tiny ones for tests) are registered by their paper
+names. A model is a Flax Linen module that maps NHWC float32 images in [-1, 1] to logits:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from augreg_nb.models import create_model, get_model_config
+    >>> model = create_model("Ti/16", num_classes=10)
+    >>> get_model_config("Ti/16").grid_size(224)
+    14
+    >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    >>> logits = model.apply({"params": params}, jnp.zeros((2, 224, 224, 3)), train=False)
+    >>> logits.shape
+    (2, 10)
+
+The parameter tree uses the names of the published ``.npz`` files, with their "old" Flax
+numbering inside each encoder block (``LayerNorm_0``, ``MultiHeadDotProductAttention_1``,
+``LayerNorm_2``, ``MlpBlock_3``), so ``augreg_nb.checkpoint.load`` hands a file's arrays to
+the module unchanged (GroupNorm parameters aside, which Flax keeps as ``(C,)``).
+
+Numerics follow the authors' reference: LayerNorm eps 1e-6, attention heads of 64 features,
+GELU in its tanh approximation, a class token, learned position embeddings, no pre-logits
+layer, and for hybrids a ResNet-v2 stem with weight-standardised convolutions and GroupNorm
+(32 groups, eps 1e-6), "SAME" padding. For speed on CPU the patch embedding is computed as a
+reshape plus one matrix multiply (the same sum as the strided convolution) and the query,
+key and value projections as one fused matrix multiply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: The ten AugReg architectures, in the paper's order.
+AUGREG_MODELS = (
+    "Ti/16", "S/16", "S/32", "B/16", "B/32", "B/8", "L/16", "R+Ti/16", "R26+S/32", "R50+L/32",
+)
+#: Tiny configurations for tests and the notebooks' smoke mode.
+TESTING_MODELS = ("testing", "testing-hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one registered model.
+
+    Attributes:
+      name: registry name ("B/16", "R26+S/32", "testing", ...).
+      file_prefix: how filenames spell the model ("R26_S_32"); None for testing models.
+      patch_size: side of the square patches the embedding cuts (after the stem, if any).
+      hidden_size: width of the token representation.
+      num_layers: number of encoder blocks.
+      num_heads: attention heads (hidden_size / 64 for every AugReg model).
+      mlp_dim: hidden width of each block's MLP.
+      resnet_layers: units per ResNet stage for hybrids (``()`` = stem only); None for ViT.
+      resnet_width: channels of the ResNet stem (stage i has ``width * 2**i`` bottleneck
+        channels and four times that at its output).
+    """
+
+    name: str
+    file_prefix: str | None
+    patch_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    resnet_layers: tuple[int, ...] | None = None
+    resnet_width: int = 64
+
+    @property
+    def is_hybrid(self) -> bool:
+        return self.resnet_layers is not None
+
+    def feature_size(self, resolution: int) -> int:
+        """Side of the feature map the patch embedding sees (the stem's output for hybrids)."""
+        side = int(resolution)
+        if self.is_hybrid:
+            # conv_root (stride 2) and max-pool (stride 2), then one stride 2 per later stage,
+            # all with "SAME" padding: each halves the side, rounding up.
+            for _ in range(2 + max(len(self.resnet_layers) - 1, 0)):
+                side = -(-side // 2)
+        return side
+
+    def grid_size(self, resolution: int) -> int:
+        """Side of the token grid at ``resolution`` px (R+Ti/16 at 224 -> 7)."""
+        grid = self.feature_size(resolution) // self.patch_size
+        if grid < 1:
+            raise ValueError(
+                f"{resolution} px is too small for {self.name} (patch {self.patch_size}); "
+                "use a larger resolution"
+            )
+        return grid
+
+    def resolution_for_grid(self, grid: int) -> int:
+        """The smallest resolution whose token grid is ``grid`` (224 for 14 with /16)."""
+        stride = self.patch_size * (2 ** (2 + max(len(self.resnet_layers) - 1, 0))
+                                    if self.is_hybrid else 1)
+        return grid * stride
+
+
+def _vit(name, prefix, patch, width, layers, mlp, resnet=None):
+    return ModelConfig(name, prefix, patch, width, layers, width // 64, mlp, resnet)
+
+
+_REGISTRY: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        _vit("Ti/16", "Ti_16", 16, 192, 12, 768),
+        _vit("S/16", "S_16", 16, 384, 12, 1536),
+        _vit("S/32", "S_32", 32, 384, 12, 1536),
+        _vit("B/16", "B_16", 16, 768, 12, 3072),
+        _vit("B/32", "B_32", 32, 768, 12, 3072),
+        _vit("B/8", "B_8", 8, 768, 12, 3072),
+        _vit("L/16", "L_16", 16, 1024, 24, 4096),
+        # R+Ti/16: stem only (4x smaller), then 8x8 patches: 32x in total, like a /32 grid.
+        _vit("R+Ti/16", "R_Ti_16", 8, 192, 12, 768, resnet=()),
+        _vit("R26+S/32", "R26_S_32", 1, 384, 12, 1536, resnet=(2, 2, 2, 2)),
+        _vit("R50+L/32", "R50_L_32", 1, 1024, 24, 4096, resnet=(3, 4, 6, 3)),
+        ModelConfig("testing", None, 8, 32, 2, 2, 48),
+        ModelConfig("testing-hybrid", None, 1, 32, 2, 2, 48, resnet_layers=(1, 1)),
+    )
+}
+
+
+def list_models() -> tuple[str, ...]:
+    """Every registered name: the ten AugReg models, then the testing ones."""
+    return AUGREG_MODELS + TESTING_MODELS
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """The registered configuration for a paper name ("B/16") or file prefix ("B_16")."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for config in _REGISTRY.values():
+        if config.file_prefix == name:
+            return config
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}."
+    )
+
+
+def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype: Any = None,
+                 dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0):
+    """A Linen module for model ``name`` with a ``num_classes``-way head.
+
+    ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` on accelerators) and
+    ``param_dtype`` the dtype of the parameters; both default to float32, the published
+    numerics. Dropout rates default to 0 (the fine-tuning protocol's value).
+    """
+    config = get_model_config(name)
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return VisionTransformer(
+        config=config,
+        num_classes=int(num_classes),
+        dtype=dtype or jnp.float32,
+        param_dtype=param_dtype or jnp.float32,
+        dropout_rate=dropout_rate,
+        attention_dropout_rate=attention_dropout_rate,
+    )
+
+
+def abstract_params(name: str, num_classes: int = 21843, resolution: int = 224) -> dict:
+    """The parameter tree as ``jax.ShapeDtypeStruct`` leaves, without allocating memory."""
+    model = create_model(name, num_classes)
+    images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images
+    )
+    return dict(variables["params"])
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a parameter tree (arrays or shape structs as leaves)."""
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)))
+
+
+def count_params(name: str, num_classes: int = 21843, resolution: int = 224) -> int:
+    """Parameter count of a registered model (21,843-class head at 224 px by default)."""
+    return param_count(abstract_params(name, num_classes, resolution))
+
+
+def describe(names: Sequence[str] | None = None) -> list[dict]:
+    """One row per model (name, patch, width, depth, heads, MLP, ResNet stages, params)."""
+    rows = []
+    for name in names or AUGREG_MODELS:
+        c = get_model_config(name)
+        rows.append({
+            "model": c.name, "patch_size": c.patch_size, "hidden_size": c.hidden_size,
+            "num_layers": c.num_layers, "num_heads": c.num_heads, "mlp_dim": c.mlp_dim,
+            "resnet_layers": c.resnet_layers, "params_21k_224": count_params(name),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Linen modules. Module names are the published parameter names.
+
+Dtype = Any
+_xavier = nn.initializers.xavier_uniform
+
+
+class _Projection(nn.Module):
+    """Holds the kernel and bias of one attention projection (query/key/value/out).
+
+    The kernel keeps the published ``DenseGeneral`` shape, e.g. (hidden, heads, 64) for the
+    query; the attention module fuses the projections into one matrix multiply.
+    """
+
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    in_axes: tuple[int, ...]
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        axes = tuple(range(len(self.kernel_shape)))
+        out_axes = tuple(a for a in axes if a not in self.in_axes)
+        init = _xavier(in_axis=self.in_axes, out_axis=out_axes)
+        kernel = self.param("kernel", init, self.kernel_shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype)
+        return kernel, bias
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with Flax's ``MultiHeadDotProductAttention`` parameters."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        n, length, width = x.shape
+        heads = self.num_heads
+        if width % heads:
+            raise ValueError(f"hidden size {width} is not divisible by {heads} heads")
+        depth = width // heads
+        kernels, biases = [], []
+        for name in ("query", "key", "value"):
+            k, b = _Projection((width, heads, depth), (heads, depth), (0,), self.param_dtype,
+                               name=name)()
+            kernels.append(k.reshape(width, heads * depth))
+            biases.append(b.reshape(heads * depth))
+        out_kernel, out_bias = _Projection((heads, depth, width), (width,), (0, 1),
+                                           self.param_dtype, name="out")()
+        # One (width x 3*width) matrix multiply instead of three.
+        w_qkv = jnp.concatenate(kernels, axis=1).astype(self.dtype)
+        b_qkv = jnp.concatenate(biases).astype(self.dtype)
+        qkv = (x.astype(self.dtype) @ w_qkv + b_qkv).reshape(n, length, 3, heads, depth)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = q / jnp.sqrt(depth).astype(self.dtype)
+        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+        weights = jax.nn.softmax(logits, axis=-1)
+        if not deterministic and self.dropout_rate > 0:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, heads * depth)
+        w_out = out_kernel.reshape(heads * depth, width).astype(self.dtype)
+        return out @ w_out + out_bias.astype(self.dtype)
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU (tanh approximation) -> Dense, named ``Dense_0`` and ``Dense_1``."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        bias_init = nn.initializers.normal(stddev=1e-6)
+        y = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=_xavier(), bias_init=bias_init, name="Dense_0")(x)
+        y = nn.gelu(y, approximate=True)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=_xavier(), bias_init=bias_init, name="Dense_1")(y)
+        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LayerNorm transformer block with the published (old) sub-module numbering."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_0", **kw)(x)
+        y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                               name="MultiHeadDotProductAttention_1", **kw)(
+            y, deterministic=deterministic)
+        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_2", **kw)(x)
+        y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, name="MlpBlock_3", **kw)(
+            y, deterministic=deterministic)
+        return x + y
+
+
+class PositionEmbedding(nn.Module):
+    """Adds the learned position table ``pos_embedding`` of shape (1, tokens, hidden)."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (1, x.shape[1], x.shape[2])
+        if self.has_variable("params", "pos_embedding"):
+            have = self.get_variable("params", "pos_embedding").shape
+            if tuple(have) != shape:
+                raise ValueError(
+                    f"the position embeddings have {have[1]} rows but the images give "
+                    f"{shape[1]} tokens (class token + grid); load the checkpoint for this "
+                    "resolution: augreg_nb.checkpoint.load(path, resolution=...)"
+                )
+        table = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape,
+                           self.param_dtype)
+        return x + table.astype(x.dtype)
+
+
+class Encoder(nn.Module):
+    """Position embedding, ``num_layers`` blocks and the final LayerNorm (``Transformer``)."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = PositionEmbedding(self.param_dtype, name="posembed_input")(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        for i in range(self.num_layers):
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
+                             self.dropout_rate, self.attention_dropout_rate,
+                             name=f"encoderblock_{i}")(x, deterministic=not train)
+        return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name="encoder_norm")(x)
+
+
+def standardize_kernel(kernel):
+    """Weight standardisation: minus the mean, divided by std + 1e-5 over (H, W, in)."""
+    kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+    return kernel / (jnp.std(kernel, axis=(0, 1, 2), keepdims=True) + 1e-5)
+
+
+class StdConv(nn.Module):
+    """Bias-free convolution with a weight-standardised kernel and "SAME" padding."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        kernel = standardize_kernel(kernel.astype(jnp.float32)).astype(self.dtype)
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel, self.strides, "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class ResidualUnit(nn.Module):
+    """ResNet-v2 bottleneck unit (conv1 1x1, conv2 3x3 with the stride, conv3 1x1)."""
+
+    features: int
+    strides: tuple[int, int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        gn = {"num_groups": 32, "epsilon": 1e-6, **kw}
+        residual = x
+        if x.shape[-1] != self.features * 4 or self.strides != (1, 1):
+            residual = StdConv(self.features * 4, (1, 1), self.strides, name="conv_proj",
+                               **kw)(x)
+            residual = nn.GroupNorm(name="gn_proj", **gn)(residual)
+        y = StdConv(self.features, (1, 1), name="conv1", **kw)(x)
+        y = nn.relu(nn.GroupNorm(name="gn1", **gn)(y))
+        y = StdConv(self.features, (3, 3), self.strides, name="conv2", **kw)(y)
+        y = nn.relu(nn.GroupNorm(name="gn2", **gn)(y))
+        y = StdConv(self.features * 4, (1, 1), name="conv3", **kw)(y)
+        y = nn.GroupNorm(name="gn3", scale_init=nn.initializers.zeros, **gn)(y)
+        return nn.relu(residual + y)
+
+
+class ResNetStage(nn.Module):
+    """``units`` bottleneck units named ``unit1``, ``unit2``, ...; the first one strides."""
+
+    units: int
+    features: int
+    first_stride: tuple[int, int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        for j in range(self.units):
+            stride = self.first_stride if j == 0 else (1, 1)
+            x = ResidualUnit(self.features, stride, name=f"unit{j + 1}", **kw)(x)
+        return x
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patches -> tokens, the same sum as a stride-``patch`` VALID conv.
+
+    The kernel keeps the convolution's shape (patch, patch, in, hidden); the computation is
+    a reshape of the image into patches and a single matrix multiply, which is faster on CPU.
+    """
+
+    hidden_size: int
+    patch_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch_size
+        n, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (p, p, c, self.hidden_size), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), self.param_dtype)
+        gh, gw = h // p, w // p
+        x = x[:, : gh * p, : gw * p, :].astype(self.dtype)
+        if p > 1:
+            x = x.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(n, gh * gw, p * p * c)
+        tokens = x @ kernel.reshape(p * p * c, self.hidden_size).astype(self.dtype)
+        return tokens + bias.astype(self.dtype)
+
+
+class VisionTransformer(nn.Module):
+    """ViT (or ResNet+ViT hybrid) classifier on the class token; AugReg parameter names."""
+
+    config: ModelConfig
+    num_classes: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, images, *, train: bool = False):
+        cfg = self.config
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"expected NHWC RGB images of shape (batch, height, width, 3), got "
+                f"{images.shape}; prepare them with augreg_nb.preprocess.prepare_images"
+            )
+        x = images.astype(self.dtype)
+        if cfg.is_hybrid:
+            width = cfg.resnet_width
+            x = StdConv(width, (7, 7), (2, 2), name="conv_root", **kw)(x)
+            x = nn.GroupNorm(num_groups=32, epsilon=1e-6, name="gn_root", **kw)(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            for i, units in enumerate(cfg.resnet_layers):
+                stride = (1, 1) if i == 0 else (2, 2)
+                x = ResNetStage(units, width * 2**i, stride, name=f"block{i + 1}", **kw)(x)
+        x = PatchEmbedding(cfg.hidden_size, cfg.patch_size, name="embedding", **kw)(x)
+        n, _, c = x.shape
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
+        x = Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.dtype, self.param_dtype,
+                    self.dropout_rate, self.attention_dropout_rate, name="Transformer")(
+            x, train=train)
+        logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head",
+                          **kw)(x[:, 0])
+        return logits.astype(jnp.float32)
