@@ -1,0 +1,277 @@
+"""Fine-tuning configurations: the paper's transfer recipe as a locked, documented config.
+
+``get_config(preset)`` returns a locked :class:`ml_collections.ConfigDict`; every field is
+explained where it is defined below. A misspelt field fails loudly with "did you mean".
+
+    from augreg_nb.config import get_config, preset_for
+    config = get_config("cifar100-2500-0.01-384")   # task-steps-lr-resolution, from the sweep
+    config = preset_for("oxford_iiit_pet", steps=500, lr=0.003, resolution=224,
+                        checkpoint="R26+S/32")
+    config = get_config("smoke")                    # seconds on CPU: tiny model, fake
+                                                     # checkpoint, tiny real-image dataset
+    config.base_lr = 0.03                           # fields are typed and checked
+    apply_overrides(config, ["micro_batches=4", "workdir=/tmp/run"])  # what --set does
+
+The command line takes the same presets and overrides::
+
+    augreg-nb finetune --preset cifar100-2500-0.01-384 --set micro_batches=16 --workdir runs/c100
+
+The recipe itself (identical for every task, see ``data/``'s protocol notes): SGD with
+momentum 0.9 (momentum kept in bfloat16), gradients clipped at global norm 1.0, no weight
+decay, global batch 512, linear warm-up then cosine decay to zero, softmax cross-entropy,
+zero-initialised head.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Iterable
+
+import ml_collections
+from ml_collections import config_dict
+
+#: Task -> the two run lengths of the published sweep (steps).
+SWEEP_LENGTHS: dict[str, tuple[int, ...]] = {
+    "cifar100": (2500, 10000),
+    "oxford_iiit_pet": (500, 2500),
+    "resisc45": (2500, 10000),
+    "kitti": (500, 2500),
+    "imagenet2012": (20000,),
+}
+#: Learning rates of the published sweep (the index holds all four for every task).
+SWEEP_LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)
+#: Resolutions of the published sweep.
+SWEEP_RESOLUTIONS: tuple[int, ...] = (224, 384)
+#: Warm-up steps by run length (the paper's Table 4).
+WARMUP_BY_STEPS: dict[int, int] = {500: 100, 2500: 200, 10000: 500, 20000: 500}
+
+#: Model used when ``checkpoint`` names no model ("B/16" = its recommended i21k upstream).
+DEFAULT_CHECKPOINT = "B/16"
+#: The special checkpoint value of the smoke preset: a fake checkpoint of the given model,
+#: written in the published layout by ``augreg_nb.testing.checkpoints`` into the workdir.
+FAKE_CHECKPOINT_PREFIX = "fake:"
+#: Name of the tiny real-image task used by the smoke preset (scikit-learn's digits).
+SMOKE_TASK = "digits"
+
+
+def warmup_for(total_steps: int) -> int:
+    """Warm-up steps the paper uses for a run of ``total_steps`` (Table 4).
+
+    Lengths outside the table get 10% warm-up (at least 1 step).
+    """
+    if total_steps in WARMUP_BY_STEPS:
+        return WARMUP_BY_STEPS[total_steps]
+    return max(1, total_steps // 10)
+
+
+def _base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # What to fine-tune. A model name ("B/16": its recommended i21k upstream from the
+    # index), an upstream or fine-tuned AugReg filename, a path to a .npz / timm
+    # .safetensors file, or "fake:<model>" for a fake checkpoint in the published layout.
+    c.checkpoint = DEFAULT_CHECKPOINT
+    # Model architecture ("B/16", "R26+S/32", "testing", ...). None: inferred from the
+    # checkpoint's name.
+    c.model = config_dict.placeholder(str)
+    # Task to fine-tune on: a TFDS name of the sweep (cifar100, oxford_iiit_pet, resisc45,
+    # kitti, imagenet2012) or another name known to augreg_nb.tasks.get_task.
+    c.task = "cifar100"
+    # Training and evaluation image side in pixels (224 or 384 in the sweep).
+    c.resolution = 384
+    # Peak learning rate after warm-up (sweep: 0.001, 0.003, 0.01, 0.03).
+    c.base_lr = 0.01
+    # Number of optimiser steps; each sees global_batch images.
+    c.total_steps = 2500
+    # Linear warm-up steps before the cosine decay (Table 4: 500->100, 2500->200, 10k->500).
+    c.warmup_steps = 200
+    # Images per optimiser step, summed over all devices, hosts and micro-batches (512).
+    c.global_batch = 512
+    # Gradient-accumulation steps per optimiser step: each device processes
+    # global_batch / (devices * micro_batches) images at a time. Raise it to fit memory;
+    # the result does not depend on it. global_batch must divide by devices * micro_batches.
+    c.micro_batches = 8
+    # Seed of the data order and augmentation; batch k is a function of (seed, k) only.
+    c.seed = 0
+    # Evaluate on val and test every this many steps (0: only at the end).
+    c.eval_every = 500
+    # Save the full training state (params, momentum, step) every this many steps (0: only
+    # at the end and when stopped); a rerun with the same workdir resumes from it.
+    c.checkpoint_every = 500
+    # Record training loss, learning rate and speed every this many steps.
+    c.log_every = 10
+    # Folder of the run (state, metrics history, exported .npz). None: a folder under the
+    # cache named after the run.
+    c.workdir = config_dict.placeholder(str)
+    # Compute dtype of activations ("float32" or "bfloat16"); parameters stay float32.
+    c.dtype = "float32"
+    # Dtype of the SGD momentum buffer: "bfloat16" as in the reference, or "float32".
+    c.momentum_dtype = "bfloat16"
+    # SGD momentum.
+    c.momentum = 0.9
+    # Clip the (accumulated) gradient to this global L2 norm (0: no clipping).
+    c.grad_clip = 1.0
+    # Parameter placement over the device mesh: "replicated" (data parallel) or "sharded"
+    # (large arrays split over devices along their largest divisible axis, for models that
+    # do not fit one device).
+    c.param_sharding = "replicated"
+    # Train-time crop: "inception_crop" (big_vision, default) or "random_crop" (vit_jax).
+    c.train_preprocess = "inception_crop"
+    # Eval-time resize: "resize_crop" (short side to 448/384 x resolution, centre crop)
+    # or "resize" (plain resize, vit_jax).
+    c.eval_preprocess = "resize_crop"
+    # Images per evaluation batch over all devices (the last batch is padded and masked).
+    c.eval_batch = 256
+    # Shuffle buffer of encoded training images.
+    c.shuffle_buffer = 50_000
+    # TFDS data folder. None: TFDS's default (or TFDS_DATA_DIR).
+    c.data_dir = config_dict.placeholder(str)
+    # Write the final parameters as {adapt_filename}.npz in the published layout.
+    c.export = True
+    return c
+
+
+def preset_for(
+    task: str,
+    steps: int,
+    lr: float,
+    resolution: int,
+    *,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+    micro_batches: int = 8,
+) -> ml_collections.ConfigDict:
+    """The config of one run of the paper's sweep (warm-up from Table 4), locked."""
+    c = _base()
+    c.task = task
+    c.total_steps = int(steps)
+    c.warmup_steps = warmup_for(int(steps))
+    c.base_lr = float(lr)
+    c.resolution = int(resolution)
+    c.checkpoint = checkpoint
+    c.micro_batches = int(micro_batches)
+    c.eval_every = max(1, int(steps) // 5)
+    c.checkpoint_every = c.eval_every
+    c.lock()
+    return c
+
+
+def _smoke() -> ml_collections.ConfigDict:
+    c = _base()
+    c.checkpoint = FAKE_CHECKPOINT_PREFIX + "testing"
+    c.model = "testing"
+    c.task = SMOKE_TASK
+    c.resolution = 32
+    c.base_lr = 0.03
+    c.total_steps = 60
+    c.warmup_steps = 6
+    c.global_batch = 64
+    c.micro_batches = 1
+    c.eval_every = 30
+    c.checkpoint_every = 30
+    c.log_every = 5
+    c.momentum_dtype = "float32"
+    c.eval_batch = 128
+    c.shuffle_buffer = 2000
+    c.lock()
+    return c
+
+
+def presets() -> list[str]:
+    """Names accepted by :func:`get_config` (besides any "task-steps-lr-resolution")."""
+    examples = [
+        f"{task}-{steps}-{lr}-{res}"
+        for task, lengths in SWEEP_LENGTHS.items()
+        for steps in lengths
+        for lr in SWEEP_LEARNING_RATES
+        for res in SWEEP_RESOLUTIONS
+    ]
+    return ["smoke", *examples]
+
+
+def get_config(preset: str = "smoke") -> ml_collections.ConfigDict:
+    """A locked config for ``preset``: "smoke" or "{task}-{steps}-{lr}-{resolution}".
+
+    Example: ``get_config("oxford_iiit_pet-500-0.003-224")``.
+    """
+    if preset == "smoke":
+        return _smoke()
+    parts = preset.rsplit("-", 3)
+    if len(parts) == 4:
+        task, steps, lr, res = parts
+        try:
+            return preset_for(task, int(steps), float(lr), int(res))
+        except ValueError:
+            pass
+    raise ValueError(
+        f"unknown preset {preset!r}: use 'smoke' or '<task>-<steps>-<lr>-<resolution>', "
+        "e.g. 'cifar100-2500-0.01-384' or 'oxford_iiit_pet-500-0.003-224'"
+    )
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
+    """Apply ``key=value`` strings (the CLI's ``--set``) to a locked config, in place.
+
+    Values are read as Python literals when possible (``0.03``, ``8``, ``True``, ``None``)
+    and as plain strings otherwise; the field's type decides (an int given for a float
+    field is converted; a string for a number field is an error).
+    """
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value, e.g. --set base_lr=0.03")
+        key, text = item.split("=", 1)
+        key, text = key.strip(), text.strip()
+        if key not in config:
+            close = difflib.get_close_matches(key, list(config.keys()), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config field {key!r} in override {item!r}.{hint}")
+        value = _parse_value(text)
+        if isinstance(config[key], str) or config[key] is None:  # text fields stay text
+            value = None if text == "None" else text
+        try:
+            config[key] = value
+        except TypeError as err:
+            raise ValueError(f"override {item!r}: {err}") from None
+    return config
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Raise ValueError naming the field and the fix when ``config`` cannot run."""
+    if config.total_steps < 1:
+        raise ValueError(f"total_steps={config.total_steps} must be >= 1")
+    if not 0 <= config.warmup_steps <= config.total_steps:
+        raise ValueError(
+            f"warmup_steps={config.warmup_steps} must be between 0 and total_steps="
+            f"{config.total_steps}"
+        )
+    if config.micro_batches < 1:
+        raise ValueError(f"micro_batches={config.micro_batches} must be >= 1")
+    per_step = num_devices * config.micro_batches
+    if config.global_batch % per_step:
+        good = [m for m in range(1, config.global_batch + 1)
+                if config.global_batch % (m * num_devices) == 0]
+        raise ValueError(
+            f"global_batch={config.global_batch} does not split into micro_batches="
+            f"{config.micro_batches} on {num_devices} device(s): it must divide by "
+            f"devices x micro_batches = {per_step}. Valid micro_batches here: {good[:12]}"
+        )
+    if config.eval_batch % num_devices:
+        raise ValueError(
+            f"eval_batch={config.eval_batch} must divide by the number of devices "
+            f"({num_devices}); set eval_batch to a multiple of {num_devices}"
+        )
+    for field, allowed in (
+        ("dtype", ("float32", "bfloat16")),
+        ("momentum_dtype", ("float32", "bfloat16")),
+        ("param_sharding", ("replicated", "sharded")),
+        ("train_preprocess", ("inception_crop", "random_crop")),
+        ("eval_preprocess", ("resize_crop", "resize")),
+    ):
+        if config[field] not in allowed:
+            raise ValueError(f"{field}={config[field]!r} is not one of {allowed}")

@@ -1,0 +1,271 @@
+"""The pieces of one fine-tuning step: schedule, optimiser, device mesh, train and eval steps.
+
+    from augreg_nb.train_step import (learning_rate, make_optimizer, make_mesh,
+                                      make_train_step, make_eval_step)
+    lr = learning_rate(1, base_lr=0.01, total_steps=2500, warmup_steps=200)  # 5e-05
+    mesh = make_mesh()                          # all devices of all hosts, one "data" axis
+    tx = make_optimizer(base_lr=0.01, total_steps=2500, warmup_steps=200)
+    train_step = make_train_step(model.apply, tx, mesh=mesh, num_classes=100,
+                                 micro_batches=8, state_sharding=..., seed=0)
+    state, metrics = train_step(state, {"image": images, "label": labels})
+
+The recipe (identical for every task): SGD with momentum 0.9 (momentum buffer in bfloat16
+by default), gradients clipped at global norm 1.0, no weight decay, softmax cross-entropy
+on one-hot labels, and the learning rate
+
+    progress = clip((step - warmup) / (total - warmup), 0, 1)
+    lr = base * 0.5 * (1 + cos(pi * progress)) * min(1, step / warmup)
+
+with steps counted from 1. Batches are split over the mesh's "data" axis (data parallel);
+within a step, ``micro_batches`` slices are processed one after the other and their
+gradients averaged (gradient accumulation), so the update does not depend on how the global
+batch is split over devices or micro-batches, only on the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from augreg_nb.train_state import TrainState
+
+#: Name of the mesh axis over which batches are split.
+DATA_AXIS = "data"
+
+
+def learning_rate(step, *, base_lr: float, total_steps: int, warmup_steps: int):
+    """The paper's learning rate at ``step`` (counted from 1): warm-up, then cosine to 0.
+
+    Works on Python numbers, numpy and jax arrays (traceable).
+    """
+    xp = jnp if isinstance(step, jax.Array) else np
+    step = xp.asarray(step, dtype=xp.float32)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = xp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+    lr = base_lr * 0.5 * (1.0 + xp.cos(math.pi * progress))
+    if warmup_steps:
+        lr = lr * xp.minimum(1.0, step / warmup_steps)
+    return lr
+
+
+def make_optimizer(
+    *,
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    momentum: float = 0.9,
+    momentum_dtype: str = "bfloat16",
+    grad_clip: float = 1.0,
+) -> optax.GradientTransformation:
+    """SGD with momentum, global-norm clipping and the paper's schedule (no weight decay).
+
+    optax counts updates from 0; the schedule is evaluated at ``count + 1`` so that the first
+    update uses the learning rate of step 1.
+    """
+
+    def schedule(count):
+        return learning_rate(
+            count + 1, base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps
+        )
+
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
+    parts += [
+        optax.trace(decay=momentum, accumulator_dtype=jnp.dtype(momentum_dtype)),
+        optax.scale_by_learning_rate(schedule),
+    ]
+    return optax.chain(*parts)
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+    """:func:`make_optimizer` with the fields of a fine-tuning config."""
+    return make_optimizer(
+        base_lr=config.base_lr,
+        total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps,
+        momentum=config.momentum,
+        momentum_dtype=config.momentum_dtype,
+        grad_clip=config.grad_clip,
+    )
+
+
+def softmax_cross_entropy(logits, onehot):
+    """Per-example cross-entropy of ``logits`` against one-hot (or soft) labels."""
+    return -jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis "data" over ``devices`` (default: every device of every host)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the mesh's "data" axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_shardings(params, mesh: Mesh, mode: str = "replicated", min_size: int = 2**18):
+    """Shardings for a parameter tree: all replicated, or ("sharded") each array of at least
+    ``min_size`` elements split over the "data" axis along its largest divisible axis."""
+    n = mesh.shape[DATA_AXIS]
+
+    def one(x):
+        if mode == "replicated" or n == 1 or np.size(x) < min_size:
+            return replicated(mesh)
+        for axis in np.argsort(np.shape(x))[::-1]:
+            if np.shape(x)[axis] % n == 0:
+                spec = [None] * np.ndim(x)
+                spec[axis] = DATA_AXIS
+                return NamedSharding(mesh, P(*spec))
+        return replicated(mesh)
+
+    if mode not in ("replicated", "sharded"):
+        raise ValueError(f"param_sharding={mode!r} must be 'replicated' or 'sharded'")
+    return jax.tree.map(one, params)
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host-local numpy batch -> global jax.Arrays split over the "data" axis.
+
+    On several hosts each passes its own slice (global batch / process count); arrays that
+    already are global jax.Arrays on this mesh are passed through.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, jax.Array) and value.sharding == sharding:
+            out[key] = value
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    return out
+
+
+def _onehot(labels, num_classes: int):
+    if labels.ndim == 1:
+        return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return labels.astype(jnp.float32)
+
+
+def make_train_step(
+    apply_fn: Callable[..., Any],
+    tx: optax.GradientTransformation,
+    *,
+    mesh: Mesh,
+    num_classes: int,
+    micro_batches: int = 1,
+    lr_schedule: Callable[[Any], Any] | None = None,
+    state_sharding=None,
+    seed: int = 0,
+    donate: bool = True,
+):
+    """A jitted ``step(state, batch) -> (state, metrics)`` over ``mesh``.
+
+    ``batch`` holds "image" (N, H, W, 3) and "label" (N,) ints or (N, C) one-hot, with N
+    the global batch split over the "data" axis. The N images are processed in
+    ``micro_batches`` slices of N / micro_batches (each slice is spread over all devices) and
+    their gradients averaged before clipping and the SGD update. ``metrics`` holds the mean
+    loss, the gradient's global norm (before clipping) and the learning rate of the step
+    (``lr_schedule(step)``, for the record; the update uses the schedule inside ``tx``).
+
+    A non-finite loss or gradient leaves parameters and optimiser state unchanged and
+    records the step in ``state.nonfinite_step``; later steps are then no-ops, so the last
+    good state survives even though the state buffers are donated.
+    """
+    micro_spec = NamedSharding(mesh, P(None, DATA_AXIS))
+    key0 = jax.random.key(seed)
+    lr_of = lr_schedule or (lambda step: jnp.full((), jnp.nan, jnp.float32))
+
+    def loss_fn(params, images, onehot, rng):
+        logits = apply_fn({"params": params}, images, train=True, rngs={"dropout": rng})
+        return jnp.mean(softmax_cross_entropy(logits, onehot))
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(state: TrainState, batch):
+        images = batch["image"]
+        onehot = _onehot(batch["label"], num_classes)
+        rng = jax.random.fold_in(key0, state.step + 1)
+        if micro_batches == 1:
+            loss, grads = grad_fn(state.params, images, onehot, rng)
+        else:
+            n = images.shape[0]
+
+            def split(x):  # (N, ...) -> (M, N/M, ...); slice i = rows i, i+M, i+2M, ...
+                x = x.reshape((n // micro_batches, micro_batches) + x.shape[1:])
+                return jax.lax.with_sharding_constraint(jnp.swapaxes(x, 0, 1), micro_spec)
+
+            def body(carry, xs):
+                loss_sum, grad_sum = carry
+                i, x, y = xs
+                loss_i, grads_i = grad_fn(state.params, x, y, jax.random.fold_in(rng, i))
+                return (loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            xs = (jnp.arange(micro_batches), split(images), split(onehot))
+            (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs)
+            loss = loss / micro_batches
+            grads = jax.tree.map(lambda g: g / micro_batches, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite_step == 0)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        new_state = TrainState(
+            step=jnp.where(ok, state.step + 1, state.step),
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            nonfinite_step=jnp.where(
+                (state.nonfinite_step == 0) & ~ok, state.step + 1, state.nonfinite_step
+            ),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_of(state.step + 1)}
+        return new_state, metrics
+
+    jit_kwargs = {"donate_argnums": (0,) if donate else ()}
+    if state_sharding is not None:
+        jit_kwargs["in_shardings"] = (state_sharding, batch_sharding(mesh))
+        jit_kwargs["out_shardings"] = (state_sharding, replicated(mesh))
+    return jax.jit(step, **jit_kwargs)
+
+
+def schedule_from_config(config) -> Callable[[Any], Any]:
+    """step -> learning rate for a fine-tuning config (steps counted from 1)."""
+    return lambda step: learning_rate(
+        step,
+        base_lr=config.base_lr,
+        total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps,
+    )
+
+
+def make_eval_step(apply_fn: Callable[..., Any], *, mesh: Mesh, num_classes: int):
+    """A jitted ``eval_step(params, batch) -> (correct, loss_sum, count)``.
+
+    ``batch`` holds "image", "label" and "mask" (1 for real examples, 0 for padding); only
+    real examples count, so a padded last batch gives exact accuracies.
+    """
+
+    def step(params, batch):
+        logits = apply_fn({"params": params}, batch["image"], train=False)
+        onehot = _onehot(batch["label"], num_classes)
+        mask = batch["mask"].astype(jnp.float32)
+        correct = (jnp.argmax(logits, -1) == jnp.argmax(onehot, -1)).astype(jnp.int32)
+        mask_i = batch["mask"].astype(jnp.int32)
+        loss = softmax_cross_entropy(logits, onehot)
+        return jnp.sum(correct * mask_i), jnp.sum(loss * mask), jnp.sum(mask_i)
+
+    return jax.jit(step, out_shardings=(replicated(mesh),) * 3)
