@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -336,7 +337,8 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
             raise _Retryable(f"HTTP {status} {resp.reason}")
         if status not in (200, 206):
             body = resp.raw.read(300, decode_content=True).decode("utf-8", "replace").strip()
-            detail = f": {' '.join(body.split())[:200]}" if body else ""
+            text = " ".join(re.sub(r"<\?xml[^>]*>|<[^>]+>", " ", body).split())
+            detail = f": {text[:200]}" if text else ""
             raise DownloadError(f"{url}: HTTP {status} {resp.reason}{detail}", url=url,
                                 status=status)
         mode = "ab"
