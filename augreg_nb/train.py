@@ -1,0 +1,328 @@
+"""Fine-tune an AugReg checkpoint with the paper's recipe, on any number of devices, resumably.
+
+One entry point for notebooks and the command line::
+
+    from augreg_nb.config import get_config
+    from augreg_nb.train import finetune
+    from augreg_nb.callbacks import ProgressBar
+
+    config = get_config("smoke")             # seconds on CPU: tiny ViT, 8x8 digits upscaled
+    config.workdir = "runs/smoke"
+    result = finetune(config, callbacks=[ProgressBar()])
+    result.history                           # step, lr, loss, img/s, val/test accuracy...
+    result.result_row                        # a row in the index's 21-column schema
+    result.export_path                       # {adapt_filename}.npz in the published layout
+
+    augreg-nb finetune --preset cifar100-2500-0.01-384 --set micro_batches=16 --workdir runs/c100
+
+What happens: the checkpoint is loaded with a zero-initialised head for the task and its
+position embeddings resized to the resolution; batches are split over a mesh of all
+devices (data parallel, parameters replicated or optionally sharded) and, within a step,
+into ``micro_batches`` accumulated slices; every ``eval_every`` steps and at the end the
+val and test splits are evaluated (each example exactly once, the last batch padded and
+masked). The full training state is saved atomically every ``checkpoint_every`` steps; run
+the same command (same workdir) again after a crash and it continues to the same final
+parameters an uninterrupted run would reach. A non-finite loss stops the run and keeps the
+last good state; running out of accelerator memory names a ``micro_batches`` that fits.
+
+Several hosts (a TPU pod slice, GPU nodes): start the same command on every host after
+``jax.distributed.initialize()`` (automatic on Cloud TPU; elsewhere pass
+``coordinator_address``, ``num_processes`` and ``process_id``, or set the environment
+variables JAX documents). Each host reads its own 1/process_count of every batch; the mesh
+spans all devices of all hosts; the workdir must be a folder every host can read (process 0
+writes the state and results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augreg_nb import callbacks as callbacks_lib
+from augreg_nb import config as config_lib
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.npz"
+RESULT_FILE = "result.json"
+#: Config fields that change the trained parameters: a workdir's state is only resumed when
+#: these match (micro_batches, devices and the eval/checkpoint intervals may differ).
+RECIPE_FIELDS = (
+    "checkpoint", "model", "task", "resolution", "base_lr", "total_steps", "warmup_steps",
+    "global_batch", "seed", "dtype", "momentum_dtype", "momentum", "grad_clip",
+    "train_preprocess",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; ``state_path`` holds the last good state."""
+
+    def __init__(self, message: str, *, step: int, state_path: Path | None):
+        super().__init__(message)
+        self.step = step
+        self.state_path = state_path
+
+
+@dataclasses.dataclass
+class TrainData:
+    """What the training loop needs from a task.
+
+    ``train_batches(first_step)`` yields the host-local training batches ({"image",
+    "label"}) for steps first_step, first_step + 1, ... (steps counted from 1); batch k
+    must depend only on (seed, k) so that a resumed run sees the same data.
+    ``eval_batches[split]()`` yields padded batches {"image", "label", "mask"} that cover
+    every example of the split once.
+    """
+
+    num_classes: int
+    train_batches: Callable[[int], Iterator[dict]]
+    eval_batches: dict[str, Callable[[], Iterable[dict]]]
+
+
+@dataclasses.dataclass
+class FitOutput:
+    params: Any
+    history: Any  # pandas.DataFrame
+    final: dict
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """Outcome of :func:`finetune`."""
+
+    params: Any  #: final parameters (nested dict of arrays)
+    history: Any  #: pandas.DataFrame, one row per logged/evaluated step
+    result_row: dict  #: the run as a row of the index table (21 columns)
+    export_path: Path | None  #: the exported {adapt_filename}.npz, if exported
+    workdir: Path  #: the run's folder (state, result.json, export)
+
+
+def oom_advice(config, num_devices: int) -> str:
+    """The sentence that tells how to fit a step that ran out of accelerator memory."""
+    per_device = config.global_batch // (num_devices * config.micro_batches)
+    options = [
+        m for m in range(config.micro_batches + 1, config.global_batch + 1)
+        if config.global_batch % (m * num_devices) == 0
+    ]
+    if not options:
+        return (
+            f"each device already processes {per_device} image(s) at a time; use "
+            "dtype=bfloat16, a smaller resolution, param_sharding=sharded or more devices"
+        )
+    # Activation memory scales with the micro-batch: halving it roughly halves the peak.
+    target = next((m for m in options if m >= 2 * config.micro_batches), options[-1])
+    return (
+        f"each device processed {per_device} images at a time (global_batch="
+        f"{config.global_batch} / {num_devices} device(s) / micro_batches="
+        f"{config.micro_batches}); set micro_batches={target} "
+        f"({config.global_batch // (num_devices * target)} per device; "
+        f"--set micro_batches={target}), or use dtype=bfloat16. Valid values: {options[:8]}"
+    )
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "OOM" in text
+
+
+def _recipe(config) -> dict:
+    return {k: config[k] for k in RECIPE_FIELDS}
+
+
+def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
+    """Accuracy and mean loss over every (unmasked) example of ``batches``."""
+    from augreg_nb.train_step import put_batch
+
+    correct = loss = count = 0
+    for batch in batches:
+        c, l, n = eval_step(params, put_batch(batch, mesh))
+        correct, loss, count = correct + c, loss + l, count + n
+    count = int(count)
+    if count == 0:
+        raise ValueError("the evaluation split yielded no (unmasked) examples")
+    return {"accuracy": int(correct) / count, "loss": float(loss) / count, "count": count}
+
+
+def fit(
+    config,
+    *,
+    apply_fn: Callable[..., Any],
+    params: Any,
+    data: TrainData,
+    workdir: str | Path,
+    callbacks: Iterable[Any] = (),
+    mesh=None,
+) -> FitOutput:
+    """The training loop of :func:`finetune`, for any Linen ``apply_fn`` and data.
+
+    Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
+    """
+    import jax
+    import pandas as pd
+
+    from augreg_nb import train_step as ts
+    from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state
+
+    callbacks = list(callbacks)
+    mesh = mesh if mesh is not None else ts.make_mesh()
+    num_devices = mesh.devices.size
+    config_lib.validate(config, num_devices)
+    workdir = Path(workdir)
+    state_path = workdir / STATE_FILE
+
+    tx = ts.optimizer_from_config(config)
+    p_shard = ts.param_shardings(params, mesh, config.param_sharding)
+    params = jax.device_put(params, p_shard)
+    state = jax.jit(lambda p: TrainState.create(p, tx))(params)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    state_sharding = state_sharding.replace(params=p_shard)
+    state = jax.device_put(state, state_sharding)
+    del params
+
+    records: dict[int, dict] = {}
+    if state_path.exists():
+        meta = read_meta(state_path)
+        if meta.get("recipe") != _recipe(config):
+            changed = sorted(
+                k for k in RECIPE_FIELDS if meta.get("recipe", {}).get(k) != config[k]
+            )
+            raise ValueError(
+                f"{workdir} holds a run with a different recipe (fields {changed} differ); "
+                "use another workdir, or delete it to start over"
+            )
+        state, meta = restore_state(state_path, like=state)
+        records = {int(r["step"]): r for r in meta.get("history", [])}
+        logger.info("resuming from step %d of %d (%s)", int(state.step), config.total_steps,
+                    state_path)
+
+    def history():
+        frame = pd.DataFrame([records[k] for k in sorted(records)])
+        return frame if len(frame) else pd.DataFrame(columns=["step"])
+
+    def save():
+        save_state(state_path, state, meta={
+            "recipe": _recipe(config),
+            "config": config.to_dict(),
+            "history": [records[k] for k in sorted(records)],
+        })
+
+    def record(step: int, values: dict):
+        records.setdefault(step, {"step": step}).update(values)
+
+    train_step = ts.make_train_step(
+        apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
+        micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
+        state_sharding=state_sharding, seed=config.seed,
+    )
+    eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
+
+    def run_evals(step: int) -> dict:
+        out = {}
+        for split, make_batches in data.eval_batches.items():
+            res = evaluate(eval_step, state.params, make_batches(), mesh)
+            out.update({f"{split}_{k}": v for k, v in res.items()})
+        record(step, out)
+        callbacks_lib.dispatch(callbacks, "on_eval", step, out)
+        logger.info("step %d: %s", step, ", ".join(
+            f"{k} {v:.4f}" for k, v in out.items() if k.endswith("accuracy")))
+        return out
+
+    pending: list[tuple[int, dict]] = []
+
+    def check_finite():
+        bad = int(state.nonfinite_step)
+        if not bad:
+            return
+        losses = {s: float(m["loss"]) for s, m in pending}
+        loss = losses.get(bad, float("nan"))
+        record(bad, {"loss": loss, "lr": float(ts.schedule_from_config(config)(bad))})
+        save()
+        raise TrainingDiverged(
+            f"training stopped at step {bad}: the loss became {loss} (base_lr="
+            f"{config.base_lr}, lr at that step {records[bad]['lr']:.3g}). The last good "
+            f"state (step {bad - 1}) is kept in {state_path}. Lower base_lr, check the "
+            "input data for NaN/inf, or use dtype=float32.",
+            step=bad, state_path=state_path,
+        )
+
+    start = int(state.step)
+    info = {"total_steps": config.total_steps, "start_step": start, "workdir": str(workdir),
+            "global_batch": config.global_batch, "devices": num_devices}
+    callbacks_lib.dispatch(callbacks, "on_train_begin", info)
+    final: dict = {}
+    if start < config.total_steps:
+        batches = data.train_batches(start + 1)
+        t_last, s_last = time.perf_counter(), start
+        for step in range(start + 1, config.total_steps + 1):
+            batch = ts.put_batch(next(batches), mesh)
+            try:
+                state, metrics = train_step(state, batch)
+            except Exception as err:
+                if _is_oom(err):
+                    raise RuntimeError(
+                        f"out of accelerator memory at step {step}: "
+                        f"{oom_advice(config, num_devices)}"
+                    ) from err
+                raise
+            pending.append((step, metrics))
+            if step == start + 1:  # first step includes compilation: time from its end
+                jax.block_until_ready(metrics)
+                t_last, s_last = time.perf_counter(), step
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
+                check_finite()
+                host = jax.device_get([m for _, m in pending])
+                now = time.perf_counter()
+                speed = (config.global_batch * (step - s_last) / (now - t_last)
+                         if step > s_last else math.nan)
+                logged = {
+                    "loss": float(np.mean([m["loss"] for m in host])),
+                    "lr": float(host[-1]["lr"]),
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
+                    "img_per_sec": speed,
+                }
+                record(step, logged)
+                callbacks_lib.dispatch(callbacks, "on_log", step, logged)
+                pending.clear()
+                t_last, s_last = now, step
+            paused = time.perf_counter()
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                check_finite()
+                final = run_evals(step)
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+                check_finite()
+                save()
+            t_last += time.perf_counter() - paused
+    else:
+        prefixes = tuple(f"{split}_" for split in data.eval_batches)
+        last = records.get(start, {})
+        final = {k: v for k, v in last.items() if k.startswith(prefixes)}
+        if len(final) < 3 * len(prefixes):  # finished but not evaluated (e.g. diverged)
+            final = run_evals(start)
+    frame = history()
+    callbacks_lib.dispatch(callbacks, "on_train_end", frame)
+    params = jax.device_get(state.params)
+    return FitOutput(params=params, history=frame, final=final)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
+    os.replace(tmp, path)

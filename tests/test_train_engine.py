@@ -1,0 +1,280 @@
+"""The training loop with a throwaway Linen model and synthetic data: learning, exact
+accumulation, device independence, real sharding, bitwise resume, NaN stop, OOM advice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from augreg_nb.callbacks import Callback, LivePlot
+from augreg_nb.config import get_config
+from augreg_nb.train import TrainData, TrainingDiverged, evaluate, fit, oom_advice
+from tests.conftest import REPO, run_python
+
+NUM_CLASSES = 4
+SHAPE = (8, 8, 3)
+_W = np.random.default_rng(123).normal(size=(int(np.prod(SHAPE)), NUM_CLASSES))
+
+
+class TinyNet(nn.Module):
+    """Flatten -> Dense(16) -> tanh -> zero-initialised head, like a fine-tuning head."""
+
+    num_classes: int = NUM_CLASSES
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.tanh(nn.Dense(16)(x))
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
+
+
+def examples(n, rng):
+    """A learnable problem: the label is the argmax of a fixed linear map of the image."""
+    x = rng.normal(size=(n, *SHAPE)).astype(np.float32)
+    return x, np.argmax(x.reshape(n, -1) @ _W, -1).astype(np.int32)
+
+
+def synthetic_data(seed=0, global_batch=32, nan_at=None, n_eval=50, eval_batch=16):
+    def train_batches(first):
+        step = first
+        while True:
+            x, y = examples(global_batch, np.random.default_rng([seed, step]))
+            if step == nan_at:
+                x[0, 0, 0, 0] = np.nan
+            yield {"image": x, "label": y}
+            step += 1
+
+    def eval_batches():
+        x, y = examples(n_eval, np.random.default_rng([seed, 10**6]))
+        for i in range(0, n_eval, eval_batch):
+            k = min(eval_batch, n_eval - i)
+            pad = eval_batch - k
+            yield {"image": np.pad(x[i:i + k], ((0, pad), (0, 0), (0, 0), (0, 0))),
+                   "label": np.pad(y[i:i + k], (0, pad)),
+                   "mask": np.arange(eval_batch) < k}
+
+    return TrainData(NUM_CLASSES, train_batches, {"val": eval_batches})
+
+
+def small_config(**kw):
+    c = get_config("smoke")
+    c.global_batch, c.micro_batches, c.eval_batch = 32, 1, 16
+    c.total_steps, c.warmup_steps, c.base_lr = 40, 4, 0.1
+    c.eval_every = c.checkpoint_every = 20
+    c.log_every = 5
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+def init_params(seed=0):
+    return TinyNet().init(jax.random.key(seed), jnp.zeros((1, *SHAPE)))["params"]
+
+
+def run(config, workdir, *, data=None, mesh=None, callbacks=()):
+    return fit(config, apply_fn=TinyNet().apply, params=init_params(), workdir=workdir,
+               data=data or synthetic_data(global_batch=config.global_batch),
+               callbacks=callbacks, mesh=mesh)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_loss_decreases_and_accuracy_beats_chance(tmp_path):
+    out = run(small_config(total_steps=60, base_lr=0.3), tmp_path)
+    h = out.history.dropna(subset=["loss"])
+    assert h.loss.iloc[-1] < 0.8 * h.loss.iloc[0]
+    assert out.final["val_accuracy"] > 0.6  # chance is 0.25
+    assert out.final["val_count"] == 50
+    assert list(h.step) == list(range(5, 61, 5))
+    print("synthetic val accuracy", out.final["val_accuracy"])
+    np.testing.assert_allclose(h.lr.iloc[-1], 0.0, atol=1e-9)
+
+
+def test_evaluation_counts_every_example_once():
+    from augreg_nb import train_step as ts
+
+    mesh = ts.make_mesh()
+    params = init_params(3)
+    params["head"]["kernel"] = jnp.asarray(
+        np.random.default_rng(0).normal(size=params["head"]["kernel"].shape), jnp.float32)
+    data = synthetic_data(n_eval=37, eval_batch=16)  # 16 + 16 + 5 real, 11 padded
+    step = ts.make_eval_step(TinyNet().apply, mesh=mesh, num_classes=NUM_CLASSES)
+    got = evaluate(step, params, data.eval_batches["val"](), mesh)
+    x, y = examples(37, np.random.default_rng([0, 10**6]))
+    logits = np.asarray(TinyNet().apply({"params": params}, x))
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)
+                           ) - logits.max(1, keepdims=True)
+    assert got["count"] == 37
+    assert got["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    assert got["loss"] == pytest.approx(-np.mean(logp[np.arange(37), y]), rel=1e-5)
+
+
+def test_micro_batches_do_not_change_the_result(tmp_path):
+    one = run(small_config(total_steps=12, micro_batches=1), tmp_path / "m1")
+    four = run(small_config(total_steps=12, micro_batches=4), tmp_path / "m4")
+    for a, b in zip(leaves(one.params), leaves(four.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.history.loss, four.history.loss, rtol=1e-5)
+
+
+def test_eight_devices_equal_one_and_the_sharding_is_real():
+    out = run_python(
+        """
+        import json, tempfile, jax, numpy as np
+        from jax.sharding import PartitionSpec as P
+        from augreg_nb import train_step as ts
+        from tests.test_train_engine import run, small_config, leaves, init_params
+        assert jax.device_count() == 8
+        mesh8, mesh1 = ts.make_mesh(), ts.make_mesh(jax.devices()[:1])
+        a = run(small_config(total_steps=12, micro_batches=1), tempfile.mkdtemp(), mesh=mesh8)
+        b = run(small_config(total_steps=12, micro_batches=4), tempfile.mkdtemp(), mesh=mesh1)
+        diff = max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a.params),
+                                                                 leaves(b.params)))
+        batch = ts.put_batch({"image": np.zeros((32, 8, 8, 3), np.float32)}, mesh8)["image"]
+        params = jax.device_put(init_params(), ts.param_shardings(init_params(), mesh8))
+        big = {"w": np.zeros((64, 4096), np.float32), "b": np.zeros(7, np.float32)}
+        sharded = ts.param_shardings(big, mesh8, "sharded")
+        print(json.dumps({
+            "diff": diff,
+            "loss_diff": float(np.max(np.abs(a.history.loss.values - b.history.loss.values))),
+            "batch_spec": str(batch.sharding.spec),
+            "batch_shards": sorted({s.data.shape[0] for s in batch.addressable_shards}),
+            "batch_devices": len({s.device for s in batch.addressable_shards}),
+            "params_replicated": all(x.sharding.is_fully_replicated
+                                     for x in jax.tree.leaves(params)),
+            "params_devices": len(jax.tree.leaves(params)[0].sharding.device_set),
+            "big_spec": str(sharded["w"].spec), "small_spec": str(sharded["b"].spec),
+        }))
+        """,
+        devices=8,
+    )
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["diff"] < 1e-5 and res["loss_diff"] < 1e-5
+    assert res["batch_spec"] == "P('data',)"
+    assert res["batch_shards"] == [4] and res["batch_devices"] == 8  # 32 images / 8
+    assert res["params_replicated"] and res["params_devices"] == 8
+    assert res["big_spec"] == "P(None, 'data')"
+    assert res["small_spec"] == "P()"
+
+
+class _StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_log(self, step, metrics):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_bitwise_identical_params(tmp_path):
+    config = small_config(total_steps=30, checkpoint_every=10, eval_every=15)
+    full = run(config, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "cut", callbacks=[_StopAt(25)])  # last saved: step 20
+    resumed = run(config, tmp_path / "cut")
+    for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
+        assert np.array_equal(a, b)
+    assert list(resumed.history.step) == list(full.history.step)
+    assert resumed.final == full.final
+    # A finished workdir answers from its saved state and history without training.
+    again = run(config, tmp_path / "cut")
+    for a, b in zip(leaves(full.params), leaves(again.params), strict=True):
+        assert np.array_equal(a, b)
+    assert again.final == full.final
+
+
+def test_run_killed_with_sigkill_resumes_bitwise(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, signal
+        from augreg_nb.callbacks import Callback
+        from tests.test_train_engine import run, small_config
+
+        class Kill(Callback):
+            def on_log(self, step, metrics):
+                if step == 15:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        run(small_config(total_steps=30, checkpoint_every=10, eval_every=15),
+            {str(tmp_path / 'cut')!r}, callbacks=[Kill()])
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (tmp_path / "cut" / "state.npz").exists()
+    config = small_config(total_steps=30, checkpoint_every=10, eval_every=15)
+    resumed = run(config, tmp_path / "cut")
+    full = run(config, tmp_path / "full")
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(full.params),
+                                                    leaves(resumed.params), strict=True))
+
+
+class _CopyState(Callback):
+    def __init__(self, workdir, step, dest):
+        self.workdir, self.step, self.dest = workdir, step, dest
+
+    def on_log(self, step, metrics):
+        if step == self.step:  # the state file then holds the state of step - 1
+            self.dest.write_bytes((self.workdir / "state.npz").read_bytes())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path):
+    config = small_config(total_steps=20, checkpoint_every=0, eval_every=0, log_every=1)
+    with pytest.raises(TrainingDiverged, match=r"step 9: the loss became nan.*last good "
+                       r"state \(step 8\)") as info:
+        run(config, tmp_path / "bad", data=synthetic_data(nan_at=9))
+    assert info.value.step == 9
+    # The kept state is exactly the state after step 8 of a clean run with the same recipe.
+    ref = tmp_path / "ref"
+    config.checkpoint_every = 8
+    run(config, ref, callbacks=[_CopyState(ref, 9, tmp_path / "step8.npz")])
+    kept, want = np.load(info.value.state_path), np.load(tmp_path / "step8.npz")
+    paths = json.loads(want["__manifest__"].tobytes())["paths"]
+    for i, path in enumerate(paths):
+        if "nonfinite_step" in path:
+            assert kept[f"leaf_{i:05d}"] == 9 and want[f"leaf_{i:05d}"] == 0
+        else:
+            assert np.array_equal(kept[f"leaf_{i:05d}"], want[f"leaf_{i:05d}"]), path
+    assert sum("params" in p for p in paths) == 4
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    run(small_config(total_steps=5), tmp_path)
+    with pytest.raises(ValueError, match=r"different recipe \(fields \['base_lr'\]"):
+        run(small_config(total_steps=5, base_lr=0.5), tmp_path)
+
+
+def test_out_of_memory_names_a_micro_batch_setting(tmp_path):
+    def apply_fn(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")
+
+    config = small_config(total_steps=3, warmup_steps=1, micro_batches=2)
+    with pytest.raises(RuntimeError, match=r"set micro_batches=4 \(8 per device"):
+        fit(config, apply_fn=apply_fn, params=init_params(), data=synthetic_data(),
+            workdir=tmp_path)
+    c = get_config("cifar100-2500-0.01-384")
+    assert "micro_batches=16" in oom_advice(c, 8)   # 8 per device -> 4 per device
+    c.micro_batches = 64
+    assert "already processes 1" in oom_advice(c, 8)
+
+
+def test_live_plot_draws_loss_and_accuracy(tmp_path):
+    shown = []
+    plot = LivePlot(display=shown.append)
+    run(small_config(total_steps=20, eval_every=10), tmp_path, callbacks=[plot])
+    loss_line = plot.ax_loss.get_lines()[0]
+    assert list(loss_line.get_xdata()) == [5, 10, 15, 20]
+    acc_line = plot.ax_acc.get_lines()[0]
+    assert list(acc_line.get_xdata()) == [10, 20]
+    assert shown and shown[-1] is plot.figure
