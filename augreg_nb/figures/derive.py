@@ -15,7 +15,11 @@ Selection rules (ties and missing values: the row that comes first in index orde
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 #: The 21 columns of the published index table.
 INDEX_COLUMNS = (
@@ -44,6 +48,25 @@ def check_index(index: pd.DataFrame, needed: tuple[str, ...] = INDEX_COLUMNS) ->
             "(augreg_nb.index.load_index(path)) or a fine-tune result row in the same schema"
         )
     return index
+
+
+def prepare(index: pd.DataFrame) -> pd.DataFrame:
+    """Check ``index`` and return a copy with plain (non-categorical) columns.
+
+    Logs a warning when the table says it is incomplete (``attrs["provenance"]``), e.g. the
+    shipped catalogue: selections on it are not the paper's.
+    """
+    check_index(index)
+    prov = index.attrs.get("provenance") or {}
+    if prov.get("complete") is False:
+        logger.warning(
+            "the index table from %s is incomplete: figures derived from it select among the "
+            "rows it has, not among the paper's runs", prov.get("source", "?"))
+    out = index.copy()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].astype(object)
+    return out
 
 
 def _first_max(df: pd.DataFrame, by: list[str], score: str) -> pd.DataFrame:

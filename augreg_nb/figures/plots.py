@@ -164,8 +164,8 @@ def plot_fig1(tidy: pd.DataFrame, ax=None, *, highlight=None,
     """Figure 1: ImageNet-1k top-1 of B/32, B/16, L/16 against pre-training data, with
     AugReg (solid) and without (dashed); JFT-300M points from Table 3 (stars).
 
-    ``overlay``: own ``imagenet2012`` result rows (index schema) of these models, drawn as
-    black stars at their upstream's pre-training set.
+    ``overlay``: own ``imagenet2012`` result rows (index schema) of these models at the
+    figure's resolution, drawn as black stars at their upstream's pre-training set.
     """
     (panel_ax,) = panel_axes(ax, 1, (6, 4.2))
     highlight = _highlights(highlight)
@@ -184,7 +184,8 @@ def plot_fig1(tidy: pd.DataFrame, ax=None, *, highlight=None,
             shown = part.dropna(subset=["top1"])
             _ring(panel_ax, shown["pretrain"].map(xpos), shown["top1"])
     own = _overlay_points(overlay, "imagenet2012")
-    own = own[own["name"].isin(FIG1_MODELS) & own["ds"].isin(list(xpos))]
+    own = own[own["name"].isin(FIG1_MODELS) & own["ds"].isin(list(xpos))
+              & own["adapt_resolution"].isin(tidy["resolution"].unique())]
     panel_ax.scatter(own["ds"].map(xpos) + 0.08, 100 * own["adapt_final_test"], marker="*",
                      s=140, color="black", zorder=6)
     handles = [Line2D([], [], color=MODEL_COLORS[m], marker="o", label=f"ViT-{m}")

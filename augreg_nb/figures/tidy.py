@@ -51,7 +51,7 @@ def table3_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
     """
     if index is None:
         return paper.table3()
-    derive.check_index(index)
+    index = derive.prepare(index)
     models = _model_order(index["name"].dropna().unique())
     out = pd.DataFrame(index=pd.Index(models, name="model"), columns=paper.table3().columns)
     out = out.astype(float)
@@ -121,7 +121,7 @@ def fig4_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
         cells = cells.rename(columns={"val_acc": "value"}).assign(measure="val_acc")
         thin = paper.fig4_reg_column().assign(aug="best", reg=True, measure="reg_minus_noreg")
     else:
-        ups = derive.upstreams(index)
+        ups = derive.upstreams(derive.prepare(index))
         ups = ups[ups["ds"].isin(paper.DATASETS)].assign(reg=ups["do"] > 0)
         cells = (ups.groupby(["ds", "name", "aug", "reg"])["final_val"].max() * 100).reset_index()
         cells = cells.rename(columns={"name": "model", "final_val": "value"})
@@ -169,6 +169,7 @@ def fig5_data(
     """
     if index is None:
         return paper.fig5_left(reading)
+    index = derive.prepare(index)
     rows = []
     ups = derive.best_upstreams(index, ds)
     for task in paper.FIG5_TASKS:
@@ -208,7 +209,8 @@ def fig1_data(index: pd.DataFrame | None = None, *, resolution: int = 384) -> pd
     """Figure 1: ImageNet-1k top-1 of B/32, B/16, L/16 against pre-training data, with and
     without AugReg.
 
-    Columns: model, pretrain (i1k, i21k_30, i21k, jft300m), augreg (bool), top1 (%).
+    Columns: model, pretrain (i1k, i21k_30, i21k, jft300m), augreg (bool), resolution,
+    top1 (%).
     With AugReg: Table 3's cell at ``resolution`` (best upstream by ``final_val``, then best
     ``imagenet2012`` fine-tune by ``adapt_final_val``, its ``adapt_final_test``). Without:
     the same, restricted to upstreams with ``aug == "none"`` and ``do == sd == 0`` (best
@@ -221,7 +223,7 @@ def fig1_data(index: pd.DataFrame | None = None, *, resolution: int = 384) -> pd
             "AugReg); load one with augreg_nb.index.load_index(path) or set AUGREG_NB_INDEX, "
             "then call fig1_data(index)"
         )
-    derive.check_index(index)
+    index = derive.prepare(index)
     t3 = table3_data(index)
     plain = index[(index["aug"] == paper_to_index_aug("none")) & (index["do"] == 0)
                   & (index["sd"] == 0)]
@@ -239,7 +241,7 @@ def fig1_data(index: pd.DataFrame | None = None, *, resolution: int = 384) -> pd
     jft = paper.table3()["jft300m_384"]
     for model in FIG1_MODELS:
         rows.append({"model": model, "pretrain": "jft300m", "augreg": True, "top1": jft[model]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(resolution=resolution)
 
 
 def _sorted(df: pd.DataFrame, *, aug: bool = False) -> pd.DataFrame:

@@ -1,0 +1,131 @@
+"""Tables 3 and 5 as styled DataFrames, and own fine-tunes beside the published ones.
+
+    from augreg_nb import figures
+    figures.style_table3(figures.table3_data())         # pandas Styler, shows in a notebook
+    figures.style_table5(figures.table5_data())
+    figures.compare_finetunes(own_rows)                  # own results vs the published rows
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
+
+from augreg_nb.figures import derive, paper
+from augreg_nb.resources import data_path
+
+_ACC_COLUMNS = [c for c in paper.TABLE3_HEADERS if not c.startswith("img_sec")]
+
+
+def _bold_max(col: pd.Series) -> list[str]:
+    best = col.max()
+    return ["font-weight: bold" if v == best else "" for v in col]
+
+
+def _mark_rows(df: pd.DataFrame, highlight) -> pd.DataFrame:
+    marks = set([highlight] if isinstance(highlight, str) else highlight or [])
+    model_of = (lambda key: key[-1]) if df.index.nlevels > 1 else (lambda key: key)
+    return pd.DataFrame(
+        [["background-color: #fff3b0" if model_of(k) in marks else ""] * df.shape[1]
+         for k in df.index],
+        index=df.index, columns=df.columns,
+    )
+
+
+def style_table3(table: pd.DataFrame, *, highlight=None, caption: str | None = None) -> Styler:
+    """Table 3 (from :func:`table3_data`) with the paper's headers, best value per column
+    in bold, missing cells as "-", and the ``highlight`` model's row shaded."""
+    shown = table.rename(columns=paper.TABLE3_HEADERS)
+    acc = [paper.TABLE3_HEADERS[c] for c in _ACC_COLUMNS if c in table.columns]
+    speed = [paper.TABLE3_HEADERS[c] for c in ("img_sec_224", "img_sec_384")]
+    styler = shown.style.format("{:.2f}", subset=acc, na_rep="-")
+    styler = styler.format("{:.0f}", subset=speed, na_rep="-")
+    styler = styler.apply(_bold_max, subset=acc).apply(
+        _mark_rows, axis=None, highlight=highlight)
+    return styler.set_caption(caption or (
+        "Table 3: ImageNet-1k top-1 (%) after fine-tuning at 224 and 384 px; img/s on one "
+        "V100; i1k up: ImageNet-1k models evaluated without fine-tuning."))
+
+
+def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = None) -> Styler:
+    """Table 5 (from :func:`table5_data`): VTAB-1k top-1 (%) per pre-training set and
+    model, tasks grouped as natural / specialized / structured with their means."""
+    order = {d: i for i, d in enumerate(dict.fromkeys(tidy["dataset"]))}
+    wide = tidy.pivot_table(index=["pretrain", "model"], columns=["group", "dataset"],
+                            values="top1", sort=False)
+    wide = wide[sorted(wide.columns, key=lambda c: (paper.VTAB_GROUPS.index(c[0]),
+                                                     order[c[1]]))]
+    pretrain_order = list(paper.DS_TABLE5.values())
+    wide = wide.reindex(sorted(wide.index, key=lambda k: (
+        pretrain_order.index(k[0]) if k[0] in pretrain_order else 99,
+        paper.PAPER_MODELS.index(k[1]) if k[1] in paper.PAPER_MODELS else 99)))
+    wide.columns = pd.MultiIndex.from_tuples(
+        [(g, d.replace("Mean_", "Mean ")) for g, d in wide.columns])
+    means = [c for c in wide.columns if c[1].startswith("Mean")]
+    styler = wide.style.format("{:.1f}", na_rep="-")
+    styler = styler.set_properties(subset=means, **{"font-weight": "bold"})
+    styler = styler.apply(_mark_rows, axis=None, highlight=highlight)
+    return styler.set_caption(caption or (
+        "Table 5: VTAB-1k top-1 (%) of every model and pre-training set, per task and "
+        "group mean."))
+
+
+def _published_rows() -> pd.DataFrame:
+    known = pd.read_csv(data_path("index", "index_csv_known_rows_union.csv"))
+    return known[list(derive.INDEX_COLUMNS)]
+
+
+def compare_finetunes(own: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Own fine-tune result rows beside the published row of the same checkpoint.
+
+    ``own`` and ``published`` are in the index schema; rows are matched on
+    ``adapt_filename`` (same upstream, task, steps, learning rate and resolution).
+    ``published`` defaults to the real index rows shipped with the package. Columns:
+    adapt_filename, model, adapt_ds, adapt_resolution, own_val, own_test, published_val,
+    published_test, difference (own minus published test accuracy, percentage points).
+    """
+    derive.check_index(own, ("name", "adapt_ds", "adapt_resolution", "adapt_final_val",
+                             "adapt_final_test", "adapt_filename"))
+    published = _published_rows() if published is None else published
+    derive.check_index(published, ("adapt_final_val", "adapt_final_test", "adapt_filename"))
+    pub = published.drop_duplicates("adapt_filename").set_index("adapt_filename")
+    out = pd.DataFrame({
+        "adapt_filename": own["adapt_filename"].to_numpy(),
+        "model": own["name"].to_numpy(),
+        "adapt_ds": own["adapt_ds"].to_numpy(),
+        "adapt_resolution": own["adapt_resolution"].to_numpy(),
+        "own_val": 100 * own["adapt_final_val"].to_numpy(dtype=float),
+        "own_test": 100 * own["adapt_final_test"].to_numpy(dtype=float),
+    })
+    out["published_val"] = 100 * out["adapt_filename"].map(pub["adapt_final_val"])
+    out["published_test"] = 100 * out["adapt_filename"].map(pub["adapt_final_test"])
+    out["difference"] = out["own_test"] - out["published_test"]
+    return out
+
+
+def plot_finetunes(comparison: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
+    """Own test accuracy (black star) beside the published one (hollow circle) per
+    fine-tune, from :func:`compare_finetunes`."""
+    if ax is None:
+        fig = Figure(figsize=(7, 0.45 * len(comparison) + 1.4), layout="constrained")
+        ax = fig.subplots()
+    labels = [f"{r.model} {r.adapt_ds} {r.adapt_resolution}px  …{r.adapt_filename[-22:]}"
+              for r in comparison.itertuples()]
+    y = np.arange(len(comparison))
+    ax.scatter(comparison["published_test"], y, s=50, facecolors="white",
+               edgecolors="tab:blue", linewidths=1.5, label="published", zorder=3)
+    ax.scatter(comparison["own_test"], y, marker="*", s=120, color="black", label="own",
+               zorder=4)
+    ax.set_yticks(y, labels, fontsize=7)
+    marks = set([highlight] if isinstance(highlight, str) else highlight or [])
+    for tick, model in zip(ax.get_yticklabels(), comparison["model"], strict=True):
+        if model in marks:
+            tick.set_fontweight("bold")
+    ax.invert_yaxis()
+    ax.set_xlabel("Test accuracy (%)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Own fine-tunes vs the published ones", fontsize=10)
+    return ax.figure
