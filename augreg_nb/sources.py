@@ -140,7 +140,8 @@ def mirror_for(name: str) -> MirroredCheckpoint | None:
 
 def closest_mirrored(name: str | CheckpointName, n: int = 3) -> list[MirroredCheckpoint]:
     """The mirrored checkpoints closest to ``name``: same model first, then the same upstream
-    run, then the same pre-training data, fine-tuning task and resolution."""
+    run, then the same fine-tuning task (else the upstream itself, to fine-tune yourself),
+    then the same pre-training data and resolution."""
     want = name if isinstance(name, CheckpointName) else parse_name(name, any_task=True)
     scored = []
     for i, m in enumerate(mirrored_checkpoints()):
@@ -150,8 +151,9 @@ def closest_mirrored(name: str | CheckpointName, n: int = 3) -> list[MirroredChe
         score = (
             have.model == want.model,
             have.upstream == want.upstream,
-            have.ds == want.ds,
             have.adapt_ds == want.adapt_ds,
+            not have.is_finetuned,
+            have.ds == want.ds,
             have.resolution == want.resolution,
         )
         scored.append((score, -i, m))
