@@ -99,6 +99,11 @@ class SourceError(RuntimeError):
         super().__init__(message)
         self.attempts = attempts
 
+    @property
+    def summary(self) -> str:
+        """One line: each failed source and its reason, for logs and provenance records."""
+        return "; ".join(f"{a.source}: {a.reason}" for a in self.attempts if not a.ok)
+
 
 # --------------------------------------------------------------------------- the mirror
 

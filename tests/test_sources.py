@@ -220,3 +220,52 @@ def test_cli_fetch_and_cache(bucket, hub, capsys):
     assert "issues/321" in err and "timm/vit_base_patch16_224.augreg_in21k" in err
     assert cli_main(["cache", "--clear"]) == 0
     assert not dl.cache_dir().exists()
+
+
+class _FolderGCS:
+    """Stands in for ``gcsfs.GCSFileSystem``: reads gs://vit_models/augreg/* from a folder."""
+
+    def __init__(self, folder, refuse=()):
+        self.folder, self.refuse, self.opened = folder, set(refuse), []
+
+    def _file(self, url):
+        name = url.removeprefix(sources.GCS_BUCKET + "/")
+        if name in self.refuse:
+            raise PermissionError(f"403 caller does not have storage.objects.get on {name}")
+        if not (self.folder / name).is_file():
+            raise FileNotFoundError(url)
+        return self.folder / name
+
+    def info(self, url):
+        return {"size": self._file(url).stat().st_size}
+
+    def open(self, url, mode="rb"):
+        self.opened.append(url)
+        return open(self._file(url), mode)
+
+
+def test_bucket_with_credentials_is_used_when_a_client_and_credentials_exist(
+        bucket, hub, tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    data = write_partial_ti16_npz(private / f"{NAME}.npz")
+    bucket.set(f"{NAME}.npz", status=403)
+    with pytest.raises(sources.SourceError, match="no Google credentials found"):
+        _resolve(NAME)
+    adc = tmp_path / "gcloud" / "application_default_credentials.json"  # $CLOUDSDK_CONFIG
+    adc.parent.mkdir()
+    adc.write_text("{}")
+    assert dl.gcloud_credentials_file() == adc
+    fs = _FolderGCS(private, refuse={f"{B16_UP}.npz"})
+    client = dl.GcsClient("gcsfs", lambda url: fs.info(url)["size"], fs.open)
+    monkeypatch.setattr(dl, "gcs_client", lambda: (client, ""))
+    part = dl.cache_dir() / "checkpoints" / f"{NAME}.npz.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data[:70_000])  # an interrupted earlier copy: resumed with seek
+    r = _resolve(NAME)
+    assert (r.source, r.layout) == ("bucket-gcs", "npz") and r.path.read_bytes() == data
+    assert fs.opened == [f"{sources.GCS_BUCKET}/{NAME}.npz"]
+    with pytest.raises(sources.SourceError) as info:
+        _resolve(B16_UP)
+    assert [a.status for a in info.value.attempts if a.source.startswith("bucket")] == [
+        404, 403]
+    assert "bucket-gcs: " in info.value.summary and "permission denied" in info.value.summary
