@@ -153,9 +153,9 @@ def _run(args: argparse.Namespace) -> int:
 
         index = load_index(location)
         prov = index.attrs.get("provenance") or {}
-        if prov.get("complete") is False:
-            logger.warning("%s is not the full index table; drawing the paper's numbers "
-                           "instead", prov.get("source", location))
+        if prov.get("kind") == "catalogue":
+            logger.warning("the shipped catalogue is not the full index table; drawing the "
+                           "paper's numbers instead")
             index = None
     written = write_all(args.out, index=index, highlight=args.highlight)
     print(f"wrote {len(written)} files; open {written['index.html']}")
