@@ -35,6 +35,7 @@ TensorFlow's file system when gcsfs is missing); see :mod:`augreg_nb.sources`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -170,26 +171,31 @@ def read_meta(path: Path) -> dict:
 
 
 def verify_file(
-    path: Path, *, expected_size: int | None = None, sha256: str | None = None, full: bool = True
+    path: Path, *, expected_size: int | None = None, sha256: str | None = None,
+    full: bool | None = None,
 ) -> str | None:
     """Why the file at ``path`` cannot be trusted, or None when it passes every check.
 
-    Checks its size and sha256 against the arguments and its ``.meta.json`` sidecar
-    (``full=False`` skips hashing), and its format (:func:`check_format`).
+    Checks its size against ``expected_size`` and its ``.meta.json`` sidecar, its format
+    (:func:`check_format`), and its sha256 against ``sha256`` and the sidecar. Hashing a
+    large file takes seconds, so by default (``full=None``) the recorded hash is checked
+    only when the file was modified after it was recorded; ``full=True`` always hashes.
     """
     path = Path(path)
     if not path.is_file():
         return "missing"
     meta = read_meta(path)
-    size = path.stat().st_size
+    stat = path.stat()
     for label, want in (("expected", expected_size), ("recorded", meta.get("size"))):
-        if want is not None and size != int(want):
-            return f"size {size} bytes differs from the {label} {int(want)} bytes"
+        if want is not None and stat.st_size != int(want):
+            return f"size {stat.st_size} bytes differs from the {label} {int(want)} bytes"
     problem = check_format(path)
     if problem:
         return problem
-    wants = [(lbl, w) for lbl, w in (("expected", sha256), ("recorded", meta.get("sha256"))) if w]
-    if full and wants:
+    wants = [("expected", sha256)] if sha256 else []
+    if meta.get("sha256") and (full or meta.get("mtime_ns") != stat.st_mtime_ns):
+        wants.append(("recorded", meta["sha256"]))
+    if wants and full is not False:
         digest = sha256_file(path)
         for label, want in wants:
             if digest != want.lower():
@@ -232,11 +238,9 @@ def download(
     mode and :class:`DownloadError` (with ``.status``) when the server refuses or the
     retries run out; the partial ``<dest>.part`` is kept so the next call resumes.
     """
-    from filelock import FileLock
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path(dest)), timeout=LOCK_TIMEOUT):
+    with _locked(dest):
         if dest.exists():
             problem = verify_file(dest, expected_size=expected_size, sha256=sha256)
             if problem is None:
@@ -259,10 +263,27 @@ def download(
             logger.warning("download of %s failed verification (%s); starting over", url, problem)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _write_meta(dest, {"url": url, "size": part.stat().st_size, "sha256": digest,
-                           "downloaded": stamp})
+                           "downloaded": stamp, "mtime_ns": part.stat().st_mtime_ns})
         os.replace(part, dest)
         logger.info("downloaded %s -> %s", url, dest)
         return dest
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    """Hold the lock of ``dest``; say so when another process holds it first."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(dest)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("another process is fetching %s; waiting for it", dest.name)
+        lock.acquire(timeout=LOCK_TIMEOUT)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_part(part, total, expected_size, sha256, suffix) -> tuple[str | None, str]:

@@ -99,6 +99,10 @@ def test_download_writes_verified_file_and_readable_sidecar(cache, bucket):
     # A second call finds the verified file and opens no connection.
     _get(bucket)
     assert len(_gets(bucket)) == 1
+    from filelock import FileLock  # the lock was released: a fresh holder gets it at once
+
+    with FileLock(str(dl.lock_path(path)), timeout=0):
+        pass
     assert [e.path.name for e in dl.list_cache()] == [f"{NAME}.npz"]
 
 
