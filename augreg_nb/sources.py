@@ -312,7 +312,15 @@ def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None
     if explicit.is_dir():
         raise ValueError(f"{text!r} is a folder; pass a checkpoint name and folder={text!r}")
     looks_like_path = isinstance(name_or_path, os.PathLike) or "/" in text or os.sep in text
-    if explicit.is_file():
+    if _is_url(text):  # an explicit URL of a .npz file: fetched into the cache
+        name = text.rsplit("/", 1)[-1].removesuffix(".npz")
+        got = _try_download(LOCAL, text, checkpoint_cache_path(name), attempts, offline,
+                            progress)
+        if got is not None:
+            return Resolved(got, LOCAL, "npz", name, attempts)
+        attempts[-1] = Attempt(LOCAL, text, f"{attempts[-1].reason}; looking for it by name",
+                               status=attempts[-1].status)
+    elif explicit.is_file():
         problem = dl.check_format(explicit)
         layout = "timm-safetensors" if explicit.suffix == ".safetensors" else "npz"
         if problem is None:

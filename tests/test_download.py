@@ -136,16 +136,20 @@ def test_server_that_ignores_range_makes_it_start_over(cache, bucket):
     assert _gets(bucket)[0].headers["Range"] == "bytes=50000-"
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "not-a-zip"])
 def test_corrupt_cached_file_is_reported_and_fetched_again(cache, bucket, caplog, damage):
     path = _get(bucket)
     raw = bytearray(path.read_bytes())
     if damage == "flip":
         raw[len(raw) // 2] ^= 0xFF  # same size: only the recorded sha256 can tell
         expected = "sha256"
-    else:
+    elif damage == "truncate":
         raw = raw[: len(raw) // 2]
         expected = "size"
+    else:  # a file copied in by hand, without a sidecar
+        dl.meta_path(path).unlink()
+        raw = b"<html>not a checkpoint</html>"
+        expected = "not a valid .npz"
     path.write_bytes(bytes(raw))
     assert expected in dl.verify_file(path)
     with caplog.at_level(logging.WARNING, logger="augreg_nb.download"):

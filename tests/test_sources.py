@@ -135,6 +135,13 @@ def test_local_folder_and_file_come_first(bucket, hub, tmp_path, monkeypatch):
     r = _resolve(folder / f"{NAME}.npz")
     assert r.source == "local" and r.path.read_bytes() == data and r.name == NAME
     assert bucket.requests == [] and hub.requests == []
+    # An explicit URL is fetched into the cache.
+    (bucket.root / "copy").mkdir()
+    (bucket.root / "copy" / f"{NAME}.npz").write_bytes(data)
+    r = _resolve(f"{bucket.url}/copy/{NAME}.npz")
+    assert (r.source, r.name) == ("local", NAME) and r.path.read_bytes() == data
+    assert r.path == dl.cache_dir() / "checkpoints" / f"{NAME}.npz"
+    dl.remove_file(r.path)
     # A path that does not exist falls back to the name, and says so.
     write_partial_ti16_npz(bucket.root / f"{NAME}.npz")
     r = _resolve(tmp_path / "nowhere" / f"{NAME}.npz")
