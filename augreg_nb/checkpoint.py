@@ -277,9 +277,13 @@ def check_params(flat: Mapping[str, Any], model_name: str, *, where: str = "chec
     if "head/bias" not in flat:  # a file without head (timm with num_classes=0)
         want = {k: v for k, v in want.items() if not k.startswith("head/")}
     have = {k: tuple(v.shape) for k, v in flat.items()}
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    # Shallow names first (cls, embedding, ...): they tell most about a mismatch.
+    def order(keys):
+        return sorted(keys, key=lambda k: (k.count("/"), k))
+
+    missing = order(set(want) - set(have))
+    extra = order(set(have) - set(want))
+    wrong = order(k for k in set(want) & set(have) if want[k] != have[k])
     if not (missing or extra or wrong):
         return
     lines = [f"{where} does not fit model {model_name}:"]
