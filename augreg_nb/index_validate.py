@@ -12,10 +12,14 @@ offending rows and records what it dropped in ``df.attrs["provenance"]``.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from augreg_nb import names
+
+log = logging.getLogger(__name__)
 
 #: The 21 columns of the published ``index.csv``, in its order, and what each means.
 COLUMN_DOCS: dict[str, str] = {
@@ -311,24 +315,24 @@ def validate_index(df: pd.DataFrame, *, strict: bool = True) -> pd.DataFrame:
     """
     attrs = dict(df.attrs)
     typed, problems = find_problems(df, allow_extra=not strict)
-    if len(problems):
-        summary = summarize_problems(problems)
-        if strict:
-            raise IndexValidationError(
-                "the index table has problems (rows count from 0; CSV line = row + 2):\n  "
-                + "\n  ".join(summary)
-                + "\nFix the file, or load it with strict=False to drop these rows.",
-                problems,
-            )
+    extra = [c for c in typed.columns if c not in COLUMN_DOCS and c not in EXTRA_COLUMN_DOCS]
+    if len(problems) and strict:
+        raise IndexValidationError(
+            "the index table has problems (rows count from 0; CSV line = row + 2):\n  "
+            + "\n  ".join(summarize_problems(problems))
+            + "\nFix the file, or load it with strict=False to drop these rows.",
+            problems,
+        )
+    if len(problems) or extra:
         bad_rows = problems.loc[problems["row"] >= 0, "row"].unique()
-        typed = typed.drop(index=bad_rows).reset_index(drop=True)
-        extra = [c for c in typed.columns if c not in COLUMN_DOCS and c not in EXTRA_COLUMN_DOCS]
-        typed = typed.drop(columns=extra)
+        typed = typed.drop(index=bad_rows, columns=extra).reset_index(drop=True)
         prov = dict(attrs.get("provenance", {}))
-        prov["dropped_rows"] = int(len(bad_rows))
-        prov["dropped_columns"] = extra
-        prov["problems"] = summary
+        prov.update(dropped_rows=int(len(bad_rows)), dropped_columns=extra,
+                    problems=summarize_problems(problems))
         attrs["provenance"] = prov
+        if len(bad_rows):
+            log.warning("dropped %d invalid index row(s): %s", len(bad_rows),
+                        "; ".join(prov["problems"]))
     typed = finalize_dtypes(typed)
     typed.attrs = attrs
     return typed
