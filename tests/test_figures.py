@@ -85,6 +85,7 @@ def test_fig7_and_fig5_heatmaps():
     assert _mesh(ax).shape == (9, 6)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(paper.FIG5_TASKS)
     assert "+6.2" in _texts(ax) and "-3.6" in _texts(ax)
+    assert fig5._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # shows itself in a notebook
 
 
 def test_fig6_scatter_and_patch_vs_width():

@@ -8,6 +8,7 @@ into your own figure, and ``highlight="B/16"`` to mark a model's row.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,10 +25,23 @@ CMAP = "RdYlGn"
 FONT = 6.5
 
 
+class NotebookFigure(Figure):
+    """A plain matplotlib Figure that also shows itself in a notebook.
+
+    Figures are made without pyplot (no global figure list, no double display); Jupyter
+    shows them through ``_repr_png_`` even where pyplot's inline backend was never loaded.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+
 def panel_axes(ax, n: int, figsize: tuple[float, float], **subplot_kw) -> list:
     """``n`` Axes: the ones given (one Axes or a sequence) or a new Figure's row of panels."""
     if ax is None:
-        fig = Figure(figsize=figsize, layout="constrained")
+        fig = NotebookFigure(figsize=figsize, layout="constrained")
         axes = fig.subplots(1, n, squeeze=False, **subplot_kw)[0]
         return list(axes)
     axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]

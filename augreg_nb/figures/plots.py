@@ -101,7 +101,7 @@ def plot_fig6(tidy: pd.DataFrame, ax=None, *, highlight=None,
                       alpha=0.8, zorder=2)
             marked = pts[pts["model"].isin(highlight)]
             _ring(left, marked["img_per_sec"], marked["top1"])
-    best = tidy.sort_values("top1").drop_duplicates(["model", "resolution"], keep="last")
+    best = tidy.sort_values("top1").drop_duplicates("model", keep="last")
     for _, row in best.iterrows():
         left.annotate(row["model"], (row["img_per_sec"], row["top1"]), xytext=(3, 3),
                       textcoords="offset points", fontsize=FONT - 2, color="dimgray")

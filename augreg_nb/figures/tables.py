@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from augreg_nb.figures import derive, paper
+from augreg_nb.figures.heatmaps import NotebookFigure
 from augreg_nb.resources import data_path
 
 _ACC_COLUMNS = [c for c in paper.TABLE3_HEADERS if not c.startswith("img_sec")]
@@ -109,7 +110,7 @@ def plot_finetunes(comparison: pd.DataFrame, ax=None, *, highlight=None) -> Figu
     """Own test accuracy (black star) beside the published one (hollow circle) per
     fine-tune, from :func:`compare_finetunes`."""
     if ax is None:
-        fig = Figure(figsize=(7, 0.45 * len(comparison) + 1.4), layout="constrained")
+        fig = NotebookFigure(figsize=(7, 0.45 * len(comparison) + 1.4), layout="constrained")
         ax = fig.subplots()
     labels = [f"{r.model} {r.adapt_ds} {r.adapt_resolution}px  …{r.adapt_filename[-22:]}"
               for r in comparison.itertuples()]
