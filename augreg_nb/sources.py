@@ -447,9 +447,10 @@ def _failure_message(what: str, name: str | None, attempts: list[Attempt],
                 lines.append("  - a checkpoint that the Hugging Face Hub mirrors (timm layout), "
                              "closest first:")
                 lines += [f"      {m.filename}  (hf.co/{m.repo_id})" for m in near]
-        else:
-            lines.append("  - without the table, index.load_index() uses the shipped catalogue "
-                         "(the published rows that are known, and the mirrored checkpoints)")
+    if name is None:
+        lines.append("Without the full table, augreg_nb.index.load_index() uses the shipped "
+                     "catalogue (the published rows that are known, and the mirrored "
+                     "checkpoints).")
     return "\n".join(lines)
 
 
@@ -511,7 +512,7 @@ def _cmd_cache(args) -> int:
         note = "  (partial download; the next fetch resumes it)" if e.partial else ""
         print(f"  {dl.human_size(e.size):>10}  {e.path.relative_to(root)}{note}")
     total = sum(e.size for e in entries)
-    print(f"  {len(entries)} files, {dl.human_size(total)}")
+    print(f"  {len(entries)} file{'' if len(entries) == 1 else 's'}, {dl.human_size(total)}")
     print("Checkpoints from the Hugging Face Hub stay in the Hub's own cache: `hf cache ls`, "
           "`hf cache rm`.")
     return 0
