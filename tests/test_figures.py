@@ -168,6 +168,20 @@ def test_fig4_cell_is_max_over_weight_decay(synth):
     assert cell["value"].item() == pytest.approx(100 * rows["final_val"].max())
 
 
+def test_selection_rules_agree_with_the_index_module(synth):
+    from augreg_nb import index
+
+    table = synth.copy()
+    table.attrs["provenance"] = {"complete": True}  # apply the rule, not published picks
+    rec = index.recommended_checkpoints(table, method="rule")
+    ours = derive.best_upstreams(synth, "i21k").set_index("name")["filename"]
+    assert rec["filename"].to_dict() == ours.to_dict()
+    up = ours["R26+S/32"]
+    row = index.best_finetune(table, up, "imagenet2012", 384)
+    ft = derive.best_finetunes(synth, [up], "imagenet2012", 384)
+    assert row["adapt_filename"] == ft["adapt_filename"].item()
+
+
 def test_fig1_from_the_index(synth):
     tidy = figures.fig1_data(synth)
     assert len(tidy) == 3 * 3 * 2 + 3

@@ -8,6 +8,8 @@ import pandas as pd
 
 from augreg_nb import cli, figures
 from augreg_nb.figures import synthetic
+from augreg_nb.figures.derive import INDEX_COLUMNS
+from augreg_nb.resources import data_path
 
 
 def test_write_all_from_the_shipped_tables(tmp_path):
@@ -42,6 +44,16 @@ def test_figures_command_with_an_index_file(tmp_path, capsys):
     assert set(comparison.loc[comparison["differs"], "column"]) <= {"reg - noreg"}
     page = (out / "index.html").read_text()
     assert "src='fig1.png'" in page and "a full index table" in page
+
+
+def test_figures_command_with_own_results(tmp_path):
+    known = pd.read_csv(data_path("index", "index_csv_known_rows_union.csv"))
+    own = known[known["adapt_ds"] == "oxford_iiit_pet"].head(3)[list(INDEX_COLUMNS)]
+    own.assign(adapt_final_test=0.9).to_csv(tmp_path / "own.csv", index=False)
+    out = tmp_path / "figs"
+    assert cli.main(["figures", "--out", str(out), "--own", str(tmp_path / "own.csv")]) == 0
+    assert (out / "finetunes.png").is_file()
+    assert "src='finetunes.png'" in (out / "index.html").read_text()
 
 
 def test_figures_command_explains_a_missing_index(tmp_path, capsys):

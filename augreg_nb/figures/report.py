@@ -2,6 +2,7 @@
 
     augreg-nb figures --out augreg-figures                 # from the paper's numbers
     augreg-nb figures --out augreg-figures --index index.csv   # derived from a full index
+    augreg-nb figures --out augreg-figures --own results.csv   # with own fine-tune rows
 
 or from Python: ``augreg_nb.figures.write_all("augreg-figures", index=None)``. The folder
 gets ``fig*.png`` and ``fig*.svg``, ``table3.html``, ``table5.html``, ``index.html`` (all
@@ -43,6 +44,8 @@ CAPTIONS = {
     "larger patch (/32) against a thinner model (/16) at 224 px (right).",
     "fig7": "Figure 7: Upstream validation accuracy with regularisation minus without, per "
     "augmentation setting (percentage points).",
+    "finetunes": "Own fine-tunes (black stars) beside the published fine-tune of the same "
+    "checkpoint, task, schedule and resolution (hollow circles): test accuracy (%).",
     "table3": "Table 3: ImageNet-1k transfer.",
     "table5": "Table 5: VTAB-1k results per task.",
 }
@@ -62,7 +65,11 @@ FIG1_NEEDS_INDEX = (
 
 def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
                 overlay: pd.DataFrame | None = None) -> dict:
-    """name -> matplotlib Figure for every figure the data allows (Figure 1 needs ``index``)."""
+    """name -> matplotlib Figure for every figure the data allows (Figure 1 needs ``index``).
+
+    ``overlay``: own fine-tune result rows (index schema), drawn on Figures 1 and 6 and,
+    beside the published rows of the same checkpoints, as the extra ``finetunes`` figure.
+    """
     out = {}
     if index is not None:
         out["fig1"] = plots.plot_fig1(tidy.fig1_data(index), highlight=highlight,
@@ -72,6 +79,9 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
     out["fig5"] = heatmaps.plot_fig5(tidy.fig5_data(index), highlight=highlight)
     out["fig6"] = plots.plot_fig6(tidy.fig6_data(index), highlight=highlight, overlay=overlay)
     out["fig7"] = heatmaps.plot_fig7(tidy.fig7_data(index), highlight=highlight)
+    if overlay is not None and len(overlay):
+        out["finetunes"] = tables.plot_finetunes(
+            tables.compare_finetunes(overlay, index), highlight=highlight)
     return out
 
 
@@ -81,7 +91,8 @@ def write_all(out_dir, *, index: pd.DataFrame | None = None, highlight=None,
 
     ``index``: a full index table to derive the numbers from (default: the paper's printed
     numbers); with one, ``comparison.csv`` lists the index-derived numbers beside the
-    paper's. Returns name -> path of everything written.
+    paper's. ``overlay``: own fine-tune result rows, see :func:`figures_for`. Returns
+    name -> path of everything written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +138,7 @@ def _page(written: dict[str, Path], styled: dict, comparison_html: str, source: 
         "</head><body><h1>How to train your ViT? Figures and tables</h1>",
         f"<p>Numbers from {html.escape(source)}.</p>",
     ]
-    for name in ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7"):
+    for name in ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "finetunes"):
         if f"{name}.png" in written:
             parts.append(f"<figure><img src='{name}.png' alt='{name}'>"
                          f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>")
@@ -157,7 +168,10 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("the shipped catalogue is not the full index table; drawing the "
                            "paper's numbers instead")
             index = None
-    written = write_all(args.out, index=index, highlight=args.highlight)
+    own = None
+    if args.own:
+        own = pd.read_csv(args.own)
+    written = write_all(args.out, index=index, highlight=args.highlight, overlay=own)
     print(f"wrote {len(written)} files; open {written['index.html']}")
     return 0
 
@@ -174,4 +188,6 @@ def register_cli(sub) -> None:
     p.add_argument("--index", default=None,
                    help="path or URL of a full index.csv to derive the numbers from")
     p.add_argument("--highlight", default=None, help="a model to mark, e.g. B/16")
+    p.add_argument("--own", default=None, metavar="CSV",
+                   help="own fine-tune result rows (index columns) to show beside the paper's")
     p.set_defaults(func=_run)
