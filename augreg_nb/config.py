@@ -31,20 +31,8 @@ from collections.abc import Iterable
 import ml_collections
 from ml_collections import config_dict
 
-#: Task -> the two run lengths of the published sweep (steps).
-SWEEP_LENGTHS: dict[str, tuple[int, ...]] = {
-    "cifar100": (2500, 10000),
-    "oxford_iiit_pet": (500, 2500),
-    "resisc45": (2500, 10000),
-    "kitti": (500, 2500),
-    "imagenet2012": (20000,),
-}
-#: Learning rates of the published sweep (the index holds all four for every task).
-SWEEP_LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)
-#: Resolutions of the published sweep.
+#: Resolutions of the published sweep (its lengths and learning rates are in augreg_nb.tasks).
 SWEEP_RESOLUTIONS: tuple[int, ...] = (224, 384)
-#: Warm-up steps by run length (the paper's Table 4).
-WARMUP_BY_STEPS: dict[int, int] = {500: 100, 2500: 200, 10000: 500, 20000: 500}
 
 #: Model used when ``checkpoint`` names no model ("B/16" = its recommended i21k upstream).
 DEFAULT_CHECKPOINT = "B/16"
@@ -58,11 +46,11 @@ SMOKE_TASK = "digits"
 def warmup_for(total_steps: int) -> int:
     """Warm-up steps the paper uses for a run of ``total_steps`` (Table 4).
 
-    Lengths outside the table get 10% warm-up (at least 1 step).
+    See ``augreg_nb.tasks.warmup_steps`` for lengths outside the table.
     """
-    if total_steps in WARMUP_BY_STEPS:
-        return WARMUP_BY_STEPS[total_steps]
-    return max(1, total_steps // 10)
+    from augreg_nb.tasks import warmup_steps
+
+    return warmup_steps(total_steps)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -156,20 +144,22 @@ def preset_for(
 
 
 def _smoke() -> ml_collections.ConfigDict:
+    # About 10 s on 2 CPU cores; reaches roughly 70% test accuracy on the 10 digit classes
+    # (chance: 10%) from a fake (random, well-scaled) checkpoint of the "testing" ViT.
     c = _base()
     c.checkpoint = FAKE_CHECKPOINT_PREFIX + "testing"
     c.model = "testing"
     c.task = SMOKE_TASK
     c.resolution = 32
-    c.base_lr = 0.03
-    c.total_steps = 60
-    c.warmup_steps = 6
+    c.base_lr = 0.1
+    c.total_steps = 300
+    c.warmup_steps = 30
     c.global_batch = 64
     c.micro_batches = 1
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.log_every = 5
-    c.momentum_dtype = "float32"
+    c.eval_every = 100
+    c.checkpoint_every = 100
+    c.log_every = 10
+    c.train_preprocess = "random_crop"  # an inception crop of 5% of a 32 px digit is noise
     c.eval_batch = 128
     c.shuffle_buffer = 2000
     c.lock()
@@ -177,15 +167,15 @@ def _smoke() -> ml_collections.ConfigDict:
 
 
 def presets() -> list[str]:
-    """Names accepted by :func:`get_config` (besides any "task-steps-lr-resolution")."""
-    examples = [
-        f"{task}-{steps}-{lr}-{res}"
-        for task, lengths in SWEEP_LENGTHS.items()
-        for steps in lengths
-        for lr in SWEEP_LEARNING_RATES
-        for res in SWEEP_RESOLUTIONS
-    ]
-    return ["smoke", *examples]
+    """Names accepted by :func:`get_config`: "smoke" and every run of the published sweep."""
+    from augreg_nb.tasks import get_task, list_tasks
+
+    names = ["smoke"]
+    for name in list_tasks():
+        task = get_task(name)
+        names += [f"{name}-{steps}-{lr}-{res}" for steps in task.sweep_steps
+                  for lr in task.learning_rates for res in SWEEP_RESOLUTIONS]
+    return names
 
 
 def get_config(preset: str = "smoke") -> ml_collections.ConfigDict:

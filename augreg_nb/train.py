@@ -326,3 +326,178 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ finetune()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def load_task(config):
+    """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
+    if config.task == config_lib.SMOKE_TASK:
+        from augreg_nb.download import cache_dir
+        from augreg_nb.testing.datasets import digits_task
+
+        return digits_task(config.data_dir or cache_dir() / "tfds", size=32)
+    from augreg_nb.tasks import get_task
+
+    return get_task(config.task, data_dir=config.data_dir)
+
+
+def _upstream_checkpoint(config) -> str:
+    """The checkpoint to load: a model name means its recommended i21k upstream."""
+    from augreg_nb import names
+
+    if config.checkpoint in names.MODELS:
+        from augreg_nb.index import load_index, recommended_checkpoints
+
+        rec = recommended_checkpoints(load_index(strict=False))
+        filename = str(rec.loc[config.checkpoint, "filename"])
+        logger.info("checkpoint %s: its recommended upstream is %s", config.checkpoint, filename)
+        return filename
+    return config.checkpoint
+
+
+def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
+    """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning."""
+    from augreg_nb import checkpoint as ckpt
+
+    if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
+        from augreg_nb.testing.checkpoints import write_fake_checkpoint
+
+        model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
+        path = workdir / f"fake-{_slug(model)}.npz"
+        if not path.exists() and __import__("jax").process_index() == 0:
+            write_fake_checkpoint(path, model, num_classes=1000, seed=config.seed)
+        params = ckpt.load(path, model_name=config.model or model, num_classes=num_classes,
+                           resolution=config.resolution)
+        return config.model or model, params, path.stem
+    source = _upstream_checkpoint(config)
+    model, params = ckpt.load_pretrained(source, model_name=config.model,
+                                         num_classes=num_classes, resolution=config.resolution)
+    stem = Path(str(source)).name.removesuffix(".npz").removesuffix(".safetensors")
+    return model, params, stem
+
+
+def adapt_filename(stem: str, config) -> str:
+    """The fine-tune's filename in the published naming (``{upstream}--{task}-steps_...``).
+
+    Lengths without a published token (e.g. 60 steps) are written as the number of steps.
+    """
+    from augreg_nb import names
+
+    try:
+        return names.parse_name(stem).finetuned(
+            config.task, config.total_steps, config.base_lr, config.resolution).filename
+    except ValueError:
+        steps = (names.steps_token(config.total_steps) if config.total_steps in
+                 names.STEPS_TOKENS else str(config.total_steps))
+        return (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
+                f"-res_{config.resolution}")
+
+
+def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
+    """This run as a row of the index table (its 21 columns, in order)."""
+    from augreg_nb import names
+    from augreg_nb.index import COLUMNS
+    from augreg_nb.models import param_count
+
+    row = dict.fromkeys(COLUMNS, math.nan)
+    row.update(name=model, filename=stem)
+    try:
+        up = names.parse_name(stem).upstream
+        row.update(name=up.model, ds=up.pretraining, epochs=up.epochs, lr=up.lr, aug=up.aug,
+                   wd=up.wd, do=up.do, sd=up.sd, filename=up.filename)
+        known = _index_upstream_row(up.filename)
+        if known is not None:
+            row.update({k: known[k] for k in ("best_val", "final_val", "final_test")})
+    except ValueError:
+        pass
+    row.update(
+        adapt_ds=config.task, adapt_lr=float(config.base_lr),
+        adapt_steps=int(config.total_steps), adapt_resolution=int(config.resolution),
+        adapt_final_val=final.get("val_accuracy", math.nan),
+        adapt_final_test=final.get("test_accuracy", math.nan),
+        params=param_count(params), adapt_filename=adapt_filename(stem, config),
+    )
+    return {k: row[k] for k in COLUMNS}
+
+
+def _index_upstream_row(filename: str) -> dict | None:
+    """Upstream metrics of ``filename`` from the index table, if the table has the row."""
+    try:
+        from augreg_nb.index import load_index
+
+        df = load_index(strict=False)
+    except Exception as err:  # the index is optional here: the row just stays NaN
+        logger.debug("no index table for the upstream metrics: %s", err)
+        return None
+    rows = df[df["filename"] == filename]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def default_workdir(config) -> Path:
+    """``<cache>/runs/<checkpoint>--<task>-<steps>-<lr>-<resolution>-seed_<seed>``."""
+    from augreg_nb.download import cache_dir
+
+    name = (f"{_slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
+            f"-{config.base_lr}-{config.resolution}-seed_{config.seed}")
+    return cache_dir() / "runs" / name
+
+
+def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
+    """Fine-tune ``config.checkpoint`` on ``config.task`` with the paper's recipe.
+
+    Resumes from ``config.workdir`` when it holds a state of the same recipe; a finished
+    run returns its saved result without training. See the module docstring.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from augreg_nb import checkpoint as ckpt
+    from augreg_nb import input_pipeline as ip
+    from augreg_nb import train_step as ts
+    from augreg_nb.models import create_model
+
+    mesh = ts.make_mesh()
+    config_lib.validate(config, mesh.devices.size)
+    workdir = Path(config.workdir) if config.workdir else default_workdir(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    task = load_task(config)
+    model_name, params, stem = load_start_params(config, task.num_classes, workdir)
+    model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype))
+    local_batch = ip.local_batch_size(config.global_batch, mesh)
+
+    def train_batches(first_step: int) -> Iterator[dict]:
+        ds = ip.make_train_dataset(
+            task, resolution=config.resolution, batch_size=local_batch, seed=config.seed,
+            preprocess_mode=config.train_preprocess, shuffle_buffer=config.shuffle_buffer)
+        # Batch k is the k-th element of a seeded stream: skipping k - 1 resumes exactly.
+        return ds.skip(first_step - 1).as_numpy_iterator()
+
+    evals = {
+        split: ip.make_eval_iterator(task, split, resolution=config.resolution,
+                                     batch_size=config.eval_batch, mesh=mesh,
+                                     preprocess_mode=config.eval_preprocess)
+        for split in ("val", "test")
+    }
+    data = TrainData(task.num_classes, train_batches,
+                     {split: (lambda it=it: it) for split, it in evals.items()})
+    out = fit(config, apply_fn=model.apply, params=params, data=data, workdir=workdir,
+              callbacks=callbacks, mesh=mesh)
+    row = result_row(config, stem=stem, model=model_name, params=out.params, final=out.final)
+    export_path = None
+    if config.export:
+        export_path = workdir / f"{row['adapt_filename']}.npz"
+        if jax.process_index() == 0:
+            ckpt.save(out.params, export_path)
+    if jax.process_index() == 0:
+        write_json_atomic(workdir / RESULT_FILE, {"result_row": row, "final": out.final,
+                                                  "export_path": str(export_path or "")})
+    logger.info("%s: val %.4f, test %.4f", row["adapt_filename"], row["adapt_final_val"],
+                row["adapt_final_test"])
+    return FinetuneResult(params=out.params, history=out.history, result_row=row,
+                          export_path=export_path, workdir=workdir)

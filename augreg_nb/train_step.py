@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from augreg_nb.train_state import TrainState
@@ -102,16 +102,20 @@ def softmax_cross_entropy(logits, onehot):
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh with axis "data" over ``devices`` (default: every device of every host)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh(
-        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
-    )
+    """A 1-D mesh with axis "data" over ``devices`` (default: every device of every host).
+
+    The same mesh the input pipeline shards its batches over.
+    """
+    from augreg_nb.input_pipeline import data_mesh
+
+    return data_mesh(devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh's "data" axis."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Leading (batch) axis split over the mesh's "data" axis (as the input pipeline does)."""
+    from augreg_nb.input_pipeline import batch_sharding as pipeline_batch_sharding
+
+    return pipeline_batch_sharding(mesh)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -219,7 +223,7 @@ def make_train_step(
             (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs)
             loss = loss / micro_batches
             grads = jax.tree.map(lambda g: g / micro_batches, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite_step == 0)

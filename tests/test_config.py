@@ -82,4 +82,13 @@ def test_every_field_has_a_comment():
 def test_smoke_preset_is_small():
     c = get_config("smoke")
     assert c.model == "testing" and c.checkpoint.startswith("fake:")
-    assert c.total_steps <= 100 and c.resolution <= 64
+    assert c.total_steps <= 500 and c.resolution <= 64
+
+
+def test_presets_list_the_published_sweep():
+    names = config_lib.presets()
+    assert "smoke" in names and "cifar100-10000-0.03-384" in names
+    assert "oxford_iiit_pet-500-0.001-224" in names and "imagenet2012-20000-0.01-384" in names
+    assert len(names) == 1 + 4 * 2 * 4 * 2 + 4 * 2  # 4 tasks x 2 lengths, ImageNet x 1
+    for name in names[1:6]:
+        assert get_config(name).total_steps in (500, 2500, 10000, 20000)
