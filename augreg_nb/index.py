@@ -185,6 +185,12 @@ def load_index(source: str | os.PathLike | None = None, *, strict: bool = True) 
                             kind=resolved.source, path=str(resolved.path), attempts=attempts)
 
 
+if load_index.__doc__:  # absent under python -OO
+    load_index.__doc__ += "\n    Columns of the returned table:\n\n" + "\n".join(
+        f"    - ``{name}``: {doc}" for name, doc in {**COLUMN_DOCS, **EXTRA_COLUMN_DOCS}.items()
+    ) + "\n\n    The last five exist only in the shipped catalogue.\n"
+
+
 def describe_provenance(df: pd.DataFrame) -> str:
     """One line for views: where the table came from and whether it is complete."""
     prov = df.attrs.get("provenance") or {}
