@@ -266,6 +266,9 @@ def test_own_finetunes_beside_published():
                                 90 - 100 * pets["adapt_final_test"].iat[1]])
     fig = figures.plot_finetunes(table)
     assert len(fig.axes[0].get_yticklabels()) == 2
+    # One result row as the fine-tuning engine returns it (a dict) works the same way.
+    one = figures.compare_finetunes(own.iloc[0].to_dict())
+    assert one["difference"].item() == pytest.approx(table["difference"].iat[0])
     with pytest.raises(ValueError, match="adapt_final_test"):
         figures.compare_finetunes(own.drop(columns="adapt_final_test"))
 

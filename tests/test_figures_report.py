@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -49,9 +50,12 @@ def test_figures_command_with_an_index_file(tmp_path, capsys):
 def test_figures_command_with_own_results(tmp_path):
     known = pd.read_csv(data_path("index", "index_csv_known_rows_union.csv"))
     own = known[known["adapt_ds"] == "oxford_iiit_pet"].head(3)[list(INDEX_COLUMNS)]
-    own.assign(adapt_final_test=0.9).to_csv(tmp_path / "own.csv", index=False)
+    own.iloc[:2].assign(adapt_final_test=0.9).to_csv(tmp_path / "own.csv", index=False)
+    result = {"result_row": own.iloc[2].to_dict(), "final": {}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
     out = tmp_path / "figs"
-    assert cli.main(["figures", "--out", str(out), "--own", str(tmp_path / "own.csv")]) == 0
+    files = f"{tmp_path / 'own.csv'},{tmp_path / 'result.json'}"
+    assert cli.main(["figures", "--out", str(out), "--own", files]) == 0
     assert (out / "finetunes.png").is_file()
     assert "src='finetunes.png'" in (out / "index.html").read_text()
 

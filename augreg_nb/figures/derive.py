@@ -16,6 +16,7 @@ Selection rules (ties and missing values: the row that comes first in index orde
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -50,6 +51,25 @@ def check_index(index: pd.DataFrame, needed: tuple[str, ...] = INDEX_COLUMNS) ->
     return index
 
 
+def as_rows(own) -> pd.DataFrame:
+    """Own result rows as a DataFrame: accepts a DataFrame, one row as a dict (e.g.
+    ``FinetuneResult.result_row``), an object with a ``result_row`` attribute (a
+    ``FinetuneResult``), or a list of those."""
+    if isinstance(own, pd.DataFrame):
+        return own
+    items = own if isinstance(own, list | tuple) else [own]
+    rows = []
+    for item in items:
+        row = getattr(item, "result_row", item)
+        if not isinstance(row, Mapping):
+            raise ValueError(
+                f"cannot read an own result row from {type(item).__name__}; pass a DataFrame "
+                "in the index schema, a dict such as FinetuneResult.result_row, or a list"
+            )
+        rows.append(dict(row))
+    return pd.DataFrame(rows)
+
+
 def prepare(index: pd.DataFrame) -> pd.DataFrame:
     """Check ``index`` and return a copy with plain (non-categorical) columns.
 
@@ -57,6 +77,8 @@ def prepare(index: pd.DataFrame) -> pd.DataFrame:
     shipped catalogue: selections on it are not the paper's.
     """
     check_index(index)
+    if index.attrs.get("figures_prepared"):
+        return index
     prov = index.attrs.get("provenance") or {}
     if prov.get("complete") is False:
         logger.warning(
@@ -66,6 +88,7 @@ def prepare(index: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if isinstance(out[col].dtype, pd.CategoricalDtype):
             out[col] = out[col].astype(object)
+    out.attrs["figures_prepared"] = True
     return out
 
 

@@ -68,7 +68,8 @@ def plot_fig3(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     return axes[0].figure
 
 
-def _overlay_points(overlay: pd.DataFrame | None, adapt_ds: str) -> pd.DataFrame:
+def _overlay_points(overlay, adapt_ds: str) -> pd.DataFrame:
+    overlay = None if overlay is None else derive.as_rows(overlay)
     if overlay is None or len(overlay) == 0:
         return pd.DataFrame(columns=["name", "ds", "adapt_resolution",
                                      "infer_samples_per_sec", "adapt_final_test"])
@@ -78,7 +79,7 @@ def _overlay_points(overlay: pd.DataFrame | None, adapt_ds: str) -> pd.DataFrame
 
 
 def plot_fig6(tidy: pd.DataFrame, ax=None, *, highlight=None,
-              overlay: pd.DataFrame | None = None) -> Figure:
+              overlay=None) -> Figure:
     """Figure 6: ImageNet-1k top-1 after fine-tuning against inference speed (log scale).
 
     Left: every model, pre-training set (colour) and resolution (filled 224 px, hollow
@@ -160,7 +161,7 @@ def _plot_patch_vs_width(ax, tidy: pd.DataFrame, highlight: set[str]) -> None:
 
 
 def plot_fig1(tidy: pd.DataFrame, ax=None, *, highlight=None,
-              overlay: pd.DataFrame | None = None) -> Figure:
+              overlay=None) -> Figure:
     """Figure 1: ImageNet-1k top-1 of B/32, B/16, L/16 against pre-training data, with
     AugReg (solid) and without (dashed); JFT-300M points from Table 3 (stars).
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from augreg_nb.figures import compare, heatmaps, plots, tables, tidy
+from augreg_nb.figures import compare, derive, heatmaps, plots, tables, tidy
 from augreg_nb.resources import ENV_INDEX
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,14 @@ FIG1_NEEDS_INDEX = (
 
 
 def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
-                overlay: pd.DataFrame | None = None) -> dict:
+                overlay=None) -> dict:
     """name -> matplotlib Figure for every figure the data allows (Figure 1 needs ``index``).
 
     ``overlay``: own fine-tune result rows (index schema), drawn on Figures 1 and 6 and,
     beside the published rows of the same checkpoints, as the extra ``finetunes`` figure.
     """
     out = {}
+    overlay = None if overlay is None else derive.as_rows(overlay)
     if index is not None:
         out["fig1"] = plots.plot_fig1(tidy.fig1_data(index), highlight=highlight,
                                       overlay=overlay)
@@ -86,7 +88,7 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
 
 
 def write_all(out_dir, *, index: pd.DataFrame | None = None, highlight=None,
-              overlay: pd.DataFrame | None = None, dpi: int = 120) -> dict[str, Path]:
+              overlay=None, dpi: int = 120) -> dict[str, Path]:
     """Write every figure (PNG and SVG), Tables 3 and 5 and an ``index.html`` page.
 
     ``index``: a full index table to derive the numbers from (default: the paper's printed
@@ -156,6 +158,22 @@ def _page(written: dict[str, Path], styled: dict, comparison_html: str, source: 
     return "\n".join(parts)
 
 
+def _read_own(path: str) -> pd.DataFrame:
+    """Own result rows from a CSV in the index schema or fine-tuning ``result.json`` files."""
+    frames = []
+    for item in path.split(","):
+        p = Path(item)
+        if not p.is_file():
+            raise FileNotFoundError(f"own results file not found: {p}; pass a CSV in the index "
+                                    "schema or a fine-tuning run's result.json")
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+            frames.append(pd.DataFrame([data.get("result_row", data)]))
+        else:
+            frames.append(pd.read_csv(p))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     index = None
     location = args.index or os.environ.get(ENV_INDEX)
@@ -168,9 +186,7 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("the shipped catalogue is not the full index table; drawing the "
                            "paper's numbers instead")
             index = None
-    own = None
-    if args.own:
-        own = pd.read_csv(args.own)
+    own = _read_own(args.own) if args.own else None
     written = write_all(args.out, index=index, highlight=args.highlight, overlay=own)
     print(f"wrote {len(written)} files; open {written['index.html']}")
     return 0
@@ -188,6 +204,7 @@ def register_cli(sub) -> None:
     p.add_argument("--index", default=None,
                    help="path or URL of a full index.csv to derive the numbers from")
     p.add_argument("--highlight", default=None, help="a model to mark, e.g. B/16")
-    p.add_argument("--own", default=None, metavar="CSV",
-                   help="own fine-tune result rows (index columns) to show beside the paper's")
+    p.add_argument("--own", default=None, metavar="FILES",
+                   help="own fine-tune results to show beside the published ones: CSV files in "
+                   "the index schema or runs' result.json, comma-separated")
     p.set_defaults(func=_run)

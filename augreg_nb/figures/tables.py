@@ -78,15 +78,17 @@ def _published_rows() -> pd.DataFrame:
     return known[list(derive.INDEX_COLUMNS)]
 
 
-def compare_finetunes(own: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+def compare_finetunes(own, published: pd.DataFrame | None = None) -> pd.DataFrame:
     """Own fine-tune result rows beside the published row of the same checkpoint.
 
-    ``own`` and ``published`` are in the index schema; rows are matched on
+    ``own``: a DataFrame in the index schema, ``FinetuneResult.result_row`` dicts or
+    ``FinetuneResult`` objects; ``published``: an index table. Rows are matched on
     ``adapt_filename`` (same upstream, task, steps, learning rate and resolution).
     ``published`` defaults to the real index rows shipped with the package. Columns:
     adapt_filename, model, adapt_ds, adapt_resolution, own_val, own_test, published_val,
     published_test, difference (own minus published test accuracy, percentage points).
     """
+    own = derive.as_rows(own)
     derive.check_index(own, ("name", "adapt_ds", "adapt_resolution", "adapt_final_val",
                              "adapt_final_test", "adapt_filename"))
     published = _published_rows() if published is None else published
