@@ -15,6 +15,7 @@ from pandas.io.formats.style import Styler
 
 from augreg_nb.figures import derive, paper
 from augreg_nb.figures.heatmaps import NotebookFigure
+from augreg_nb.names import parse_name
 from augreg_nb.resources import data_path
 
 _ACC_COLUMNS = [c for c in paper.TABLE3_HEADERS if not c.startswith("img_sec")]
@@ -108,14 +109,24 @@ def compare_finetunes(own, published: pd.DataFrame | None = None) -> pd.DataFram
     return out
 
 
+def _label(adapt_filename: str) -> str:
+    """``R26+S/32 i21k light1 wd0.1 -> oxford_iiit_pet 2500 steps lr 0.03 384 px``."""
+    try:
+        n = parse_name(adapt_filename, any_task=True)
+    except ValueError:
+        return adapt_filename
+    reg = f" do{n.do:g}" if n.do else ""
+    return (f"{n.model} {n.pretraining} {n.aug_paper} wd{n.wd:g}{reg} -> {n.adapt_ds} "
+            f"{n.adapt_steps} steps lr {n.adapt_lr:g} {n.adapt_resolution} px")
+
+
 def plot_finetunes(comparison: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     """Own test accuracy (black star) beside the published one (hollow circle) per
     fine-tune, from :func:`compare_finetunes`."""
     if ax is None:
-        fig = NotebookFigure(figsize=(7, 0.45 * len(comparison) + 1.4), layout="constrained")
+        fig = NotebookFigure(figsize=(9, 0.45 * len(comparison) + 1.4), layout="constrained")
         ax = fig.subplots()
-    labels = [f"{r.model} {r.adapt_ds} {r.adapt_resolution}px  …{r.adapt_filename[-22:]}"
-              for r in comparison.itertuples()]
+    labels = [_label(name) for name in comparison["adapt_filename"]]
     y = np.arange(len(comparison))
     ax.scatter(comparison["published_test"], y, s=50, facecolors="white",
                edgecolors="tab:blue", linewidths=1.5, label="published", zorder=3)
