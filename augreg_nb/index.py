@@ -195,15 +195,16 @@ def describe_provenance(df: pd.DataFrame) -> str:
     """One line for views: where the table came from and whether it is complete."""
     prov = df.attrs.get("provenance") or {}
     src = prov.get("source", "an in-memory table (no provenance)")
-    complete = is_complete(df)
-    n = len(df)
-    if complete:
-        text = f"index: {src}, {n:,} rows - the complete published table"
+    loaded = int(prov.get("rows", len(df)))
+    if is_complete(df):
+        text = f"index: {src}, {loaded:,} rows - the complete published table"
     else:
         text = (
-            f"index: {src}, {n:,} of {EXPECTED_ROWS:,} rows - incomplete; recommendations "
+            f"index: {src}, {loaded:,} of {EXPECTED_ROWS:,} rows - incomplete; recommendations "
             "are the authors' published picks and rankings cover the known rows only"
         )
+    if len(df) != loaded:
+        text += f"; {len(df):,} shown after filtering"
     if prov.get("dropped_rows"):
         text += f"; {prov['dropped_rows']} invalid row(s) dropped"
     if df.attrs.get("synthetic"):
@@ -230,6 +231,8 @@ def register_cli(sub) -> None:
     p.add_argument("--resolution", type=int, action="append", help="224 or 384")
     p.add_argument("--sort", default="adapt_final_val", help="column to sort filtered rows by")
     p.add_argument("--top", type=int, default=20, help="rows to print (0: all)")
+    p.add_argument("--where", action="store_true",
+                   help="print where the listed checkpoints can be downloaded instead")
     p.add_argument("--csv", action="store_true", help="print CSV (machine-readable)")
     p.add_argument("--lenient", action="store_true", help="drop invalid rows instead of failing")
     p.set_defaults(func=_cmd_index)
@@ -265,6 +268,10 @@ def _cmd_index(args) -> int:
                          "imagenet_top1": ft_test})
         out = pd.DataFrame(rows)
         cols = list(out.columns)
+    if args.where:
+        wanted = out["adapt_filename" if criteria else "imagenet_finetune"]
+        out = availability(df[df["adapt_filename"].isin(wanted)])
+        cols = ["filename", "kind", "hf_repo", "local_path", "bucket_url"]
     # With --csv, stdout carries only the table; the notes go to stderr.
     notes = sys.stderr if args.csv else sys.stdout
     print(f"# {describe_provenance(df)}", file=notes)

@@ -150,7 +150,7 @@ def best_finetune(
     """
     up = names.parse_name(str(upstream_filename)).upstream_filename
     if task not in names.ADAPT_DATASETS:
-        raise ValueError(str(names._unknown("task", task, names.ADAPT_DATASETS)))
+        raise names.unknown_value_error("task", task, names.ADAPT_DATASETS)
     fn = df["filename"]
     mask = (
         (fn == up).to_numpy()
@@ -201,11 +201,11 @@ def _normalize_values(col: str, value):
                         f"aug={v!r}: 'aug' takes the index's names; {v!r} is a paper name "
                         f"(use aug_paper={v!r} or aug={names.paper_to_index_aug(v)!r})"
                     )
-                raise names._unknown("augmentation (index name)", v, names.AUG_NAMES)
+                raise names.unknown_value_error("augmentation (index name)", v, names.AUG_NAMES)
     if col in ("ds", "adapt_ds"):
         for v in values:
             if v not in DOMAINS[col]:
-                raise names._unknown(col, v, DOMAINS[col])
+                raise names.unknown_value_error(col, v, DOMAINS[col])
     if col == "filename":
         return [names.parse_name(str(v)).upstream_filename for v in values]
     return values

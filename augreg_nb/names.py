@@ -122,7 +122,8 @@ _PAPER_TO_INDEX = {a.paper_name: a.index_name for a in AUGMENTATIONS.values()}
 _PAPER_TO_INDEX.update({"heavy1": "strong1", "heavy2": "strong2"})
 
 
-def _unknown(kind: str, value: object, choices) -> ValueError:
+def unknown_value_error(kind: str, value: object, choices) -> ValueError:
+    """A ValueError for a value outside ``choices`` that suggests the closest one."""
     choices = list(choices)
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -136,7 +137,7 @@ def _unknown(kind: str, value: object, choices) -> ValueError:
 def model_to_prefix(model: str) -> str:
     """File prefix of a paper model name: ``"R26+S/32"`` -> ``"R26_S_32"``."""
     if model not in _TIMM_STEMS:
-        raise _unknown("model", model, MODELS)
+        raise unknown_value_error("model", model, MODELS)
     return model.replace("+", "_").replace("/", "_")
 
 
@@ -148,7 +149,7 @@ def prefix_to_model(prefix: str) -> str:
     try:
         return _PREFIX_TO_MODEL[prefix]
     except KeyError:
-        raise _unknown("model file prefix", prefix, _PREFIX_TO_MODEL) from None
+        raise unknown_value_error("model file prefix", prefix, _PREFIX_TO_MODEL) from None
 
 
 def model_to_timm_arch(model: str, resolution: int = 224) -> str:
@@ -173,7 +174,7 @@ def timm_arch_to_model(arch: str) -> tuple[str, int]:
     m = _TIMM_ARCH_RE.match(arch)
     stems = {v: k for k, v in _TIMM_STEMS.items()}
     if not m or m["stem"] not in stems:
-        raise _unknown("timm architecture", arch, [f"{s}_224" for s in stems])
+        raise unknown_value_error("timm architecture", arch, [f"{s}_224" for s in stems])
     model, res = stems[m["stem"]], int(m["res"])
     if res not in _TIMM_RESOLUTIONS[model]:
         raise ValueError(f"timm architecture {arch!r}: {model} has no {res} px variant")
@@ -188,7 +189,7 @@ def normalize_model(name: str) -> str:
         return _PREFIX_TO_MODEL[name]
     if isinstance(name, str) and name.startswith("vit_"):
         return timm_arch_to_model(name)[0]
-    raise _unknown("model", name, MODELS)
+    raise unknown_value_error("model", name, MODELS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def normalize_model(name: str) -> str:
 def index_to_paper_aug(aug: str) -> str:
     """Paper name of an index augmentation name: ``"light0"`` -> ``"light1"``."""
     if aug not in AUGMENTATIONS:
-        raise _unknown("index augmentation name", aug, AUG_NAMES)
+        raise unknown_value_error("index augmentation name", aug, AUG_NAMES)
     return AUGMENTATIONS[aug].paper_name
 
 
@@ -207,7 +208,7 @@ def paper_to_index_aug(aug: str) -> str:
 
     Figure 4's labels ``heavy1``/``heavy2`` are accepted for ``strong1``/``strong2``."""
     if aug not in _PAPER_TO_INDEX:
-        raise _unknown("paper augmentation name", aug, PAPER_AUG_NAMES)
+        raise unknown_value_error("paper augmentation name", aug, PAPER_AUG_NAMES)
     return _PAPER_TO_INDEX[aug]
 
 
@@ -259,11 +260,11 @@ class CheckpointName:
 
     def __post_init__(self) -> None:
         if self.model not in _TIMM_STEMS:
-            raise _unknown("model", self.model, MODELS)
+            raise unknown_value_error("model", self.model, MODELS)
         if self.ds not in PRETRAIN_DATASETS:
-            raise _unknown("pre-training dataset", self.ds, PRETRAIN_DATASETS)
+            raise unknown_value_error("pre-training dataset", self.ds, PRETRAIN_DATASETS)
         if self.aug not in AUGMENTATIONS:
-            raise _unknown("augmentation (index name)", self.aug, AUG_NAMES)
+            raise unknown_value_error("augmentation (index name)", self.aug, AUG_NAMES)
         if not isinstance(self.epochs, int) or self.epochs <= 0:
             raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
         adapt = (self.adapt_ds, self.adapt_steps, self.adapt_lr, self.adapt_resolution)
@@ -433,7 +434,7 @@ def parse_name(s: str, *, any_task: bool = False) -> CheckpointName:
     up = _split_parts(s, head, _UPSTREAM_PARTS, "upstream")
     prefix, ds, epochs, lr, aug, wd, do, sd = up
     if prefix not in _PREFIX_TO_MODEL:
-        err = _unknown("model prefix", prefix, _PREFIX_TO_MODEL)
+        err = unknown_value_error("model prefix", prefix, _PREFIX_TO_MODEL)
         raise ValueError(f"checkpoint name {s!r}: {err}")
     if aug not in AUGMENTATIONS:
         hint = ""
@@ -456,7 +457,7 @@ def parse_name(s: str, *, any_task: bool = False) -> CheckpointName:
     if sep:
         task, steps, alr, res = _split_parts(s, tail, _ADAPT_PARTS, "fine-tuning")
         if not any_task and task not in ADAPT_DATASETS:
-            err = _unknown("fine-tuning dataset", task, ADAPT_DATASETS)
+            err = unknown_value_error("fine-tuning dataset", task, ADAPT_DATASETS)
             raise ValueError(
                 f"checkpoint name {s!r}: {err} (pass any_task=True for your own tasks)"
             )

@@ -262,3 +262,38 @@ def test_cli_filters_and_csv(capsys, small_csv):
 def test_cli_reports_bad_filters(capsys, small_csv):
     assert cli.main(["index", "--source", str(small_csv), "--aug", "light2"]) == 1
     assert "aug_paper" in capsys.readouterr().err
+
+
+def test_cli_where(capsys):
+    assert cli.main(["index", "--source", "catalogue", "--model", "Ti/16", "--where",
+                     "--csv"]) == 0  # fmt: skip
+    from io import StringIO
+
+    out = pd.read_csv(StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert set(out["kind"]) == {"upstream", "fine-tuned"}
+    hub = dict(zip(out["filename"], out["hf_repo"], strict=True))
+    up = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"
+    assert hub[up] == "timm/vit_tiny_patch16_224.augreg_in21k"
+    assert hub[f"{up}--imagenet2012-steps_20k-lr_0.03-res_384"] == (
+        "timm/vit_tiny_patch16_384.augreg_in21k_ft_in1k"
+    )
+
+
+# --------------------------------------------------------------------------- synthetic table
+
+
+def test_synthetic_table_has_the_published_shape(synthetic):
+    assert list(synthetic.columns) == list(index.COLUMNS)
+    assert len(synthetic) == 51_509 and synthetic["filename"].nunique() == 759
+    per_upstream = synthetic.groupby("filename").size()
+    assert (per_upstream == 68).sum() == 755 and (per_upstream == 34).sum() == 3
+    assert synthetic.attrs["synthetic"] is True
+    df = index.validate_index(synthetic)  # strict: names and columns agree on every row
+    assert "SYNTHETIC" in index.describe_provenance(df)
+
+
+def test_provenance_line_of_a_filtered_view(full_csv):
+    df = index.load_index(full_csv)
+    view = index.filter_index(df, model="B/16", task="kitti")
+    assert view.attrs["provenance"]["complete"] is True
+    assert index.describe_provenance(view).endswith(f"{len(view):,} shown after filtering")
