@@ -1,0 +1,176 @@
+"""Pieces every panel uses: readable error messages, HTML tables, guarded button handlers.
+
+A panel never lets a traceback reach the notebook: a button handler wrapped by
+:func:`guarded` shows the exception as a short message (what failed, the error's own
+explanation, which already names the fix) in the panel's :class:`MessageArea` and logs the
+traceback at DEBUG level for whoever wants it.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+#: Dropdown value meaning "no filter".
+ANY = "(any)"
+
+_STYLES = {
+    "error": "color:#8a1f11;background:#fdecea;border-left:4px solid #d93025;",
+    "warning": "color:#5f4b00;background:#fff8e1;border-left:4px solid #f9a825;",
+    "info": "color:#0b3d1e;background:#e8f5e9;border-left:4px solid #34a853;",
+    "note": "color:#333;background:#f4f4f4;border-left:4px solid #9e9e9e;",
+}
+
+
+def message_html(text: str, kind: str = "info", title: str | None = None) -> str:
+    """An HTML box with ``text`` (escaped; line breaks kept) in the style of ``kind``."""
+    if kind not in _STYLES:
+        raise ValueError(f"kind must be one of {sorted(_STYLES)}, not {kind!r}")
+    head = f"<b>{html.escape(title)}</b><br>" if title else ""
+    body = html.escape(str(text))
+    return (
+        f'<div class="augreg-{kind}" style="{_STYLES[kind]}padding:6px 10px;margin:4px 0;'
+        f'white-space:pre-wrap;font-family:var(--jp-ui-font-family,sans-serif);">'
+        f"{head}{body}</div>"
+    )
+
+
+def describe_error(err: BaseException) -> str:
+    """The message a user reads: the error's text (ours name the problem and the fix),
+    prefixed with its type only when the text alone would be unclear."""
+    text = str(err).strip()
+    if isinstance(err, KeyError) and text.startswith("'"):
+        text = f"missing key {text}"
+    if not text:
+        return type(err).__name__
+    if isinstance(err, (ValueError, RuntimeError, LookupError, OSError)):
+        return text
+    return f"{type(err).__name__}: {text}"
+
+
+class MessageArea:
+    """An ``HTML`` widget that shows one message (error, warning, info) at a time."""
+
+    def __init__(self) -> None:
+        self.widget = w.HTML(value="")
+        self.kind: str | None = None
+        self.text = ""
+
+    def show(self, text: str, kind: str = "info", title: str | None = None) -> None:
+        self.kind, self.text = kind, str(text)
+        self.widget.value = message_html(text, kind, title)
+
+    def error(self, err: BaseException | str, what: str) -> None:
+        text = err if isinstance(err, str) else describe_error(err)
+        self.show(text, "error", title=f"{what} failed")
+
+    def clear(self) -> None:
+        self.kind, self.text = None, ""
+        self.widget.value = ""
+
+
+def guarded(messages: MessageArea, what: str) -> Callable[[Callable], Callable]:
+    """Decorator for handlers: exceptions become a readable message in ``messages``."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # shown to the user, never re-raised into the notebook
+                logger.debug("%s failed", what, exc_info=True)
+                messages.error(err, what)
+                return None
+
+        return handler
+
+    return wrap
+
+
+def table_html(
+    df: pd.DataFrame,
+    *,
+    marked: Iterable[bool] | None = None,
+    float_format: str = "{:.4g}",
+    max_height: str = "26em",
+) -> str:
+    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold."""
+    marked = list(marked) if marked is not None else [False] * len(df)
+    head = "".join(f"<th style='text-align:left;padding:2px 6px'>{html.escape(str(c))}</th>"
+                   for c in df.columns)
+    rows = []
+    for flag, values in zip(marked, df.itertuples(index=False), strict=True):
+        cells = "".join(
+            f"<td style='padding:1px 6px;white-space:nowrap'>{html.escape(_fmt(v, float_format))}"
+            "</td>"
+            for v in values
+        )
+        style = " style='font-weight:bold;background:#fff8e1'" if flag else ""
+        rows.append(f"<tr{style}>{cells}</tr>")
+    return (
+        f"<div style='max-height:{max_height};overflow:auto'>"
+        "<table class='augreg-table' style='border-collapse:collapse;font-size:12px'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _fmt(value: Any, float_format: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, float):
+        return float_format.format(value)
+    return str(value)
+
+
+def dropdown(description: str, options: list, value: Any = ANY, **layout) -> w.Dropdown:
+    """A labelled dropdown whose value falls back to the first option when ``value`` is
+    not among ``options``."""
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    return w.Dropdown(
+        description=description,
+        options=options,
+        value=value if value in values else values[0],
+        style={"description_width": "initial"},
+        layout=w.Layout(**(layout or {"width": "auto"})),
+    )
+
+
+def set_options(widget: w.Dropdown, options: list, keep: Any = None) -> None:
+    """Replace a dropdown's options, keeping ``keep`` (default: its value) when possible.
+
+    Does nothing when the options are unchanged (no change events fire then)."""
+    keep = widget.value if keep is None else keep
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    current = [o[1] if isinstance(o, tuple) else o for o in widget.options]
+    labels = [o[0] if isinstance(o, tuple) else str(o) for o in options]
+    if current == values and list(widget._options_labels) == labels:
+        return
+    widget.options = options
+    if values:
+        widget.value = keep if keep in values else values[0]
+
+
+def figure_png(figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib Figure (no pyplot, no backend needed)."""
+    import io
+
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def show_figure(figure, dpi: int = 100) -> None:
+    """Display a matplotlib Figure as a PNG image, whatever the matplotlib backend."""
+    from IPython.display import Image, display
+
+    display(Image(data=figure_png(figure, dpi), format="png"))

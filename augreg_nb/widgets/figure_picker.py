@@ -1,0 +1,205 @@
+"""The figure picker of notebook 3: the paper's figures and tables, own results overlaid.
+
+:func:`render` is the pure part: (item, data source, highlighted models, own results) in,
+a matplotlib Figure or an HTML table out::
+
+    from augreg_nb.widgets.figure_picker import FigurePicker, render
+    shown = render("fig4", source="paper", highlight=["B/16"])
+    shown.figure                            # matplotlib Figure (or shown.html for tables)
+
+    picker = FigurePicker(index=full_index_df, results_csv="augreg_results.csv")
+    picker                                  # redraws as the controls change
+    picker.item.value = "comparison"        # index-derived numbers beside the paper's
+
+Data sources: ``paper`` (the numbers printed in the paper, shipped with the package) or
+``index`` (derived from a full index table; Figure 1 and the comparison need it). Own
+results are the rows the fine-tuning panel exports (index schema): ImageNet fine-tunes are
+drawn as black stars in Figures 1 and 6, and every own run is set beside the published run
+of the same configuration in "own fine-tunes vs published".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+
+from augreg_nb import names
+from augreg_nb.widgets.common import MessageArea, message_html, show_figure
+
+#: Item -> label in the picker.
+ITEMS: dict[str, str] = {
+    "fig1": "Figure 1: AugReg vs more pre-training data",
+    "fig3": "Figure 3: VTAB-1k vs inference speed",
+    "fig4": "Figure 4: upstream accuracy per augmentation and regularisation",
+    "fig5": "Figure 5 (left): choosing checkpoints by upstream accuracy",
+    "fig6": "Figure 6: ImageNet-1k transfer vs inference speed",
+    "fig7": "Figure 7: regularisation minus no regularisation",
+    "table3": "Table 3: ImageNet-1k transfer",
+    "table5": "Table 5: VTAB-1k per task",
+    "comparison": "Comparison: index-derived numbers vs the paper's",
+    "own": "Own fine-tunes vs the published ones",
+}
+SOURCES = {"paper": "paper tables (shipped)", "index": "full index table"}
+#: Items that need a full index table.
+NEEDS_INDEX = ("fig1", "comparison")
+#: Items that draw own ImageNet results as an overlay.
+OVERLAY_ITEMS = ("fig1", "fig6")
+
+
+@dataclasses.dataclass
+class Rendered:
+    """What the picker shows for one choice."""
+
+    item: str
+    figure: Any = None  #: a matplotlib Figure, or None
+    html: str = ""  #: an HTML table, or ""
+    caption: str = ""
+    note: str = ""  #: why something is not shown / what was overlaid
+
+
+def _is_catalogue(index: pd.DataFrame) -> bool:
+    return (index.attrs.get("provenance") or {}).get("kind") == "catalogue"
+
+
+def render(
+    item: str,
+    *,
+    source: str = "paper",
+    index: pd.DataFrame | None = None,
+    highlight=None,
+    own: pd.DataFrame | None = None,
+) -> Rendered:
+    """The figure or table ``item`` from ``source`` with ``highlight`` models marked and
+    ``own`` result rows overlaid where the item supports it. Raises ValueError with the fix
+    when the choice cannot be drawn (e.g. Figure 1 without a full index)."""
+    from augreg_nb import figures
+
+    if item not in ITEMS:
+        raise ValueError(f"unknown item {item!r}; choose one of {list(ITEMS)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; choose 'paper' or 'index'")
+    highlight = list(highlight or [])
+    own = own if own is not None and len(own) else None
+    data = None
+    if source == "index" or item in NEEDS_INDEX:
+        if index is None or _is_catalogue(index):
+            what = "the loaded table is the shipped catalogue (a few published rows)" \
+                if index is not None else "no index table was loaded"
+            raise ValueError(
+                f"{ITEMS[item]} from the full index: {what}. Point the notebook at your copy "
+                "of index.csv (parameter INDEX, or the AUGREG_NB_INDEX environment variable), "
+                "or choose the paper tables as the data source"
+            )
+        data = index
+    out = Rendered(item, caption=figures.CAPTIONS.get(item, ITEMS[item]))
+    if item == "table3":
+        out.html = figures.style_table3(figures.table3_data(data), highlight=highlight).to_html()
+    elif item == "table5":
+        out.html = figures.style_table5(figures.table5_data(), highlight=highlight).to_html()
+        if data is not None:
+            out.note = "Table 5 always shows the paper's numbers: the index holds no VTAB-1k runs."
+    elif item == "comparison":
+        table = figures.compare_with_paper(data)
+        out.html = figures.style_comparison(table).to_html()
+        out.caption = (f"{int(table['differs'].sum())} of {len(table)} numbers differ from the "
+                       "paper beyond its rounding (shaded).")
+    elif item == "own":
+        if own is None:
+            raise ValueError("no own results yet: fine-tune in notebook 2 (02_finetune) and "
+                             "press Export result; its rows are read from the results CSV")
+        comparison = figures.compare_finetunes(own)
+        out.figure = figures.plot_finetunes(comparison, highlight=highlight)
+        out.html = comparison.to_html(index=False, float_format=lambda v: f"{v:.2f}",
+                                      na_rep="-")
+        unknown = int(comparison["published_test"].isna().sum())
+        if unknown:
+            out.note = (f"{unknown} own run(s) have no published counterpart (no published row "
+                        "with the same checkpoint, task, steps, learning rate and resolution).")
+    else:
+        builder = getattr(figures, f"{item}_data")
+        plotter = getattr(figures, f"plot_{item}")
+        kwargs: dict[str, Any] = {"highlight": highlight}
+        if item in OVERLAY_ITEMS and own is not None:
+            kwargs["overlay"] = own
+            n = int((own["adapt_ds"] == "imagenet2012").sum())
+            out.note = (f"{n} own ImageNet fine-tune(s) drawn as black stars." if n else
+                        "Own results hold no ImageNet (imagenet2012) fine-tunes to draw here.")
+        out.figure = plotter(builder(data), **kwargs)
+    return out
+
+
+class FigurePicker:
+    """Pick a figure or table, the data source, models to highlight and own results."""
+
+    def __init__(self, index: pd.DataFrame | None = None, *,
+                 results_csv: str | os.PathLike | None = None, item: str = "fig4",
+                 source: str = "paper", highlight=()):
+        self.index = index
+        self.results_csv = Path(results_csv) if results_csv is not None else None
+        self.shown: Rendered | None = None
+        self.messages = MessageArea()
+        self.item = w.Dropdown(options=[(v, k) for k, v in ITEMS.items()], value=item,
+                               description="Show", layout=w.Layout(width="32em"))
+        self.source = w.ToggleButtons(options=[(v, k) for k, v in SOURCES.items()],
+                                      value=source, description="Data",
+                                      style={"button_width": "auto"})
+        self.highlight = w.SelectMultiple(options=list(names.MODELS), value=tuple(highlight),
+                                          description="Highlight", rows=5)
+        self.overlay = w.Checkbox(value=True, description="overlay own results", indent=False)
+        self.reload_button = w.Button(description="Reload own results", icon="refresh")
+        self.caption = w.HTML()
+        self.output = w.Output()
+        for widget in (self.item, self.source, self.highlight, self.overlay):
+            widget.observe(self._on_change, names="value")
+        self.reload_button.on_click(self._on_change)
+        self.widget = w.VBox([
+            w.HBox([self.item, self.source], layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.highlight, w.VBox([self.overlay, self.reload_button])]),
+            self.messages.widget, self.caption, self.output,
+        ])
+        self.refresh()
+
+    def own_results(self) -> pd.DataFrame | None:
+        """Own result rows from ``results_csv`` (None when off or there are none)."""
+        if not self.overlay.value or self.results_csv is None:
+            return None
+        from augreg_nb.widgets.finetune_panel import read_results
+
+        rows = read_results(self.results_csv)
+        return rows if len(rows) else None
+
+    def _on_change(self, _change=None) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Draw the current choice (errors become a message, the output is cleared)."""
+        self.messages.clear()
+        self.output.clear_output()
+        self.caption.value = ""
+        try:
+            shown = render(self.item.value, source=self.source.value, index=self.index,
+                           highlight=self.highlight.value, own=self.own_results())
+        except Exception as err:  # shown as a message, never a traceback
+            self.shown = None
+            self.messages.error(err, f"Drawing {ITEMS[self.item.value]}")
+            return
+        self.shown = shown
+        caption = shown.caption + (f"\n{shown.note}" if shown.note else "")
+        self.caption.value = message_html(caption, "note")
+        with self.output:
+            from IPython.display import HTML, display
+
+            if shown.figure is not None:
+                show_figure(shown.figure)
+            if shown.html:
+                display(HTML(shown.html))
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

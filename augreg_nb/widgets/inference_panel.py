@@ -1,0 +1,193 @@
+"""The inference panel of notebook 4: load a checkpoint, classify images, show the top 5.
+
+Pure parts: :func:`sample_images` (procedurally drawn test images, no files needed),
+:func:`uploaded_images` (the FileUpload widget's value -> images) and
+:func:`plot_predictions` (images and their top-5 classes -> one matplotlib Figure)::
+
+    from augreg_nb.widgets.inference_panel import InferencePanel, sample_images
+    panel = InferencePanel("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"
+                           "--imagenet2012-steps_20k-lr_0.03-res_384")
+    panel                          # Load fetches the checkpoint (progress bar), Classify runs
+    panel.load_button.click(); panel.classify_button.click()
+    panel.predictions              # per image: [Prediction(index, name, prob), ...]
+
+Classification is :func:`augreg_nb.inference.predict` (the protocol's evaluation
+pre-processing); class names come with it: ImageNet names for 1000-class heads, a task's
+names for the ``labels`` you give, none for ImageNet-21k upstream heads.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ipywidgets as w
+import numpy as np
+
+from augreg_nb.widgets.common import MessageArea, guarded, show_figure
+
+SAMPLE_SIZE = 224
+
+
+def sample_images(size: int = SAMPLE_SIZE) -> dict[str, np.ndarray]:
+    """A few images drawn with numpy (uint8, size x size x 3): a disc against the sky,
+    stripes, a checkerboard. They need no download and carry no licence."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    sky = np.stack([0.45 + 0.3 * y, 0.65 + 0.2 * y, 0.95 - 0.1 * y], axis=-1)
+    disc = ((x - 0.5) ** 2 + (y - 0.45) ** 2) < 0.08
+    ball = np.where(disc[..., None], np.array([0.9, 0.25, 0.1]), sky)
+    ball[y > 0.8] = (0.2, 0.55, 0.2)  # grass
+    stripes = np.where((np.sin(2 * np.pi * 9 * (x + 0.3 * y)) > 0)[..., None], 0.95, 0.08)
+    stripes = np.broadcast_to(stripes, (size, size, 3))
+    checks = ((np.floor(x * 8) + np.floor(y * 8)) % 2)[..., None]
+    board = np.where(checks > 0, np.array([0.92, 0.88, 0.75]), np.array([0.35, 0.2, 0.1]))
+    return {name: (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+            for name, img in (("red ball", ball), ("stripes", stripes),
+                              ("checkerboard", board))}
+
+
+def uploaded_images(value: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+    """Images from a ``FileUpload`` value (ipywidgets 8: a tuple of dicts with ``name`` and
+    ``content``), as RGB PIL images by file name. Unreadable files raise ValueError naming
+    the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    items = list(value.values()) if isinstance(value, Mapping) else list(value)
+    out: dict[str, Any] = {}
+    for item in items:
+        name = item.get("name") or item.get("metadata", {}).get("name", "upload")
+        content = bytes(item["content"])
+        try:
+            image = Image.open(io.BytesIO(content))
+            image.load()
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{name} is not an image Pillow can read ({err}); upload a "
+                             "JPEG or PNG file") from None
+        out[name] = image.convert("RGB")
+    return out
+
+
+def plot_predictions(images: Mapping[str, Any], predictions: Sequence[Sequence[Any]]):
+    """One row per image: the image and a bar chart of its top classes (name, probability)."""
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    if n != len(predictions):
+        raise ValueError(f"{n} images but {len(predictions)} prediction lists")
+    fig = Figure(figsize=(8, 2.1 * max(n, 1)), layout="constrained")
+    axes = fig.subplots(max(n, 1), 2, squeeze=False, width_ratios=[1, 2.6])
+    for (name, image), preds, (ax_img, ax_bar) in zip(images.items(), predictions, axes,
+                                                      strict=True):
+        ax_img.imshow(np.asarray(image))
+        ax_img.set_title(name, fontsize=9)
+        ax_img.axis("off")
+        labels = [p.name if p.name is not None else f"class {p.index}" for p in preds]
+        probs = [100 * p.prob for p in preds]
+        ypos = np.arange(len(preds))
+        ax_bar.barh(ypos, probs, color="tab:blue")
+        ax_bar.set_yticks(ypos, [lbl[:38] for lbl in labels], fontsize=8)
+        ax_bar.invert_yaxis()
+        ax_bar.set_xlim(0, 100)
+        ax_bar.set_xlabel("probability (%)", fontsize=8)
+        for yy, pr in zip(ypos, probs, strict=True):
+            ax_bar.text(min(pr + 1, 88), yy, f"{pr:.1f}%", va="center", fontsize=7)
+    return fig
+
+
+class InferencePanel:
+    """Checkpoint box with Load, sample and uploaded images, Classify, top-5 chart."""
+
+    def __init__(self, checkpoint: str = "", *, suggestions: Sequence[str] = (),
+                 labels: str = "", top_k: int = 5):
+        self.model_name: str | None = None
+        self.params: Any = None
+        self.loaded: str | None = None
+        self.predictions: list | None = None
+        self.figure: Any = None
+        self.top_k = top_k
+        self.samples = sample_images()
+        self.messages = MessageArea()
+        self.checkpoint = w.Combobox(value=checkpoint, options=list(suggestions),
+                                     ensure_option=False, description="Checkpoint",
+                                     placeholder="checkpoint name, timm name or file path",
+                                     layout=w.Layout(width="100%"))
+        self.labels = w.Text(value=labels, description="Class names",
+                             placeholder="default: ImageNet names for 1000 classes; or a task "
+                                         "name, e.g. oxford_iiit_pet",
+                             layout=w.Layout(width="100%"))
+        self.load_button = w.Button(description="Load", icon="download", button_style="primary")
+        self.info = w.HTML()
+        self.use_samples = w.SelectMultiple(options=list(self.samples),
+                                            value=tuple(self.samples), description="Samples",
+                                            rows=len(self.samples))
+        self.upload = w.FileUpload(accept="image/*", multiple=True,
+                                   description="Your images")
+        self.classify_button = w.Button(description="Classify", icon="eye",
+                                        button_style="success")
+        self.progress = w.Output()
+        self.output = w.Output()
+        self.load_button.on_click(self._on_load)
+        self.classify_button.on_click(self._on_classify)
+        self.widget = w.VBox([
+            self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.progress,
+            w.HBox([self.use_samples, self.upload, self.classify_button]),
+            self.messages.widget, self.output,
+        ])
+
+    def images(self) -> dict[str, Any]:
+        """The images to classify: the chosen samples, then the uploads."""
+        out: dict[str, Any] = {k: self.samples[k] for k in self.use_samples.value}
+        out.update(uploaded_images(self.upload.value))
+        return out
+
+    def _on_load(self, _button=None) -> None:
+        @guarded(self.messages, "Loading the checkpoint")
+        def run():
+            from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
+
+            name = self.checkpoint.value.strip()
+            if not name:
+                raise ValueError("type a checkpoint name (or pick a suggestion) first")
+            self.messages.show(f"loading {name} ...", "note")
+            self.load_button.disabled = True
+            try:
+                self.progress.clear_output()
+                with self.progress:
+                    self.model_name, self.params = load_pretrained(name)
+            finally:
+                self.load_button.disabled = False
+            self.loaded = name
+            classes = int(np.shape(self.params["head"]["bias"])[0])
+            res = checkpoint_resolution(self.model_name, self.params)
+            self.info.value = (f"<b>{self.model_name}</b>, {classes:,} classes, "
+                               f"{res} px")
+            self.messages.show(f"{name} is loaded; press Classify.", "info")
+
+        run()
+
+    def _on_classify(self, _button=None) -> None:
+        @guarded(self.messages, "Classifying")
+        def run():
+            from augreg_nb.inference import predict
+
+            if self.params is None:
+                raise RuntimeError("no checkpoint loaded yet: press Load first")
+            images = self.images()
+            if not images:
+                raise ValueError("no images: choose a sample or upload your own")
+            preds = predict(self.model_name, self.params, list(images.values()),
+                            top_k=self.top_k, label_names=self.labels.value.strip() or None)
+            self.predictions = preds
+            self.figure = plot_predictions(images, preds)
+            self.output.clear_output()
+            with self.output:
+                show_figure(self.figure)
+            self.messages.show(f"classified {len(images)} image(s) with {self.loaded}", "info")
+
+        run()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
