@@ -1,0 +1,147 @@
+"""The offline main job: the checkpoint catalogue and the paper's figures on one HTML page.
+
+    augreg-nb report --out augreg-report          # shipped catalogue + paper's numbers
+    augreg-nb report --out r --index index.csv    # your full index table instead
+
+``augreg-report/index.html`` shows where the table came from, the recommended checkpoint of
+every model with its best ImageNet fine-tune and where each file can be obtained, the size of
+the upstream and downstream grids, and links the figures page written by
+:func:`augreg_nb.figures.write_all` into ``augreg-report/figures/``. Nothing here touches the
+network unless ``--index`` names a URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from augreg_nb import resources
+
+logger = logging.getLogger(__name__)
+
+#: ImageNet fine-tunes are compared at 384 px; B/8 was only fine-tuned at 224 px.
+_IMAGENET_RESOLUTION = {"B/8": 224}
+
+
+def recommended_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Recommended upstream checkpoint per model, its best ImageNet fine-tune and sources.
+
+    Columns: ``model``, ``filename``, ``aug_paper``, ``final_val``, ``selected_by``,
+    ``imagenet_finetune`` (best ``adapt_final_val`` among the model's ImageNet fine-tunes at
+    384 px, 224 px for B/8), ``imagenet_top1`` (its ``adapt_final_test``), ``hf_repo`` (the
+    Hugging Face copy when timm re-hosts the upstream file) and ``bucket_url``.
+    """
+    from augreg_nb.index_queries import availability, best_finetune, recommended_checkpoints
+
+    rec = recommended_checkpoints(df)
+    avail = availability(df).drop_duplicates("filename").set_index("filename")
+    rows = []
+    for model, r in rec.iterrows():
+        try:
+            ft = best_finetune(df, r["filename"], "imagenet2012",
+                               _IMAGENET_RESOLUTION.get(model, 384))
+            ft_name, ft_top1 = ft["adapt_filename"], ft["adapt_final_test"]
+        except LookupError:
+            ft_name, ft_top1 = "", float("nan")
+        where = avail.loc[r["filename"]] if r["filename"] in avail.index else None
+        rows.append({
+            "model": model,
+            "filename": r["filename"],
+            "aug_paper": r["aug_paper"],
+            "final_val": r["final_val"],
+            "selected_by": r["selected_by"],
+            "imagenet_finetune": ft_name,
+            "imagenet_top1": ft_top1,
+            "hf_repo": "" if where is None else where["hf_repo"],
+            "bucket_url": "" if where is None else where["bucket_url"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def build_report(out_dir: str | os.PathLike, *, index: str | None = "catalogue",
+                 own: pd.DataFrame | None = None) -> Path:
+    """Write the report into ``out_dir`` and return the path of its ``index.html``.
+
+    ``index``: where to read the index table (see :func:`augreg_nb.index.load_index`);
+    the default is the shipped offline catalogue, ``None`` tries the cache and the bucket
+    first. When the table is complete, the figures are derived from it; otherwise they show
+    the paper's printed numbers. ``own``: own fine-tune result rows drawn on the figures.
+    """
+    from augreg_nb.figures import write_all
+    from augreg_nb.index import describe_provenance, load_index
+    from augreg_nb.index_queries import grid_summary, is_complete
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_index(index)
+    complete = is_complete(df)
+    figures = write_all(out / "figures", index=df if complete else None, overlay=own)
+    rec = recommended_table(df)
+    rec.to_csv(out / "recommended_checkpoints.csv", index=False)
+    counts = {kind: grid_summary(df, kind, tidy=True) for kind in ("upstream", "downstream")}
+    page = _page(describe_provenance(df), rec, counts, figures, complete)
+    path = out / "index.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    logger.info("report written to %s", path)
+    return path
+
+
+def _page(provenance: str, rec: pd.DataFrame, counts: dict, figures: dict,
+          complete: bool) -> str:
+    shown = rec.drop(columns=["selected_by", "bucket_url"]).copy()
+    shown["final_val"] = shown["final_val"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    shown["imagenet_top1"] = shown["imagenet_top1"].map(
+        lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
+    figs = sorted(p.name for p in figures.values() if p.suffix == ".png")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>augreg_nb report</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse;font-size:0.8em}td,th{padding:2px 6px;"
+        "border-bottom:1px solid #ddd;text-align:left}img{max-width:48%}</style>",
+        "</head><body><h1>AugReg checkpoints: catalogue and paper figures</h1>",
+        f"<p class='provenance'><strong>{html.escape(provenance)}</strong></p>",
+        "<h2>Recommended checkpoint per model</h2>",
+        f"<p>{html.escape(rec['selected_by'].iloc[0]) if len(rec) else ''}. "
+        "<code>hf_repo</code>: the Hugging Face copy that timm hosts (readable without "
+        "credentials); every file is also at its bucket URL, which refuses anonymous reads "
+        "since 2026.</p>",
+        shown.to_html(index=False, na_rep="", classes="recommended"),
+        "<h2>Checkpoint grids in this table</h2>",
+    ]
+    for kind, table in counts.items():
+        parts.append(f"<h3>{kind}</h3>")
+        parts.append(table.to_html(index=False, na_rep="") if len(table) else "<p>none</p>")
+    source = "the full index table" if complete else "the numbers printed in the paper"
+    parts.append(f"<h2>Figures (from {source})</h2>")
+    parts.append("<p><a href='figures/index.html'>All figures and tables with captions</a></p>")
+    parts += [f"<a href='figures/{n}'><img src='figures/{n}' alt='{n}'></a>" for n in figs]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    index = args.index or os.environ.get(resources.ENV_INDEX) or "catalogue"
+    path = build_report(args.out, index=index)
+    print(f"report written: open {path}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="catalogue + paper figures as an HTML page (offline by default)",
+        description="Write the checkpoint catalogue (recommended checkpoints, availability, "
+        "grids) and every reproducible paper figure to OUT/index.html.",
+    )
+    p.add_argument("--out", default="augreg-report", help="output folder (default: %(default)s)")
+    p.add_argument("--index", help="index.csv path or URL (default: $AUGREG_NB_INDEX, else "
+                   "the shipped catalogue)")
+    p.set_defaults(func=_cmd_report)
