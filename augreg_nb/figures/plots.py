@@ -198,7 +198,7 @@ def plot_fig1(tidy: pd.DataFrame, ax=None, *, highlight=None,
     ]
     if len(own):
         handles.append(Line2D([], [], ls="", marker="*", ms=10, color="black", label="own"))
-    panel_ax.legend(handles=handles, fontsize=FONT - 1, loc="lower right")
+    panel_ax.legend(handles=handles, fontsize=FONT - 1, loc="best")
     panel_ax.set_xticks(range(len(FIG1_PRETRAIN)), [FIG1_LABELS[p] for p in FIG1_PRETRAIN])
     panel_ax.set_xlim(-0.4, len(FIG1_PRETRAIN) - 0.6)
     panel_ax.set_xlabel("Pre-training data", fontsize=FONT)

@@ -175,7 +175,7 @@ def _row(up, adapt, val, test, speed) -> dict:
 
 
 def paper_index() -> pd.DataFrame:
-    """The synthetic index (about 2,300 rows, 21 columns) built from the paper's numbers."""
+    """The synthetic index (4,032 rows, 21 columns) built from the paper's numbers."""
     fig5 = paper.fig5_left("rowmajor").set_index(["model", "task"])["delta"]
     ups = _upstreams()
     df = pd.DataFrame(_finetune_rows(ups, fig5))[list(INDEX_COLUMNS)]
