@@ -260,7 +260,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = q / jnp.sqrt(depth).astype(self.dtype)
         logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         if not deterministic and self.dropout_rate > 0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
         out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, heads * depth)
