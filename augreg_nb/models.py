@@ -257,13 +257,15 @@ class MultiHeadAttention(nn.Module):
         w_qkv = jnp.concatenate(kernels, axis=1).astype(self.dtype)
         b_qkv = jnp.concatenate(biases).astype(self.dtype)
         qkv = (x.astype(self.dtype) @ w_qkv + b_qkv).reshape(n, length, 3, heads, depth)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = q / jnp.sqrt(depth).astype(self.dtype)
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+        # (3, batch, heads, tokens, depth): batched matrix multiplies over (batch, heads)
+        # are several times faster on CPU than the equivalent einsum over "nqhd,nkhd".
+        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        q = qkv[0] / jnp.sqrt(depth).astype(self.dtype)
+        logits = q @ jnp.swapaxes(qkv[1], -1, -2)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         if not deterministic and self.dropout_rate > 0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, heads * depth)
+        out = (weights @ qkv[2]).transpose(0, 2, 1, 3).reshape(n, length, heads * depth)
         w_out = out_kernel.reshape(heads * depth, width).astype(self.dtype)
         return out @ w_out + out_bias.astype(self.dtype)
 
