@@ -273,3 +273,12 @@ def test_wrong_resolution_for_the_position_table_is_explained():
         models.create_model("testing", 4).apply({"params": params}, random_images(1, 64))
     with pytest.raises(ValueError, match="NHWC"):
         models.create_model("testing", 4).apply({"params": params}, np.zeros((1, 3, 32, 32)))
+
+
+def test_describe_lists_architecture_and_size():
+    (row,) = models.describe(["R26+S/32"])
+    assert row == {
+        "model": "R26+S/32", "patch_size": 1, "hidden_size": 384, "num_layers": 12,
+        "num_heads": 6, "mlp_dim": 1536, "resnet_layers": (2, 2, 2, 2),
+        "params_21k_224": PINNED_COUNTS["R26+S/32"],
+    }
