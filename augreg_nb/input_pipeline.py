@@ -1,0 +1,396 @@
+"""Batches for fine-tuning and evaluation, as global ``jax.Array``s sharded over devices.
+
+    from augreg_nb.tasks import get_task
+    from augreg_nb import input_pipeline as ip
+
+    task = get_task("oxford_iiit_pet")
+    train = ip.make_train_iterator(task, resolution=224, global_batch=512, seed=0)
+    batch = next(train)             # {"image": (512, 224, 224, 3) f32, "label": (512,) i32}
+
+    for batch in ip.make_eval_iterator(task, "test", resolution=224, batch_size=512):
+        logits = predict(params, batch["image"])          # jitted; padding rows are junk
+        correct, count = ip.count_correct(logits, batch["label"], batch["mask"])
+
+Training data: each process reads its own part of the split (TFDS with file shuffling),
+shuffles the *encoded* examples with a seed (small buffer memory), repeats, then decodes
+and augments (``preprocess.train_preprocess``, a per-example stateless seed so the stream
+is reproducible), batches to ``global_batch / process_count`` and prefetches. Each batch
+becomes one global array sharded along the batch axis over the mesh (default: all devices
+in a 1-D mesh named "data"), so ``jax.jit`` sees the whole global batch.
+
+Evaluation covers every example of the split exactly once: processes read disjoint
+shards, the last batches are padded with zeros and ``mask`` is False on padding rows, and
+all processes run the same number of steps (``len(iterator)``).
+
+TensorFlow only runs on the CPU here; accelerators are left to JAX.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from augreg_nb import preprocess
+from augreg_nb.preprocess import import_tf
+from augreg_nb.tasks import DatasetNotReadyError, Task, not_ready_message, tfds_builder
+
+log = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+#: (root, split, hash of its file list) -> (readable (path, label) pairs, unreadable paths)
+_SCANNED: dict[tuple[str, str, int], tuple[tuple, tuple[str, ...]]] = {}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _process() -> tuple[int, int]:
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def unreadable_images(task: Task, split: str) -> list[str]:
+    """Paths of images in a folder task's split that cannot be decoded (scanned once)."""
+    return list(_folder_files(task, split)[1])
+
+
+def _folder_files(task: Task, split: str):
+    """((path, label), ...) that decode, and the paths that do not; raises on_error='raise'."""
+    assert task.folder is not None
+    files = task.folder.files[task.split(split)]
+    key = (task.folder.root, task.split(split), hash(files))
+    if key not in _SCANNED:
+        tf = import_tf()
+        paths = [p for p, _ in files]
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string, shape=[len(paths)]))
+        ds = ds.map(
+            lambda p: (p, tf.shape(preprocess.decode_image(tf.io.read_file(p)))[0]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).ignore_errors()
+        good = {p.decode() for p, _ in ds.as_numpy_iterator()}
+        bad = tuple(p for p in paths if p not in good)
+        _SCANNED[key] = (tuple(f for f in files if f[0] in good), bad)
+        if bad and task.folder.on_error == "skip":
+            log.warning(
+                "skipping %d unreadable image(s) in %s (%s split):\n  %s",
+                len(bad), task.folder.root, split, "\n  ".join(bad),
+            )
+    readable, bad = _SCANNED[key]
+    if bad and task.folder.on_error == "raise":
+        listing = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+        raise ValueError(
+            f"{len(bad)} unreadable image(s) in {task.folder.root} ({split} split):\n  "
+            f"{listing}\nFix or delete them, or use folder_task(..., on_error='skip') to skip "
+            "them."
+        )
+    return readable, bad
+
+
+def _tfds_source(task: Task, split: str, *, shuffle_files: bool, seed: int):
+    """TFDS examples as {"encoded": bytes, "label": int64}; images stay encoded."""
+    import tensorflow_datasets as tfds
+
+    tf = import_tf()
+    builder = tfds_builder(task)
+    try:
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle_files,
+            decoders={task.image_key: tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
+    except AssertionError as err:  # TFDS: "could not find data in ..."
+        raise DatasetNotReadyError(not_ready_message(task)) from err
+    if task.label_fn == "kitti_distance":
+        from augreg_nb.tasks import kitti_distance_label
+
+        def label_of(ex):
+            return kitti_distance_label(ex["objects"])
+    else:
+
+        def label_of(ex):
+            return tf.cast(ex[task.label_key], tf.int64)
+
+    return ds.map(lambda ex: {"encoded": ex[task.image_key], "label": label_of(ex)})
+
+
+def _folder_source(files, *, shuffle: bool, seed: int):
+    tf = import_tf()
+    paths = tf.constant([p for p, _ in files], tf.string, shape=[len(files)])
+    labels = tf.constant([c for _, c in files], tf.int64, shape=[len(files)])
+    ds = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
+    if shuffle:  # shuffle the (cheap) paths every epoch, read the bytes afterwards
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.map(lambda ex: {"encoded": tf.io.read_file(ex["path"]), "label": ex["label"]})
+
+
+def num_examples(task: Task, split: str) -> int:
+    """Number of examples in a split (folder tasks: readable images only)."""
+    if task.folder is not None:
+        return len(_folder_files(task, split)[0])
+    split_str = task.split(split)
+    try:
+        count = tfds_builder(task).info.splits[split_str].num_examples
+    except (KeyError, ValueError, TypeError):
+        count = 0
+    if count:
+        return int(count)
+    # Split sizes unknown to the metadata (e.g. mocked datasets): count the records.
+    ds = _tfds_source(task, split_str, shuffle_files=False, seed=0)
+    card = int(ds.cardinality())
+    if card >= 0:
+        return card
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+# ----------------------------------------------------------------------------- tf.data
+
+
+def make_train_dataset(
+    task: Task,
+    *,
+    resolution: int,
+    batch_size: int,
+    seed: int = 0,
+    preprocess_mode: str = "inception_crop",
+    shuffle_buffer: int = 50_000,
+):
+    """This process's endless training stream of numpy-ready batches (a tf.data.Dataset).
+
+    Elements: {"image": float32 (batch_size, r, r, 3) in [-1, 1], "label": int32}.
+    """
+    tf = import_tf()
+    p, n = _process()
+    pseed = int(seed) * 1000 + p  # distinct, reproducible stream per process
+    if task.folder is not None:
+        files = _folder_files(task, "train")[0][p::n]
+        if not files:
+            raise ValueError(f"no readable training images in {task.folder.root}")
+        ds = _folder_source(files, shuffle=True, seed=pseed)
+    else:
+        import tensorflow_datasets as tfds
+
+        split = task.split("train")
+        if n > 1:
+            split = tfds.split_for_jax_process(split)
+        ds = _tfds_source(task, split, shuffle_files=True, seed=pseed)
+        ds = ds.shuffle(shuffle_buffer, seed=pseed, reshuffle_each_iteration=True).repeat()
+
+    def pp(index, ex):
+        image = preprocess.decode_image(ex["encoded"])
+        ex_seed = tf.stack([tf.constant(pseed % 2**31, tf.int32), tf.cast(index % 2**31, tf.int32)])
+        image = preprocess.train_preprocess(image, resolution, seed=ex_seed, mode=preprocess_mode)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.enumerate().map(pp, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(
+    task: Task, split: str, *, resolution: int, batch_size: int, preprocess_mode="resize_crop"
+):
+    """This process's shard of ``split``, pre-processed and batched (last batch partial)."""
+    tf = import_tf()
+    p, n = _process()
+    if task.folder is not None:
+        ds = _folder_source(_folder_files(task, split)[0][p::n], shuffle=False, seed=0)
+    else:
+        ds = _tfds_source(task, task.split(split), shuffle_files=False, seed=0).shard(n, p)
+
+    def pp(ex):
+        image = preprocess.decode_image(ex["encoded"])
+        image = preprocess.eval_preprocess(image, resolution, preprocess_mode)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- jax side
+
+
+def data_mesh(devices=None):
+    """A 1-D mesh named "data" over ``devices`` (default: every device of every process)."""
+    import jax
+
+    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    return jax.sharding.Mesh(devices, (DATA_AXIS,))
+
+
+def batch_sharding(mesh):
+    """Sharding that splits the leading (batch) axis over all axes of ``mesh``."""
+    import jax
+
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+
+
+def local_batch_size(global_batch: int, mesh) -> int:
+    """The rows one process feeds: global_batch / process_count; checks divisibility."""
+    import jax
+
+    n_proc = jax.process_count()
+    n_local = len(mesh.local_devices)
+    if global_batch <= 0 or global_batch % n_proc:
+        raise ValueError(
+            f"global batch {global_batch} does not split over {n_proc} processes; use a "
+            f"multiple of {n_proc * n_local}"
+        )
+    local = global_batch // n_proc
+    if local % n_local:
+        raise ValueError(
+            f"global batch {global_batch} gives {local} rows per process, which do not split "
+            f"over its {n_local} devices; use a multiple of {n_proc * n_local} "
+            "(e.g. 512 on 8 devices)"
+        )
+    return local
+
+
+def _to_global(local: dict[str, np.ndarray], sharding, global_batch: int) -> dict[str, Any]:
+    import jax
+
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_batch, *v.shape[1:]))
+        for k, v in local.items()
+    }
+
+
+def _prefetched(iterator: Iterator, size: int) -> Iterator:
+    """Keep ``size`` batches in flight (device transfers are asynchronous)."""
+    queue: collections.deque = collections.deque()
+    for item in iterator:
+        queue.append(item)
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def make_train_iterator(
+    task: Task,
+    *,
+    resolution: int,
+    global_batch: int = 512,
+    seed: int = 0,
+    mesh=None,
+    preprocess_mode: str = "inception_crop",
+    shuffle_buffer: int = 50_000,
+    prefetch: int = 2,
+) -> Iterator[dict[str, Any]]:
+    """Endless iterator of global training batches {"image", "label"} sharded over ``mesh``."""
+    mesh = data_mesh() if mesh is None else mesh
+    local = local_batch_size(global_batch, mesh)
+    sharding = batch_sharding(mesh)
+    ds = make_train_dataset(
+        task,
+        resolution=resolution,
+        batch_size=local,
+        seed=seed,
+        preprocess_mode=preprocess_mode,
+        shuffle_buffer=shuffle_buffer,
+    )
+    batches = (_to_global(b, sharding, global_batch) for b in ds.as_numpy_iterator())
+    return _prefetched(batches, prefetch)
+
+
+class EvalIterator:
+    """Re-iterable padded, masked evaluation batches; ``len()`` is the number of steps."""
+
+    def __init__(self, task, split, *, resolution, batch_size, mesh, preprocess_mode):
+        import jax
+
+        self.mesh = data_mesh() if mesh is None else mesh
+        self.global_batch = batch_size
+        self.local_batch = local_batch_size(batch_size, self.mesh)
+        self.num_examples = num_examples(task, split)
+        per_process = math.ceil(self.num_examples / jax.process_count())
+        self.num_steps = math.ceil(per_process / self.local_batch)
+        self._dataset = make_eval_dataset(
+            task, split, resolution=resolution, batch_size=self.local_batch,
+            preprocess_mode=preprocess_mode,
+        )
+        self._image_shape = (resolution, resolution, 3)
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def _local_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        b = self.local_batch
+        produced = 0
+        for batch in self._dataset.as_numpy_iterator():
+            k = len(batch["label"])
+            out = {
+                "image": np.zeros((b, *self._image_shape), np.float32),
+                "label": np.zeros((b,), np.int32),
+                "mask": np.arange(b) < k,
+            }
+            out["image"][:k] = batch["image"]
+            out["label"][:k] = batch["label"]
+            produced += 1
+            if produced > self.num_steps:
+                raise RuntimeError(
+                    f"the split yielded more than the {self.num_examples} examples its metadata "
+                    "announced; the prepared dataset may be stale, prepare it again"
+                )
+            yield out
+        for _ in range(self.num_steps - produced):  # processes with fewer examples pad
+            yield {
+                "image": np.zeros((b, *self._image_shape), np.float32),
+                "label": np.zeros((b,), np.int32),
+                "mask": np.zeros((b,), bool),
+            }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        sharding = batch_sharding(self.mesh)
+        batches = (_to_global(x, sharding, self.global_batch) for x in self._local_batches())
+        return _prefetched(batches, 2)
+
+
+def make_eval_iterator(
+    task: Task,
+    split: str,
+    *,
+    resolution: int,
+    batch_size: int = 512,
+    mesh=None,
+    preprocess_mode: str = "resize_crop",
+) -> EvalIterator:
+    """Padded evaluation batches {"image", "label", "mask"} covering ``split`` exactly once."""
+    return EvalIterator(
+        task, split, resolution=resolution, batch_size=batch_size, mesh=mesh,
+        preprocess_mode=preprocess_mode,
+    )
+
+
+def count_correct(logits, labels, mask):
+    """(number of correct predictions, number of real examples) over the mask; jit-able."""
+    import jax.numpy as jnp
+
+    hits = (jnp.argmax(logits, axis=-1) == labels) & mask.astype(bool)
+    return jnp.sum(hits, dtype=jnp.int32), jnp.sum(mask.astype(bool), dtype=jnp.int32)
+
+
+def split_microbatches(batch: dict[str, Any], num_microbatches: int) -> dict[str, Any]:
+    """Reshape each (B, ...) array to (num_microbatches, B / num_microbatches, ...).
+
+    Micro-batch m takes rows m, m + M, m + 2M, ... so that with the batch sharded over
+    devices every device holds an equal slice of every micro-batch (no data movement).
+    Use inside jit with ``jax.lax.scan`` over the leading axis for gradient accumulation.
+    """
+    import jax
+
+    def split(x):
+        if x.shape[0] % num_microbatches:
+            raise ValueError(
+                f"batch of {x.shape[0]} rows does not split into {num_microbatches} "
+                "micro-batches; choose a divisor of the batch size"
+            )
+        x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:])
+        return x.swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)

@@ -1,0 +1,463 @@
+"""Fine-tuning tasks: the paper's transfer tasks, any TFDS dataset, or a folder of images.
+
+A ``Task`` says where the images come from, how the train/val/test splits are cut, how
+many classes there are and what they are called, and the paper's sweep for it (run lengths
+with their warm-ups, learning rates). Reading and batching live in ``input_pipeline``.
+
+    from augreg_nb.tasks import get_task, tfds_task, folder_task
+    task = get_task("oxford_iiit_pet")        # cifar100, oxford_iiit_pet, resisc45, kitti,
+    task.split("val"), task.num_classes       # imagenet2012 ->  'train[90%:]', 37
+    task.sweep                                # ((500, 100), (2500, 200))
+    flowers = tfds_task("oxford_flowers102", train="train", val="validation", test="test")
+    mine = folder_task("~/photos")            # photos/<class>/*.jpg, seeded 80/10/10 split
+    prepare(get_task("cifar100"))             # download + prepare once (network)
+
+Nothing downloads implicitly: reading a dataset that is not prepared fails at once with the
+command that prepares it. Resisc45 and ImageNet need a manual download first; ``prepare``
+then says which file to fetch and where to put it.
+
+KITTI-distance (VTAB ``closest_vehicle_distance``): the label comes from the TFDS ``kitti``
+objects, see ``kitti_distance_label``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augreg_nb.resources import ENV_OFFLINE, env_flag
+
+log = logging.getLogger(__name__)
+
+#: The learning rates of the published fine-tuning sweep (identical for every task).
+LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
+#: Warm-up steps per run length (paper, Table 4).
+WARMUP_STEPS = {500: 100, 2500: 200, 10_000: 500, 20_000: 500}
+#: The names ``Task.split`` understands besides the canonical train/val/test.
+SPLIT_ALIASES = {"validation": "val", "minival": "val", "eval": "test"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+KITTI_DISTANCE_NAMES = ("0-8 m", "8-20 m", "20-999 m", "no vehicle")
+
+
+def warmup_steps(total_steps: int) -> int:
+    """Warm-up for a run of ``total_steps``: Table 4 of the paper for its run lengths.
+
+    Other lengths take the warm-up of the longest table entry not above them; runs shorter
+    than 500 steps warm up for a fifth of their length (as 500 -> 100 does).
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    shorter = [n for n in WARMUP_STEPS if n <= total_steps]
+    if not shorter:
+        return max(1, total_steps // 5)
+    return WARMUP_STEPS[max(shorter)]
+
+
+class DatasetNotReadyError(RuntimeError):
+    """A dataset is missing, unprepared or needs a manual download; the message says how."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ManualDownload:
+    """What a user must fetch by hand before TFDS can prepare a dataset."""
+
+    files: tuple[str, ...]  # names that must be in the manual dir (files or folders)
+    url: str  # where to get them
+    note: str = ""  # e.g. "extract the .rar so that NWPU-RESISC45/ is in the manual dir"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSplits:
+    """Image files of a folder dataset, split into train/val/test (built by folder_task)."""
+
+    root: str
+    class_names: tuple[str, ...]
+    files: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(repr=False)
+    # split -> ((path, label), ...)
+    on_error: str = "skip"  # what to do with unreadable images: "skip" or "raise"
+    layout: str = "flat"  # "flat" (root/class/*) or "split-folders" (root/train/class/*)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One image classification task and the paper's sweep for it."""
+
+    name: str  # short name (registry key, TFDS name or folder name)
+    splits: Mapping[str, str]  # "train"/"val"/"test" -> TFDS split string or folder split
+    num_classes: int
+    tfds_name: str | None = None  # TFDS dataset ("name" or "name:version"); None for folders
+    data_dir: str | None = None  # TFDS data dir; None uses TFDS_DATA_DIR / ~/tensorflow_datasets
+    class_names: tuple[str, ...] | None = None  # None: read from the TFDS label feature
+    sweep_steps: tuple[int, ...] = (500, 2500)  # run lengths of the paper's sweep
+    learning_rates: tuple[float, ...] = LEARNING_RATES
+    image_key: str = "image"
+    label_key: str = "label"
+    label_fn: str | None = None  # "kitti_distance": label computed from the kitti objects
+    manual: ManualDownload | None = None
+    folder: FolderSplits | None = dataclasses.field(default=None, repr=False)
+    description: str = ""
+
+    @property
+    def sweep(self) -> tuple[tuple[int, int], ...]:
+        """((total_steps, warmup_steps), ...) of the paper's sweep for this task."""
+        return tuple((n, warmup_steps(n)) for n in self.sweep_steps)
+
+    def split(self, name: str) -> str:
+        """The split string for "train", "val" or "test" (or a raw TFDS split string)."""
+        key = SPLIT_ALIASES.get(name, name)
+        if key in self.splits:
+            return self.splits[key]
+        if self.folder is None and self.tfds_name is not None and name:
+            return name  # a raw TFDS split such as "test[:100]"
+        raise ValueError(
+            f"task {self.name!r} has no split {name!r}; use one of {sorted(self.splits)}"
+        )
+
+    @functools.cached_property
+    def label_names(self) -> tuple[str, ...]:
+        """Names of the classes, index = label (from the TFDS features when not given)."""
+        if self.class_names is not None:
+            return tuple(self.class_names)
+        feature = tfds_builder(self).info.features[self.label_key]
+        names = getattr(feature, "names", None)
+        if not names:
+            return tuple(str(i) for i in range(self.num_classes))
+        return tuple(names)
+
+
+def _tfds_home(data_dir: str | None) -> str:
+    return str(data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def default_manual_dir(task: Task) -> Path:
+    """The TFDS manual-download folder for ``task``: <data_dir>/downloads/manual."""
+    return Path(_tfds_home(task.data_dir)).expanduser() / "downloads" / "manual"
+
+
+_REGISTRY: dict[str, Task] = {
+    "cifar100": Task(
+        name="cifar100",
+        tfds_name="cifar100",
+        splits={"train": "train[:98%]", "val": "train[98%:]", "test": "test"},
+        num_classes=100,
+        sweep_steps=(2500, 10_000),
+        description="CIFAR-100: 32x32 natural images, 100 classes",
+    ),
+    "oxford_iiit_pet": Task(
+        name="oxford_iiit_pet",
+        tfds_name="oxford_iiit_pet",
+        splits={"train": "train[:90%]", "val": "train[90%:]", "test": "test"},
+        num_classes=37,
+        sweep_steps=(500, 2500),
+        description="Oxford-IIIT Pets: 37 cat and dog breeds",
+    ),
+    "resisc45": Task(
+        name="resisc45",
+        tfds_name="resisc45",
+        splits={"train": "train[:60%]", "val": "train[60%:80%]", "test": "train[80%:]"},
+        num_classes=45,
+        sweep_steps=(2500, 10_000),
+        manual=ManualDownload(
+            files=("NWPU-RESISC45",),
+            url="https://1drv.ms/u/s!AmgKYzARBl5ca3HNaHIlzp_IXjs (NWPU-RESISC45.rar)",
+            note="extract NWPU-RESISC45.rar so that the folder NWPU-RESISC45/ (45 class "
+            "folders of .jpg) is inside the manual dir",
+        ),
+        description="Resisc45: remote-sensing scenes, 45 classes (manual download)",
+    ),
+    "kitti": Task(
+        name="kitti",
+        tfds_name="kitti",
+        splits={"train": "train", "val": "validation", "test": "test"},
+        num_classes=4,
+        class_names=KITTI_DISTANCE_NAMES,
+        sweep_steps=(500, 2500),
+        label_fn="kitti_distance",
+        description="KITTI-distance (VTAB): distance to the closest vehicle, 4 bins",
+    ),
+    "imagenet2012": Task(
+        name="imagenet2012",
+        tfds_name="imagenet2012",
+        splits={"train": "train[:99%]", "val": "train[99%:]", "test": "validation"},
+        num_classes=1000,
+        sweep_steps=(20_000,),
+        manual=ManualDownload(
+            files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+            url="https://image-net.org/download-images (registration required)",
+            note="put both .tar files, unextracted, into the manual dir",
+        ),
+        description="ImageNet-1k (ILSVRC 2012), 1000 classes (manual download)",
+    ),
+}
+_ALIASES = {
+    "pets": "oxford_iiit_pet",
+    "oxford_pets": "oxford_iiit_pet",
+    "kitti_distance": "kitti",
+    "imagenet": "imagenet2012",
+    "imagenet1k": "imagenet2012",
+    "cifar-100": "cifar100",
+}
+
+
+def list_tasks() -> tuple[str, ...]:
+    """Names of the registered tasks (the paper's four transfer tasks and ImageNet-1k)."""
+    return tuple(_REGISTRY)
+
+
+def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
+    """A registered task by name (``list_tasks()``), or an image folder given by its path.
+
+    ``data_dir`` is the TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets).
+    For another TFDS dataset use ``tfds_task(name, train=..., val=..., test=...)``.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key in _REGISTRY:
+        task = _REGISTRY[key]
+        return dataclasses.replace(task, data_dir=str(data_dir)) if data_dir else task
+    if Path(name).expanduser().is_dir():
+        return folder_task(name)
+    close = difflib.get_close_matches(key, [*_REGISTRY, *_ALIASES], n=2)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"unknown task {name!r}.{hint} Registered: {', '.join(_REGISTRY)}. Any TFDS dataset "
+        "works with tfds_task(name, train=..., val=..., test=...), a folder of images with "
+        "folder_task(path)."
+    )
+
+
+def tfds_task(
+    name: str,
+    *,
+    train: str,
+    val: str,
+    test: str,
+    num_classes: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    sweep_steps: tuple[int, ...] = (500, 2500),
+) -> Task:
+    """Any TFDS image classification dataset with explicit split strings.
+
+    ``num_classes`` defaults to the class count of the ``label_key`` feature; reading it
+    needs the dataset's code (registered TFDS datasets) or its prepared files in data_dir.
+    """
+    task = Task(
+        name=name.split(":")[0],
+        tfds_name=name,
+        splits={"train": train, "val": val, "test": test},
+        num_classes=num_classes or 0,
+        data_dir=str(data_dir) if data_dir else None,
+        image_key=image_key,
+        label_key=label_key,
+        sweep_steps=tuple(sweep_steps),
+        description=f"TFDS dataset {name}",
+    )
+    if num_classes is None:
+        features = tfds_builder(task).info.features
+        if label_key not in features or not getattr(features[label_key], "num_classes", None):
+            raise ValueError(
+                f"TFDS dataset {name!r} has no class-label feature {label_key!r} (features: "
+                f"{', '.join(features)}); pass label_key=... or num_classes=..."
+            )
+        task = dataclasses.replace(task, num_classes=int(features[label_key].num_classes))
+    return task
+
+
+def tfds_builder(task: Task):
+    """The TFDS builder of ``task``; raises DatasetNotReadyError for an unknown dataset."""
+    if task.tfds_name is None:
+        raise ValueError(f"task {task.name!r} is an image folder, not a TFDS dataset")
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(task.tfds_name, data_dir=task.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise DatasetNotReadyError(
+            f"TFDS dataset {task.tfds_name!r} is neither a registered TFDS dataset nor prepared "
+            f"in {_tfds_home(task.data_dir)}. Check the name (see `tfds.list_builders()`) or "
+            f"pass data_dir= where it was prepared. ({err})"
+        ) from err
+
+
+def _prepare_command(task: Task) -> str:
+    manual = f" --manual_dir={default_manual_dir(task)}" if task.manual is not None else ""
+    return (
+        f"tfds build {task.tfds_name} --data_dir={_tfds_home(task.data_dir)}{manual}   (or in "
+        "Python: augreg_nb.tasks.prepare(task))"
+    )
+
+
+def _missing_manual_files(task: Task, folder: Path) -> list[str]:
+    assert task.manual is not None
+    return [f for f in task.manual.files if not (folder / f).exists()]
+
+
+def not_ready_message(task: Task, reason: str = "") -> str:
+    """Explain how to make ``task``'s data readable (used when reading fails)."""
+    head = f"dataset {task.tfds_name!r} is not prepared in {_tfds_home(task.data_dir)}"
+    if reason:
+        head += f" ({reason})"
+    if task.manual is not None:
+        mdir = default_manual_dir(task)
+        missing = _missing_manual_files(task, mdir)
+        if missing:
+            return (
+                f"{head}. It needs a manual download: get {', '.join(missing)} from "
+                f"{task.manual.url}; {task.manual.note}. Manual dir: {mdir}. Then prepare it "
+                f"with: {_prepare_command(task)}"
+            )
+        return f"{head}. The manual files are in {mdir}; prepare it with: {_prepare_command(task)}"
+    return (
+        f"{head}. Download and prepare it once (needs the network) with: "
+        f"{_prepare_command(task)}; or point data_dir= at a folder where it is prepared."
+    )
+
+
+def prepare(task: Task, *, manual_dir: str | os.PathLike | None = None) -> None:
+    """Download (or take from the manual dir) and prepare ``task``'s TFDS dataset.
+
+    Fails fast, before any network access, when a manual download is missing or when
+    AUGREG_NB_OFFLINE=1 forbids downloading.
+    """
+    if task.folder is not None:
+        return
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(task)
+    if builder.is_prepared():
+        log.info("%s is already prepared in %s", task.tfds_name, builder.data_dir)
+        return
+    mdir = Path(manual_dir).expanduser() if manual_dir else default_manual_dir(task)
+    if task.manual is not None and _missing_manual_files(task, mdir):
+        raise DatasetNotReadyError(not_ready_message(task, f"manual files missing in {mdir}"))
+    if task.manual is None and env_flag(ENV_OFFLINE):
+        raise DatasetNotReadyError(
+            f"{task.tfds_name} needs a download but {ENV_OFFLINE}=1 forbids network access; "
+            f"unset it or prepare the dataset elsewhere and pass data_dir="
+        )
+    log.info("preparing %s in %s", task.tfds_name, _tfds_home(task.data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=mdir))
+
+
+def kitti_distance_label(objects: Mapping[str, Any]):
+    """KITTI-distance label (VTAB ``closest_vehicle_distance``) from TFDS ``kitti`` objects.
+
+    Among objects of type Car, Van or Truck (labels 0, 1, 2) take the smallest depth
+    ``location[:, 2]`` in metres, 1000 when there is none. Label 0: d <= 8, 1: 8 < d <= 20,
+    2: 20 < d <= 999, 3: otherwise (no vehicle). Works eagerly and inside tf.data.
+    """
+    from augreg_nb.preprocess import import_tf
+
+    tf = import_tf()
+    types = tf.convert_to_tensor(objects["type"])
+    depth = tf.reshape(tf.cast(tf.convert_to_tensor(objects["location"]), tf.float32), [-1, 3])
+    vehicle_depth = tf.boolean_mask(depth[:, 2], types < 3)
+    dist = tf.reduce_min(tf.concat([vehicle_depth, tf.constant([1000.0])], axis=0))
+    thresholds = tf.constant([8.0, 20.0, 999.0])
+    return tf.reduce_sum(tf.cast(thresholds < dist, tf.int64))
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _images_in(folder: Path) -> list[str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if len(images) != len(files):
+        log.info("%s: ignoring %d non-image files", folder, len(files) - len(images))
+    return images
+
+
+def _class_folders(folder: Path) -> dict[str, list[str]]:
+    return {
+        d.name: _images_in(d)
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+
+
+def _carve(
+    per_class: dict[str, list[str]], fractions: tuple[float, float], seed: int
+) -> tuple[dict[str, list[str]], ...]:
+    """Seeded, per-class split of file lists into (rest, first, second) by fractions."""
+    rng = np.random.default_rng(seed)
+    rest, first, second = {}, {}, {}
+    for cls, files in per_class.items():
+        order = [files[i] for i in rng.permutation(len(files))]
+        n1, n2 = (int(round(len(files) * f)) for f in fractions)
+        first[cls], second[cls] = order[:n1], order[n1 : n1 + n2]
+        rest[cls] = sorted(order[n1 + n2 :])
+        first[cls].sort()
+        second[cls].sort()
+    return rest, first, second
+
+
+def folder_task(
+    root: str | os.PathLike,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "skip",
+    sweep_steps: tuple[int, ...] = (500, 2500),
+) -> Task:
+    """A task from a folder of images: ``root/<class>/*.jpg|png``.
+
+    If ``root`` holds ``train/`` (and optionally ``val/`` or ``validation/`` and ``test/``)
+    with class folders inside, those splits are used; a missing val or test split is cut
+    from train. Otherwise each class is split at random with ``seed`` into
+    train/val/test by the fractions. Class indices follow the sorted class-folder names.
+    Unreadable images are reported by path and skipped (``on_error="skip"``) or stop the
+    run (``on_error="raise"``) when the data is read.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"image folder {str(base)!r} does not exist")
+    found = {d.name for d in base.iterdir() if d.is_dir()}
+    if "train" in found:
+        layout = "split-folders"
+        val_name = "val" if "val" in found else ("validation" if "validation" in found else None)
+        per_split = {"train": _class_folders(base / "train")}
+        carve = (0.0 if "test" in found else test_fraction, 0.0 if val_name else val_fraction)
+        rest, test_cut, val_cut = _carve(per_split["train"], carve, seed)
+        per_split["train"] = rest
+        per_split["val"] = _class_folders(base / val_name) if val_name else val_cut
+        per_split["test"] = _class_folders(base / "test") if "test" in found else test_cut
+    else:
+        layout = "flat"
+        rest, test_cut, val_cut = _carve(_class_folders(base), (test_fraction, val_fraction), seed)
+        per_split = {"train": rest, "val": val_cut, "test": test_cut}
+    names = sorted({c for split in per_split.values() for c, f in split.items() if f})
+    if not names:
+        raise ValueError(
+            f"no images found in {str(base)!r}; expected {base}/<class>/*.jpg|*.png "
+            f"(or {base}/train/<class>/...)"
+        )
+    index = {c: i for i, c in enumerate(names)}
+    files = {
+        split: tuple((f, index[c]) for c in names for f in per.get(c, []))
+        for split, per in per_split.items()
+    }
+    if not files["train"]:
+        raise ValueError(f"the train split of {str(base)!r} is empty; add images or lower "
+                         "val_fraction/test_fraction")
+    return Task(
+        name=base.name,
+        splits={"train": "train", "val": "val", "test": "test"},
+        num_classes=len(names),
+        class_names=tuple(names),
+        sweep_steps=tuple(sweep_steps),
+        folder=FolderSplits(str(base), tuple(names), files, on_error, layout),
+        description=f"image folder {base} ({layout})",
+    )
