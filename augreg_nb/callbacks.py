@@ -71,7 +71,8 @@ class ProgressBar(Callback):
         if self.bar is not None and "val_accuracy" in metrics:
             self.bar.write(
                 f"step {step}: val {metrics['val_accuracy']:.4f}"
-                + (f", test {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
+                + (f", test {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""),
+                file=self.tqdm_kwargs.get("file"),
             )
 
     def on_train_end(self, history) -> None:

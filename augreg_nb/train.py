@@ -227,7 +227,18 @@ def fit(
     def run_evals(step: int) -> dict:
         out = {}
         for split, make_batches in data.eval_batches.items():
-            res = evaluate(eval_step, state.params, make_batches(), mesh)
+            try:
+                res = evaluate(eval_step, state.params, make_batches(), mesh)
+            except Exception as err:
+                if _is_oom(err):
+                    smaller = max(num_devices, config.eval_batch // (4 * num_devices)
+                                  * num_devices)
+                    raise RuntimeError(
+                        f"out of accelerator memory evaluating {split} with eval_batch="
+                        f"{config.eval_batch}; set a smaller eval_batch (a multiple of "
+                        f"{num_devices}), e.g. --set eval_batch={smaller}"
+                    ) from err
+                raise
             out.update({f"{split}_{k}": v for k, v in res.items()})
         record(step, out)
         callbacks_lib.dispatch(callbacks, "on_eval", step, out)
@@ -309,7 +320,9 @@ def fit(
             final = run_evals(start)
     frame = history()
     callbacks_lib.dispatch(callbacks, "on_train_end", frame)
-    params = jax.device_get(state.params)
+    from augreg_nb.train_state import _to_host
+
+    params = jax.tree.map(_to_host, state.params)
     return FitOutput(params=params, history=frame, final=final)
 
 

@@ -278,3 +278,33 @@ def test_live_plot_draws_loss_and_accuracy(tmp_path):
     acc_line = plot.ax_acc.get_lines()[0]
     assert list(acc_line.get_xdata()) == [10, 20]
     assert shown and shown[-1] is plot.figure
+
+
+def test_progress_bar_shows_loss_lr_speed_and_evaluations(tmp_path):
+    import io
+
+    from augreg_nb.callbacks import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(file=stream, mininterval=0)
+    run(small_config(total_steps=20, eval_every=10), tmp_path, callbacks=[bar])
+    text = stream.getvalue()
+    assert "20/20" in text and "loss=" in text and "lr=" in text and "img/s=" in text
+    assert "step 10: val" in text and "step 20: val" in text
+
+
+def test_bfloat16_compute_trains(tmp_path):
+    config = small_config(total_steps=10, eval_every=0)
+    config.dtype = "bfloat16"
+
+    class HalfNet(TinyNet):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            x = nn.tanh(nn.Dense(16, dtype=jnp.bfloat16)(x.reshape((x.shape[0], -1))))
+            return nn.Dense(self.num_classes, dtype=jnp.bfloat16, name="head",
+                            kernel_init=nn.initializers.zeros)(x)
+
+    out = fit(config, apply_fn=HalfNet().apply, params=init_params(), workdir=tmp_path,
+              data=synthetic_data())
+    assert all(x.dtype == np.float32 for x in leaves(out.params))  # params stay float32
+    assert np.isfinite(out.history.loss).all()
