@@ -18,8 +18,10 @@ Evaluation (``mode="resize_crop"``)::
 The simpler variant of the vit_jax repository is available as ``mode="random_crop"``
 (resize the whole image to eval_resize_size(resolution) squared, then a random
 resolution x resolution crop and flip) and ``mode="resize"`` for evaluation (plain resize
-to resolution x resolution). As in big_vision, every resize returns to uint8 (clipped and
-truncated) before the value range is applied, so outputs are multiples of 1/127.5 minus 1.
+to resolution x resolution). As in big_vision, every resize returns to uint8 before the
+value range is applied, so outputs are k/127.5 - 1 for k in 0..255; the float result is
+rounded (big_vision truncates, which turns a constant image of value 1 into 0 after an
+area resize; the two differ by at most one grey level).
 
 Usage::
 
@@ -96,10 +98,10 @@ def _check_image(image):
 
 
 def _resize_uint8(image, size, method: str):
-    """Resize like big_vision: float resize, clip to 0..255, cast (truncate) to uint8."""
+    """Resize like big_vision (float resize, no antialias) and round back to uint8."""
     tf = import_tf()
     resized = tf.image.resize(image, size, method=method, antialias=False)
-    return tf.cast(tf.clip_by_value(resized, 0.0, 255.0), tf.uint8)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
 def value_range(image):
