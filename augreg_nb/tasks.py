@@ -45,6 +45,19 @@ WARMUP_STEPS = {500: 100, 2500: 200, 10_000: 500, 20_000: 500}
 SPLIT_ALIASES = {"validation": "val", "minival": "val", "eval": "test"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 KITTI_DISTANCE_NAMES = ("0-8 m", "8-20 m", "20-999 m", "no vehicle")
+#: CIFAR-100 fine labels in label order (TFDS only knows them once the data is downloaded).
+CIFAR100_NAMES = tuple(
+    """
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse
+    mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy
+    porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper
+    snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
+    tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm
+    """.split()
+)
 
 
 def warmup_steps(total_steps: int) -> int:
@@ -148,6 +161,7 @@ _REGISTRY: dict[str, Task] = {
         tfds_name="cifar100",
         splits={"train": "train[:98%]", "val": "train[98%:]", "test": "test"},
         num_classes=100,
+        class_names=CIFAR100_NAMES,
         sweep_steps=(2500, 10_000),
         description="CIFAR-100: 32x32 natural images, 100 classes",
     ),

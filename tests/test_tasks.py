@@ -1,0 +1,180 @@
+"""Task registry, KITTI-distance labels, manual-download errors and image-folder splits."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from augreg_nb import tasks
+from augreg_nb.tasks import (
+    DatasetNotReadyError,
+    folder_task,
+    get_task,
+    kitti_distance_label,
+    warmup_steps,
+)
+from augreg_nb.testing.datasets import write_image_folder
+
+PROTOCOL = {  # protocol.md task table
+    "cifar100": ("train[:98%]", "train[98%:]", "test", 100, (2500, 10000)),
+    "oxford_iiit_pet": ("train[:90%]", "train[90%:]", "test", 37, (500, 2500)),
+    "resisc45": ("train[:60%]", "train[60%:80%]", "train[80%:]", 45, (2500, 10000)),
+    "kitti": ("train", "validation", "test", 4, (500, 2500)),
+    "imagenet2012": ("train[:99%]", "train[99%:]", "validation", 1000, (20000,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL))
+def test_registry_matches_the_protocol(name):
+    train, val, test, classes, lengths = PROTOCOL[name]
+    task = get_task(name)
+    assert task.tfds_name == name
+    assert (task.split("train"), task.split("val"), task.split("test")) == (train, val, test)
+    assert task.split("validation") == val
+    assert task.num_classes == classes
+    assert task.sweep_steps == lengths
+    assert task.learning_rates == (0.001, 0.003, 0.01, 0.03)
+    assert (task.manual is not None) == (name in ("resisc45", "imagenet2012"))
+
+
+def test_sweep_warmups_follow_table_4():
+    assert [warmup_steps(n) for n in (500, 2500, 10000, 20000)] == [100, 200, 500, 500]
+    assert get_task("pets").sweep == ((500, 100), (2500, 200))
+    assert get_task("cifar100").sweep == ((2500, 200), (10000, 500))
+    assert warmup_steps(50) == 10 and warmup_steps(3) == 1
+    assert warmup_steps(5000) == 200
+    with pytest.raises(ValueError):
+        warmup_steps(0)
+
+
+def test_label_names():
+    assert get_task("kitti").label_names == ("0-8 m", "8-20 m", "20-999 m", "no vehicle")
+    cifar = get_task("cifar100").label_names
+    assert len(set(cifar)) == 100 and cifar[:2] == ("apple", "aquarium_fish")
+    assert list(cifar) == sorted(cifar)  # CIFAR-100 labels are numbered alphabetically
+    pets = get_task("oxford_iiit_pet").label_names  # from TFDS, no download
+    assert len(pets) == 37 and "Abyssinian" in pets
+
+
+def test_unknown_task_suggests_and_explains():
+    with pytest.raises(ValueError, match="Did you mean 'cifar100'.*tfds_task"):
+        get_task("cifar1000")
+
+
+def _label(types, depths):
+    depths = np.asarray(depths, np.float32)
+    location = np.stack([np.zeros_like(depths), np.ones_like(depths), depths], axis=-1)
+    objects = {"type": np.asarray(types, np.int64), "location": location.reshape(-1, 3)}
+    return int(kitti_distance_label(objects))
+
+
+CAR, VAN, TRUCK, PEDESTRIAN, PERSON_SITTING, CYCLIST, TRAM, MISC = range(8)
+
+
+@pytest.mark.parametrize(
+    "types, depths, expected",
+    [
+        ([CAR], [8.0], 0),  # 8 m is still "near"
+        ([CAR], [8.001], 1),
+        ([VAN], [20.0], 1),  # 20 m is still the middle bin
+        ([TRUCK], [20.001], 2),
+        ([CAR], [999.0], 2),
+        ([CAR], [999.5], 3),
+        ([], [], 3),  # no objects at all
+        ([PEDESTRIAN, CYCLIST, PERSON_SITTING, TRAM, MISC], [2, 3, 4, 5, 6], 3),
+        ([PEDESTRIAN, CAR], [3.0, 30.0], 2),  # pedestrians do not count
+        ([CYCLIST, VAN, TRUCK], [1.0, 15.0, 7.5], 0),  # nearest vehicle wins
+        ([CAR, CAR], [50.0, 19.0], 1),
+    ],
+)
+def test_kitti_distance_label_boundaries(types, depths, expected):
+    assert _label(types, depths) == expected
+
+
+def test_kitti_distance_label_inside_tf_data():
+    tf = pytest.importorskip("tensorflow")
+    examples = [([CAR, PEDESTRIAN], [25.0, 1.0]), ([CYCLIST], [4.0]), ([TRUCK], [6.0])]
+    ds = tf.data.Dataset.from_generator(
+        lambda: (
+            {"type": np.int64(t), "location": np.stack([np.zeros(len(d)), np.zeros(len(d)),
+                                                        d], -1).astype(np.float32)}
+            for t, d in ((np.array(t), np.array(d)) for t, d in examples)
+        ),
+        output_signature={
+            "type": tf.TensorSpec([None], tf.int64),
+            "location": tf.TensorSpec([None, 3], tf.float32),
+        },
+    ).map(kitti_distance_label)
+    assert list(ds.as_numpy_iterator()) == [2, 3, 0]
+
+
+def test_manual_download_datasets_fail_fast_with_the_fix(tmp_path):
+    start = time.monotonic()
+    resisc = get_task("resisc45", data_dir=tmp_path)
+    with pytest.raises(DatasetNotReadyError) as err:
+        tasks.prepare(resisc)
+    msg = str(err.value)
+    assert "NWPU-RESISC45" in msg
+    assert str(tmp_path / "downloads" / "manual") in msg
+    assert "tfds build resisc45" in msg
+
+    imagenet = get_task("imagenet", data_dir=tmp_path)
+    with pytest.raises(DatasetNotReadyError) as err:
+        tasks.prepare(imagenet, manual_dir=tmp_path / "elsewhere")
+    msg = str(err.value)
+    assert "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
+    assert "image-net.org" in msg
+    assert time.monotonic() - start < 30
+
+
+def test_offline_mode_refuses_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    with pytest.raises(DatasetNotReadyError, match="AUGREG_NB_OFFLINE"):
+        tasks.prepare(get_task("cifar100", data_dir=tmp_path))
+
+
+def test_unknown_tfds_dataset_is_explained(tmp_path):
+    with pytest.raises(DatasetNotReadyError, match="neither a registered TFDS dataset"):
+        tasks.tfds_task("no_such_dataset_xyz", train="train", val="val", test="test",
+                        data_dir=tmp_path)
+
+
+def test_folder_task_seeded_stratified_split(tmp_path):
+    info = write_image_folder(tmp_path / "imgs", per_class=10, corrupt=False)
+    task = folder_task(tmp_path / "imgs", val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert task.class_names == ("cat", "dog", "fox") and task.num_classes == 3
+    files = task.folder.files
+    assert [len(files[s]) for s in ("train", "val", "test")] == [21, 6, 3]
+    all_paths = [p for s in files.values() for p, _ in s]
+    assert sorted(all_paths) == sorted(info["files"])  # every image in exactly one split
+    for split in files.values():
+        for path, label in split:
+            assert task.class_names[label] == info["files"][path]
+        assert sorted(label for _, label in split) == sorted(
+            [0, 1, 2] * (len(split) // 3)
+        )  # stratified: the same count per class
+    same = folder_task(tmp_path / "imgs", val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert same.folder.files == files
+    other = folder_task(tmp_path / "imgs", val_fraction=0.2, test_fraction=0.1, seed=4)
+    assert other.folder.files["val"] != files["val"]
+    assert get_task(str(tmp_path / "imgs")).num_classes == 3  # a path works as a task name
+
+
+def test_folder_task_uses_existing_split_folders(tmp_path):
+    write_image_folder(tmp_path / "imgs", per_class=4, split_folders=True, corrupt=False)
+    task = folder_task(tmp_path / "imgs")
+    assert task.folder.layout == "split-folders"
+    assert [len(task.folder.files[s]) for s in ("train", "val", "test")] == [12, 6, 6]
+    assert all("/val/" in p for p, _ in task.folder.files["val"])
+
+
+def test_folder_task_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_task(tmp_path / "missing")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images found"):
+        folder_task(tmp_path / "empty")
+    with pytest.raises(ValueError, match="on_error"):
+        folder_task(tmp_path / "empty", on_error="ignore")
