@@ -9,6 +9,7 @@ saved, and the report names the folder.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Resolve no host name but loopback: nothing the page references can leave the machine.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
 ]
 STABLE_DIR = Path(
     os.environ.get("AUGREG_NB_E2E_DIR") or Path(tempfile.gettempdir()) / "augreg_nb_e2e"
@@ -71,10 +74,18 @@ def chromium(tmp_path_factory):
             viewport={"width": 1400, "height": 1000},
             device_scale_factor=1,
         )
+        context.route(re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/]).*"),
+                      _refuse)
         try:
             yield context
         finally:
             context.close()
+
+
+def _refuse(route) -> None:
+    """Requests for anything but loopback (e.g. the Colab badge in a markdown cell) are
+    refused; each tab's console log lists them as ``[requestfailed]``."""
+    route.abort("blockedbyclient")
 
 
 @pytest.fixture

@@ -178,6 +178,11 @@ class LabPage:
                 )
             self.page.wait_for_timeout(500)
 
+    def assert_no_page_errors(self) -> None:
+        """No uncaught exception in the page's JavaScript (widget views included)."""
+        errors = [line for line in self.console if "[pageerror]" in line]
+        assert not errors, f"{self.name}: errors in the page:\n" + "\n".join(errors)
+
     def assert_no_errors(self) -> None:
         errors = [(c["index"], e, c["source"]) for c in self.cells() for e in c["errors"]]
         assert not errors, f"{self.name}: cells raised:\n" + "\n".join(

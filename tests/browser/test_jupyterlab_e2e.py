@@ -7,14 +7,29 @@ names the folder with the console log, page HTML and server log.
 - ``test_widgets_reach_the_kernel``: a small generated notebook (a slider driving an output,
   a matplotlib figure) checks the set-up itself: the widget front end renders the kernel's
   widgets, a change in the browser reaches the kernel and comes back, figures are images.
+- ``test_choose_checkpoint_notebook``: notebook 1, Run All; the index browser renders with
+  its provenance line; changing the Model filter updates the table (counts checked against
+  the shipped catalogue, read here with pandas); choosing the served checkpoint, its upstream
+  file and pressing Fetch downloads it from the loopback bucket with a progress bar that
+  finishes at 100 %.
+- ``test_paper_figures_notebook``: notebook 3, Run All; every figure of the picker renders
+  as a decoded image in the browser, and Table 3 as an HTML table.
+
+Every notebook must run without a traceback, show no "Error displaying widget" (the front
+end and the kernel disagreeing about a widget model) and raise no JavaScript error.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 import nbformat
+import pandas as pd
 import pytest
+
+from augreg_nb.notebook import SMOKE_MODEL, smoke_checkpoints
+from augreg_nb.resources import data_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -71,3 +86,180 @@ def test_widgets_reach_the_kernel(lab_page, jupyter_lab):
     area.get_by_text("squares: [0, 1, 4, 9]").wait_for(timeout=30_000)
     assert area.locator(".widget-readout").inner_text().strip() == "4"
     nb.shot("probe-slider-moved")
+    nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- notebook 1
+
+NOTEBOOK_1 = "notebooks/01_choose_checkpoint.ipynb"
+
+
+def _catalogue_count(**equal) -> tuple[int, int]:
+    """(matching, total) rows of the shipped catalogue (what smoke mode browses), counted
+    here with pandas on the CSV file."""
+    df = pd.read_csv(data_path("catalog", "augreg_catalogue.csv"))
+    mask = pd.Series(True, index=df.index)
+    for column, value in equal.items():
+        mask &= df[column] == value
+    return int(mask.sum()), len(df)
+
+
+def _read_browser(area) -> dict:
+    """The count line and the table (header + rows of cell texts) the index browser shows."""
+    table = area.locator("table.augreg-table")
+    header = table.locator("thead th").all_inner_texts()
+    rows = table.locator("tbody tr").evaluate_all(
+        "trs => trs.map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent))")
+    text = area.inner_text()
+    m = re.search(r"([\d,]+) of ([\d,]+) rows match", text)
+    assert m, f"no count line in the index browser: {text[:500]!r}"
+    matching, total = (int(g.replace(",", "")) for g in m.groups())
+    return {"matching": matching, "total": total,
+            "rows": [dict(zip(header, r, strict=True)) for r in rows]}
+
+
+def _wait_for_count(nb, area, matching: int, timeout: float = 30) -> dict:
+    """Wait until the browser's count line says ``matching`` rows; return what it shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = _read_browser(area)
+        if shown["matching"] == matching:
+            return shown
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the table did not update: it says {shown['matching']} rows match, "
+                f"expected {matching}"
+            )
+        nb.page.wait_for_timeout(200)
+
+
+def test_choose_checkpoint_notebook(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_1)
+    nb.run_all()
+    nb.wait_until_executed(timeout=240)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    nb.shot("notebook-run")
+
+    browser_cells = [c["index"] for c in nb.cells()
+                     if c["widgets"] and "IndexBrowser" in c["source"]]
+    assert len(browser_cells) == 1, f"expected one index browser, found cells {browser_cells}"
+    area = nb.outputs(browser_cells[0])
+    area.locator("table.augreg-table").wait_for()
+    assert "Data source" in area.inner_text(), "the provenance line is missing"
+
+    # Smoke mode starts the browser at the model whose fake checkpoints are served.
+    start = _read_browser(area)
+    expected, total = _catalogue_count(name=SMOKE_MODEL, adapt_ds="imagenet2012")
+    assert (start["matching"], start["total"]) == (expected, total)
+    assert {r["model"] for r in start["rows"]} == {SMOKE_MODEL}
+    nb.shot("browser-start", area)
+
+    # A filter change updates the table.
+    model = area.get_by_label("Model", exact=True)
+    model.select_option(label="S/16")
+    expected, _ = _catalogue_count(name="S/16", adapt_ds="imagenet2012")
+    shown = _wait_for_count(nb, area, expected)
+    assert len(shown["rows"]) == expected
+    assert {r["model"] for r in shown["rows"]} == {"S/16"}
+    assert {r["task"] for r in shown["rows"]} == {"imagenet2012"}
+    nb.shot("filter-S16", area)
+
+    # Back to the served model; fetch the upstream checkpoint of the served fine-tune.
+    model.select_option(label=SMOKE_MODEL)
+    _wait_for_count(nb, area, start["matching"])
+    served = list(smoke_checkpoints())
+    upstream = next(n for n in served if "--" not in n)
+    finetune = next(n for n in served if "--" in n)
+    checkpoint = area.get_by_label("Checkpoint", exact=True)
+    checkpoint.locator(f"option[value$='{finetune}']").wait_for(state="attached")
+    values = checkpoint.locator("option").evaluate_all("os => os.map(o => o.value)")
+    value = next((v for v in values if v.split()[-1] == finetune), None)
+    assert value, f"{finetune} (served by the fake bucket) is not offered; options: {values}"
+    checkpoint.select_option(value=value)
+    kind = area.locator(".widget-toggle-buttons",
+                        has=nb.page.locator("label.widget-label", has_text=re.compile("^Fetch$")))
+    kind.get_by_role("button", name="upstream", exact=True).click()
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    fetch.click()
+
+    # The message names the file ("{name}\nis ready: {path} ..."); the notebook's own
+    # fetch of the fine-tune (smoke mode presses the button once) said so for that file.
+    done = area.locator(".augreg-info", has_text=re.compile(re.escape(upstream) + r"\s+is ready"))
+    done.wait_for(timeout=120_000)
+    # tqdm's notebook bar (label, bar, counts): finished, green, labelled with the file.
+    bar = area.locator(".widget-hprogress .progress-bar")
+    assert bar.count() == 1, f"expected one progress bar, found {bar.count()}"
+    assert "progress-bar-success" in bar.get_attribute("class")
+    assert bar.evaluate("e => e.style.width") == "100%"
+    row = area.locator(".widget-hbox", has=nb.page.locator(".widget-hprogress")).inner_text()
+    assert f"{upstream}.npz: 100%" in " ".join(row.split()), row
+    nb.shot("fetched", area)
+    nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- notebook 3
+
+NOTEBOOK_3 = "notebooks/03_paper_figures.ipynb"
+
+# The picker's image: decoded size and a fingerprint of its data (to see it change).
+_JS_IMAGE = """e => e.complete && e.naturalWidth > 0
+  ? [e.naturalWidth, e.naturalHeight, e.src.length + ':' + e.src.slice(-48)] : null"""
+
+
+def _shown_image(nb, area, previous: str | None, what: str, timeout: float = 60) -> list:
+    """Wait until the picker shows exactly one decoded image that differs from
+    ``previous``; returns [width, height, fingerprint]."""
+    deadline = time.monotonic() + timeout
+    while True:
+        errors = area.locator(".augreg-error")
+        assert errors.count() == 0, f"{what}: {errors.first.inner_text()}"
+        imgs = area.locator(".jp-RenderedImage img")
+        info = imgs.first.evaluate(_JS_IMAGE) if imgs.count() == 1 else None
+        if info is not None and info[2] != previous:
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: no new figure image after {timeout:.0f} s "
+                                 f"({imgs.count()} images shown)")
+        nb.page.wait_for_timeout(200)
+
+
+def test_paper_figures_notebook(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_3)
+    nb.run_all()
+    nb.wait_until_executed(timeout=180)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    nb.shot("notebook-run")
+
+    picker_cells = [c["index"] for c in nb.cells()
+                    if c["widgets"] and "FigurePicker" in c["source"]]
+    assert len(picker_cells) == 1, f"expected one figure picker, found cells {picker_cells}"
+    area = nb.outputs(picker_cells[0])
+    item = area.get_by_label("Show", exact=True)
+    first = item.evaluate("s => s.options[s.selectedIndex].text")
+    image = _shown_image(nb, area, None, first)
+    assert image[0] > 200 and image[1] > 150, f"{first}: image of {image[:2]} px"
+    nb.shot("figure-initial", area)
+
+    # Every figure of the picker renders as an image in the browser.
+    labels = [t for t in item.locator("option").all_inner_texts()
+              if t.replace("\xa0", " ").startswith("Figure") and t != first]
+    assert len(labels) >= 4, f"the picker offers too few figures: {labels}"
+    for label in labels:
+        item.select_option(label=label)
+        image = _shown_image(nb, area, image[2], label)
+        assert image[0] > 200 and image[1] > 150, f"{label}: image of {image[:2]} px"
+        nb.shot(re.sub(r"\W+", "-", label.split(":")[0]).strip("-").lower(), area)
+
+    # Tables render as HTML tables.
+    table = next(t for t in item.locator("option").all_inner_texts()
+                 if t.replace("\xa0", " ").startswith("Table 3"))
+    item.select_option(label=table)
+    area.locator(".jp-RenderedHTMLCommon table").first.wait_for(timeout=30_000)
+    assert area.locator(".jp-RenderedImage img").count() == 0
+    assert area.locator(".jp-RenderedHTMLCommon table tbody tr").count() > 0
+    nb.shot("table3", area)
+    nb.assert_no_page_errors()
