@@ -42,14 +42,17 @@ from augreg_nb.models import AUGREG_MODELS, TESTING_MODELS, ModelConfig, get_mod
 
 logger = logging.getLogger(__name__)
 
+#: Name of the position table in the flat tree.
 POSEMB = "Transformer/posembed_input/pos_embedding"
-_NEW_TO_OLD = {
+#: Sub-module names inside an encoder block: newer Flax numbering -> published numbering.
+NEW_TO_OLD_NUMBERING = {
     "LayerNorm_0": "LayerNorm_0",
     "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
     "LayerNorm_1": "LayerNorm_2",
     "MlpBlock_0": "MlpBlock_3",
 }
-_GROUPNORM = re.compile(r"(^|/)gn(_root|_proj|\d+)/(scale|bias)$")
+#: Matches GroupNorm parameter names (stored as (1, 1, 1, C) in the published files).
+GROUPNORM_PARAM = re.compile(r"(^|/)gn(_root|_proj|\d+)/(scale|bias)$")
 
 
 class CheckpointError(ValueError):
@@ -99,9 +102,9 @@ def canonicalize(flat: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in flat.items():
         parts = name.split("/")
         if new_numbering and len(parts) > 2 and parts[1].startswith("encoderblock_"):
-            parts[2] = _NEW_TO_OLD.get(parts[2], parts[2])
+            parts[2] = NEW_TO_OLD_NUMBERING.get(parts[2], parts[2])
         name = "/".join(parts)
-        if _GROUPNORM.search(name) and value.ndim == 4 and value.shape[:3] == (1, 1, 1):
+        if GROUPNORM_PARAM.search(name) and value.ndim == 4 and value.shape[:3] == (1, 1, 1):
             value = value.reshape(value.shape[-1])
         out[name] = value
     return out
@@ -415,7 +418,7 @@ def save(params: Mapping, path: str | os.PathLike) -> Path:
     out = {}
     for name, value in flat.items():
         value = np.asarray(value, dtype=np.float32)
-        if _GROUPNORM.search(name) and value.ndim == 1:
+        if GROUPNORM_PARAM.search(name) and value.ndim == 1:
             value = value.reshape(1, 1, 1, -1)
         out[name] = value
     if "embedding/kernel" not in out:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augreg_nb.checkpoint import _GROUPNORM, _NEW_TO_OLD, flatten, save
+from augreg_nb.checkpoint import GROUPNORM_PARAM, NEW_TO_OLD_NUMBERING, flatten, save
 
 
 def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 224,
@@ -36,7 +36,7 @@ def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 
     shapes = {k: tuple(v.shape) for k, v in
               flatten(abstract_params(model_name, num_classes, resolution)).items()}
     if numbering == "new":
-        old_to_new = {v: k for k, v in _NEW_TO_OLD.items()}
+        old_to_new = {v: k for k, v in NEW_TO_OLD_NUMBERING.items()}
         renamed = {}
         for name, shape in shapes.items():
             parts = name.split("/")
@@ -44,7 +44,7 @@ def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 
                 parts[2] = old_to_new[parts[2]]
             renamed["/".join(parts)] = shape
         return renamed
-    return {k: ((1, 1, 1, *v) if _GROUPNORM.search(k) else v) for k, v in shapes.items()}
+    return {k: ((1, 1, 1, *v) if GROUPNORM_PARAM.search(k) else v) for k, v in shapes.items()}
 
 
 def fake_params(model_name: str, *, num_classes: int = 21843, resolution: int = 224,
