@@ -17,8 +17,8 @@ The notebook's model (which outputs are widgets or images) is read from the page
 
 from __future__ import annotations
 
+import glob
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -78,17 +78,21 @@ class Artifacts:
     """Screenshots and logs of a test run, written to a per-run folder and a stable one.
 
     ``run_dir`` is under pytest's temporary folder (kept per run); ``stable_dir`` (for
-    example ``/tmp/augreg_nb_e2e``) always holds the files of the latest run.
+    example ``/tmp/augreg_nb_e2e``) holds each test's files of its latest run: a test's old
+    files there are removed when it starts (only its own, so parallel workers can share it).
     """
 
     def __init__(self, run_dir: Path, stable_dir: Path):
         self.run_dir = Path(run_dir)
         self.stable_dir = Path(stable_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.stable_dir.exists():
-            shutil.rmtree(self.stable_dir)
-        self.stable_dir.mkdir(parents=True)
+        self.stable_dir.mkdir(parents=True, exist_ok=True)
         self.files: list[str] = []
+
+    def clear(self, prefix: str) -> None:
+        """Remove ``{prefix}-*`` files of an earlier run from the stable folder."""
+        for old in self.stable_dir.glob(f"{glob.escape(prefix)}-*"):
+            old.unlink(missing_ok=True)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         for folder in (self.run_dir, self.stable_dir):
@@ -108,6 +112,7 @@ class LabPage:
         self.lab = lab
         self.artifacts = artifacts
         self.name = name  # prefix of this tab's artifact files
+        artifacts.clear(name)
         self.console: list[str] = []
         self._t0 = time.monotonic()
         self._shots = 0
