@@ -2,7 +2,7 @@
 
 Usage (inside a test, with a Playwright page and a running :class:`JupyterLab`)::
 
-    nb = LabPage(page, lab, artifacts)
+    nb = LabPage(page, lab, artifacts, name="demo")
     nb.open("notebooks/01_choose_checkpoint.ipynb")
     nb.run_all()                   # the menu: Run > Run All Cells
     nb.wait_until_executed()       # every code cell ran, or one failed
@@ -56,7 +56,7 @@ _JS_CELLS = _js("""
     out.push({
       index: i,
       count: c.executionCount,
-      source: c.sharedModel.getSource().slice(0, 200),
+      source: c.sharedModel.getSource().slice(0, 2000),
       errors: outputs.filter(o => o.output_type === 'error')
                      .map(o => o.ename + ': ' + o.evalue),
       widgets: outputs.filter(o => o.data && o.data['application/vnd.jupyter.widget-view+json'])
@@ -191,7 +191,7 @@ class LabPage:
     def assert_no_errors(self) -> None:
         errors = [(c["index"], e, c["source"]) for c in self.cells() for e in c["errors"]]
         assert not errors, f"{self.name}: cells raised:\n" + "\n".join(
-            f"cell {i}: {e}\n  source: {s!r}" for i, e, s in errors
+            f"cell {i}: {e}\n  source: {s[:300]!r}" for i, e, s in errors
         )
 
     def cell(self, index: int) -> Locator:
@@ -215,7 +215,7 @@ class LabPage:
                 if WIDGET_ERROR in text:
                     raise AssertionError(
                         f"{self.name}: cell {c['index']} shows {WIDGET_ERROR!r}: the widget "
-                        f"front end and the kernel disagree.\n  source: {c['source']!r}"
+                        f"front end and the kernel disagree.\n  source: {c['source'][:300]!r}"
                     )
                 if WIDGET_LOADING not in text and rendered >= c["widgets"]:
                     break
