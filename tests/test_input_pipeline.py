@@ -190,3 +190,22 @@ def test_sharding_over_8_devices_puts_each_example_on_one_device(tmp_path):
     print("OK", len(seen))
     """
     assert "OK 21" in run_python(code, devices=8)
+
+
+def test_digits_task_is_scikit_learn_digits_offline(tmp_path):
+    import tensorflow_datasets as tfds
+    from sklearn.datasets import load_digits
+
+    task = datasets.digits_task(tmp_path)
+    counts = [ip.num_examples(task, s) for s in ("train", "val", "test")]
+    assert counts == [1438, 179, 180] and task.num_classes == 10
+    digits = load_digits()
+    known = {
+        (int(t), (img * 255 / 16).round().astype(np.uint8).tobytes())
+        for img, t in zip(digits.images, digits.target, strict=True)
+    }
+    ds = tfds.builder(task.tfds_name, data_dir=task.data_dir).as_dataset(split="train")
+    found = [(int(ex["label"]), ex["image"][::4, ::4, 0].tobytes()) for ex in tfds.as_numpy(ds)]
+    assert len(found) == 1797 and set(found) <= known
+    batch = next(ip.make_train_iterator(task, resolution=32, global_batch=8))
+    assert batch["image"].shape == (8, 32, 32, 3)

@@ -185,7 +185,7 @@ def digits_task(data_dir: str | os.PathLike | None = None, *, size: int = 32) ->
     import tensorflow_datasets as tfds
 
     if data_dir is None:
-        from augreg_nb.sources import cache_dir
+        from augreg_nb.download import cache_dir
 
         data_dir = cache_dir() / "tfds"
     data_dir = Path(data_dir)
