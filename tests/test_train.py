@@ -66,6 +66,7 @@ class _Interrupt(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_finetune_resumes_bitwise_through_the_input_pipeline(tmp_path):
     over = ["total_steps=30", "warmup_steps=3", "checkpoint_every=10", "eval_every=0",
             "log_every=5"]
@@ -106,6 +107,18 @@ def test_result_row_uses_the_published_naming_and_upstream_columns():
         "oxford_iiit_pet", 500, 0.003, 384)
     assert row["params"] == 43 and row["filename"] == up and row["adapt_final_test"] == 0.8
     assert row["final_val"] == pytest.approx(0.465049)  # from the shipped index rows
+
+
+def test_a_model_name_means_its_recommended_upstream(monkeypatch):
+    from augreg_nb.train import _upstream_checkpoint
+
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    config = get_config("cifar100-2500-0.01-384")
+    assert config.checkpoint == "B/16"
+    assert _upstream_checkpoint(config) == (
+        "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0")  # the published pick
+    config.checkpoint = "S_32-i1k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0"
+    assert _upstream_checkpoint(config) == config.checkpoint
 
 
 def test_reproduce_config_is_the_published_recipe():
