@@ -351,10 +351,9 @@ def _slug(text: str) -> str:
 def load_task(config):
     """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
     if config.task == config_lib.SMOKE_TASK:
-        from augreg_nb.download import cache_dir
         from augreg_nb.testing.datasets import digits_task
 
-        return digits_task(config.data_dir or cache_dir() / "tfds", size=32)
+        return digits_task(config.data_dir, size=32)
     from augreg_nb.tasks import get_task
 
     return get_task(config.task, data_dir=config.data_dir)
