@@ -160,10 +160,14 @@ def make_train_dataset(
     seed: int = 0,
     preprocess_mode: str = "inception_crop",
     shuffle_buffer: int = 50_000,
+    start_batch: int = 0,
 ):
     """This process's endless training stream of numpy-ready batches (a tf.data.Dataset).
 
     Elements: {"image": float32 (batch_size, r, r, 3) in [-1, 1], "label": int32}.
+    The stream is a function of ``seed``: ``start_batch=k`` yields exactly the batches
+    k, k+1, ... of the stream from 0 (for resuming), skipping the first k * batch_size
+    examples while they are still encoded, so nothing is decoded or augmented twice.
     """
     tf = import_tf()
     p, n = _process()
@@ -188,7 +192,10 @@ def make_train_dataset(
         image = preprocess.train_preprocess(image, resolution, seed=ex_seed, mode=preprocess_mode)
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = ds.enumerate().map(pp, num_parallel_calls=tf.data.AUTOTUNE)
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    skip = int(start_batch) * int(batch_size)
+    ds = ds.skip(skip).enumerate(start=skip).map(pp, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -281,8 +288,12 @@ def make_train_iterator(
     preprocess_mode: str = "inception_crop",
     shuffle_buffer: int = 50_000,
     prefetch: int = 2,
+    start_batch: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Endless iterator of global training batches {"image", "label"} sharded over ``mesh``."""
+    """Endless iterator of global training batches {"image", "label"} sharded over ``mesh``.
+
+    ``start_batch=k`` resumes the seeded stream at its k-th batch (see make_train_dataset).
+    """
     mesh = data_mesh() if mesh is None else mesh
     local = local_batch_size(global_batch, mesh)
     sharding = batch_sharding(mesh)
@@ -293,6 +304,7 @@ def make_train_iterator(
         seed=seed,
         preprocess_mode=preprocess_mode,
         shuffle_buffer=shuffle_buffer,
+        start_batch=start_batch,
     )
     batches = (_to_global(b, sharding, global_batch) for b in ds.as_numpy_iterator())
     return _prefetched(batches, prefetch)

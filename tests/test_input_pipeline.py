@@ -94,6 +94,11 @@ def test_train_stream_is_seeded_shuffled_and_labels_match_images(tiny):
     # class c has channel c bright: the augmentation keeps image and label together
     for x in a:
         assert (x["image"].mean(axis=(1, 2)).argmax(axis=-1) == x["label"]).all()
+    # resuming at batch 2 (past an epoch boundary) continues the very same stream
+    resumed = ip.make_train_iterator(tiny, resolution=16, global_batch=8, seed=0, start_batch=2)
+    third = {k: np.asarray(v) for k, v in next(resumed).items()}
+    np.testing.assert_array_equal(third["image"], a[2]["image"])
+    np.testing.assert_array_equal(third["label"], a[2]["label"])
 
 
 def test_random_crop_mode_and_batch_errors(tiny):
