@@ -56,7 +56,14 @@ def import_tf():
     Safe to call many times; if TensorFlow had already initialised its devices, the hiding
     is skipped with a debug message (it then already runs wherever it was placed).
     """
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise ImportError(
+            "TensorFlow is needed for the input pipeline and image pre-processing but is not "
+            "installed. Install the CPU build with: pip install 'augreg_nb[tf]' "
+            "(on Colab and most accelerator images TensorFlow is already there)."
+        ) from err
 
     for kind in ("GPU", "TPU"):
         try:

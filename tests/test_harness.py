@@ -64,3 +64,17 @@ def test_shipped_data_is_found():
     assert data_path("paper", "table3_imagenet1k_transfer.csv").stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="not found"):
         data_path("paper", "no_such_table.csv")
+
+
+def test_missing_tensorflow_names_the_install_command():
+    code = """
+import sys
+sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+from augreg_nb.preprocess import import_tf
+try:
+    import_tf()
+except ImportError as err:
+    print(err)
+"""
+    out = run_python(code)
+    assert "pip install 'augreg_nb[tf]'" in out
