@@ -344,6 +344,14 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
     try:
         resp = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as err:
+        if _cannot_resolve(err):
+            # No network (or no DNS): retrying only makes the user wait.
+            raise DownloadError(
+                f"{url}: the host name cannot be resolved ({_short(err)}); this machine seems "
+                "to have no network. Use a local copy or the cache, or set AUGREG_NB_OFFLINE=1 "
+                "to skip network sources.",
+                url=url,
+            ) from None
         raise _Retryable(f"connection failed ({_short(err)})") from None
     with resp:
         status = resp.status_code
@@ -386,6 +394,23 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
     if total is not None and got < total:
         raise _Retryable(f"connection closed after {got} of {total} bytes")
     return total
+
+
+def _cannot_resolve(err: BaseException) -> bool:
+    """True when ``err`` (a requests error) comes from a failed DNS look-up."""
+    import socket
+
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
+            return True
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    return False
 
 
 def _short(err: Exception) -> str:

@@ -248,3 +248,24 @@ def test_cache_listing_and_clearing(cache, bucket):
     assert entries["other.npz.part"].partial and entries[f"{NAME}.npz"].kind == "checkpoints"
     assert dl.clear_cache() == len(bucket.data) + 4
     assert not cache.exists() and dl.list_cache() == []
+
+
+def test_unresolvable_host_fails_at_once_with_the_offline_hint(cache, monkeypatch):
+    """No network: one attempt, no back-off, and the message says how to work offline."""
+    import socket
+
+    import requests
+    from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+    calls = []
+
+    def no_dns(url, **kwargs):
+        calls.append(url)
+        reason = NameResolutionError("storage.example", None, socket.gaierror(-3, "no DNS"))
+        raise requests.ConnectionError(MaxRetryError(None, url, reason))
+
+    monkeypatch.setattr(requests, "get", no_dns)
+    start = time.monotonic()
+    with pytest.raises(dl.DownloadError, match="AUGREG_NB_OFFLINE=1"):
+        dl.download("https://storage.example/x.npz", cache / "x.npz", progress=False)
+    assert len(calls) == 1 and time.monotonic() - start < 1
