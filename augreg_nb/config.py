@@ -144,7 +144,7 @@ def preset_for(
 
 
 def _smoke() -> ml_collections.ConfigDict:
-    # About 10 s on 2 CPU cores; reaches roughly 70% test accuracy on the 10 digit classes
+    # About 10-20 s on 2 CPU cores; reaches about 65-70% test accuracy on the 10 digit classes
     # (chance: 10%) from a fake (random, well-scaled) checkpoint of the "testing" ViT.
     c = _base()
     c.checkpoint = FAKE_CHECKPOINT_PREFIX + "testing"
