@@ -217,6 +217,7 @@ def start(
     cache, the bucket, else the shipped catalogue; smoke mode always uses the catalogue).
     ``workdir`` and ``results_csv`` are moved into the temporary folder in smoke mode.
     """
+    index = index or None  # "" (an empty notebook parameter) means: look it up
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"

@@ -174,3 +174,21 @@ def show_figure(figure, dpi: int = 100) -> None:
     from IPython.display import Image, display
 
     display(Image(data=figure_png(figure, dpi), format="png"))
+
+
+def run_in_output(output: w.Output, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Call ``fn`` with its printing, progress bars and plots going to ``output``.
+
+    Inside IPython an ``Output`` context swallows exceptions (and prints a traceback into
+    the widget); here the exception is passed on to the caller instead, so a guarded
+    handler turns it into a readable message.
+    """
+    result: dict[str, Any] = {}
+    with output:
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except Exception as err:  # re-raised below, outside the Output context
+            result["error"] = err
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

@@ -83,7 +83,7 @@ def render(
         raise ValueError(f"unknown item {item!r}; choose one of {list(ITEMS)}")
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; choose 'paper' or 'index'")
-    highlight = list(highlight or [])
+    highlight = [highlight] if isinstance(highlight, str) else list(highlight or [])
     own = own if own is not None and len(own) else None
     data = None
     if source == "index" or item in NEEDS_INDEX:
@@ -148,7 +148,10 @@ class FigurePicker:
         self.source = w.ToggleButtons(options=[(v, k) for k, v in SOURCES.items()],
                                       value=source, description="Data",
                                       style={"button_width": "auto"})
-        self.highlight = w.SelectMultiple(options=list(names.MODELS), value=tuple(highlight),
+        if isinstance(highlight, str):
+            highlight = [m.strip() for m in highlight.split(",") if m.strip()]
+        highlight = tuple(names.normalize_model(m) for m in highlight)
+        self.highlight = w.SelectMultiple(options=list(names.MODELS), value=highlight,
                                           description="Highlight", rows=5)
         self.overlay = w.Checkbox(value=True, description="overlay own results", indent=False)
         self.reload_button = w.Button(description="Reload own results", icon="refresh")
@@ -163,6 +166,22 @@ class FigurePicker:
             self.messages.widget, self.caption, self.output,
         ])
         self.refresh()
+
+    @classmethod
+    def for_session(cls, session, **kwargs) -> FigurePicker:
+        """The picker for a notebook :class:`~augreg_nb.notebook.Session`: its index table
+        and own results. In smoke mode the "full index" is the synthetic table built from
+        the paper's numbers (:func:`augreg_nb.figures.synthetic.paper_index`), marked so."""
+        index = session.index
+        if session.smoke:
+            from augreg_nb.figures.synthetic import paper_index
+
+            index = paper_index().copy()
+            index.attrs["synthetic"] = True
+            index.attrs["provenance"] = {
+                "source": "synthetic table built from the paper's numbers (smoke mode)",
+                "kind": "synthetic", "complete": False}
+        return cls(index, results_csv=session.results_csv, **kwargs)
 
     def own_results(self) -> pd.DataFrame | None:
         """Own result rows from ``results_csv`` (None when off or there are none)."""

@@ -40,6 +40,7 @@ from augreg_nb.widgets.common import (
     MessageArea,
     dropdown,
     guarded,
+    run_in_output,
     set_options,
     show_figure,
     table_html,
@@ -226,6 +227,8 @@ class FinetunePanel:
         self.figure: Any = None
         self.messages = MessageArea()
         ckpts = checkpoint_choices(df, smoke=smoke)
+        if checkpoint and checkpoint not in [c[1] for c in ckpts]:
+            ckpts.insert(0, (checkpoint, checkpoint))
         tasks = task_choices(smoke=smoke)
         self.checkpoint = dropdown("Checkpoint", ckpts, checkpoint or ckpts[0][1],
                                    width="100%")
@@ -265,6 +268,17 @@ class FinetunePanel:
             self.progress, self.plot, self.summary, self.messages.widget,
         ])
         self._on_change()
+
+    @classmethod
+    def for_session(cls, session, **choices) -> FinetunePanel:
+        """The panel for a notebook :class:`~augreg_nb.notebook.Session`: its index, run
+        folder and results file; in smoke mode the smoke preset's choices replace
+        ``choices`` (checkpoint, task, resolution, lr, steps, micro_batches)."""
+        kwargs = {"workdir": session.workdir, "results_csv": session.results_csv,
+                  "smoke": session.smoke}
+        if not session.smoke:
+            kwargs.update(choices)
+        return cls(session.index, **kwargs)
 
     # -- state ---------------------------------------------------------------------------
     def config(self):
@@ -321,9 +335,8 @@ class FinetunePanel:
             self.messages.show(f"fine-tuning {config.checkpoint} on {config.task} ...", "note")
             try:
                 self.progress.clear_output()
-                with self.progress:
-                    result = finetune(config, callbacks=[
-                        ProgressBar(), LivePlot(display=self._show_figure)])
+                result = run_in_output(self.progress, finetune, config, callbacks=[
+                    ProgressBar(), LivePlot(display=self._show_figure)])
             finally:
                 self.start_button.disabled = False
             self.result = result

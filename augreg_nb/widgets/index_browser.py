@@ -33,7 +33,15 @@ import pandas as pd
 
 from augreg_nb import index as index_lib
 from augreg_nb import names
-from augreg_nb.widgets.common import ANY, MessageArea, dropdown, guarded, set_options, table_html
+from augreg_nb.widgets.common import (
+    ANY,
+    MessageArea,
+    dropdown,
+    guarded,
+    run_in_output,
+    set_options,
+    table_html,
+)
 
 #: Filter key -> (label, index column). ``reg`` covers both dropout and stochastic depth.
 FILTERS: dict[str, tuple[str, str]] = {
@@ -321,6 +329,18 @@ class IndexBrowser:
         ])
         self.refresh()
 
+    @classmethod
+    def for_session(cls, session, *, state: Mapping[str, Any] | None = None,
+                    limit: int = 25) -> IndexBrowser:
+        """The browser for a notebook :class:`~augreg_nb.notebook.Session`; in smoke mode
+        the filters start at the model whose fake checkpoints the loopback bucket serves."""
+        state = dict(state or {})
+        if session.smoke_env is not None:
+            from augreg_nb.notebook import SMOKE_MODEL
+
+            state.update(model=SMOKE_MODEL, task="imagenet2012")
+        return cls(session.index, state=state, limit=limit)
+
     # -- state ---------------------------------------------------------------------------
     @property
     def state(self) -> dict[str, Any]:
@@ -401,8 +421,7 @@ class IndexBrowser:
             self.fetch_button.disabled = True
             try:
                 self.progress.clear_output()
-                with self.progress:
-                    resolved = self._fetch(name)
+                resolved = run_in_output(self.progress, self._fetch, name)
             finally:
                 self.fetch_button.disabled = False
             self.last_fetch = resolved

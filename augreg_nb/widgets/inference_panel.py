@@ -25,7 +25,7 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
-from augreg_nb.widgets.common import MessageArea, guarded, show_figure
+from augreg_nb.widgets.common import MessageArea, guarded, run_in_output, show_figure
 
 SAMPLE_SIZE = 224
 
@@ -95,6 +95,20 @@ def plot_predictions(images: Mapping[str, Any], predictions: Sequence[Sequence[A
     return fig
 
 
+def imagenet_finetunes(df) -> list[str]:
+    """Fine-tuned ImageNet-1k checkpoints of an index table (recommended upstreams first)."""
+    if df is None or len(df) == 0:
+        return []
+    from augreg_nb.widgets.index_browser import recommended_files
+
+    rec = recommended_files(df)
+    rows = df[df["adapt_ds"].astype(object) == "imagenet2012"]
+    files = rows["adapt_filename"].astype(object).tolist()
+    ups = rows["filename"].astype(object).tolist()
+    ranked = sorted(zip(files, ups, strict=True), key=lambda t: (t[1] not in rec, t[0]))
+    return list(dict.fromkeys(f for f, _ in ranked))
+
+
 class InferencePanel:
     """Checkpoint box with Load, sample and uploaded images, Classify, top-5 chart."""
 
@@ -135,6 +149,18 @@ class InferencePanel:
             self.messages.widget, self.output,
         ])
 
+    @classmethod
+    def for_session(cls, session, *, checkpoint: str = "", labels: str = "") -> InferencePanel:
+        """The panel for a notebook :class:`~augreg_nb.notebook.Session`, suggesting the
+        table's ImageNet fine-tunes; in smoke mode the fake fine-tuned checkpoint that the
+        loopback bucket serves replaces ``checkpoint``."""
+        if session.smoke_env is not None:
+            served = list(session.smoke_env.checkpoints)
+            finetuned = [n for n in served if "--" in n]
+            return cls(finetuned[0] if finetuned else served[0], suggestions=served,
+                       labels=labels)
+        return cls(checkpoint, suggestions=imagenet_finetunes(session.index), labels=labels)
+
     def images(self) -> dict[str, Any]:
         """The images to classify: the chosen samples, then the uploads."""
         out: dict[str, Any] = {k: self.samples[k] for k in self.use_samples.value}
@@ -153,8 +179,8 @@ class InferencePanel:
             self.load_button.disabled = True
             try:
                 self.progress.clear_output()
-                with self.progress:
-                    self.model_name, self.params = load_pretrained(name)
+                self.model_name, self.params = run_in_output(self.progress, load_pretrained,
+                                                             name)
             finally:
                 self.load_button.disabled = False
             self.loaded = name

@@ -1,0 +1,426 @@
+"""The notebooks' panels driven without a browser: set values, press buttons, read results."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from augreg_nb import index as index_lib
+from augreg_nb.resources import data_path
+from augreg_nb.testing.checkpoints import write_fake_checkpoint
+from augreg_nb.testing.servers import FakeBucket, FakeHub
+from augreg_nb.widgets import FigurePicker, FinetunePanel, IndexBrowser, InferencePanel
+from augreg_nb.widgets import figure_picker as fp
+from augreg_nb.widgets import finetune_panel as ftp
+from augreg_nb.widgets import index_browser as ib
+from augreg_nb.widgets import inference_panel as ip
+from augreg_nb.widgets.common import ANY, MessageArea, describe_error, guarded
+
+TI16_UP = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"
+TI16_FT = f"{TI16_UP}--imagenet2012-steps_20k-lr_0.03-res_384"
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> pd.DataFrame:
+    return index_lib.load_index("catalogue")
+
+
+@pytest.fixture(scope="module")
+def raw_rows() -> pd.DataFrame:
+    """The shipped catalogue read as plain CSV (the independent view of the same rows)."""
+    return pd.read_csv(data_path("catalog", "augreg_catalogue.csv"))
+
+
+@pytest.fixture
+def sources_env(tmp_path, monkeypatch):
+    """A loopback bucket and Hub, an empty cache, no credentials, online."""
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    with FakeBucket(folder) as bucket, FakeHub() as hub:
+        monkeypatch.setenv("AUGREG_NB_BUCKET_URL", bucket.url)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield bucket
+
+
+# --------------------------------------------------------------------------- common
+
+
+def test_guarded_handlers_show_a_message_not_a_traceback():
+    area = MessageArea()
+
+    @guarded(area, "Doing it")
+    def fails():
+        raise ValueError("the file x is missing; put it in y")
+
+    assert fails() is None
+    assert area.kind == "error"
+    assert "the file x is missing; put it in y" in area.widget.value
+    assert "Doing it failed" in area.widget.value
+    assert "Traceback" not in area.widget.value
+    assert describe_error(KeyError("k")) == "missing key 'k'"
+    assert describe_error(TypeError("bad")) == "TypeError: bad"
+    area.show("<b>not markup</b>")
+    assert "&lt;b&gt;not markup&lt;/b&gt;" in area.widget.value
+
+
+# --------------------------------------------------------------------------- index browser
+
+
+def test_filter_options_show_paper_aug_names_and_keep_index_values(catalogue, raw_rows):
+    opts = ib.filter_options(catalogue)
+    aug = dict((v, lbl) for lbl, v in opts["aug"])
+    assert aug[ANY] == ANY
+    assert aug["light0"] == "light1 (index: light0)"
+    assert aug["light1"] == "light2 (index: light1)"
+    assert aug["none"] == "none"
+    assert set(aug) - {ANY} == set(raw_rows["aug"])
+    models = [v for _, v in opts["model"]][1:]
+    assert set(models) == set(raw_rows["name"])
+    assert [lbl for lbl, _ in opts["reg"]][1:] == ["none", "dropout 0.1, stoch. depth 0.1"]
+    assert [v for _, v in opts["resolution"]][1:] == [224, 384]
+
+
+def test_browse_filters_and_sorts_like_pandas(catalogue, raw_rows):
+    view = ib.browse(catalogue, {"model": "R26+S/32", "aug": "light1", "task": "oxford_iiit_pet"},
+                     sort_by="fine-tuned test accuracy", limit=100)
+    want = raw_rows[(raw_rows["name"] == "R26+S/32") & (raw_rows["aug"] == "light1")
+                    & (raw_rows["adapt_ds"] == "oxford_iiit_pet")]
+    want = want.sort_values("adapt_final_test", ascending=False, na_position="last",
+                            kind="stable")
+    assert view.matching == len(want) > 1
+    assert view.files == want["adapt_filename"].tolist()
+    assert view.table["test acc"].tolist() == pytest.approx(want["adapt_final_test"].tolist(),
+                                                            nan_ok=True)
+    assert set(view.table["aug (paper)"]) == {"light2"}
+    # The paper's name under aug_paper selects the same rows.
+    same = ib.browse(catalogue, {"model": "R26+S/32", "aug_paper": "light2",
+                                 "task": "oxford_iiit_pet"}, sort_by="fine-tuned test accuracy",
+                     limit=100)
+    assert same.files == view.files
+
+
+def test_browse_regularisation_lr_steps_and_upstream_view(catalogue, raw_rows):
+    view = ib.browse(catalogue, {"reg": "do=0.1, sd=0.1", "lr": 0.01, "steps": 20000},
+                     limit=500)
+    want = raw_rows[(raw_rows["do"] == 0.1) & (raw_rows["sd"] == 0.1)
+                    & (raw_rows["adapt_lr"] == 0.01) & (raw_rows["adapt_steps"] == 20000)]
+    assert sorted(view.files) == sorted(want["adapt_filename"])
+    up = ib.browse(catalogue, {"model": "R26+S/32"}, view="upstream checkpoints", limit=500)
+    want_up = raw_rows[raw_rows["name"] == "R26+S/32"]
+    assert sorted(up.files) == sorted(want_up["filename"].unique())
+    counts = want_up.groupby("filename").size()
+    assert up.table["fine-tunes listed"].tolist() == [counts[f] for f in up.files]
+    with pytest.raises(ValueError, match="do=0.1, sd=0.1"):
+        ib.criteria_from_state({"reg": "lots"})
+    with pytest.raises(ValueError, match="unknown filter"):
+        ib.criteria_from_state({"modle": "B/16"})
+
+
+def test_recommended_checkpoints_are_marked(catalogue):
+    # The authors' published pick per model (their notebook's output), shipped as data.
+    picks = pd.read_csv(data_path("index",
+                                  "vit_jax_augreg_nb_cell21_best_i21k_per_model_imagenet2012.csv"))
+    expected = set(picks["filename"])
+    assert len(expected) == 10
+    view = ib.browse(catalogue, {}, view="upstream checkpoints", limit=1000)
+    marked = {f for f, m in zip(view.files, view.marked, strict=True) if m}
+    assert expected <= set(view.files)  # the catalogue lists every recommended checkpoint
+    assert marked == expected  # each is marked, and nothing else
+    assert all(view.table["★"][i] == ("★" if m else "") for i, m in enumerate(view.marked))
+
+
+def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows):
+    browser = IndexBrowser(catalogue, limit=5)
+    assert "shipped offline catalogue" in browser.provenance.value
+    assert "incomplete" in browser.provenance.value
+    assert len(browser.table) == 5
+    assert f"of {len(raw_rows)} rows" in browser.count.value
+    browser.filters["model"].value = "S/32"
+    assert set(browser.table["model"]) == {"S/32"}
+    n_s32 = int((raw_rows["name"] == "S/32").sum())
+    assert f"<b>{n_s32}</b> of {len(raw_rows)}" in browser.count.value
+    browser.filters["aug"].value = "light0"
+    assert set(browser.table["aug (paper)"]) == {"light1"}
+    assert browser.selected == browser.table["checkpoint"].iloc[0]
+    assert browser.selected in browser.table_html.value
+    browser.sort.value = "fine-tuned val accuracy"
+    browser.descending.value = False
+    vals = browser.table["val acc"].dropna().tolist()
+    assert vals == sorted(vals)
+    browser.filters["task"].value = "oxford_iiit_pet"  # the catalogue has none of S/32
+    assert browser.table.empty
+    assert "No checkpoint matches" in browser.table_html.value
+    browser.view_toggle.value = "upstream checkpoints"
+    assert browser.sort.value in ib.UPSTREAM_SORTS
+    assert browser.kind.disabled
+
+
+def test_fetch_button_downloads_only_when_pressed(sources_env, tmp_path, catalogue):
+    bucket = sources_env
+    # Tiny stand-in bytes in the published .npz format under the real names.
+    write_fake_checkpoint(bucket.root / f"{TI16_FT}.npz", "testing", num_classes=10,
+                          resolution=32)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384})
+    browser.filters["wd"].value = 0.03
+    assert bucket.requests == []  # building and filtering never downloads
+    assert browser.selected == TI16_FT
+    assert browser.table["available"].iloc[0] == "HF mirror · bucket"
+    browser.fetch_button.click()
+    assert browser.messages.kind == "info", browser.messages.text
+    cached = tmp_path / "cache" / "checkpoints" / f"{TI16_FT}.npz"
+    assert cached.is_file()
+    assert str(cached) in browser.messages.text
+    assert browser.last_fetch.source == "bucket-https"
+    assert [r.path for r in bucket.requests if r.method == "GET"] == [f"/{TI16_FT}.npz"]
+    assert browser.table["available"].iloc[0].startswith("local")
+    assert not browser.fetch_button.disabled
+
+
+def test_refused_fetch_is_a_readable_message(sources_env, catalogue):
+    bucket = sources_env
+    bucket.set(f"{TI16_UP}.npz", status=403)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384})
+    browser.kind.value = "upstream"
+    browser.fetch_button.click()
+    assert browser.messages.kind == "error"
+    text = browser.messages.text
+    assert "refused anonymous" in text and "Sources tried" in text
+    assert "Traceback" not in text
+    assert not browser.fetch_button.disabled
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_make_config_uses_the_paper_recipe():
+    c = ftp.make_config(checkpoint=TI16_UP, task="oxford_iiit_pet", resolution=224, lr=0.003,
+                        steps=500, micro_batches=16, workdir="runs")
+    # Table 4 of the paper: 500 steps -> 100 warm-up; batch 512 throughout.
+    assert (c.total_steps, c.warmup_steps, c.global_batch) == (500, 100, 512)
+    assert (c.base_lr, c.resolution, c.micro_batches, c.task) == (0.003, 224, 16,
+                                                                   "oxford_iiit_pet")
+    assert c.checkpoint == TI16_UP and c.model is None
+    assert c.workdir == f"runs/{TI16_UP}--oxford_iiit_pet-500-0.003-224"
+    long = ftp.make_config(checkpoint=TI16_UP, task="cifar100", resolution=384, lr=0.01,
+                           steps=10000)
+    assert long.warmup_steps == 500
+    assert ftp.steps_choices("cifar100") == [2500, 10000]
+    assert ftp.steps_choices("imagenet2012") == [20000]
+    smoke = ftp.make_config(checkpoint=ftp.SMOKE_CHECKPOINT, task="digits", resolution=32,
+                            lr=0.03, steps=20)
+    assert (smoke.model, smoke.task, smoke.total_steps, smoke.global_batch) == (
+        "testing", "digits", 20, 64)
+
+
+def test_published_result_and_comparison(catalogue, raw_rows):
+    row = raw_rows.dropna(subset=["adapt_final_test"]).iloc[0]
+    config = ftp.make_config(checkpoint=row["filename"], task=row["adapt_ds"],
+                             resolution=int(row["adapt_resolution"]), lr=row["adapt_lr"],
+                             steps=int(row["adapt_steps"]))
+    pub = ftp.published_result(catalogue, config)
+    assert pub["adapt_filename"] == row["adapt_filename"]
+    assert pub["adapt_final_test"] == pytest.approx(row["adapt_final_test"])
+    own = {"adapt_final_test": row["adapt_final_test"] - 0.0123, "adapt_final_val": 0.5}
+    text = ftp.comparison_text(own, pub)
+    assert f"{-1.23:+.2f} points" in text
+    assert f"{row['adapt_final_test']:.2%}" in text
+    other = ftp.make_config(checkpoint=ftp.SMOKE_CHECKPOINT, task="digits", resolution=32,
+                            lr=0.03, steps=20)
+    assert ftp.published_result(catalogue, other) is None
+    assert "No published number" in ftp.comparison_text(own, None)
+
+
+def test_export_result_row_appends_and_replaces(tmp_path):
+    path = tmp_path / "own.csv"
+    a = {"name": "B/16", "adapt_filename": "a", "adapt_final_test": 0.5}
+    b = {"name": "S/16", "adapt_filename": "b", "adapt_final_test": 0.6}
+    ftp.export_result_row(a, path)
+    ftp.export_result_row(b, path)
+    ftp.export_result_row({**a, "adapt_final_test": 0.7}, path)
+    rows = ftp.read_results(path)
+    assert list(rows.columns) == list(index_lib.COLUMNS)
+    assert rows.set_index("adapt_filename")["adapt_final_test"].to_dict() == {"b": 0.6, "a": 0.7}
+    assert ftp.read_results(tmp_path / "missing.csv").empty
+
+
+def test_panel_does_nothing_until_start_and_reports_errors(tmp_path, monkeypatch, catalogue):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AUGREG_NB_CHECKPOINT_DIR", raising=False)
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv")
+    assert panel.checkpoint.value == ftp.SMOKE_CHECKPOINT
+    assert (panel.task.value, panel.steps.value) == ("digits", ftp.default_steps("digits"))
+    panel.task.value = "oxford_iiit_pet"
+    assert list(panel.steps.options) == [500, 2500] and panel.steps.value == 500
+    assert list(panel.resolution.options) == [224, 384]
+    panel.checkpoint.value = TI16_UP
+    panel.task.value = "digits"
+    panel.steps.value = 20
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    panel.export_button.click()  # disabled in a browser; from code it explains itself
+    panel.start_button.click()
+    assert panel.messages.kind == "error"
+    assert "offline" in panel.messages.text.lower() and "Traceback" not in panel.messages.text
+    assert panel.result is None and not panel.start_button.disabled
+
+
+def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkeypatch,
+                                                                catalogue):
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    panel.start_button.click()
+    assert panel.messages.kind == "info", panel.messages.text
+    result = panel.result
+    hist = result.history
+    assert hist["step"].max() == 20 and hist["val_accuracy"].notna().any()
+    assert panel.figure is not None and len(panel.figure.axes) == 2
+    loss_line = panel.figure.axes[0].lines[0]
+    logged = hist.dropna(subset=["loss"])
+    np.testing.assert_allclose(loss_line.get_ydata(), logged["loss"].to_numpy())
+    assert f"{result.result_row['adapt_final_test']:.2%}" in panel.messages.text
+    assert not panel.export_button.disabled
+    panel.export_button.click()
+    rows = ftp.read_results(tmp_path / "own.csv")
+    assert rows["adapt_filename"].tolist() == [result.result_row["adapt_filename"]]
+    assert result.export_path.is_file() and str(result.export_path) in panel.messages.text
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_render_paper_figures_and_highlight():
+    shown = fp.render("fig4", source="paper", highlight=["B/16"])
+    assert shown.figure is not None and shown.figure.axes
+    assert "Figure 4" in shown.caption
+    table = fp.render("table3", highlight="B/16")
+    assert "<table" in table.html and "#fff3b0" in table.html  # the highlighted row
+    with pytest.raises(ValueError, match="full index"):
+        fp.render("fig1", source="paper")
+    with pytest.raises(ValueError, match="no own results"):
+        fp.render("own")
+
+
+def test_render_from_an_index_and_overlay_own_results():
+    from augreg_nb.figures.synthetic import paper_index
+
+    index = paper_index().copy()
+    comparison = fp.render("comparison", index=index)
+    assert "<table" in comparison.html and "differ" in comparison.caption
+    own = pd.DataFrame([{
+        "name": "B/16", "ds": "i21k", "adapt_ds": "imagenet2012", "adapt_resolution": 384,
+        "adapt_final_val": 0.9, "adapt_final_test": 0.8512, "infer_samples_per_sec": 138.0,
+        "adapt_filename": "mine",
+    }])
+    fig6 = fp.render("fig6", source="index", index=index, own=own)
+    assert "1 own ImageNet" in fig6.note
+    stars = [c for ax in fig6.figure.axes for c in ax.collections
+             if len(c.get_offsets()) == 1
+             and np.allclose(np.asarray(c.get_offsets())[0], [138.0, 85.12])]
+    assert stars, "own result not drawn at (its speed, its accuracy in %)"
+    catalogue = index_lib.load_index("catalogue")
+    with pytest.raises(ValueError, match="shipped catalogue"):
+        fp.render("fig4", source="index", index=catalogue)
+
+
+def test_picker_widget_redraws_and_explains(tmp_path):
+    own_csv = tmp_path / "own.csv"
+    picker = FigurePicker(None, results_csv=own_csv, item="fig7", highlight="L/16, B/16")
+    assert set(picker.highlight.value) == {"B/16", "L/16"}
+    assert picker.shown.item == "fig7" and picker.messages.kind is None
+    picker.item.value = "fig1"
+    assert picker.shown is None and picker.messages.kind == "error"
+    assert "AUGREG_NB_INDEX" in picker.messages.text
+    picker.item.value = "own"
+    assert "notebook 2" in picker.messages.text
+    ftp.export_result_row({"name": "testing", "adapt_ds": "digits", "adapt_resolution": 32,
+                           "adapt_final_val": 0.3, "adapt_final_test": 0.25,
+                           "adapt_filename": "fake--digits"}, own_csv)
+    picker.reload_button.click()
+    assert picker.shown.item == "own" and "no published counterpart" in picker.shown.note
+    picker.item.value = "table5"
+    assert "<table" in picker.shown.html
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def test_sample_and_uploaded_images():
+    from PIL import Image
+
+    samples = ip.sample_images(64)
+    assert list(samples) == ["red ball", "stripes", "checkerboard"]
+    for img in samples.values():
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert len({img.tobytes() for img in samples.values()}) == 3
+    buf = io.BytesIO()
+    Image.fromarray(samples["stripes"]).save(buf, format="PNG")
+    got = ip.uploaded_images(({"name": "a.png", "content": memoryview(buf.getvalue())},))
+    np.testing.assert_array_equal(np.asarray(got["a.png"]), samples["stripes"])
+    with pytest.raises(ValueError, match="b.jpg is not an image"):
+        ip.uploaded_images([{"name": "b.jpg", "content": b"not an image"}])
+
+
+def test_plot_predictions_draws_the_probabilities():
+    from augreg_nb.inference import Prediction
+
+    images = ip.sample_images(32)
+    preds = [[Prediction(i, f"class name {i}" if i % 2 else None, p)
+              for i, p in enumerate([0.5, 0.2, 0.1])] for _ in images]
+    fig = ip.plot_predictions(images, preds)
+    assert len(fig.axes) == 2 * len(images)
+    bars = fig.axes[1].patches
+    assert [b.get_width() for b in bars] == pytest.approx([50, 20, 10])
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert labels == ["class 0", "class name 1", "class 2"]
+
+
+def test_inference_panel_loads_and_classifies(tmp_path):
+    from augreg_nb.checkpoint import load
+    from augreg_nb.models import create_model
+    from augreg_nb.preprocess import prepare_images
+
+    path = write_fake_checkpoint(tmp_path / "fake.npz", "testing", num_classes=10,
+                                 resolution=32, seed=3)
+    panel = InferencePanel(str(path))
+    panel.classify_button.click()
+    assert panel.messages.kind == "error" and "press Load" in panel.messages.text
+    panel.load_button.click()
+    assert panel.messages.kind == "info", panel.messages.text
+    assert "10 classes, 32 px" in panel.info.value
+    panel.use_samples.value = ("red ball", "checkerboard")
+    panel.classify_button.click()
+    assert panel.messages.kind == "info", panel.messages.text
+    assert len(panel.predictions) == 2 and all(len(p) == 5 for p in panel.predictions)
+    # Independent forward pass: softmax of the model's logits on the same pre-processing.
+    params = load(path, model_name="testing")
+    x = prepare_images([panel.samples["red ball"], panel.samples["checkerboard"]], 32)
+    logits = np.asarray(create_model("testing", 10).apply({"params": params}, x, train=False))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    for row, preds in zip(probs, panel.predictions, strict=True):
+        top = np.argsort(-row)[:5]
+        assert [p.index for p in preds] == top.tolist()
+        np.testing.assert_allclose([p.prob for p in preds], row[top], rtol=1e-4, atol=1e-6)
+    assert len(panel.figure.axes) == 4
+
+
+def test_inference_panel_bad_checkpoint_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = InferencePanel("not-a-checkpoint")
+    panel.load_button.click()
+    assert panel.messages.kind == "error"
+    assert "Names look like" in panel.messages.text
+    assert panel.params is None and not panel.load_button.disabled
