@@ -1,0 +1,183 @@
+"""The benchmark suite: one command, a table on screen, the same numbers as JSON.
+
+    .venv/bin/python -m bench                          # everything (about 10-15 min, 2 cores)
+    .venv/bin/python -m bench --only model,train       # some sections
+    .venv/bin/python -m bench --only torch             # Ti/16: ours vs reference vs timm
+    .venv/bin/python -m bench --out bench/results-h100.json --repeats 10
+
+Sections (``--only`` takes a comma-separated list):
+
+- ``model``: forward images/s of Ti/16, S/32, B/32, R+Ti/16, B/16 (float32, batch 32,
+  224 px); Ti/16 side by side with a reference-style Flax ViT and timm (when available).
+- ``train``: full fine-tuning step images/s (the recipe's optimiser, clip and schedule,
+  through ``augreg_nb.train_step``) of Ti/16, S/32, B/32, R+Ti/16, with the same peers.
+- ``torch``: only the Ti/16 comparison of both (forward and train) with timm on PyTorch.
+- ``input``: training input pipeline (decode, inception crop, flip) images/s.
+- ``index``: load + validate the 51,509-row synthetic index from the cache; each query.
+- ``checkpoint``: load a B/16-size file from the cache into device memory; peak memory.
+- ``smoke``: time to first step (compilation) and the whole smoke fine-tune.
+- ``notebooks``: each notebook run headless in smoke mode.
+
+Every number is the median of ``--repeats`` timed runs after a warm-up; peers are timed in
+interleaved rounds (see :mod:`bench.common`). Results go to ``bench/results.json`` with a
+description of the machine (CPU, cores, load, library versions, XLA flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "notebooks")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from bench.model_speed import FORWARD_MODELS, TRAIN_MODELS
+    from bench.torch_worker import DEFAULT_TORCH_PYTHON
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--only", type=_csv, default=list(SECTIONS),
+                   help=f"comma-separated sections of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--forward-models", type=_csv, default=list(FORWARD_MODELS))
+    p.add_argument("--train-models", type=_csv, default=list(TRAIN_MODELS))
+    p.add_argument("--peers", type=_csv, default=["reference", "timm"],
+                   help="comparisons next to Ti/16: reference, timm (or none)")
+    p.add_argument("--peer-model", default="Ti/16",
+                   help="the model timed next to its peers (timm exists for Ti/16 only)")
+    p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
+                   help="interpreter with torch and timm for the timm comparison")
+    p.add_argument("--input-images", type=int, default=64)
+    p.add_argument("--input-batches", type=int, default=10)
+    p.add_argument("--smoke-steps", type=int, default=None,
+                   help="shorten the smoke fine-tune (default: the preset's length)")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.only) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the chosen sections; returns the JSON document (also written to ``args.out``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bench.common import format_table, machine_info
+
+    doc = {"machine": machine_info(), "settings": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "rows": []}
+    rows = []
+    started = time.perf_counter()
+    for section in SECTIONS:
+        if section not in args.only:
+            continue
+        t0 = time.perf_counter()
+        new = _run_section(section, args)
+        rows += new
+        logging.getLogger("bench").info("%s: %.0f s", section, time.perf_counter() - t0)
+        for row in new:
+            print(f"  {row.section}: {row.name}: {row.value} {row.unit} {row.note}",
+                  file=sys.stderr, flush=True)
+    _relate(rows)
+    doc["elapsed_s"] = time.perf_counter() - started
+    doc["rows"] = [dict(vars(r)) for r in rows]
+    doc["table"] = format_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=float))
+    os.replace(tmp, args.out)
+    return doc
+
+
+def _relate(rows) -> None:
+    """Put the input pipeline's rate next to the Ti/16 train step's of the same run."""
+    step = next((r for r in rows if r.name == "Ti/16 train" and r.value), None)
+    for r in rows:
+        if r.section == "input" and r.value and step is not None:
+            r.note = (f"{r.value / step.value:.1f}x the Ti/16 train step "
+                      f"({step.value:.1f} img/s)")
+
+
+def _run_section(section: str, args: argparse.Namespace):
+    peers = [p for p in args.peers if p != "none"]
+    if section in ("model", "train"):
+        from bench.model_speed import run_models
+
+        models = args.forward_models if section == "model" else args.train_models
+        return run_models("forward" if section == "model" else "train", models,
+                          batch=args.batch, resolution=args.resolution,
+                          repeats=args.repeats, peers=peers, torch_python=args.torch_python,
+                          peer_model=args.peer_model)
+    if section == "torch":
+        from bench.model_speed import run_models
+        from bench.torch_worker import start
+
+        worker, why = start(args.torch_python, batch=args.batch, resolution=args.resolution)
+        if worker is None:
+            from bench.common import Row
+
+            return [Row("torch", "timm ViT-Ti/16 comparison", None, "img/s", why)]
+        worker.close()
+        rows = []
+        for mode in ("forward", "train"):
+            rows += run_models(mode, ["Ti/16"], batch=args.batch, resolution=args.resolution,
+                               repeats=args.repeats, peers=["reference", "timm"],
+                               torch_python=args.torch_python)
+        for row in rows:
+            row.section = "torch"
+        return rows
+    if section == "input":
+        from bench.bench_input import measure
+        from bench.common import Row, median
+
+        rates = measure(images=args.input_images, batches=args.input_batches,
+                        batch=args.batch, resolution=args.resolution, windows=args.repeats)
+        return [Row("input", f"train pre-processing at {args.resolution} px, batch "
+                    f"{args.batch} (decode, inception crop, flip)", median(rates), "img/s",
+                    "", {"rates": rates})]
+    if section == "index":
+        from bench.index_speed import run_index
+
+        return run_index(repeats=args.repeats)
+    if section == "checkpoint":
+        from bench.checkpoint_speed import run_checkpoint
+
+        return run_checkpoint(repeats=min(args.repeats, 3))
+    if section == "smoke":
+        from bench.startup import run_smoke
+
+        return run_smoke(total_steps=args.smoke_steps)
+    if section == "notebooks":
+        from bench.startup import run_notebooks
+
+        return run_notebooks()
+    raise ValueError(section)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    args = parse_args(argv)
+    doc = run(args)
+    m = doc["machine"]
+    print(f"{m['cpu']} ({m['usable_cores']} cores usable, load {m['load_average_at_start']}), "
+          f"jax {m['jax']}, flax {m['flax']}, XLA_FLAGS={m['xla_flags'] or '(none)'}")
+    print(doc["table"])
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

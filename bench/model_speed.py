@@ -1,0 +1,179 @@
+"""Model forward (inference) and full train-step throughput, images per second.
+
+Forward: ``jax.jit(model.apply)`` on a batch already in device memory, ``train=False``.
+Train step: the fine-tuning code itself — ``train_step.make_train_step`` with the optimiser
+and schedule of the CIFAR-100 2500-step preset (SGD momentum 0.9 kept in bfloat16, global
+norm clip 1.0, warm-up + cosine), the state sharded and donated exactly as
+``train.fit`` sets it up, one micro-batch.
+
+For Ti/16 the same rounds also time peers, interleaved call by call:
+
+- ``reference``: :mod:`bench.reference_vit`, the straightforward Flax style (strided
+  ``nn.Conv`` patch embedding, ``nn.MultiHeadDotProductAttention``, plain jit, no
+  donation), fed the same parameters; its logits are checked against ours first.
+- ``timm``: timm's ``vit_tiny_patch16_224`` on PyTorch in a separate interpreter
+  (:mod:`bench.torch_worker`), when that interpreter exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from bench.common import Row, median, time_interleaved
+
+logger = logging.getLogger(__name__)
+
+#: Models of the forward and train-step sections (B/16 forward only).
+FORWARD_MODELS = ("Ti/16", "S/32", "B/32", "R+Ti/16", "B/16")
+TRAIN_MODELS = ("Ti/16", "S/32", "B/32", "R+Ti/16")
+#: The preset whose optimiser and schedule the train step uses.
+RECIPE_PRESET = "cifar100-2500-0.01-224"
+TRAIN_CLASSES = 100
+FORWARD_CLASSES = 1000
+
+
+def _inputs(batch: int, resolution: int, num_classes: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, batch).astype(np.int32)
+    return images, labels
+
+
+def _params(name: str, num_classes: int, resolution: int):
+    """Seeded, well-scaled parameters (a fake checkpoint's values, head included)."""
+    from augreg_nb.checkpoint import unflatten
+    from augreg_nb.testing.checkpoints import fake_params
+
+    return unflatten(fake_params(name, num_classes=num_classes, resolution=resolution))
+
+
+def forward_fn(name: str, batch: int, resolution: int, dtype=None) -> Callable[[], None]:
+    """A callable that runs one forward pass of ``name`` on a device-resident batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from augreg_nb.models import create_model
+
+    model = create_model(name, FORWARD_CLASSES, dtype=dtype)
+    params = jax.device_put(_params(name, FORWARD_CLASSES, resolution))
+    images = jax.device_put(jnp.asarray(_inputs(batch, resolution, FORWARD_CLASSES)[0]))
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    return lambda: apply(params, images).block_until_ready()
+
+
+def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
+    """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``."""
+    import jax
+
+    from augreg_nb import train_step as ts
+    from augreg_nb.config import get_config
+    from augreg_nb.models import create_model
+    from augreg_nb.train_state import TrainState
+
+    config = get_config(RECIPE_PRESET)
+    model = create_model(name, TRAIN_CLASSES)
+    mesh = ts.make_mesh()
+    tx = ts.optimizer_from_config(config)
+    params = _params(name, TRAIN_CLASSES, resolution)
+    p_shard = ts.param_shardings(params, mesh, "replicated")
+    params = jax.device_put(params, p_shard)
+    state = jax.jit(lambda p: TrainState.create(p, tx))(params)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
+    step = ts.make_train_step(model.apply, tx, mesh=mesh, num_classes=TRAIN_CLASSES,
+                              micro_batches=1, lr_schedule=ts.schedule_from_config(config),
+                              state_sharding=state_sharding, seed=0)
+    images, labels = _inputs(batch, resolution, TRAIN_CLASSES)
+    device_batch = ts.put_batch({"image": images, "label": labels}, mesh)
+    holder = {"state": jax.device_put(state, state_sharding)}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def reference_fns(name: str, batch: int, resolution: int) -> tuple[Callable, Callable, float]:
+    """Forward and train callables of the reference-style ViT ``name``, and the largest
+    absolute difference between its logits and ours on the same parameters."""
+    import jax
+    import jax.numpy as jnp
+
+    from augreg_nb.models import create_model, get_model_config
+    from bench.reference_vit import reference_for, reference_train_step
+
+    config = get_model_config(name)
+    ref_fwd = reference_for(config, FORWARD_CLASSES)
+    params = jax.device_put(_params(name, FORWARD_CLASSES, resolution))
+    images = jax.device_put(jnp.asarray(_inputs(batch, resolution, FORWARD_CLASSES)[0]))
+    apply_ref = jax.jit(lambda p, x: ref_fwd.apply({"params": p}, x))
+    ours = create_model(name, FORWARD_CLASSES)
+    check = images[:2]
+    diff = float(jnp.max(jnp.abs(
+        apply_ref(params, check) - jax.jit(ours.apply)({"params": params}, check))))
+
+    ref_train = reference_for(config, TRAIN_CLASSES)
+    init_state, step = reference_train_step(ref_train)
+    images_np, labels_np = _inputs(batch, resolution, TRAIN_CLASSES)
+    t_images, t_labels = jax.device_put(images_np), jax.device_put(labels_np)
+    holder = {"state": init_state(jax.device_put(_params(name, TRAIN_CLASSES, resolution)))}
+
+    def train():
+        holder["state"], loss = step(holder["state"], t_images, t_labels)
+        loss.block_until_ready()
+
+    return (lambda: apply_ref(params, images).block_until_ready()), train, diff
+
+
+def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
+               repeats: int, peers: Sequence[str] = ("reference", "timm"),
+               torch_python: str | None = None, peer_model: str = "Ti/16") -> list[Row]:
+    """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
+    ``peer_model`` (timm only for Ti/16)."""
+    from bench import torch_worker
+
+    section = "model" if mode == "forward" else "train"
+    rows: list[Row] = []
+    for name in models:
+        make = forward_fn if mode == "forward" else train_fn
+        fns = {"ours": make(name, batch, resolution)}
+        diff = None
+        notes = []
+        if name == peer_model and "reference" in peers:
+            ref_forward, ref_train, diff = reference_fns(name, batch, resolution)
+            fns["reference"] = ref_forward if mode == "forward" else ref_train
+        worker = None
+        if name == peer_model == "Ti/16" and "timm" in peers:
+            worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution)
+            if worker is None:
+                notes.append(why)
+            else:
+                fns["timm"] = (lambda w=worker: w.time(mode))
+        try:
+            times = time_interleaved(fns, repeats=repeats, warmup=1)
+        finally:
+            if worker is not None:
+                worker.close()
+        rate = {k: batch / median(v) for k, v in times.items()}
+        label = f"{name} {mode}"
+        extra = {"batch": batch, "resolution": resolution, "dtype": "float32",
+                 "seconds": times["ours"]}
+        if diff is not None:
+            extra["max_abs_logit_diff_vs_reference"] = diff
+        for peer in ("reference", "timm"):
+            if peer in rate:
+                extra[f"{peer}_img_per_s"] = rate[peer]
+                extra[f"{peer}_seconds"] = times[peer]
+                notes.append(f"{rate['ours'] / rate[peer]:.2f}x {peer} ({rate[peer]:.1f})")
+        if worker is not None:
+            extra["torch"] = worker.versions
+        rows.append(Row(section, label, rate["ours"], "img/s", "; ".join(notes), extra))
+        for peer in ("reference", "timm"):
+            if peer in rate:
+                rows.append(Row(section, f"{name} {mode} [{peer}]", rate[peer], "img/s",
+                                "same rounds as the row above",
+                                {"seconds": times[peer]}))
+    return rows
