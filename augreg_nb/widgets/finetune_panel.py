@@ -40,6 +40,7 @@ from augreg_nb.widgets.common import (
     MessageArea,
     dropdown,
     guarded,
+    message_html,
     run_in_output,
     set_options,
     show_figure,
@@ -288,6 +289,13 @@ class FinetunePanel:
                            steps=self.steps.value, micro_batches=self.micro_batches.value,
                            workdir=self.workdir)
 
+    @property
+    def history(self) -> pd.DataFrame:
+        """The finished run's metrics per logged/evaluated step (empty before a run)."""
+        if self.result is None:
+            return pd.DataFrame(columns=["step"])
+        return self.result.history
+
     def _on_task(self, change=None) -> None:
         task = self.task.value
         steps, res = steps_choices(task), resolution_choices(task)
@@ -341,10 +349,11 @@ class FinetunePanel:
                 self.start_button.disabled = False
             self.result = result
             self.published = published_result(self.df, config)
-            self.messages.show(comparison_text(result.result_row, self.published), "info",
-                               title="Finished")
-            last = result.history.tail(1)
-            self.summary.value = table_html(last.dropna(axis=1, how="all"))
+            self.messages.show(f"finished: {result.workdir}", "info")
+            last = result.history.tail(1).dropna(axis=1, how="all")
+            self.summary.value = message_html(
+                comparison_text(result.result_row, self.published), "info",
+                title="Final accuracy") + table_html(last)
             self.export_button.disabled = False
 
         run()

@@ -1,0 +1,213 @@
+"""The notebooks: their shape (badge, Colab cell, device report, parameters, thin cells) and a
+headless run of each in offline smoke mode through nbclient, with the widgets' outputs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = (
+    "01_choose_checkpoint.ipynb",
+    "02_finetune.ipynb",
+    "03_paper_figures.ipynb",
+    "04_inference.ipynb",
+)
+#: Cells that may not run headless (none).
+SKIP_HEADLESS: tuple[str, ...] = ()
+COLAB = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
+INSTALL = 'pip install -q "augreg_nb @ git+https://github.com/augreg-nb/augreg_nb"'
+MAX_SECONDS = 120  # per notebook, smoke mode, 2 CPU cores
+
+
+def _read(name: str):
+    return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_every_notebook_is_listed():
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_shape(name):
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    nb = _read(name)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    assert f"({COLAB}{name})" in first.source and "colab-badge.svg" in first.source
+    code = _code(nb)
+    # 1. installs only in Colab, without the [tf] extra, and enables the widget manager.
+    setup = code[0].source
+    assert 'if "google.colab" in sys.modules:' in setup
+    assert INSTALL in setup and "[tf]" not in setup.split("\n", 2)[-1]
+    assert "output.enable_custom_widget_manager()" in setup
+    # 2. the device report.
+    assert "nb.device_report()" in code[1].source
+    # 3. one parameters cell of literal assignments with Colab forms.
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    tree = ast.parse(tagged[0].source)
+    assert tree.body and all(isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)
+                             for s in tree.body)
+    for line in tagged[0].source.splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            assert "#@param" in line, line
+    defaults = {}
+    exec(compile(tree, "parameters", "exec"), {}, defaults)
+    assert defaults.get("PRESS_BUTTONS", False) is False  # nothing runs by itself
+    # Thin cells: valid IPython, no functions, classes or loops.
+    for cell in code:
+        src = TransformerManager().transform_cell(cell.source)
+        for node in ast.walk(ast.parse(src)):
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While,
+                                         ast.Lambda)), (name, cell.source)
+        assert len(cell.source.splitlines()) <= 14, (name, cell.source)
+    assert not SKIP_HEADLESS
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory):
+    """A kernel spec running this interpreter (the project's .venv in CI)."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "augreg-nb-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "augreg_nb (tests)", "language": "python",
+    }))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(root))
+        yield "augreg-nb-test"
+
+
+def _widget_states(nb) -> dict:
+    return nb.metadata.get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+
+def _all_outputs(nb) -> list:
+    """Cell outputs and the outputs captured by Output widgets."""
+    outs = [o for c in _code(nb) for o in c.outputs]
+    for model in _widget_states(nb).values():
+        if model["model_name"] == "OutputModel":
+            outs += model["state"].get("outputs", [])
+    return outs
+
+
+def _html_values(nb) -> list[str]:
+    return [m["state"].get("value", "") for m in _widget_states(nb).values()
+            if m["model_name"] == "HTMLModel"]
+
+
+def _text(outputs) -> str:
+    parts = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            parts.append(o.get("text", ""))
+        elif "data" in o:
+            parts.append(str(o["data"].get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def _execute(name, kernel_name, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("AUGREG_NB_SMOKE", "1")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    nb = _read(name)
+    client = NotebookClient(nb, kernel_name=kernel_name, timeout=MAX_SECONDS,
+                            startup_timeout=90, record_timing=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, tmp_path / name)  # the executed notebook, for a look after a failure
+    wall = time.perf_counter() - start
+    print(f"{name}: {_run_seconds(nb):.1f} s top to bottom ({wall:.1f} s with kernel start/stop)")
+    return nb, _run_seconds(nb)
+
+
+def _run_seconds(nb) -> float:
+    """Seconds from the first cell's start to the last cell's reply (kernel clock)."""
+    from datetime import datetime
+
+    times = [c.metadata["execution"] for c in _code(nb) if "execution" in c.metadata]
+    first = datetime.fromisoformat(times[0]["iopub.execute_input"].replace("Z", "+00:00"))
+    last = datetime.fromisoformat(times[-1]["shell.execute_reply"].replace("Z", "+00:00"))
+    return (last - first).total_seconds()
+
+
+def _check_common(nb, name, elapsed):
+    outputs = _all_outputs(nb)
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    shown_errors = [v for v in _html_values(nb) if "augreg-error" in v]
+    assert not shown_errors, f"{name} showed an error message: {shown_errors[0]}"
+    assert "Traceback" not in _text(outputs)
+    assert elapsed < MAX_SECONDS, f"{name} took {elapsed:.0f} s"
+    report = _text(_code(nb)[1].outputs)
+    assert "CPU:" in report and "x cpu" in report
+    assert "Smoke mode" in _text(outputs)
+    return outputs
+
+
+def _pngs(outputs) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_01_choose_checkpoint_runs(kernel_name, tmp_path, monkeypatch):
+    nb, elapsed = _execute("01_choose_checkpoint.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "01", elapsed)
+    htmls = _html_values(nb)
+    assert any("shipped offline catalogue" in v and "incomplete" in v for v in htmls)
+    table = next(v for v in htmls if "augreg-table" in v)
+    assert "Ti/16" in table and "★" in table
+    assert "R26+S/32" not in table  # the filters start at Ti/16 in smoke mode
+    text = _text(outputs)
+    assert "is ready:" in text and "from bucket-https" in text
+
+
+@pytest.mark.slow
+def test_02_finetune_runs(kernel_name, tmp_path, monkeypatch):
+    nb, elapsed = _execute("02_finetune.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "02", elapsed)
+    assert _pngs(outputs) >= 1  # the live loss/accuracy plot
+    text = _text(outputs)
+    assert any("Final accuracy" in v and "Your run: test accuracy" in v
+               for v in _html_values(nb))
+    assert "result row appended to" in text and ".npz" in text
+    history = _code(nb)[-1].outputs[0]["data"]["text/html"]  # panel.history
+    assert "val_accuracy" in history and "test_accuracy" in history
+
+
+def test_03_paper_figures_runs(kernel_name, tmp_path, monkeypatch):
+    nb, elapsed = _execute("03_paper_figures.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "03", elapsed)
+    assert _pngs(outputs) >= 1  # the picked figure
+    assert any("Figure 4" in v for v in _html_values(nb))
+
+
+@pytest.mark.slow
+def test_04_inference_runs(kernel_name, tmp_path, monkeypatch):
+    nb, elapsed = _execute("04_inference.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "04", elapsed)
+    assert _pngs(outputs) >= 1  # the top-5 chart
+    assert "classified 3 image(s)" in _text(outputs)
+    assert any("1,000 classes, 384 px" in v for v in _html_values(nb))
