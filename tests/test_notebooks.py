@@ -211,3 +211,51 @@ def test_04_inference_runs(kernel_name, tmp_path, monkeypatch):
     assert _pngs(outputs) >= 1  # the top-5 chart
     assert "classified 3 image(s)" in _text(outputs)
     assert any("1,000 classes, 384 px" in v for v in _html_values(nb))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_colab_helpers_match_the_notebooks():
+    from augreg_nb import notebook as nbh
+
+    assert not nbh.in_colab() and nbh.enable_colab_widgets() is False
+    assert "[tf]" not in nbh.COLAB_INSTALL
+    for name in NOTEBOOKS:
+        nb = _read(name)
+        assert nbh.colab_badge(name) in nb.cells[0].source
+        assert f'"{nbh.COLAB_INSTALL}"' in _code(nb)[0].source
+
+
+def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkeypatch):
+    import os
+
+    from augreg_nb import notebook as nbh
+    from augreg_nb.checkpoint import read_npz
+    from augreg_nb.sources import resolve_checkpoint
+
+    monkeypatch.setenv("AUGREG_NB_SMOKE", "1")
+    monkeypatch.setenv("AUGREG_NB_INDEX", str(tmp_path / "not-used.csv"))
+    before = dict(os.environ)
+    session = nbh.start()
+    env = session.smoke_env
+    try:
+        assert session.smoke and nbh.setup_smoke() is env  # one smoke set-up per process
+        assert session.index.attrs["provenance"]["kind"] == "catalogue"
+        assert session.workdir.parent == env.root and session.results_csv.parent == env.root
+        assert "Smoke mode" in session.report and "CPU:" in session.report
+        assert os.environ["AUGREG_NB_BUCKET_URL"].startswith("http://127.0.0.1:")
+        assert os.environ["HF_ENDPOINT"].startswith("http://127.0.0.1:")
+        assert "AUGREG_NB_INDEX" not in os.environ
+        up, ft = env.checkpoints
+        resolved = resolve_checkpoint(ft, progress=False)
+        assert resolved.source == "bucket-https"
+        assert resolved.path.is_relative_to(env.root)
+        shapes = {k: v.shape for k, v in read_npz(resolved.path).items()}
+        assert shapes["head/kernel"] == (192, 1000)  # Ti/16 ImageNet head, published layout
+        assert shapes["Transformer/posembed_input/pos_embedding"] == (1, 577, 192)  # 384 px
+        assert ft.startswith(up + "--")
+    finally:
+        env.close()
+    assert dict(os.environ) == before
+    assert not env.root.exists()

@@ -289,7 +289,8 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     loss_line = panel.figure.axes[0].lines[0]
     logged = hist.dropna(subset=["loss"])
     np.testing.assert_allclose(loss_line.get_ydata(), logged["loss"].to_numpy())
-    assert f"{result.result_row['adapt_final_test']:.2%}" in panel.messages.text
+    assert f"{result.result_row['adapt_final_test']:.2%}" in panel.summary.value
+    assert "No published number" in panel.summary.value
     assert not panel.export_button.disabled
     panel.export_button.click()
     rows = ftp.read_results(tmp_path / "own.csv")
@@ -424,3 +425,22 @@ def test_inference_panel_bad_checkpoint_is_a_message(tmp_path, monkeypatch):
     assert panel.messages.kind == "error"
     assert "Names look like" in panel.messages.text
     assert panel.params is None and not panel.load_button.disabled
+
+
+def test_browser_on_a_complete_table_marks_the_rule_pick():
+    from augreg_nb.testing.synthetic_index import make_synthetic_index
+
+    df = make_synthetic_index(seed=1)
+    df.attrs["provenance"] = {"source": "synthetic full table", "complete": True}
+    # The paper's rule, computed here with pandas: best final_val among each model's i21k rows.
+    i21k = df[df["ds"] == "i21k"]
+    best = i21k.loc[i21k.groupby("name")["final_val"].idxmax(), "filename"]
+    browser = IndexBrowser(df, state={"model": "B/16"}, limit=10)
+    browser.view_toggle.value = "upstream checkpoints"
+    assert "the complete published table" in browser.provenance.value
+    assert browser.view.total == df["filename"].nunique()
+    marked = [f for f, m in zip(browser.view.files, browser.view.marked, strict=True) if m]
+    b16 = {best[i] for i in best.index if df.at[i, "name"] == "B/16"}
+    assert len(b16) == 1 and set(marked) == b16
+    browser.filters["ds"].value = "i21k"  # sorted by upstream val accuracy: the pick first
+    assert browser.view.files[0] in b16 and browser.view.marked[0]
