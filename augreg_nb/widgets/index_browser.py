@@ -390,15 +390,16 @@ class IndexBrowser:
         self.view = view
         what = "upstream checkpoints" if upstream else "rows"
         shown = len(view.table)
+        # The table first, then the count line: whoever waits for the count sees the table.
+        if shown:
+            self.table_html.value = table_html(view.table, marked=view.marked)
+        else:
+            self.table_html.value = "<i>No checkpoint matches these filters; set one to (any).</i>"
         self.count.value = (
             f"<b>{view.matching:,}</b> of {view.total:,} {what} match"
             + (f"; showing the first {shown}" if shown < view.matching else "")
             + ("; ★ = recommended checkpoint of its model" if any(view.marked) else "")
         )
-        if shown:
-            self.table_html.value = table_html(view.table, marked=view.marked)
-        else:
-            self.table_html.value = "<i>No checkpoint matches these filters; set one to (any).</i>"
         labels = [(f"{'★ ' if m else ''}{f}", f)
                   for f, m in zip(view.files, view.marked, strict=True)]
         set_options(self.selection, labels or [("", "")])
