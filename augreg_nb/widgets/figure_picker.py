@@ -154,7 +154,8 @@ class FigurePicker:
         self.highlight = w.SelectMultiple(options=list(names.MODELS), value=highlight,
                                           description="Highlight", rows=5)
         self.overlay = w.Checkbox(value=True, description="overlay own results", indent=False)
-        self.reload_button = w.Button(description="Reload own results", icon="refresh")
+        self.reload_button = w.Button(description="Reload own results", icon="refresh",
+                                      layout=w.Layout(width="auto"))
         self.caption = w.HTML()
         self.output = w.Output()
         for widget in (self.item, self.source, self.highlight, self.overlay):
