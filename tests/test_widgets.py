@@ -444,3 +444,25 @@ def test_browser_on_a_complete_table_marks_the_rule_pick():
     assert len(b16) == 1 and set(marked) == b16
     browser.filters["ds"].value = "i21k"  # sorted by upstream val accuracy: the pick first
     assert browser.view.files[0] in b16 and browser.view.marked[0]
+
+
+def test_panels_for_a_notebook_session_take_the_parameters(tmp_path, catalogue, raw_rows):
+    from types import SimpleNamespace
+
+    session = SimpleNamespace(index=catalogue, smoke=False, smoke_env=None,
+                              workdir=tmp_path / "runs", results_csv=tmp_path / "own.csv")
+    panel = FinetunePanel.for_session(session, checkpoint="B/16", task="cifar100",
+                                      resolution=384, lr=0.01, steps=10000, micro_batches=32)
+    c = panel.config()
+    assert (c.checkpoint, c.task, c.resolution, c.base_lr, c.total_steps, c.micro_batches) == (
+        "B/16", "cifar100", 384, 0.01, 10000, 32)
+    assert c.workdir.startswith(str(tmp_path / "runs"))
+    browser = IndexBrowser.for_session(session, state={"model": "S/16", "task": ANY})
+    assert set(browser.table["model"]) == {"S/16"}
+    inference = InferencePanel.for_session(session, checkpoint=TI16_FT)
+    suggestions = list(inference.checkpoint.options)
+    imagenet = raw_rows[raw_rows["adapt_ds"] == "imagenet2012"]["adapt_filename"]
+    assert inference.checkpoint.value == TI16_FT
+    assert sorted(suggestions) == sorted(set(imagenet))
+    first_upstreams = {s.split("--")[0] for s in suggestions[:5]}
+    assert first_upstreams <= ib.recommended_files(catalogue)  # recommended models first
