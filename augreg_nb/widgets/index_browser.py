@@ -43,7 +43,8 @@ from augreg_nb.widgets.common import (
     table_html,
 )
 
-#: Filter key -> (label, index column). ``reg`` covers both dropout and stochastic depth.
+#: Filter key -> (label, index column); ``reg`` filters dropout (``do``) and stochastic depth
+#: (``sd``) together.
 FILTERS: dict[str, tuple[str, str]] = {
     "model": ("Model", "name"),
     "ds": ("Pre-training", "ds"),
@@ -58,7 +59,7 @@ FILTERS: dict[str, tuple[str, str]] = {
 DS_LABELS = {"i1k": "ImageNet-1k, 300 ep", "i21k": "ImageNet-21k, 300 ep",
              "i21k_30": "ImageNet-21k, 30 ep"}
 VIEWS = ("fine-tunes", "upstream checkpoints")
-#: Sort choices: label -> (column, descending by default).
+#: Sort choices: label -> index column ("model" sorts in the paper's model order).
 SORTS: dict[str, str] = {
     "fine-tuned val accuracy": "adapt_final_val",
     "fine-tuned test accuracy": "adapt_final_test",
