@@ -32,6 +32,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -92,9 +93,13 @@ class SmokeEnvironment:
     hub: Any  #: the running :class:`~augreg_nb.testing.servers.FakeHub` (no repositories)
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
+    owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
 
     def close(self) -> None:
-        """Stop the servers and restore the environment variables."""
+        """Stop the servers, restore the environment variables, remove a temporary root."""
+        global _SMOKE
+        if _SMOKE is self:
+            _SMOKE = None
         self.bucket.stop()
         self.hub.stop()
         for key, value in self.previous_env.items():
@@ -102,6 +107,8 @@ class SmokeEnvironment:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 _SMOKE: SmokeEnvironment | None = None
@@ -134,6 +141,7 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     from augreg_nb.testing.checkpoints import write_fake_checkpoint
     from augreg_nb.testing.servers import FakeBucket, FakeHub
 
+    owns_root = root is None
     root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="augreg_nb_smoke_"))
     bucket_dir = root / "bucket"
     bucket_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     os.environ.update(settings)
     os.environ.pop(ENV_INDEX, None)  # the shipped catalogue, whatever the user set
     os.environ.pop(ENV_OFFLINE, None)  # the loopback bucket is reachable
-    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous)
+    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root)
     atexit.register(_SMOKE.close)
     logger.info("smoke mode: fake bucket at %s serving %s", bucket.url, ", ".join(served))
     return _SMOKE
