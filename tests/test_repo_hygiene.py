@@ -48,3 +48,34 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_cmd = blocks[1].strip()
     ci = (REPO / ".ci" / "run").read_text()
     assert test_cmd in ci.splitlines(), f"{test_cmd!r} is not a line of .ci/run"
+
+
+def test_every_readme_cli_command_parses():
+    """Each `augreg-nb ...` line of the README names real sub-commands and flags.
+
+    The commands themselves run in the modules' own tests (on fakes); this keeps the README
+    from drifting away from the command line.
+    """
+    import shlex
+
+    from augreg_nb.cli import build_parser
+
+    parser = build_parser()
+    text = (REPO / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if ">" in words:  # drop a shell redirection
+                words = words[: words.index(">")]
+            while words and "=" in words[0] and not words[0].startswith("-"):
+                words = words[1:]  # leading VAR=value assignments
+            if words and words[0].endswith("augreg-nb"):
+                lines.append(words)
+    assert len(lines) >= 15, lines
+    for words in lines:
+        try:
+            args = parser.parse_args(words[1:])
+        except SystemExit as exit_:  # argparse reports unknown flags this way
+            raise AssertionError(f"README command does not parse: {' '.join(words)}") from exit_
+        assert getattr(args, "func", None) is not None, words
