@@ -118,17 +118,22 @@ def _read_browser(area) -> dict:
             "rows": [dict(zip(header, r, strict=True)) for r in rows]}
 
 
-def _wait_for_count(nb, area, matching: int, timeout: float = 30) -> dict:
-    """Wait until the browser's count line says ``matching`` rows; return what it shows."""
+def _wait_for_count(nb, area, matching: int, model: str, timeout: float = 30) -> dict:
+    """Wait until the count line says ``matching`` rows and the table shows ``model``'s rows.
+
+    The count line and the table are two widgets whose updates reach the browser as separate
+    messages, so both are waited for; return what the browser shows.
+    """
     deadline = time.monotonic() + timeout
     while True:
         shown = _read_browser(area)
-        if shown["matching"] == matching:
+        models = {r["model"] for r in shown["rows"]}
+        if shown["matching"] == matching and models <= {model}:
             return shown
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"the table did not update: it says {shown['matching']} rows match, "
-                f"expected {matching}"
+                f"the table did not update: it says {shown['matching']} rows match and shows "
+                f"models {sorted(models)}, expected {matching} rows of {model}"
             )
         nb.page.wait_for_timeout(200)
 
@@ -160,7 +165,7 @@ def test_choose_checkpoint_notebook(lab_page):
     model = area.get_by_label("Model", exact=True)
     model.select_option(label="S/16")
     expected, _ = _catalogue_count(name="S/16", adapt_ds="imagenet2012")
-    shown = _wait_for_count(nb, area, expected)
+    shown = _wait_for_count(nb, area, expected, "S/16")
     assert len(shown["rows"]) == expected
     assert {r["model"] for r in shown["rows"]} == {"S/16"}
     assert {r["task"] for r in shown["rows"]} == {"imagenet2012"}
@@ -168,7 +173,7 @@ def test_choose_checkpoint_notebook(lab_page):
 
     # Back to the served model; fetch the upstream checkpoint of the served fine-tune.
     model.select_option(label=SMOKE_MODEL)
-    _wait_for_count(nb, area, start["matching"])
+    _wait_for_count(nb, area, start["matching"], SMOKE_MODEL)
     served = list(smoke_checkpoints())
     upstream = next(n for n in served if "--" not in n)
     finetune = next(n for n in served if "--" in n)
