@@ -22,8 +22,10 @@ Numerics follow the authors' reference: LayerNorm eps 1e-6, attention heads of 6
 GELU in its tanh approximation, a class token, learned position embeddings, no pre-logits
 layer, and for hybrids a ResNet-v2 stem with weight-standardised convolutions and GroupNorm
 (32 groups, eps 1e-6), "SAME" padding. For speed on CPU the patch embedding is computed as a
-reshape plus one matrix multiply (the same sum as the strided convolution) and the query,
-key and value projections as one fused matrix multiply.
+reshape plus one matrix multiply (the same sum as the strided convolution), the query,
+key and value projections as one fused matrix multiply, and attention head by head on
+column slices for models with few heads, all with a hand-written backward pass
+(:func:`attend`); bench/README.md has the measurements.
 """
 
 from __future__ import annotations
@@ -230,6 +232,43 @@ class _Projection(nn.Module):
         return kernel, bias
 
 
+def _attend_forward(q, k, v):
+    logits = q @ jnp.swapaxes(k, -1, -2)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    out = weights @ v
+    return out, (q, k, v, weights, out)
+
+
+def _attend_backward(residuals, d_out):
+    q, k, v, weights, out = residuals
+    d_v = jnp.swapaxes(weights, -1, -2) @ d_out
+    d_weights = (d_out @ jnp.swapaxes(v, -1, -2)).astype(jnp.float32)
+    # Softmax backward: w * (dw - sum_j w_j dw_j), and sum_j w_j dw_j = <d_out, out>.
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_logits = (weights.astype(jnp.float32) * (d_weights - row)).astype(q.dtype)
+    return d_logits @ k, jnp.swapaxes(d_logits, -1, -2) @ q, d_v
+
+
+@jax.custom_vjp
+def attend(q, k, v):
+    """``softmax(q @ k^T) @ v`` over (..., tokens, depth) arrays, softmax in float32.
+
+    ``q`` must already be scaled by 1/sqrt(depth). The backward pass is written out (the
+    textbook softmax gradient) so that XLA sees five plain matrix multiplies instead of
+    the transposed and broadcast intermediates automatic differentiation produces; the
+    gradients are the same up to float rounding.
+    """
+    return _attend_forward(q, k, v)[0]
+
+
+attend.defvjp(_attend_forward, _attend_backward)
+
+
+#: Up to this many heads, attention runs head by head (measured faster for Ti/16's 3 heads
+#: on CPU); with more heads, batched over (batch, heads) (faster for B's 12).
+PER_HEAD_MAX_HEADS = 4
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with Flax's ``MultiHeadDotProductAttention`` parameters."""
 
@@ -253,21 +292,38 @@ class MultiHeadAttention(nn.Module):
             biases.append(b.reshape(heads * depth))
         out_kernel, out_bias = _Projection((heads, depth, width), (width,), (0, 1),
                                            self.param_dtype, name="out")()
-        # One (width x 3*width) matrix multiply instead of three.
+        # One (width x 3*width) matrix multiply instead of three; columns are
+        # [query heads | key heads | value heads], `depth` each.
         w_qkv = jnp.concatenate(kernels, axis=1).astype(self.dtype)
         b_qkv = jnp.concatenate(biases).astype(self.dtype)
-        qkv = (x.astype(self.dtype) @ w_qkv + b_qkv).reshape(n, length, 3, heads, depth)
-        # (3, batch, heads, tokens, depth): batched matrix multiplies over (batch, heads)
-        # are several times faster on CPU than the equivalent einsum over "nqhd,nkhd".
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
-        q = qkv[0] / jnp.sqrt(depth).astype(self.dtype)
-        logits = q @ jnp.swapaxes(qkv[1], -1, -2)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        if not deterministic and self.dropout_rate > 0:
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-        out = (weights @ qkv[2]).transpose(0, 2, 1, 3).reshape(n, length, heads * depth)
+        qkv = x.astype(self.dtype) @ w_qkv + b_qkv
         w_out = out_kernel.reshape(heads * depth, width).astype(self.dtype)
-        return out @ w_out + out_bias.astype(self.dtype)
+        scale = jnp.asarray(1.0 / np.sqrt(depth), self.dtype)
+        out_bias = out_bias.astype(self.dtype)
+        if heads > PER_HEAD_MAX_HEADS:
+            # (3, batch, heads, tokens, depth): batched matrix multiplies over (batch, heads)
+            # are several times faster on CPU than the equivalent einsum over "nqhd,nkhd".
+            qkv = qkv.reshape(n, length, 3, heads, depth).transpose(2, 0, 3, 1, 4)
+            out = self._attend(qkv[0] * scale, qkv[1], qkv[2], deterministic)
+            out = out.transpose(0, 2, 1, 3).reshape(n, length, heads * depth)
+            return out @ w_out + out_bias
+        # Few heads: head by head on (batch, tokens, depth) column slices, which needs no
+        # transposes of the activations, accumulating the output projection per head.
+        out = out_bias
+        for h in range(heads):
+            q = qkv[..., h * depth:(h + 1) * depth] * scale
+            k = qkv[..., (heads + h) * depth:(heads + h + 1) * depth]
+            v = qkv[..., (2 * heads + h) * depth:(2 * heads + h + 1) * depth]
+            out = out + self._attend(q, k, v, deterministic) @ w_out[h * depth:(h + 1) * depth]
+        return out
+
+    def _attend(self, q, k, v, deterministic: bool):
+        if deterministic or self.dropout_rate == 0:
+            return attend(q, k, v)
+        logits = q @ jnp.swapaxes(k, -1, -2)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        return weights @ v
 
 
 class MlpBlock(nn.Module):
