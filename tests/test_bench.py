@@ -1,0 +1,134 @@
+"""The benchmark suite's machinery on tiny settings, and the fidelity of the model's speed-ups.
+
+The speed changes in ``augreg_nb.models`` (attention with a hand-written backward pass, head
+by head or batched) are checked against independent computations: automatic
+differentiation of the textbook formula, and a ViT written with Flax's own
+``nn.MultiHeadDotProductAttention`` (``bench.reference_vit``) on the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import __main__ as bench_main
+from bench.common import Row, format_table, time_interleaved
+
+
+def test_time_interleaved_runs_round_robin_after_warmup():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = time_interleaved(fns, repeats=3, warmup=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    # A callable may report its own measured seconds (the torch worker does).
+    assert time_interleaved({"x": lambda: 0.25}, repeats=2, warmup=0) == {"x": [0.25, 0.25]}
+    with pytest.raises(ValueError, match="repeats"):
+        time_interleaved(fns, repeats=0)
+
+
+def test_format_table_aligns_values_and_keeps_notes():
+    text = format_table([Row("model", "Ti/16 forward", 52.345, "img/s", "1.5x reference"),
+                         Row("index", "load", 0.1234, "s"), Row("x", "skipped", None, "s")])
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["section", "measurement", "value", "unit"]
+    assert "52.34" in lines[2] or "52.35" in lines[2]
+    assert lines[2].endswith("1.5x reference") and "0.1234" in lines[3] and " - " in lines[4]
+
+
+def _plain_attention(q, k, v):
+    return jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2), axis=-1) @ v
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5), (2, 3, 6, 4)])
+def test_attend_value_and_gradients_match_automatic_differentiation(shape):
+    from augreg_nb.models import attend
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    cot = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * cot)
+
+    np.testing.assert_allclose(attend(q, k, v), _plain_attention(q, k, v), rtol=1e-5,
+                               atol=1e-6)
+    got = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(_plain_attention), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_head_max", [4, 0], ids=["head-by-head", "batched"])
+def test_model_matches_flax_attention_reference_in_value_and_gradient(monkeypatch,
+                                                                       per_head_max):
+    from augreg_nb import models
+    from augreg_nb.checkpoint import unflatten
+    from augreg_nb.testing.checkpoints import fake_params
+    from bench.reference_vit import reference_for
+
+    monkeypatch.setattr(models, "PER_HEAD_MAX_HEADS", per_head_max)
+    params = unflatten(fake_params("testing", num_classes=7, resolution=32))
+    ours = models.create_model("testing", 7)
+    ref = reference_for(models.get_model_config("testing"), 7)
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
+    labels = jax.nn.one_hot(jnp.array([0, 3, 6]), 7)
+
+    def loss(apply):
+        return lambda p: -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(apply(p)), -1))
+
+    ours_apply = lambda p: ours.apply({"params": p}, images, train=True)  # noqa: E731
+    ref_apply = lambda p: ref.apply({"params": p}, images)  # noqa: E731
+    np.testing.assert_allclose(ours_apply(params), ref_apply(params), rtol=1e-4, atol=1e-4)
+    got, want = jax.grad(loss(ours_apply))(params), jax.grad(loss(ref_apply))(params)
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got),
+                            jax.tree.leaves(want), strict=True):
+        err = float(jnp.max(jnp.abs(g - w)))
+        assert err <= 1e-4 * scale, (jax.tree_util.keystr(path), err, scale)
+
+
+def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
+    out = tmp_path / "results.json"
+    code = bench_main.main([
+        "--only", "model,train,index", "--forward-models", "testing",
+        "--train-models", "testing", "--peer-model", "testing", "--resolution", "32",
+        "--batch", "4", "--repeats", "2", "--peers", "reference,timm",
+        "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
+    ])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    machine = doc["machine"]
+    for key in ("cpu", "cpu_count", "jax", "flax", "xla_flags", "jax_device"):
+        assert key in machine
+    rows = {r["name"]: r for r in doc["rows"]}
+    forward = rows["testing forward"]
+    assert forward["value"] > 0 and forward["unit"] == "img/s"
+    assert len(forward["extra"]["seconds"]) == 2
+    assert forward["extra"]["max_abs_logit_diff_vs_reference"] < 1e-3
+    assert forward["extra"]["ratio_vs_reference"] == pytest.approx(
+        forward["value"] / rows["testing forward [reference]"]["value"])
+    assert rows["testing train"]["value"] > 0 and rows["testing train [reference]"]["value"] > 0
+    load = next(r for r in doc["rows"] if r["name"].startswith("load_index from cache"))
+    assert load["extra"]["rows"] == 51509 and load["unit"] == "s"
+    queries = [r for r in doc["rows"] if r["section"] == "index" and r["unit"] == "ms"]
+    assert len(queries) >= 6 and all(r["value"] > 0 for r in queries)
+    assert "testing forward" in doc["table"]
+
+
+def test_missing_torch_interpreter_is_a_note_not_an_error(tmp_path):
+    from bench import torch_worker
+
+    worker, why = torch_worker.start(str(tmp_path / "no-such-python"))
+    assert worker is None
+    assert "timm skipped" in why and "no-such-python" in why and "pip install" in why
+
+
+def test_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--only", "model,speed"])
+    assert "unknown section" in capsys.readouterr().err
