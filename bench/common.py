@@ -50,10 +50,12 @@ def time_call(fn: Callable[[], Any]) -> float:
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5,
-                     warmup: int = 1) -> dict[str, list[float]]:
+                     warmup: int = 1, gap_s: float = 0.0) -> dict[str, list[float]]:
     """Per name, the seconds of ``repeats`` calls, timed round-robin after ``warmup`` calls.
 
     Each callable must finish its work before returning (``block_until_ready``).
+    ``gap_s``: an untimed pause before each timed call, so that one runtime's worker
+    threads, which spin for a while after a call, do not slow down the next one's call.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -63,6 +65,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5,
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if gap_s:
+                time.sleep(gap_s)
             times[name].append(time_call(fn))
     return times
 

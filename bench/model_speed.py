@@ -32,6 +32,9 @@ TRAIN_MODELS = ("Ti/16", "S/32", "B/32", "R+Ti/16")
 #: The preset whose optimiser and schedule the train step uses.
 RECIPE_PRESET = "cifar100-2500-0.01-224"
 TRAIN_CLASSES = 100
+#: Pause between interleaved calls of different runtimes (PyTorch's OpenMP threads and
+#: XLA's thread pool spin briefly after a call and would slow down whoever runs next).
+PEER_GAP_S = 0.2
 FORWARD_CLASSES = 1000
 
 
@@ -153,7 +156,8 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             else:
                 fns["timm"] = (lambda w=worker: w.time(mode))
         try:
-            times = time_interleaved(fns, repeats=repeats, warmup=1)
+            times = time_interleaved(fns, repeats=repeats, warmup=1,
+                                     gap_s=PEER_GAP_S if len(fns) > 1 else 0.0)
         finally:
             if worker is not None:
                 worker.close()
