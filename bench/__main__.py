@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--forward-models", type=_csv, default=list(FORWARD_MODELS))
     p.add_argument("--train-models", type=_csv, default=list(TRAIN_MODELS))
-    p.add_argument("--peers", type=_csv, default=["reference", "timm"],
-                   help="comparisons next to Ti/16: reference, timm (or none)")
+    p.add_argument("--peers", type=_csv, default=["reference", "timm", "gradient"],
+                   help="comparisons next to Ti/16: reference, timm, gradient (or none)")
     p.add_argument("--peer-model", default="Ti/16",
                    help="the model timed next to its peers (timm exists for Ti/16 only)")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,

@@ -13,6 +13,8 @@ For Ti/16 the same rounds also time peers, interleaved call by call:
   donation), fed the same parameters; its logits are checked against ours first.
 - ``timm``: timm's ``vit_tiny_patch16_224`` on PyTorch in a separate interpreter
   (:mod:`bench.torch_worker`), when that interpreter exists.
+- ``gradient`` (train only): ``jax.value_and_grad`` of the same loss alone, which shows
+  what the optimiser update, clipping and the non-finite guard of the step cost.
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
     return run
 
 
+def gradient_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
+    """Only ``value_and_grad`` of the same loss: the train step minus optimiser and checks."""
+    import jax
+    import jax.numpy as jnp
+
+    from augreg_nb.models import create_model
+    from augreg_nb.train_step import softmax_cross_entropy
+
+    model = create_model(name, TRAIN_CLASSES)
+    params = jax.device_put(_params(name, TRAIN_CLASSES, resolution))
+    images, labels = (jax.device_put(a) for a in _inputs(batch, resolution, TRAIN_CLASSES))
+
+    def loss(p):
+        logits = model.apply({"params": p}, images, train=True)
+        return jnp.mean(softmax_cross_entropy(logits, jax.nn.one_hot(labels, TRAIN_CLASSES)))
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    return lambda: jax.block_until_ready(grad(params))
+
+
 def reference_fns(name: str, batch: int, resolution: int) -> tuple[Callable, Callable, float]:
     """Forward and train callables of the reference-style ViT ``name``, and the largest
     absolute difference between its logits and ours on the same parameters."""
@@ -132,7 +154,7 @@ def reference_fns(name: str, batch: int, resolution: int) -> tuple[Callable, Cal
 
 
 def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
-               repeats: int, peers: Sequence[str] = ("reference", "timm"),
+               repeats: int, peers: Sequence[str] = ("reference", "timm", "gradient"),
                torch_python: str | None = None, peer_model: str = "Ti/16") -> list[Row]:
     """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
     ``peer_model`` (timm only for Ti/16)."""
@@ -148,6 +170,8 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         if name == peer_model and "reference" in peers:
             ref_forward, ref_train, diff = reference_fns(name, batch, resolution)
             fns["reference"] = ref_forward if mode == "forward" else ref_train
+        if name == peer_model and mode == "train" and "gradient" in peers:
+            fns["gradient only"] = gradient_fn(name, batch, resolution)
         worker = None
         if name == peer_model == "Ti/16" and "timm" in peers:
             worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution)
@@ -168,6 +192,9 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
                  "seconds": times["ours"], "best_img_per_s": best["ours"]}
         if diff is not None:
             extra["max_abs_logit_diff_vs_reference"] = diff
+        if "gradient only" in rate:
+            extra["gradient_only_img_per_s"] = rate["gradient only"]
+            notes.append(f"step/gradient {rate['ours'] / rate['gradient only']:.2f}")
         for peer in ("reference", "timm"):
             if peer in rate:
                 extra[f"{peer}_img_per_s"] = rate[peer]
@@ -180,7 +207,7 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             extra["torch"] = worker.versions
         notes.append(f"best {best['ours']:.1f}")
         rows.append(Row(section, label, rate["ours"], "img/s", "; ".join(notes), extra))
-        for peer in ("reference", "timm"):
+        for peer in ("gradient only", "reference", "timm"):
             if peer in rate:
                 rows.append(Row(section, f"{name} {mode} [{peer}]", rate[peer], "img/s",
                                 f"best {best[peer]:.1f}; same rounds as the row above",

@@ -97,7 +97,7 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
     code = bench_main.main([
         "--only", "model,train,index", "--forward-models", "testing",
         "--train-models", "testing", "--peer-model", "testing", "--resolution", "32",
-        "--batch", "4", "--repeats", "2", "--peers", "reference,timm",
+        "--batch", "4", "--repeats", "2", "--peers", "reference,timm,gradient",
         "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
     ])
     assert code == 0
@@ -113,6 +113,8 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
     assert forward["extra"]["ratio_vs_reference"] == pytest.approx(
         forward["value"] / rows["testing forward [reference]"]["value"])
     assert rows["testing train"]["value"] > 0 and rows["testing train [reference]"]["value"] > 0
+    assert rows["testing train [gradient only]"]["value"] > 0
+    assert "step/gradient" in rows["testing train"]["note"]
     load = next(r for r in doc["rows"] if r["name"].startswith("load_index from cache"))
     assert load["extra"]["rows"] == 51509 and load["unit"] == "s"
     queries = [r for r in doc["rows"] if r["section"] == "index" and r["unit"] == "ms"]
