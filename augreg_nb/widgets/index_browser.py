@@ -95,15 +95,15 @@ def _present(df: pd.DataFrame, col: str) -> list:
 def filter_options(df: pd.DataFrame) -> dict[str, list[tuple[str, Any]]]:
     """For each filter: the (label, value) choices present in ``df``, ``(any)`` first."""
     opts: dict[str, list[tuple[str, Any]]] = {}
-    models = set(df["name"].astype(object).dropna())
+    models = set(df["name"].dropna().unique())
     opts["model"] = [(m, m) for m in names.MODELS if m in models]
-    ds = set(df["ds"].astype(object).dropna())
+    ds = set(df["ds"].dropna().unique())
     opts["ds"] = [(f"{d} ({DS_LABELS[d]})", d) for d in names.PRETRAIN_DATASETS if d in ds]
-    augs = set(df["aug"].astype(object).dropna())
+    augs = set(df["aug"].dropna().unique())
     opts["aug"] = [(_aug_label(a), a) for a in names.AUG_NAMES if a in augs]
     opts["wd"] = [(f"{v:g}", float(v)) for v in _present(df, "wd")]
-    regs = sorted({reg_key(d, s) for d, s in zip(df["do"], df["sd"], strict=True)
-                   if pd.notna(d) and pd.notna(s)})
+    pairs = df[["do", "sd"]].dropna().drop_duplicates()  # a handful of rows, not 51,509
+    regs = sorted({reg_key(d, s) for d, s in pairs.itertuples(index=False)})
     opts["reg"] = [(_reg_label(k), k) for k in regs]
     opts["task"] = [(t, t) for t in _present(df, "adapt_ds")]
     opts["resolution"] = [(f"{int(v)} px", int(v)) for v in _present(df, "adapt_resolution")]
