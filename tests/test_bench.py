@@ -63,6 +63,33 @@ def test_attend_value_and_gradients_match_automatic_differentiation(shape):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+def test_layer_norm_value_and_gradients_match_flax():
+    import flax.linen as nn
+
+    from augreg_nb.models import layer_norm
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(3.0, 2.0, (4, 5, 16)), jnp.float32)
+    scale = jnp.asarray(rng.normal(1.0, 0.1, 16), jnp.float32)
+    bias = jnp.asarray(rng.normal(0.0, 0.1, 16), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    flax_ln = nn.LayerNorm(epsilon=1e-6)
+
+    def theirs(x, scale, bias):
+        return flax_ln.apply({"params": {"scale": scale, "bias": bias}}, x)
+
+    np.testing.assert_allclose(layer_norm(x, scale, bias, 1e-6), theirs(x, scale, bias),
+                               rtol=1e-5, atol=1e-5)
+    got = jax.grad(lambda *a: jnp.sum(layer_norm(*a, 1e-6) * cot), argnums=(0, 1, 2))(
+        x, scale, bias)
+    want = jax.grad(lambda *a: jnp.sum(theirs(*a) * cot), argnums=(0, 1, 2))(x, scale, bias)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    half = layer_norm(x.astype(jnp.bfloat16), scale, bias, 1e-6)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(half.astype(jnp.float32), theirs(x, scale, bias), atol=0.05)
+
+
 @pytest.mark.parametrize("per_head_max", [4, 0], ids=["head-by-head", "batched"])
 def test_model_matches_flax_attention_reference_in_value_and_gradient(monkeypatch,
                                                                        per_head_max):
