@@ -1,6 +1,6 @@
 """The benchmark suite: one command, a table on screen, the same numbers as JSON.
 
-    .venv/bin/python -m bench                          # everything (about 10-15 min, 2 cores)
+    .venv/bin/python -m bench                          # everything (about 6 min on 2 cores)
     .venv/bin/python -m bench --only model,train       # some sections
     .venv/bin/python -m bench --only torch             # Ti/16: ours vs reference vs timm
     .venv/bin/python -m bench --out bench/results-h100.json --repeats 10
