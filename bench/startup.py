@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from bench.common import REPO, Row
 
@@ -111,37 +112,29 @@ def run_notebooks(folder: Path | None = None) -> list[Row]:
     from augreg_nb import resources
 
     rows = []
-    saved = {k: os.environ.get(k) for k in (resources.ENV_SMOKE, resources.ENV_CACHE,
-                                            "JUPYTER_PATH", "TF_CPP_MIN_LOG_LEVEL")}
-    with tempfile.TemporaryDirectory() as tmp:
+    # patch.dict restores every variable the section sets when it ends
+    with mock.patch.dict(os.environ), tempfile.TemporaryDirectory() as tmp:
         os.environ["JUPYTER_PATH"] = tmp
         kernel = _kernel_spec(Path(tmp))
         os.environ[resources.ENV_SMOKE] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        try:
-            for path in paths:
-                work = Path(tmp) / path.stem
-                work.mkdir()
-                os.environ[resources.ENV_CACHE] = str(work / "cache")
-                nb = nbformat.read(path, as_version=4)
-                client = NotebookClient(nb, kernel_name=kernel, timeout=NOTEBOOK_TIMEOUT_S,
-                                        startup_timeout=120,
-                                        resources={"metadata": {"path": str(work)}})
-                t0 = time.perf_counter()
-                note = ""
-                try:
-                    client.execute()
-                except Exception as err:  # report it in the table, go on with the others
-                    note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
-                elapsed = time.perf_counter() - t0
-                rows.append(Row("notebooks", f"{path.name} (smoke mode, kernel start to end)",
-                                None if note else elapsed, "s", note))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        for path in paths:
+            work = Path(tmp) / path.stem
+            work.mkdir()
+            os.environ[resources.ENV_CACHE] = str(work / "cache")
+            nb = nbformat.read(path, as_version=4)
+            client = NotebookClient(nb, kernel_name=kernel, timeout=NOTEBOOK_TIMEOUT_S,
+                                    startup_timeout=120,
+                                    resources={"metadata": {"path": str(work)}})
+            t0 = time.perf_counter()
+            note = ""
+            try:
+                client.execute()
+            except Exception as err:  # report it in the table, go on with the others
+                note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            elapsed = time.perf_counter() - t0
+            rows.append(Row("notebooks", f"{path.name} (smoke mode, kernel start to end)",
+                            None if note else elapsed, "s", note))
     return rows
 
 
