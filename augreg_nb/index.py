@@ -44,6 +44,7 @@ from augreg_nb.index_queries import (
     grid_summary,
     is_complete,
     recommended_checkpoints,
+    recommended_table,
     shape_is_complete,
     sort_checkpoints,
 )
@@ -62,7 +63,7 @@ __all__ = [
     "COLUMNS", "COLUMN_DOCS", "EXTRA_COLUMN_DOCS", "IndexValidationError", "availability",
     "best_finetune", "describe_provenance", "filter_index", "find_problems", "grid_summary",
     "is_complete", "load_index", "read_index_csv", "recommended_checkpoints",
-    "register_cli", "sort_checkpoints", "validate_index",
+    "recommended_table", "register_cli", "sort_checkpoints", "validate_index",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -254,20 +255,9 @@ def _cmd_index(args) -> int:
                 "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test",
                 "adapt_filename"]
     else:
-        rec = recommended_checkpoints(df)
-        rows = []
-        for model, r in rec.iterrows():
-            try:
-                res = 224 if model == "B/8" else 384  # B/8 was fine-tuned at 224 px only
-                ft = best_finetune(df, r["filename"], "imagenet2012", res)
-                ft_name, ft_test = ft["adapt_filename"], ft["adapt_final_test"]
-            except LookupError:
-                ft_name, ft_test = "", float("nan")
-            rows.append({"model": model, "filename": r["filename"], "aug_paper": r["aug_paper"],
-                         "final_val": r["final_val"], "imagenet_finetune": ft_name,
-                         "imagenet_top1": ft_test})
-        out = pd.DataFrame(rows)
-        cols = list(out.columns)
+        out = recommended_table(df)
+        cols = ["model", "filename", "aug_paper", "final_val", "imagenet_finetune",
+                "imagenet_top1"]
     if args.where:
         wanted = out["adapt_filename" if criteria else "imagenet_finetune"]
         out = availability(df[df["adapt_filename"].isin(wanted)])
@@ -276,7 +266,7 @@ def _cmd_index(args) -> int:
     notes = sys.stderr if args.csv else sys.stdout
     print(f"# {describe_provenance(df)}", file=notes)
     if not criteria:
-        print(f"# recommended checkpoints - {rec.attrs['selected_by']}", file=notes)
+        print(f"# recommended checkpoints - {out.attrs['selected_by']}", file=notes)
     if args.csv:
         out[cols].to_csv(sys.stdout, index=False)
     elif out.empty:

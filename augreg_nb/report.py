@@ -24,45 +24,6 @@ from augreg_nb import resources
 
 logger = logging.getLogger(__name__)
 
-#: ImageNet fine-tunes are compared at 384 px; B/8 was only fine-tuned at 224 px.
-_IMAGENET_RESOLUTION = {"B/8": 224}
-
-
-def recommended_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Recommended upstream checkpoint per model, its best ImageNet fine-tune and sources.
-
-    Columns: ``model``, ``filename``, ``aug_paper``, ``final_val``, ``selected_by``,
-    ``imagenet_finetune`` (best ``adapt_final_val`` among the model's ImageNet fine-tunes at
-    384 px, 224 px for B/8), ``imagenet_top1`` (its ``adapt_final_test``), ``hf_repo`` (the
-    Hugging Face copy when timm re-hosts the upstream file) and ``bucket_url``.
-    """
-    from augreg_nb.index_queries import availability, best_finetune, recommended_checkpoints
-
-    rec = recommended_checkpoints(df)
-    avail = availability(df).drop_duplicates("filename").set_index("filename")
-    rows = []
-    for model, r in rec.iterrows():
-        try:
-            ft = best_finetune(df, r["filename"], "imagenet2012",
-                               _IMAGENET_RESOLUTION.get(model, 384))
-            ft_name, ft_top1 = ft["adapt_filename"], ft["adapt_final_test"]
-        except LookupError:
-            ft_name, ft_top1 = "", float("nan")
-        where = avail.loc[r["filename"]] if r["filename"] in avail.index else None
-        rows.append({
-            "model": model,
-            "filename": r["filename"],
-            "aug_paper": r["aug_paper"],
-            "final_val": r["final_val"],
-            "selected_by": r["selected_by"],
-            "imagenet_finetune": ft_name,
-            "imagenet_top1": ft_top1,
-            "hf_repo": "" if where is None else where["hf_repo"],
-            "bucket_url": "" if where is None else where["bucket_url"],
-        })  # fmt: skip
-    return pd.DataFrame(rows)
-
-
 def build_report(out_dir: str | os.PathLike, *, index: str | None = "catalogue",
                  own: pd.DataFrame | None = None) -> Path:
     """Write the report into ``out_dir`` and return the path of its ``index.html``.
@@ -74,7 +35,7 @@ def build_report(out_dir: str | os.PathLike, *, index: str | None = "catalogue",
     """
     from augreg_nb.figures import write_all
     from augreg_nb.index import describe_provenance, load_index
-    from augreg_nb.index_queries import grid_summary, is_complete
+    from augreg_nb.index_queries import grid_summary, is_complete, recommended_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
