@@ -24,7 +24,9 @@ NOTEBOOKS = (
 SKIP_HEADLESS: tuple[str, ...] = ()
 COLAB = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
 INSTALL = 'pip install -q "augreg_nb @ git+https://github.com/augreg-nb/augreg_nb"'
-MAX_SECONDS = 120  # per notebook, smoke mode, 2 CPU cores
+# nbclient's per-cell limit. How long each notebook takes is measured by the benchmarks
+# (`python -m bench --only notebooks`), not asserted here: timings are no test outcome.
+CELL_TIMEOUT_S = 120
 
 
 def _read(name: str):
@@ -131,7 +133,7 @@ def _execute(name, kernel_name, tmp_path, monkeypatch):
     monkeypatch.setenv("AUGREG_NB_SMOKE", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = _read(name)
-    client = NotebookClient(nb, kernel_name=kernel_name, timeout=MAX_SECONDS,
+    client = NotebookClient(nb, kernel_name=kernel_name, timeout=CELL_TIMEOUT_S,
                             startup_timeout=90, record_timing=True,
                             resources={"metadata": {"path": str(tmp_path)}})
     start = time.perf_counter()
@@ -154,14 +156,13 @@ def _run_seconds(nb) -> float:
     return (last - first).total_seconds()
 
 
-def _check_common(nb, name, elapsed):
+def _check_common(nb, name):
     outputs = _all_outputs(nb)
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
     shown_errors = [v for v in _html_values(nb) if "augreg-error" in v]
     assert not shown_errors, f"{name} showed an error message: {shown_errors[0]}"
     assert "Traceback" not in _text(outputs)
-    assert elapsed < MAX_SECONDS, f"{name} took {elapsed:.0f} s"
     report = _text(_code(nb)[1].outputs)
     assert "CPU:" in report and "x cpu" in report
     assert "Smoke mode" in _text(outputs)
@@ -173,8 +174,8 @@ def _pngs(outputs) -> int:
 
 
 def test_01_choose_checkpoint_runs(kernel_name, tmp_path, monkeypatch):
-    nb, elapsed = _execute("01_choose_checkpoint.ipynb", kernel_name, tmp_path, monkeypatch)
-    outputs = _check_common(nb, "01", elapsed)
+    nb, _ = _execute("01_choose_checkpoint.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "01")
     htmls = _html_values(nb)
     assert any("shipped offline catalogue" in v and "incomplete" in v for v in htmls)
     table = next(v for v in htmls if "augreg-table" in v)
@@ -186,8 +187,8 @@ def test_01_choose_checkpoint_runs(kernel_name, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_02_finetune_runs(kernel_name, tmp_path, monkeypatch):
-    nb, elapsed = _execute("02_finetune.ipynb", kernel_name, tmp_path, monkeypatch)
-    outputs = _check_common(nb, "02", elapsed)
+    nb, _ = _execute("02_finetune.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "02")
     assert _pngs(outputs) >= 1  # the live loss/accuracy plot
     text = _text(outputs)
     assert any("Final accuracy" in v and "Your run: test accuracy" in v
@@ -198,16 +199,16 @@ def test_02_finetune_runs(kernel_name, tmp_path, monkeypatch):
 
 
 def test_03_paper_figures_runs(kernel_name, tmp_path, monkeypatch):
-    nb, elapsed = _execute("03_paper_figures.ipynb", kernel_name, tmp_path, monkeypatch)
-    outputs = _check_common(nb, "03", elapsed)
+    nb, _ = _execute("03_paper_figures.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "03")
     assert _pngs(outputs) >= 1  # the picked figure
     assert any("Figure 4" in v for v in _html_values(nb))
 
 
 @pytest.mark.slow
 def test_04_inference_runs(kernel_name, tmp_path, monkeypatch):
-    nb, elapsed = _execute("04_inference.ipynb", kernel_name, tmp_path, monkeypatch)
-    outputs = _check_common(nb, "04", elapsed)
+    nb, _ = _execute("04_inference.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "04")
     assert _pngs(outputs) >= 1  # the top-5 chart
     assert "classified 3 image(s)" in _text(outputs)
     assert any("1,000 classes, 384 px" in v for v in _html_values(nb))
