@@ -67,7 +67,7 @@ def _base() -> ml_collections.ConfigDict:
     c.task = "cifar100"
     # Training and evaluation image side in pixels (224 or 384 in the sweep).
     c.resolution = 384
-    # Peak learning rate after warm-up (sweep: 0.001, 0.003, 0.01, 0.03).
+    # Peak learning rate after warm-up (sweep: 0.001, 0.003, 0.01, 0.03; ImageNet 0.01, 0.03).
     c.base_lr = 0.01
     # Number of optimiser steps; each sees global_batch images.
     c.total_steps = 2500
@@ -103,7 +103,9 @@ def _base() -> ml_collections.ConfigDict:
     # (large arrays split over devices along their largest divisible axis, for models that
     # do not fit one device).
     c.param_sharding = "replicated"
-    # Train-time crop: "inception_crop" (big_vision, default) or "random_crop" (vit_jax).
+    # Train-time crop (augreg_nb.preprocess says exactly what each does): "inception_crop"
+    # (big_vision, default), "resize_random_crop" (big_vision's resize to 448/384 x resolution
+    # then random crop) or "random_crop" (vit_jax's random 5%-100% area crop, float resize).
     c.train_preprocess = "inception_crop"
     # Eval-time resize: "resize_crop" (short side to 448/384 x resolution, centre crop)
     # or "resize" (plain resize, vit_jax).
@@ -159,7 +161,7 @@ def _smoke() -> ml_collections.ConfigDict:
     c.eval_every = 100
     c.checkpoint_every = 100
     c.log_every = 10
-    c.train_preprocess = "random_crop"  # an inception crop of 5% of a 32 px digit is noise
+    c.train_preprocess = "resize_random_crop"  # a 5%-area crop of a 32 px digit is noise
     c.eval_batch = 128
     c.shuffle_buffer = 2000
     c.lock()
@@ -260,7 +262,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         ("dtype", ("float32", "bfloat16")),
         ("momentum_dtype", ("float32", "bfloat16")),
         ("param_sharding", ("replicated", "sharded")),
-        ("train_preprocess", ("inception_crop", "random_crop")),
+        ("train_preprocess", ("inception_crop", "resize_random_crop", "random_crop")),
         ("eval_preprocess", ("resize_crop", "resize")),
     ):
         if config[field] not in allowed:

@@ -2,26 +2,37 @@
 
 The same functions run eagerly (one image in a notebook) and inside ``tf.data`` pipelines,
 and give identical results for the same seed because every random choice is a *stateless*
-op driven by an explicit seed.
+op driven by an explicit seed: ``tf.random.experimental.stateless_split(seed, 2)`` gives
+the crop seed and the flip seed, in that order.
 
-Training (big_vision ``configs/transfer.py``, the default ``mode="inception_crop"``)::
+Training, ``mode=`` (``train_preprocess``):
 
-    uint8 image -> inception crop (random 5%..100% of the area, aspect ratio 3/4..4/3)
-                -> bilinear resize to resolution x resolution -> random horizontal flip
-                -> x / 127.5 - 1
+- ``"inception_crop"`` (default; big_vision ``configs/transfer.py``, ``crop="inception_crop"``:
+  ``inception_crop(r)|flip_lr``): a random box of 5%..100% of the image area with aspect
+  ratio 0.75..1.33 (``tf.image.sample_distorted_bounding_box``), bilinear resize of the box
+  to r x r (no antialias), cast back to uint8 by truncation, random horizontal flip.
+- ``"resize_random_crop"`` (big_vision's ``crop="resize_crop"``: ``resize(R)|random_crop(r)|
+  flip_lr``): bilinear resize of the whole image to R x R with R = ``eval_resize_size(r)``
+  (448 for 384, 256 for 224), truncated to uint8, a random r x r crop, random flip. Gentler
+  than the inception crop on tiny images (the smoke preset uses it).
+- ``"random_crop"`` (vit_jax ``input_pipeline.py``): the same random 5%..100% box as the
+  inception crop, bilinear resize to r x r *kept in float* (vit_jax never returns to uint8),
+  random flip.
 
-Evaluation (``mode="resize_crop"``)::
+Evaluation, ``mode=`` (``eval_preprocess``):
 
-    uint8 image -> resize the short side to eval_resize_size(resolution) (448 for 384,
-                   256 for 224) -> centre crop resolution x resolution -> x / 127.5 - 1
+- ``"resize_crop"`` (default; big_vision ``resize_small(R)|central_crop(r)``): resize the short
+  side to R = ``eval_resize_size(r)`` keeping the aspect ratio (area interpolation, no
+  antialias), truncate to uint8, centre crop r x r.
+- ``"resize"`` (vit_jax): bilinear resize of the whole image to r x r, kept in float.
 
-The simpler variant of the vit_jax repository is available as ``mode="random_crop"``
-(resize the whole image to eval_resize_size(resolution) squared, then a random
-resolution x resolution crop and flip) and ``mode="resize"`` for evaluation (plain resize
-to resolution x resolution). As in big_vision, every resize returns to uint8 before the
-value range is applied, so outputs are k/127.5 - 1 for k in 0..255; the float result is
-rounded (big_vision truncates, which turns a constant image of value 1 into 0 after an
-area resize; the two differ by at most one grey level).
+Every mode ends with ``x / 127.5 - 1`` (value range [-1, 1]; big_vision's
+``value_range(-1, 1)`` gives the same float32 numbers, vit_jax's ``(x - 127.5) / 127.5``
+differs by at most one float32 ulp). The big_vision modes return to uint8 after each resize
+exactly as big_vision does, ``tf.cast`` of the clipped float, which truncates: outputs are
+then k / 127.5 - 1 for k in 0..255, and a resized pixel is never brighter than its float
+value (an area resize of a constant image of value v gives v or v - 1, since the float
+result can land just below v).
 
 Usage::
 
@@ -41,11 +52,13 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("inception_crop", "random_crop")
+TRAIN_MODES = ("inception_crop", "resize_random_crop", "random_crop")
 EVAL_MODES = ("resize_crop", "resize")
-#: Inception crop: fraction of the image area and aspect ratio range (big_vision defaults).
+#: Random box of the inception crop and of vit_jax's crop: fraction of the image area, and
+#: aspect ratio (width / height). Both reference implementations leave the aspect ratio at
+#: tf.image.sample_distorted_bounding_box's default, 0.75..1.33 (not exactly 4/3).
 AREA_RANGE = (0.05, 1.0)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+ASPECT_RATIO_RANGE = (0.75, 1.33)
 #: Short side before the centre crop, for the resolutions the paper uses.
 _EVAL_RESIZE = {224: 256, 384: 448}
 
@@ -105,10 +118,28 @@ def _check_image(image):
 
 
 def _resize_uint8(image, size, method: str):
-    """Resize like big_vision (float resize, no antialias) and round back to uint8."""
+    """Resize like big_vision's ``resize`` and ``resize_small``: float resize without
+    antialias, clipped to 0..255, then ``tf.cast`` back to uint8, which truncates."""
     tf = import_tf()
     resized = tf.image.resize(image, size, method=method, antialias=False)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+    return tf.cast(tf.clip_by_value(resized, 0.0, 255.0), tf.uint8)
+
+
+def _random_area_crop(image, seed):
+    """The random box of 5%..100% of the area (aspect 0.75..1.33) cut out of ``image``."""
+    tf = import_tf()
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=ASPECT_RATIO_RANGE,
+        area_range=AREA_RANGE,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, size)
+    crop.set_shape([None, None, 3])
+    return crop
 
 
 def value_range(image):
@@ -122,30 +153,24 @@ def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "incepti
 
     ``seed`` is an int or a pair of ints (a tensor inside tf.data); the same seed gives the
     same crop and flip eagerly and in a pipeline. ``mode`` is ``"inception_crop"`` (paper,
-    big_vision) or ``"random_crop"`` (vit_jax's simpler variant).
+    big_vision), ``"resize_random_crop"`` (big_vision's resize then random crop) or
+    ``"random_crop"`` (vit_jax's crop); the module docstring says exactly what each does.
     """
     tf = import_tf()
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown train pre-processing mode {mode!r}; use one of {TRAIN_MODES}")
     image = _check_image(image_uint8)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), 2))
+    size = (resolution, resolution)
     if mode == "inception_crop":
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
-            seed=crop_seed,
-            min_object_covered=0.0,
-            aspect_ratio_range=ASPECT_RATIO_RANGE,
-            area_range=AREA_RANGE,
-            use_image_if_no_bounding_boxes=True,
-        )
-        crop = tf.slice(image, begin, size)
-        crop.set_shape([None, None, 3])
-        image = _resize_uint8(crop, (resolution, resolution), "bilinear")
-    else:
+        image = _resize_uint8(_random_area_crop(image, crop_seed), size, "bilinear")
+    elif mode == "resize_random_crop":
         big = eval_resize_size(resolution)
         image = _resize_uint8(image, (big, big), "bilinear")
         image = tf.image.stateless_random_crop(image, (resolution, resolution, 3), crop_seed)
+    else:  # vit_jax: float resize, no return to uint8
+        crop = _random_area_crop(image, crop_seed)
+        image = tf.image.resize(crop, size, method="bilinear", antialias=False)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return value_range(image)
 
@@ -153,16 +178,18 @@ def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "incepti
 def eval_preprocess(image_uint8, resolution: int, mode: str = "resize_crop"):
     """Deterministic evaluation pre-processing: uint8 (H, W, 3) -> float32 (r, r, 3).
 
-    ``"resize_crop"`` (paper): resize the short side to ``eval_resize_size(resolution)``
-    with area interpolation, keeping the aspect ratio, then crop the centre.
-    ``"resize"`` (vit_jax): bilinear resize of the whole image to resolution x resolution.
+    ``"resize_crop"`` (paper, big_vision): resize the short side to
+    ``eval_resize_size(resolution)`` with area interpolation, keeping the aspect ratio,
+    truncate to uint8, then crop the centre. ``"resize"`` (vit_jax): bilinear resize of the
+    whole image to resolution x resolution, kept in float.
     """
     tf = import_tf()
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval pre-processing mode {mode!r}; use one of {EVAL_MODES}")
     image = _check_image(image_uint8)
     if mode == "resize":
-        return value_range(_resize_uint8(image, (resolution, resolution), "bilinear"))
+        resized = tf.image.resize(image, (resolution, resolution), "bilinear", antialias=False)
+        return value_range(resized)
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
     factor = tf.cast(eval_resize_size(resolution), tf.float32) / tf.cast(

@@ -3,6 +3,8 @@
     from augreg_nb.train_step import (learning_rate, make_optimizer, make_mesh,
                                       make_train_step, make_eval_step)
     lr = learning_rate(1, base_lr=0.01, total_steps=2500, warmup_steps=200)  # 5e-05
+    rates = applied_learning_rates(base_lr=0.01, total_steps=2500, warmup_steps=200)
+    # rates[k - 1]: the rate update k applies; rates[0] == 0.0, rates[-1] ~ 5e-09
     mesh = make_mesh()                          # all devices of all hosts, one "data" axis
     tx = make_optimizer(base_lr=0.01, total_steps=2500, warmup_steps=200)
     train_step = make_train_step(model.apply, tx, mesh=mesh, num_classes=100,
@@ -14,9 +16,13 @@ by default), gradients clipped at global norm 1.0, no weight decay, softmax cros
 on one-hot labels, and the learning rate
 
     progress = clip((step - warmup) / (total - warmup), 0, 1)
-    lr = base * 0.5 * (1 + cos(pi * progress)) * min(1, step / warmup)
+    lr(step) = base * 0.5 * (1 + cos(pi * progress)) * min(1, step / warmup)
 
-with steps counted from 1. Batches are split over the mesh's "data" axis (data parallel);
+applied as the authors' code (vit_jax, big_vision) applies it: optax evaluates the schedule
+at its update count, which starts at 0, so update k (k = 1..total) uses lr(k - 1). The first
+update therefore has rate 0 (it only fills the momentum buffer), update warmup + 1 has the
+peak rate, and the last update has lr(total - 1), a small positive rate; lr(total) = 0 is
+never applied. Batches are split over the mesh's "data" axis (data parallel);
 within a step, ``micro_batches`` slices are processed one after the other and their
 gradients averaged (gradient accumulation), so the update does not depend on how the global
 batch is split over devices or micro-batches, only on the global batch.
@@ -42,9 +48,11 @@ DATA_AXIS = "data"
 
 
 def learning_rate(step, *, base_lr: float, total_steps: int, warmup_steps: int):
-    """The paper's learning rate at ``step`` (counted from 1): warm-up, then cosine to 0.
+    """The paper's schedule ``lr(step)``: linear warm-up, then cosine decay to 0 at ``total``.
 
-    Works on Python numbers, numpy and jax arrays (traceable).
+    ``step`` is the optimiser's update count *before* an update (0 for the first one), so
+    update k applies ``learning_rate(k - 1)`` (see :func:`applied_learning_rate`). Works on
+    Python numbers, numpy and jax arrays (traceable).
     """
     xp = jnp if isinstance(step, jax.Array) else np
     step = xp.asarray(step, dtype=xp.float32)
@@ -54,6 +62,25 @@ def learning_rate(step, *, base_lr: float, total_steps: int, warmup_steps: int):
     if warmup_steps:
         lr = lr * xp.minimum(1.0, step / warmup_steps)
     return lr
+
+
+def applied_learning_rate(update, *, base_lr: float, total_steps: int, warmup_steps: int):
+    """The rate that update number ``update`` (1 = the first) applies: ``lr(update - 1)``.
+
+    This is the value the training history records as "lr" for that step.
+    """
+    return learning_rate(
+        update - 1, base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps
+    )
+
+
+def applied_learning_rates(*, base_lr: float, total_steps: int, warmup_steps: int):
+    """float32 array of the ``total_steps`` rates applied by updates 1..total_steps."""
+    return np.asarray(
+        learning_rate(np.arange(total_steps), base_lr=base_lr, total_steps=total_steps,
+                      warmup_steps=warmup_steps),
+        np.float32,
+    )
 
 
 def make_optimizer(
@@ -67,13 +94,14 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """SGD with momentum, global-norm clipping and the paper's schedule (no weight decay).
 
-    optax counts updates from 0; the schedule is evaluated at ``count + 1`` so that the first
-    update uses the learning rate of step 1.
+    The schedule is evaluated at optax's update count (0 for the first update), exactly as in
+    vit_jax and big_vision: update k applies ``learning_rate(k - 1)``. The count lives in the
+    optimiser state, so a resumed run continues the schedule where it stopped.
     """
 
     def schedule(count):
         return learning_rate(
-            count + 1, base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps
+            count, base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps
         )
 
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
@@ -182,8 +210,9 @@ def make_train_step(
     the global batch split over the "data" axis. The N images are processed in
     ``micro_batches`` slices of N / micro_batches (each slice is spread over all devices) and
     their gradients averaged before clipping and the SGD update. ``metrics`` holds the mean
-    loss, the gradient's global norm (before clipping) and the learning rate of the step
-    (``lr_schedule(step)``, for the record; the update uses the schedule inside ``tx``).
+    loss, the gradient's global norm (before clipping) and the learning rate of the step:
+    ``lr_schedule(k)`` for update k = ``state.step + 1``, which should be the rate ``tx``
+    applies in that update (:func:`schedule_from_config` gives exactly that).
 
     A non-finite loss or gradient leaves parameters and optimiser state unchanged and
     records the step in ``state.nonfinite_step``; later steps are then no-ops, so the last
@@ -247,9 +276,9 @@ def make_train_step(
 
 
 def schedule_from_config(config) -> Callable[[Any], Any]:
-    """step -> learning rate for a fine-tuning config (steps counted from 1)."""
-    return lambda step: learning_rate(
-        step,
+    """update number k (1 = the first) -> the rate that update applies, ``lr(k - 1)``."""
+    return lambda update: applied_learning_rate(
+        update,
         base_lr=config.base_lr,
         total_steps=config.total_steps,
         warmup_steps=config.warmup_steps,

@@ -101,11 +101,10 @@ def test_train_stream_is_seeded_shuffled_and_labels_match_images(tiny):
     np.testing.assert_array_equal(third["label"], a[2]["label"])
 
 
-def test_random_crop_mode_and_batch_errors(tiny):
-    it = ip.make_train_iterator(
-        tiny, resolution=16, global_batch=4, preprocess_mode="random_crop"
-    )
-    assert next(it)["image"].shape == (4, 16, 16, 3)
+def test_other_crop_modes_and_batch_errors(tiny):
+    for mode in ("random_crop", "resize_random_crop"):
+        it = ip.make_train_iterator(tiny, resolution=16, global_batch=4, preprocess_mode=mode)
+        assert next(it)["image"].shape == (4, 16, 16, 3)
     with pytest.raises(ValueError, match="multiple of"):
         ip.local_batch_size(0, ip.data_mesh())
 

@@ -30,12 +30,13 @@ PROTOCOL = {  # protocol.md task table
 def test_registry_matches_the_protocol(name):
     train, val, test, classes, lengths = PROTOCOL[name]
     task = get_task(name)
-    assert task.tfds_name == name
+    assert task.tfds_name == ("kitti:3.1.0" if name == "kitti" else name)
     assert (task.split("train"), task.split("val"), task.split("test")) == (train, val, test)
     assert task.split("validation") == val
     assert task.num_classes == classes
     assert task.sweep_steps == lengths
-    assert task.learning_rates == (0.001, 0.003, 0.01, 0.03)
+    lrs = (0.01, 0.03) if name == "imagenet2012" else (0.001, 0.003, 0.01, 0.03)
+    assert task.learning_rates == lrs  # tests/test_sweeps.py ties them to the index
     assert (task.manual is not None) == (name in ("resisc45", "imagenet2012"))
 
 
@@ -178,3 +179,36 @@ def test_folder_task_errors(tmp_path):
         folder_task(tmp_path / "empty")
     with pytest.raises(ValueError, match="on_error"):
         folder_task(tmp_path / "empty", on_error="ignore")
+
+
+def _vtab_distance_label(types, depths):
+    """VTAB's closest_vehicle_distance, written out: nearest Car/Van/Truck, four bins."""
+    vehicle = [d for t, d in zip(types, depths, strict=True) if t in (CAR, VAN, TRUCK)]
+    dist = min(vehicle) if vehicle else 1000.0
+    return 0 if dist <= 8 else 1 if dist <= 20 else 2 if dist <= 999 else 3
+
+
+def test_kitti_reads_the_tfds_version_vtab_uses(tmp_path):
+    """task_adaptation's data/kitti.py builds TFDS "kitti:3.1.0"; so does the task, not TFDS's
+    newer default."""
+    from augreg_nb import input_pipeline as ip
+    from augreg_nb.testing.datasets import mock_tfds
+
+    task = get_task("kitti", data_dir=tmp_path)
+    builder = tasks.tfds_builder(task)
+    assert str(builder.version) == "3.1.0" == tasks.KITTI_TFDS_VERSION
+    assert builder.data_dir.endswith("3.1.0")
+    with pytest.raises(DatasetNotReadyError, match=r"tfds build kitti:3\.1\.0"):
+        ip.num_examples(task, "test")
+
+    import tensorflow_datasets as tfds
+
+    with mock_tfds(num_examples=7, seed=3):
+        raw = tfds.as_numpy(tfds.builder("kitti:3.1.0", data_dir=tmp_path).as_dataset(
+            split="test"))
+        want = [_vtab_distance_label(ex["objects"]["type"], ex["objects"]["location"][:, 2])
+                for ex in raw]
+        got = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"])] for b in
+                              ip.make_eval_iterator(task, "test", resolution=8, batch_size=4)])
+        assert tasks.tfds_builder(task).version == "3.1.0"
+    assert got.tolist() == want and len(want) == 7

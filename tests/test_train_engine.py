@@ -97,7 +97,30 @@ def test_loss_decreases_and_accuracy_beats_chance(tmp_path):
     assert out.final["val_count"] == 50
     assert list(h.step) == list(range(5, 61, 5))
     print("synthetic val accuracy", out.final["val_accuracy"])
-    np.testing.assert_allclose(h.lr.iloc[-1], 0.0, atol=1e-9)
+    # the last (60th) update applies lr(59): cosine at progress (59 - 4) / (60 - 4), not 0
+    np.testing.assert_allclose(
+        h.lr.iloc[-1], 0.3 * 0.5 * (1 + np.cos(np.pi * 55 / 56)), rtol=1e-4)
+
+
+def test_history_records_the_rate_each_update_applies_and_the_first_is_zero(tmp_path):
+    config = small_config(total_steps=12, warmup_steps=4, base_lr=0.2, log_every=1,
+                          eval_every=0, checkpoint_every=0)
+    out = run(config, tmp_path / "run")
+    h = out.history.dropna(subset=["lr"])
+    assert list(h.step) == list(range(1, 13))
+    # update k applies lr(k - 1) of the protocol's formula (optax counts from 0)
+    want = [0.2 * min(1.0, (k - 1) / 4)
+            * 0.5 * (1 + np.cos(np.pi * min(max((k - 1 - 4) / 8, 0.0), 1.0)))
+            for k in range(1, 13)]
+    np.testing.assert_allclose(h.lr.to_numpy(), want, rtol=1e-5, atol=1e-9)  # float32
+    assert h.lr.iloc[0] == 0.0 and h.lr.iloc[4] == pytest.approx(0.2)
+    # rate 0 really is applied: one update leaves the parameters bit for bit unchanged
+    one = run(small_config(total_steps=1, warmup_steps=1, eval_every=0), tmp_path / "one")
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(init_params()), leaves(one.params),
+                                                    strict=True))
+    two = run(small_config(total_steps=2, warmup_steps=1, eval_every=0), tmp_path / "two")
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(init_params()),
+                                                        leaves(two.params), strict=True))
 
 
 def test_evaluation_counts_every_example_once():
