@@ -616,7 +616,9 @@ def register_cli(sub) -> None:
 
     c = sub.add_parser("cache", help="list or clear the download cache",
                        description="List cached checkpoints and index tables with their sizes.")
-    c.add_argument("--clear", action="store_true", help="delete every cached file")
+    c.add_argument("--clear", action="store_true",
+                   help="delete every file augreg-nb downloaded into the cache (never other "
+                        "files in the folder)")
     c.add_argument("--remove", metavar="NAME", help="delete one cached checkpoint")
     c.set_defaults(func=_cmd_cache)
 
@@ -639,15 +641,23 @@ def _cmd_fetch(args) -> int:
 def _cmd_cache(args) -> int:
     root = dl.cache_dir()
     if args.clear:
+        count = len(dl.list_cache(root))
         freed = dl.clear_cache(root)
-        print(f"removed {root} ({dl.human_size(freed)})")
+        left = " (other files in it were left alone)" if root.exists() else ""
+        print(f"removed {count} downloaded file{'' if count == 1 else 's'} "
+              f"({dl.human_size(freed)}) from {root}{left}")
         return 0
     if args.remove:
         name, _ = _normalize_checkpoint_name(args.remove)
         path = checkpoint_cache_path(name)
-        if not (path.exists() or path.with_name(path.name + dl.PART_SUFFIX).exists()):
+        part = dl.part_path(path)
+        if not (path.exists() or part.exists()):
             raise FileNotFoundError(f"{name}.npz is not in the cache {root}; "
                                     "`augreg-nb cache` lists what is")
+        if not dl.is_cached_file(path):
+            raise FileNotFoundError(f"{path} was not downloaded by augreg-nb (it has no "
+                                    f"{dl.META_SUFFIX} sidecar), so it is left alone; delete "
+                                    "it yourself if you mean to")
         dl.remove_file(path)
         print(f"removed {path}")
         return 0
