@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from augreg_nb import npzfile
-from augreg_nb.atomic import atomic_write
+from augreg_nb.atomic import atomic_write, sweep_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def restore_state(path: str | os.PathLike, *, like):
     and :class:`StateFileError` when it is damaged.
     """
     path = Path(path)
+    sweep_stale_temps(path.parent)  # temporary files of a run killed while saving
     headers, manifest = _open_state(path)
     template, treedef = jax.tree_util.tree_flatten(like)
     names = _path_names(like)

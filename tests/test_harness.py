@@ -22,6 +22,7 @@ def test_matplotlib_uses_agg():
     assert matplotlib.get_backend().lower() == "agg"
 
 
+@pytest.mark.filterwarnings("ignore:A test tried to use socket")
 def test_network_is_refused_but_loopback_works(monkeypatch):
     """The guard refuses a host that is not loopback before anything else happens: the name
     below is never looked up (a look-up would fail differently) and no address outside
