@@ -26,6 +26,7 @@ with ``order=1``), the class-token row kept. ``save`` writes the published layou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -284,10 +285,16 @@ def _file_grid(flat: Mapping[str, np.ndarray]) -> int:
 
 def expected_shapes(model_name: str, num_classes: int, resolution: int) -> dict[str, tuple]:
     """Flat names and shapes of the model's parameter tree (abstract evaluation, no memory)."""
+    return dict(_expected_shapes(model_name, num_classes, resolution))
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(model_name: str, num_classes: int, resolution: int
+                     ) -> tuple[tuple[str, tuple], ...]:
     from augreg_nb.models import abstract_params
 
-    return {k: tuple(v.shape) for k, v in flatten(abstract_params(
-        model_name, num_classes, resolution)).items()}
+    return tuple((k, tuple(v.shape)) for k, v in flatten(abstract_params(
+        model_name, num_classes, resolution)).items())
 
 
 def check_params(flat: Mapping[str, Any], model_name: str, *, where: str = "checkpoint"

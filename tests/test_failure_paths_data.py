@@ -196,6 +196,19 @@ def test_redirect_loop_is_a_reason_and_the_chain_goes_on(bucket, hub, tmp_path):
     assert "redirects in a loop" in by_source["bucket-https"]
 
 
+def test_an_unforeseen_failure_of_a_source_is_its_reason(bucket, hub, tmp_path,  # noqa: F811
+                                                          monkeypatch):
+    hub.add_file(FT_REPO, "model.safetensors", _fake_timm_file(tmp_path))
+
+    def broken(url, dest, **kwargs):
+        raise KeyError("something nobody planned for")
+
+    monkeypatch.setattr(dl, "download", broken)
+    r = sources.resolve_checkpoint(FT_NAME, progress=False)
+    assert r.source == "hf-mirror"
+    assert "KeyError" in {a.source: a.reason for a in r.attempts}["bucket-https"]
+
+
 def test_full_disk_is_a_reason_and_leaves_no_partial_file(bucket, hub, tmp_path,  # noqa: F811
                                                           monkeypatch):
     import errno

@@ -77,6 +77,7 @@ def test_no_network_fails_fast_with_one_clear_message(monkeypatch, caplog, capfd
     by_source = {a.source: a.reason for a in info.value.attempts}
     assert "cannot be resolved" in by_source["bucket-https"]
     assert by_source["hf-mirror"].startswith("skipped: no network")
+    assert "seems to have no network" in str(info.value)
     assert "Retrying" not in caplog.text and "Retrying" not in "".join(capfd.readouterr())
 
 
