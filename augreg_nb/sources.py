@@ -262,6 +262,10 @@ def _normalize_checkpoint_name(text: str) -> tuple[str, MirroredCheckpoint | Non
 
 def _try_download(chain: _Chain, source: str, url: str, dest: Path, offline: bool,
                   progress: bool, expected_size: int | None = None) -> Path | None:
+    if (offline or chain.no_network is not None) and dest.is_file() \
+            and dl.verify_file(dest) is None:  # fetched from this URL before: no connection
+        chain.add(Attempt(source, url, f"ok (the copy fetched before, {dest})", ok=True))
+        return dest
     if offline:
         chain.add(Attempt(source, url, f"skipped: {dl.offline_message('it')}"))
         return None

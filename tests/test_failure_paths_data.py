@@ -105,6 +105,11 @@ def test_an_explicit_index_source_that_fails_is_an_error(bucket, small_index, mo
     (bucket.root / "good.csv").write_bytes(small_index.read_bytes())
     df = index.load_index(f"{bucket.url}/good.csv")
     assert df.attrs["provenance"]["source"].startswith(f"{bucket.url}/good.csv")
+    # Offline, the copy fetched from that very URL is used without a connection.
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    asked = len(bucket.requests)
+    assert len(index.load_index(f"{bucket.url}/good.csv")) == 340
+    assert len(bucket.requests) == asked
 
 
 # --------------------------------------------------------------------------- 3. resumes
