@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError, RuntimeError, PermissionError) as err:
+    except (ValueError, RuntimeError, OSError) as err:
         # Expected, explained failures: print the message (which names the fix), no traceback.
         if args.verbose:
             raise

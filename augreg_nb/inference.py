@@ -174,7 +174,11 @@ def _cmd_predict(args) -> int:
 
     target = Path(args.checkpoint).expanduser()
     kw = {"model_name": args.model, "resolution": args.resolution}
-    if target.is_file():
+    try:
+        is_file = target.is_file()
+    except OSError:  # e.g. a name longer than a file name can be: not a file, so a name
+        is_file = False
+    if is_file:
         name, flat = checkpoint.load_flat(target, **kw)
         params = checkpoint.unflatten(flat)
     else:

@@ -295,7 +295,7 @@ def test_names_longer_than_a_file_name_are_invalid_names(bucket, hub, capsys):  
         sources.resolve_checkpoint(long, progress=False)
     with pytest.raises(ValueError, match="at most .* bytes"):
         load_pretrained(long)
-    for argv in (["fetch", long], ["cache", "--remove", long]):
+    for argv in (["fetch", long], ["cache", "--remove", long], ["predict", long, "x.jpg"]):
         assert cli_main(argv) == 1
         err = capsys.readouterr().err
         assert "at most" in err and "File name too long" not in err
