@@ -376,18 +376,20 @@ def _check_part(part, total, expected_size, sha256, suffix, served=None
     problem = check_format(part, suffix)
     if problem:
         return problem, ""
-    digest = sha256_file(part)
+    served = served or {}
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(part, "rb") as f:  # one pass for both hashes
+        for block in iter(lambda: f.read(CHUNK), b""):
+            sha.update(block)
+            if served.get("md5"):
+                md5.update(block)
+    digest = sha.hexdigest()
     if sha256 and digest != sha256.lower():
         return f"sha256 {digest[:12]}... differs from the expected {sha256[:12]}...", digest
-    served = served or {}
     if served.get("sha256") and digest != served["sha256"]:
         return (f"sha256 {digest[:12]}... differs from the {served['sha256'][:12]}... the "
                 "server announced", digest)
     if served.get("md5"):
-        md5 = hashlib.md5(usedforsecurity=False)
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                md5.update(block)
         got = base64.b64encode(md5.digest()).decode()
         if got != served["md5"]:
             return f"md5 {got} differs from the {served['md5']} the server announced", digest
