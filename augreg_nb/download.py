@@ -472,10 +472,10 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
         unreachable = unreachable_reason(err, url)
         if unreachable is not None:
             # No network (or no DNS, or nothing listening): retrying only makes the user wait.
+            logger.debug("%s: %s", url, _short(err))
             raise DownloadError(
-                f"{url}: {unreachable} ({_short(err)}); this machine seems to have no network. "
-                "Use a local copy or the cache, or set AUGREG_NB_OFFLINE=1 to skip network "
-                "sources.",
+                f"{url}: {unreachable}; this machine seems to have no network. Use a local "
+                "copy or the cache, or set AUGREG_NB_OFFLINE=1 to skip network sources.",
                 url=url, no_network=unreachable,
             ) from None
         raise _Retryable(f"connection failed ({_short(err)})") from None

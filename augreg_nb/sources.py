@@ -285,6 +285,7 @@ def _try_download(chain: _Chain, source: str, url: str, dest: Path, offline: boo
             reason += " (anonymous reads are refused; see below)"
         if err.no_network:
             chain.no_network = f"no network ({err.no_network} for an earlier source)"
+            reason = f"{err.no_network}; this machine seems to have no network"
         chain.add(Attempt(source, url, reason, status=err.status))
         return None
     except Exception as err:  # noqa: BLE001 - an unforeseen failure is this source's reason
@@ -577,9 +578,9 @@ def _failure_message(what: str, name: str | None, attempts: list[Attempt],
     if offline:
         lines.append(f"Offline mode is on ({ENV_OFFLINE}=1): no connection was opened; unset "
                      "it to download.")
-    elif any(a.reason.startswith("skipped: no network") for a in attempts):
-        lines.append("This machine seems to have no network, so the other network sources "
-                     "were skipped: use a local copy (pass its path, or set "
+    elif any("no network" in a.reason for a in attempts):
+        lines.append("This machine seems to have no network (any other network source was "
+                     "skipped): use a local copy (pass its path, or set "
                      f"{ENV_CHECKPOINT_DIR if name else ENV_INDEX}), or set {ENV_OFFLINE}=1 "
                      "to skip network sources from the start.")
     if any(a.status == 404 for a in attempts) and name is not None:
