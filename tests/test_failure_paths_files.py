@@ -310,3 +310,13 @@ def test_every_config_field_is_validated_by_name(field, value):
     with pytest.raises(ValueError, match=rf"^config field {field}=") as info:
         config_lib.validate(config, 1)
     assert "global batch" not in str(info.value)
+
+
+def test_every_config_field_has_a_rule():
+    """A new field needs a rule in FIELD_RULES (or a list of allowed values in validate)."""
+    choices = {"dtype", "momentum_dtype", "param_sharding", "train_preprocess",
+               "eval_preprocess"}
+    fields = set(config_lib.get_config("smoke").keys())
+    assert fields - set(config_lib.FIELD_RULES) - choices == set()
+    for preset in ("smoke", "cifar100-2500-0.01-384", "oxford_iiit_pet-500-0.003-224"):
+        config_lib.validate(config_lib.get_config(preset), 1)  # every preset passes
