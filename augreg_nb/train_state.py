@@ -113,7 +113,7 @@ def save_state(path: str | os.PathLike, state, *, meta: dict | None = None) -> P
 
 
 def _why(path: Path, err: Exception) -> str:
-    return str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
+    return str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ").removeprefix("is ")
 
 
 def _open_state(path: Path) -> tuple[dict[str, npzfile.ArrayHeader], dict]:
