@@ -493,16 +493,17 @@ def save(params: Mapping, path: str | os.PathLike) -> Path:
 
 def load_pretrained(name_or_path: str | os.PathLike, *, model_name: str | None = None,
                     num_classes: int | None = None, resolution: int | None = None,
-                    offline: bool | None = None) -> tuple[str, dict]:
+                    offline: bool | None = None, on_attempt=None) -> tuple[str, dict]:
     """Resolve a checkpoint name (or path) through the sources, load and adapt it.
 
     Returns ``(model_name, params)``. ``name_or_path`` is an AugReg filename without
     ``.npz`` (e.g. ``"Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"``), a local
-    file, or anything else ``augreg_nb.sources.resolve_checkpoint`` understands.
+    file, or anything else ``augreg_nb.sources.resolve_checkpoint`` understands;
+    ``on_attempt(k, n, description)`` is passed on to it (called before each source).
     """
     from augreg_nb import sources
 
-    resolved = sources.resolve_checkpoint(name_or_path, offline=offline)
+    resolved = sources.resolve_checkpoint(name_or_path, offline=offline, on_attempt=on_attempt)
     if model_name is None:
         from augreg_nb.names import parse_name
 

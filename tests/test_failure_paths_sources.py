@@ -107,3 +107,15 @@ def test_refused_connections_are_no_network_too(monkeypatch, caplog, capfd):
         sources.resolve_checkpoint(TIMM_ONLY, progress=False)
     assert time.monotonic() - start < 10
     assert "Retrying" not in caplog.text and "Retrying" not in "".join(capfd.readouterr())
+
+
+def test_load_pretrained_passes_on_attempt_through(tmp_path):
+    from augreg_nb.checkpoint import load_pretrained
+    from augreg_nb.testing.checkpoints import write_fake_checkpoint
+
+    path = write_fake_checkpoint(tmp_path / "mine.npz", "testing", num_classes=3,
+                                 resolution=32)
+    calls = []
+    name, params = load_pretrained(path, model_name="testing",
+                                   on_attempt=lambda *a: calls.append(a))
+    assert name == "testing" and calls == [(1, 1, f"given file {path}")]
