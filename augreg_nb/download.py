@@ -2,9 +2,12 @@
 
 The cache is a plain folder that people can read::
 
-    <cache>/checkpoints/<name>.npz              a checkpoint, exactly as published
-    <cache>/checkpoints/<name>.npz.meta.json    where it came from, its size and sha256
-    <cache>/index/index.csv                     the index table (+ index.csv.meta.json)
+    <cache>/checkpoints/<name>.npz                 a checkpoint, exactly as published
+    <cache>/checkpoints/<name>.npz.meta.json       where it came from, its size and sha256
+    <cache>/checkpoints/<name>.npz.part            an interrupted download
+    <cache>/checkpoints/<name>.npz.part.meta.json  the version it holds (ETag, hashes)
+    <cache>/checkpoints/.locks/<name>.npz.lock     held while a process fetches it
+    <cache>/index/index.csv                        the index table (+ index.csv.meta.json)
 
 ``<cache>`` is ``$AUGREG_NB_CACHE`` if set, else the platform's user cache folder
 (``~/.cache/augreg_nb`` on Linux). Usage::
