@@ -119,3 +119,18 @@ def test_load_pretrained_passes_on_attempt_through(tmp_path):
     name, params = load_pretrained(path, model_name="testing",
                                    on_attempt=lambda *a: calls.append(a))
     assert name == "testing" and calls == [(1, 1, f"given file {path}")]
+
+
+def test_index_without_network_fails_fast_and_falls_back(monkeypatch):
+    from augreg_nb import index
+
+    monkeypatch.setenv("AUGREG_NB_BUCKET_URL", "http://nonexistent.invalid/augreg")
+    start = time.monotonic()
+    with pytest.raises(sources.SourceError) as info:
+        sources.resolve_index(progress=False)
+    by_source = {a.source: a.reason for a in info.value.attempts}
+    assert "cannot be resolved" in by_source["bucket-https"]
+    assert by_source["bucket-gcs"].startswith("skipped: no network")
+    df = index.load_index()
+    assert df.attrs["provenance"]["kind"] == "catalogue"
+    assert time.monotonic() - start < 5
