@@ -26,18 +26,19 @@ with ``order=1``), the class-token row kept. ``save`` writes the published layou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from augreg_nb import npzfile
+from augreg_nb.atomic import atomic_write
 from augreg_nb.models import AUGREG_MODELS, TESTING_MODELS, ModelConfig, get_model_config
 
 logger = logging.getLogger(__name__)
@@ -132,26 +133,48 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{path} is not an .npz archive (it does not start like a zip file); it is "
             "corrupt or of another format: delete it and fetch the checkpoint again"
         )
-    flat: dict[str, np.ndarray] = {}
+    headers = _npz_headers(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            for name in archive.files:
-                flat[name] = archive[name]
-    except ValueError as err:
-        if "pickle" in str(err).lower() or "object arrays" in str(err).lower():
-            raise CheckpointError(
-                f"{path} stores Python objects (pickled arrays), which are never loaded "
-                "because unpickling can run arbitrary code; AugReg checkpoints hold plain "
-                "float arrays only: use the published file instead"
-            ) from err
-        raise CheckpointError(f"{path} is corrupt ({err}): delete it and fetch it again") \
-            from err
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({type(err).__name__}: {err}): delete it and "
-            "fetch the checkpoint again"
-        ) from err
+        flat = npzfile.read_arrays(path, headers)
+    except npzfile.NpzError as err:
+        raise CheckpointError(f"{err}: delete it and fetch the checkpoint again") from None
     return _as_float32(canonicalize(flat), path)
+
+
+#: More bytes of arrays than any AugReg checkpoint holds (the largest, L/16 and R50+L/32 at
+#: 384 px with the 21,843-class head, hold about 1.3 GB of float32).
+MAX_CHECKPOINT_BYTES = 4 << 30
+#: More classes than any head a checkpoint can sensibly have (ImageNet-21k has 21,843).
+MAX_CLASSES = 1_000_000
+
+
+def _npz_headers(path: Path) -> dict[str, npzfile.ArrayHeader]:
+    """The arrays ``path`` declares, checked against the zip entries and the size bound,
+    floating point only; nothing is inflated."""
+    try:
+        headers = npzfile.read_headers(path, max_bytes=MAX_CHECKPOINT_BYTES)
+    except npzfile.NpzError as err:
+        raise CheckpointError(f"{err}: delete it and fetch the checkpoint again") from None
+    for name, h in headers.items():
+        if not np.issubdtype(h.dtype, np.floating):
+            raise CheckpointError(
+                f"{path}: array {name!r} has dtype {h.dtype}, expected floating point; "
+                "this is not an AugReg checkpoint"
+            )
+    return headers
+
+
+def _check_npz_shapes(path: Path, model_name: str | None) -> None:
+    """Refuse ``path`` when the shapes its headers declare do not describe ``model_name``
+    (or, without one, any registered model): before a byte of its arrays is read."""
+    placeholders = canonicalize({n: h.placeholder() for n, h in _npz_headers(path).items()})
+    classes = _file_num_classes(placeholders)
+    if classes is not None and classes > MAX_CLASSES:
+        raise CheckpointError(f"{path} declares a head of {classes:,} classes (at most "
+                              f"{MAX_CLASSES:,} make sense); the file is damaged or forged")
+    if model_name is None:
+        model_name = infer_model(placeholders)
+    check_params(placeholders, get_model_config(model_name).name, where=str(path))
 
 
 def _as_float32(flat: dict[str, Any], path: Any) -> dict[str, np.ndarray]:
@@ -182,6 +205,8 @@ def read_checkpoint(path: str | os.PathLike, *, model_name: str | None = None
 
         num_heads = get_model_config(model_name).num_heads if model_name else None
         return read_timm_safetensors(path, num_heads=num_heads)
+    if head.startswith(b"PK\x03\x04"):  # else read_npz says what the file is not
+        _check_npz_shapes(path, model_name)
     return read_npz(path)
 
 
@@ -260,10 +285,16 @@ def _file_grid(flat: Mapping[str, np.ndarray]) -> int:
 
 def expected_shapes(model_name: str, num_classes: int, resolution: int) -> dict[str, tuple]:
     """Flat names and shapes of the model's parameter tree (abstract evaluation, no memory)."""
+    return dict(_expected_shapes(model_name, num_classes, resolution))
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(model_name: str, num_classes: int, resolution: int
+                     ) -> tuple[tuple[str, tuple], ...]:
     from augreg_nb.models import abstract_params
 
-    return {k: tuple(v.shape) for k, v in flatten(abstract_params(
-        model_name, num_classes, resolution)).items()}
+    return tuple((k, tuple(v.shape)) for k, v in flatten(abstract_params(
+        model_name, num_classes, resolution)).items())
 
 
 def check_params(flat: Mapping[str, Any], model_name: str, *, where: str = "checkpoint"
@@ -375,9 +406,28 @@ def adapt(flat: dict[str, np.ndarray], model_name: str, *, num_classes: int | No
 # ---------------------------------------------------------------------- public API
 
 
+def check_finite(flat: Mapping[str, np.ndarray], *, where: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` when any array holds NaN or an infinity, naming them."""
+    bad = {}
+    for name, value in flat.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.inexact):
+            count = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if count:
+                bad[name] = (count, value.size)
+    if bad:
+        shown = "; ".join(f"{k}: {c:,} of {n:,} values" for k, (c, n) in list(bad.items())[:5])
+        more = f" and {len(bad) - 5} more arrays" if len(bad) > 5 else ""
+        raise CheckpointError(
+            f"{where} holds NaN or infinite weights ({shown}{more}); it is damaged or comes "
+            "from a run that diverged, and its predictions would be meaningless. Fetch the "
+            "checkpoint again (or pick an earlier one); allow_nonfinite=True loads it anyway "
+            "for inspection.")
+
+
 def load_flat(path: str | os.PathLike, *, model_name: str | None = None,
-              num_classes: int | None = None, resolution: int | None = None
-              ) -> tuple[str, dict[str, np.ndarray]]:
+              num_classes: int | None = None, resolution: int | None = None,
+              allow_nonfinite: bool = False) -> tuple[str, dict[str, np.ndarray]]:
     """Like ``load`` but returns ``(model_name, flat arrays)``."""
     flat = read_checkpoint(path, model_name=model_name)
     if model_name is None:
@@ -385,11 +435,19 @@ def load_flat(path: str | os.PathLike, *, model_name: str | None = None,
     else:
         model_name = get_model_config(model_name).name
     check_params(flat, model_name, where=str(path))
+    if allow_nonfinite:
+        try:
+            check_finite(flat, where=str(path))
+        except CheckpointError as err:
+            logger.warning("loading anyway (allow_nonfinite=True): %s", err)
+    else:
+        check_finite(flat, where=str(path))
     return model_name, adapt(flat, model_name, num_classes=num_classes, resolution=resolution)
 
 
 def load(path: str | os.PathLike, *, model_name: str | None = None,
-         num_classes: int | None = None, resolution: int | None = None) -> dict:
+         num_classes: int | None = None, resolution: int | None = None,
+         allow_nonfinite: bool = False) -> dict:
     """Parameters of a checkpoint file as a Linen tree, checked and adapted to the task.
 
     Args:
@@ -397,9 +455,11 @@ def load(path: str | os.PathLike, *, model_name: str | None = None,
       model_name: "B/16", ...; inferred from the shapes when None.
       num_classes: class count of the task; a different count gives a zero head.
       resolution: input size in pixels; the position embeddings are resized to its grid.
+      allow_nonfinite: load weights holding NaN or infinities (with a warning) instead of
+        refusing them.
     """
     return unflatten(load_flat(path, model_name=model_name, num_classes=num_classes,
-                               resolution=resolution)[1])
+                               resolution=resolution, allow_nonfinite=allow_nonfinite)[1])
 
 
 def checkpoint_resolution(model_name: str, params: Mapping) -> int:
@@ -426,29 +486,24 @@ def save(params: Mapping, path: str | os.PathLike) -> Path:
                               "ViT parameter tree (pass params, not the variables dict)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # the user's umask, no temp file left on failure
+        np.savez(f, **out)
     return path
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, model_name: str | None = None,
                     num_classes: int | None = None, resolution: int | None = None,
-                    offline: bool | None = None) -> tuple[str, dict]:
+                    offline: bool | None = None, on_attempt=None) -> tuple[str, dict]:
     """Resolve a checkpoint name (or path) through the sources, load and adapt it.
 
     Returns ``(model_name, params)``. ``name_or_path`` is an AugReg filename without
     ``.npz`` (e.g. ``"Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"``), a local
-    file, or anything else ``augreg_nb.sources.resolve_checkpoint`` understands.
+    file, or anything else ``augreg_nb.sources.resolve_checkpoint`` understands;
+    ``on_attempt(k, n, description)`` is passed on to it (called before each source).
     """
     from augreg_nb import sources
 
-    resolved = sources.resolve_checkpoint(name_or_path, offline=offline)
+    resolved = sources.resolve_checkpoint(name_or_path, offline=offline, on_attempt=on_attempt)
     if model_name is None:
         from augreg_nb.names import parse_name
 

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 
 from augreg_nb import __version__
@@ -63,11 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, PermissionError) as err:
+    except BrokenPipeError:
+        # The reader went away (`augreg-nb index | head -1`): not an error. Point stdout at
+        # devnull so that the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (ValueError, RuntimeError, OSError) as err:
         # Expected, explained failures: print the message (which names the fix), no traceback.
         if args.verbose:
             raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 from collections.abc import Iterable
 
 import ml_collections
@@ -233,8 +234,54 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
     return config
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _text_or_none(v) -> bool:
+    return v is None or (isinstance(v, str) and v.strip() != "")
+
+
+#: What each field must be: (test of its value, the rule in words for the message).
+FIELD_RULES = {
+    "checkpoint": (lambda v: isinstance(v, str) and v.strip() != "",
+                   "a model name, checkpoint name or file, e.g. 'B/16'"),
+    "model": (_text_or_none, "None or a model name such as 'B/16'"),
+    "task": (lambda v: isinstance(v, str) and v.strip() != "", "a task name, e.g. 'cifar100'"),
+    "resolution": (lambda v: _is_int(v) and 16 <= v <= 4096,
+                   "an image side in pixels between 16 and 4096 (the sweep: 224 or 384)"),
+    "base_lr": (lambda v: _is_number(v) and v > 0, "a positive learning rate, e.g. 0.01"),
+    "total_steps": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "global_batch": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1 (the paper: 512)"),
+    "micro_batches": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32 - 1"),
+    "eval_every": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (0: at the end)"),
+    "checkpoint_every": (lambda v: _is_int(v) and v >= 0,
+                         "a whole number >= 0 (0: at the end)"),
+    "log_every": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "workdir": (_text_or_none, "None or a folder path"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1) (the paper: 0.9)"),
+    "grad_clip": (lambda v: _is_number(v) and v >= 0,
+                  "a number >= 0 (0: no clipping; the paper: 1.0)"),
+    "eval_batch": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "shuffle_buffer": (lambda v: _is_int(v) and v >= 1,
+                       "a whole number >= 1 (1: no shuffling)"),
+    "data_dir": (_text_or_none, "None or a folder path"),
+    "export": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raise ValueError naming the field and the fix when ``config`` cannot run."""
+    for field, (ok, rule) in FIELD_RULES.items():
+        if field in config and not ok(config[field]):
+            raise ValueError(f"config field {field}={config[field]!r} is invalid: it must be "
+                             f"{rule} (set it with --set {field}=...)")
     if config.total_steps < 1:
         raise ValueError(f"total_steps={config.total_steps} must be >= 1")
     if not 0 <= config.warmup_steps <= config.total_steps:

@@ -2,9 +2,12 @@
 
 The cache is a plain folder that people can read::
 
-    <cache>/checkpoints/<name>.npz              a checkpoint, exactly as published
-    <cache>/checkpoints/<name>.npz.meta.json    where it came from, its size and sha256
-    <cache>/index/index.csv                     the index table (+ index.csv.meta.json)
+    <cache>/checkpoints/<name>.npz                 a checkpoint, exactly as published
+    <cache>/checkpoints/<name>.npz.meta.json       where it came from, its size and sha256
+    <cache>/checkpoints/<name>.npz.part            an interrupted download
+    <cache>/checkpoints/<name>.npz.part.meta.json  the version it holds (ETag, hashes)
+    <cache>/checkpoints/.locks/<name>.npz.lock     held while a process fetches it
+    <cache>/index/index.csv                        the index table (+ index.csv.meta.json)
 
 ``<cache>`` is ``$AUGREG_NB_CACHE`` if set, else the platform's user cache folder
 (``~/.cache/augreg_nb`` on Linux). Usage::
@@ -18,8 +21,16 @@ What ``download`` guarantees:
   complete and verified (size announced by the server, ``sha256`` when given, and the file
   format: an ``.npz`` must be a zip of ``.npy`` members) - the cache never holds a
   half-written file under its final name;
-* an interrupted download resumes from ``<dest>.part`` with an HTTP ``Range`` request (a
-  server that ignores ``Range`` and answers 200 makes it start over);
+* an interrupted download resumes from ``<dest>.part`` with an HTTP ``Range`` request
+  only when the server confirms that the object did not change since the first bytes were
+  fetched (``If-Range`` with the ETag or Last-Modified date recorded in
+  ``<dest>.part.meta.json``); otherwise, or when nothing was recorded, it starts over. The
+  finished file is checked against the server's own hash where it sends one (the bucket's
+  ``x-goog-hash`` md5, a sha256 ETag as the Hub's). A ``.part`` that is a symbolic link
+  is removed, never written through;
+* a failure to write (a full disk, a file-size limit) or a redirect loop is a
+  :class:`DownloadError` that says so; the partial file is removed (it could not be
+  completed in place);
 * a cached file that fails verification (size or checksum differs from its
   ``.meta.json``, or it is not a valid zip) is reported, deleted and fetched again;
 * two processes fetching the same file wait for each other (a lock file in ``.locks/``)
@@ -29,25 +40,32 @@ What ``download`` guarantees:
 * ``AUGREG_NB_OFFLINE=1`` makes every download fail at once with :class:`OfflineError`,
   before any connection is opened.
 
+The cache folder may be shared with other files (a Drive folder, even ``~``): listing,
+:func:`clear_cache` and :func:`remove_file` touch only files this module wrote, known by their
+sidecar (``"written_by": "augreg_nb"``), and the lock files of those, and remove a folder
+only once it is empty.
+
 ``gs://`` URLs are read with the user's Google credentials through ``gcsfs`` (or
 TensorFlow's file system when gcsfs is missing); see :mod:`augreg_nb.sources`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from augreg_nb.resources import ENV_CACHE, ENV_OFFLINE, env_flag
 
@@ -72,12 +90,19 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class DownloadError(RuntimeError):
-    """A download failed; ``status`` is the HTTP status (None for network/format problems)."""
+    """A download failed; ``status`` is the HTTP status (None for network/format problems).
 
-    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+    ``no_network`` is set (to a short phrase such as "the host name x cannot be resolved")
+    when the failure means that this machine cannot reach the network at all, so other
+    network sources need not be tried.
+    """
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 no_network: str | None = None):
         super().__init__(message)
         self.url = url
         self.status = status
+        self.no_network = no_network
 
 
 class OfflineError(DownloadError):
@@ -86,6 +111,14 @@ class OfflineError(DownloadError):
 
 class _Retryable(Exception):
     """Internal: a transient failure worth another attempt."""
+
+
+class _WriteError(Exception):
+    """Internal: writing the partial file failed (``args[0]`` is the OSError)."""
+
+
+#: The mark in the sidecars of files this module wrote.
+WRITTEN_BY = "augreg_nb"
 
 
 def cache_dir() -> Path:
@@ -203,17 +236,37 @@ def verify_file(
     return None
 
 
+def part_path(path: Path) -> Path:
+    """Where the download of ``path`` collects its bytes until it is complete."""
+    return path.with_name(path.name + PART_SUFFIX)
+
+
 def _write_meta(path: Path, meta: dict) -> None:
     target = meta_path(path)
-    tmp = target.with_name(target.name + PART_SUFFIX)
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    tmp = part_path(target)
+    tmp.unlink(missing_ok=True)  # never write through a link planted under this name
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(tmp, flags, 0o666), "w") as f:
+        f.write(json.dumps({**meta, "written_by": WRITTEN_BY}, indent=1) + "\n")
     os.replace(tmp, target)
 
 
-def remove_file(path: Path) -> None:
-    """Delete a cached file together with its sidecar and partial download."""
+def _is_our_meta(meta: dict) -> bool:
+    # Sidecars from before the mark always held these three keys.
+    return meta.get("written_by") == WRITTEN_BY or {"url", "sha256", "downloaded"} <= set(meta)
+
+
+def is_cached_file(path: Path) -> bool:
+    """True when ``path`` (a file or its ``.part``) was written by this module's downloads."""
     path = Path(path)
-    for p in (path, meta_path(path), path.with_name(path.name + PART_SUFFIX)):
+    return _is_our_meta(read_meta(path)) or _is_our_meta(read_meta(part_path(path)))
+
+
+def remove_file(path: Path) -> None:
+    """Delete a cached file together with its sidecars and partial download."""
+    path = Path(path)
+    part = part_path(path)
+    for p in (path, meta_path(path), part, meta_path(part)):
         p.unlink(missing_ok=True)
 
 
@@ -239,34 +292,63 @@ def download(
     retries run out; the partial ``<dest>.part`` is kept so the next call resumes.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest):
-        if dest.exists():
-            problem = verify_file(dest, expected_size=expected_size, sha256=sha256)
-            if problem is None:
-                logger.debug("%s is already cached", dest)
-                return dest
-            logger.warning("cached file %s is corrupt (%s); fetching it again", dest, problem)
-            remove_file(dest)
-        if is_offline():
-            raise OfflineError(offline_message(url), url=url)
-        part = dest.with_name(dest.name + PART_SUFFIX)
-        fetch = _gcs_fetch if url.startswith("gs://") else _http_fetch
-        for restart in (False, True):
-            total = _with_retries(fetch, url, part, timeout, retries, backoff, progress, dest.name)
-            problem, digest = _check_part(part, total, expected_size, sha256, dest.suffix)
-            if problem is None:
-                break
-            part.unlink(missing_ok=True)
-            if restart:
-                raise DownloadError(f"download of {url} is corrupt: {problem}", url=url)
-            logger.warning("download of %s failed verification (%s); starting over", url, problem)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_meta(dest, {"url": url, "size": part.stat().st_size, "sha256": digest,
-                           "downloaded": stamp, "mtime_ns": part.stat().st_mtime_ns})
-        os.replace(part, dest)
-        logger.info("downloaded %s -> %s", url, dest)
-        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(dest):
+            return _download_locked(url, dest, expected_size, sha256, progress, timeout,
+                                    retries, backoff)
+    except _WriteError as err:
+        cause = err.args[0]
+        part = part_path(dest)
+        part.unlink(missing_ok=True)
+        meta_path(part).unlink(missing_ok=True)
+        what = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than this "
+                "system allows (a file-size limit)", errno.EDQUOT: "the disk quota is used up"
+                }.get(cause.errno, cause.strerror or str(cause))
+        raise DownloadError(f"{url}: cannot write {part}: {what}; the partial file was "
+                            f"removed. Free some space or set {ENV_CACHE} to a folder on "
+                            "another disk.", url=url) from None
+    except OSError as err:
+        raise DownloadError(f"{url}: cannot write to {dest.parent}: "
+                            f"{err.strerror or err}", url=url) from None
+
+
+def _download_locked(url, dest, expected_size, sha256, progress, timeout, retries, backoff
+                     ) -> Path:
+    """The body of :func:`download`, run while holding the lock of ``dest``."""
+    if dest.exists():
+        problem = verify_file(dest, expected_size=expected_size, sha256=sha256)
+        if problem is None:
+            logger.debug("%s is already cached", dest)
+            return dest
+        logger.warning("cached file %s is corrupt (%s); fetching it again", dest, problem)
+        remove_file(dest)
+    if is_offline():
+        raise OfflineError(offline_message(url), url=url)
+    part = part_path(dest)
+    if part.is_symlink() or (part.exists() and not part.is_file()):
+        logger.warning("%s is not a plain file; removing it and starting over", part)
+        part.unlink()
+    fetch = _gcs_fetch if url.startswith("gs://") else _http_fetch
+    for restart in (False, True):
+        total = _with_retries(fetch, url, part, timeout, retries, backoff, progress, dest.name)
+        served = read_meta(part)
+        problem, digest = _check_part(part, total, expected_size, sha256, dest.suffix,
+                                      served)
+        if problem is None:
+            break
+        part.unlink(missing_ok=True)
+        meta_path(part).unlink(missing_ok=True)
+        if restart:
+            raise DownloadError(f"download of {url} is corrupt: {problem}", url=url)
+        logger.warning("download of %s failed verification (%s); starting over", url, problem)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_meta(dest, {"url": url, "size": part.stat().st_size, "sha256": digest,
+                       "downloaded": stamp, "mtime_ns": part.stat().st_mtime_ns})
+    os.replace(part, dest)
+    meta_path(part).unlink(missing_ok=True)
+    logger.info("downloaded %s -> %s", url, dest)
+    return dest
 
 
 @contextlib.contextmanager
@@ -286,8 +368,10 @@ def _locked(dest: Path) -> Iterator[None]:
         lock.release()
 
 
-def _check_part(part, total, expected_size, sha256, suffix) -> tuple[str | None, str]:
-    """(why the finished ``part`` is wrong or None, its sha256)."""
+def _check_part(part, total, expected_size, sha256, suffix, served=None
+                ) -> tuple[str | None, str]:
+    """(why the finished ``part`` is wrong or None, its sha256). ``served``: the partial
+    sidecar, with the hashes the server announced for the whole object."""
     size = part.stat().st_size
     for label, want in (("the server announced", total), ("expected", expected_size)):
         if want is not None and size != want:
@@ -295,9 +379,23 @@ def _check_part(part, total, expected_size, sha256, suffix) -> tuple[str | None,
     problem = check_format(part, suffix)
     if problem:
         return problem, ""
-    digest = sha256_file(part)
+    served = served or {}
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(part, "rb") as f:  # one pass for both hashes
+        for block in iter(lambda: f.read(CHUNK), b""):
+            sha.update(block)
+            if served.get("md5"):
+                md5.update(block)
+    digest = sha.hexdigest()
     if sha256 and digest != sha256.lower():
         return f"sha256 {digest[:12]}... differs from the expected {sha256[:12]}...", digest
+    if served.get("sha256") and digest != served["sha256"]:
+        return (f"sha256 {digest[:12]}... differs from the {served['sha256'][:12]}... the "
+                "server announced", digest)
+    if served.get("md5"):
+        got = base64.b64encode(md5.digest()).decode()
+        if got != served["md5"]:
+            return f"md5 {got} differs from the {served['md5']} the server announced", digest
     return None, digest
 
 
@@ -326,11 +424,29 @@ def _progress_bar(total: int | None, initial: int, label: str, enabled: bool):
                 desc=label, disable=not enabled, leave=True, miniters=1)
 
 
+def _open_part(part: Path, mode: str) -> BinaryIO:
+    """Open the partial file for writing ("wb") or appending ("ab"), never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags |= os.O_APPEND if mode == "ab" else os.O_TRUNC
+    return os.fdopen(os.open(part, flags, 0o666), mode)
+
+
 def _stream_to(part: Path, chunks: Iterator[bytes], mode: str, bar) -> None:
-    with open(part, mode) as f:
+    try:
+        f = _open_part(part, mode)
+    except OSError as err:
+        raise _WriteError(err) from None
+    with f:
         for chunk in chunks:
-            f.write(chunk)
+            try:
+                f.write(chunk)
+            except OSError as err:
+                raise _WriteError(err) from None
             bar.update(len(chunk))
+        try:
+            f.flush()
+        except OSError as err:
+            raise _WriteError(err) from None
 
 
 def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> int | None:
@@ -339,20 +455,35 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
 
     start = part.stat().st_size if part.exists() else 0
     headers = {"Accept-Encoding": "identity"}
+    known = read_meta(part) if start else {}
+    validator = _validator(known) if known.get("url") == url else None
+    if start and validator is None:
+        logger.info("%s: the %d bytes in %s cannot be matched to a version of the object; "
+                    "starting over", url, start, part)
+        part.unlink()
+        meta_path(part).unlink(missing_ok=True)
+        start = 0
     if start:
         headers["Range"] = f"bytes={start}-"
+        headers["If-Range"] = validator
     try:
         resp = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.TooManyRedirects as err:
+        raise DownloadError(f"{url}: the server redirects in a loop ({_short(err)})",
+                            url=url) from None
     except (requests.ConnectionError, requests.Timeout) as err:
-        if _cannot_resolve(err):
-            # No network (or no DNS): retrying only makes the user wait.
+        unreachable = unreachable_reason(err, url)
+        if unreachable is not None:
+            # No network (or no DNS, or nothing listening): retrying only makes the user wait.
+            logger.debug("%s: %s", url, _short(err))
             raise DownloadError(
-                f"{url}: the host name cannot be resolved ({_short(err)}); this machine seems "
-                "to have no network. Use a local copy or the cache, or set AUGREG_NB_OFFLINE=1 "
-                "to skip network sources.",
-                url=url,
+                f"{url}: {unreachable}; this machine seems to have no network. Use a local "
+                "copy or the cache, or set AUGREG_NB_OFFLINE=1 to skip network sources.",
+                url=url, no_network=unreachable,
             ) from None
         raise _Retryable(f"connection failed ({_short(err)})") from None
+    except requests.RequestException as err:  # a malformed URL, a bad proxy setting, ...
+        raise DownloadError(f"{url}: {_short(err)}", url=url) from None
     with resp:
         status = resp.status_code
         if status == 416 and start:
@@ -376,14 +507,26 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
             if first != start:
                 part.unlink(missing_ok=True)
                 raise _Retryable(f"server resumed at byte {first}, not {start}")
+            now = _served(url, resp.headers, None)
+            if any(now.get(k) and known.get(k) and now[k] != known[k]
+                   for k in ("etag", "last_modified")):
+                # A server that ignores If-Range: the object changed, the bytes kept are stale.
+                part.unlink(missing_ok=True)
+                meta_path(part).unlink(missing_ok=True)
+                raise _Retryable("the object changed since the download began; starting over")
             total = _content_range_total(resp.headers.get("Content-Range"))
         else:
             if start:
-                logger.info("%s: server ignored the Range request; starting over", url)
+                logger.info("%s: the server sent the whole object (it changed, or the server "
+                            "ignores Range); starting over", url)
                 start = 0
             mode = "wb"
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            try:
+                _write_meta(part, _served(url, resp.headers, total))
+            except OSError as err:
+                raise _WriteError(err) from None
         with _progress_bar(total, start, label, progress) as bar:
             try:
                 _stream_to(part, resp.iter_content(NET_CHUNK), mode, bar)
@@ -396,21 +539,76 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
     return total
 
 
-def _cannot_resolve(err: BaseException) -> bool:
-    """True when ``err`` (a requests error) comes from a failed DNS look-up."""
+def unreachable_reason(err: BaseException, url: str) -> str | None:
+    """Why ``url``'s host cannot be reached at all (a failed DNS look-up, a refused or
+    unreachable connection), from a requests, httpx or socket error; None otherwise."""
+    import errno
     import socket
 
+    host = urlsplit(url).hostname or url
     seen, todo = set(), [err]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        if isinstance(e, DownloadError) and e.no_network:
+            return e.no_network
         if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
-            return True
+            return f"the host name {host} cannot be resolved"
+        if isinstance(e, ConnectionRefusedError):
+            return f"{host} refused the connection"
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"{host} is unreachable ({os.strerror(e.errno)})"
         todo += [getattr(e, "reason", None), e.__cause__, e.__context__]
         todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
-    return False
+    return None
+
+
+def unreachable_host(url: str) -> str | None:
+    """Why the host of ``url`` cannot be reached when its name does not resolve, else None.
+
+    Only a name look-up: it opens no connection, so it is quick, and it answers "no
+    network" before a client library starts its own retries."""
+    import socket
+
+    host = urlsplit(url).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as err:
+        return f"the host name {host} cannot be resolved ({err.strerror or err})"
+    except (OSError, UnicodeError):
+        return None
+    return None
+
+
+def _validator(known: dict) -> str | None:
+    """The If-Range value for a partial download: a strong ETag, else Last-Modified."""
+    etag = known.get("etag") or ""
+    if etag and not etag.startswith("W/"):
+        return etag
+    return known.get("last_modified") or None
+
+
+def _served(url: str, headers, total: int | None) -> dict:
+    """What the server says identifies the object (ETag, Last-Modified) and its hashes:
+    GCS's ``x-goog-hash: crc32c=..., md5=...``, or a sha256 ETag (the Hub's LFS files)."""
+    out: dict = {"url": url, "partial": True, "size": total}
+    etag = headers.get("X-Linked-Etag") or headers.get("ETag")
+    if etag:
+        out["etag"] = etag
+        bare = etag.removeprefix("W/").strip('"')
+        if re.fullmatch(r"[0-9a-f]{64}", bare):
+            out["sha256"] = bare
+    if headers.get("Last-Modified"):
+        out["last_modified"] = headers["Last-Modified"]
+    for item in (headers.get("x-goog-hash") or "").split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "md5" and value:
+            out["md5"] = value
+    return out
 
 
 def _short(err: Exception) -> str:
@@ -503,13 +701,10 @@ def _gcs_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> int
         raise DownloadError(f"{url}: {why}", url=url)
     try:
         total = client.size(url)
-        start = part.stat().st_size if part.exists() else 0
-        if start > total:
-            part.unlink()
-            start = 0
-        with client.open(url) as src, _progress_bar(total, start, label, progress) as bar:
-            src.seek(start)
-            _stream_to(part, iter(lambda: src.read(CHUNK), b""), "ab", bar)
+        # Nothing identifies the version of a gs:// object that a partial file holds, so
+        # every attempt starts from the first byte.
+        with client.open(url) as src, _progress_bar(total, 0, label, progress) as bar:
+            _stream_to(part, iter(lambda: src.read(CHUNK), b""), "wb", bar)
     except FileNotFoundError as err:
         raise DownloadError(f"{url}: not found ({err})", url=url, status=404) from None
     except PermissionError as err:
@@ -536,28 +731,61 @@ class CacheEntry:
     partial: bool  # an interrupted download (``.part``) that the next fetch resumes
 
 
+_CACHE_FOLDERS = ("checkpoints", "index")
+
+
+def _owned_files(root: Path) -> list[Path]:
+    """The final paths (``<name>``, whether complete or partial) of every file this module
+    downloaded into ``root``'s cache folders, known by its sidecar."""
+    out = []
+    for kind in _CACHE_FOLDERS:
+        folder = root / kind
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for side in sorted(folder.glob("*" + META_SUFFIX)):
+            if side.is_symlink() or not _is_our_meta(read_meta(side.with_name(
+                    side.name.removesuffix(META_SUFFIX)))):
+                continue
+            name = side.name.removesuffix(META_SUFFIX).removesuffix(PART_SUFFIX)
+            if folder / name not in out:
+                out.append(folder / name)
+    return out
+
+
 def list_cache(root: Path | None = None) -> list[CacheEntry]:
-    """Every cached file and partial download (sidecars and locks left out)."""
+    """Every file this module downloaded into the cache, complete or partial (``.part``);
+    nothing else that may share the folder."""
     root = cache_dir() if root is None else Path(root)
     out = []
-    if not root.is_dir():
-        return out
-    skip = (META_SUFFIX, LOCK_SUFFIX, META_SUFFIX + PART_SUFFIX)
-    for path in sorted(root.rglob("*")):
-        name = path.name
-        if not path.is_file() or name.endswith(skip) or ".locks" in path.parts:
-            continue
-        kind = path.relative_to(root).parts[0] if path.parent != root else ""
-        out.append(CacheEntry(path, kind, path.stat().st_size, name.endswith(PART_SUFFIX)))
+    for path in _owned_files(root):
+        kind = path.parent.name
+        for p, partial in ((path, False), (part_path(path), True)):
+            if p.is_file() and not p.is_symlink():
+                out.append(CacheEntry(p, kind, p.stat().st_size, partial))
     return out
 
 
 def clear_cache(root: Path | None = None) -> int:
-    """Delete the whole cache folder; return the number of bytes freed."""
+    """Delete every file this module downloaded into the cache (with sidecars and locks),
+    then the cache's own folders where they are left empty; other files in the folder are
+    never touched. Returns the number of bytes freed."""
     root = cache_dir() if root is None else Path(root)
     freed = sum(e.size for e in list_cache(root))
-    if root.is_dir():
-        shutil.rmtree(root)
+    for path in _owned_files(root):
+        remove_file(path)
+    for kind in _CACHE_FOLDERS:
+        locks = root / kind / ".locks"
+        if locks.is_dir() and not locks.is_symlink():
+            for lock in locks.glob("*" + LOCK_SUFFIX):  # empty files that filelock made
+                if lock.is_file() and not lock.is_symlink() and lock.stat().st_size == 0:
+                    lock.unlink(missing_ok=True)
+    for kind in _CACHE_FOLDERS:
+        for folder in (root / kind / ".locks", root / kind):
+            with contextlib.suppress(OSError):  # not empty, or not there: leave it
+                if not folder.is_symlink():
+                    folder.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
     return freed
 
 

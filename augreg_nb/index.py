@@ -132,6 +132,7 @@ def _load_named(location: str | os.PathLike, kind: str, strict: bool, attempts: 
                 f"reading the index from a URL ({text}) needs augreg_nb.sources, which is not "
                 "installed here; download the file and pass its path instead"
             )
+        # Only this URL is tried: when it fails, SourceError says why (never another table).
         resolved = src.resolve_index(text)
         df = read_index_csv(resolved.path, strict=strict)
         return _with_provenance(df, source=f"{text} ({kind})", kind=kind,
@@ -171,9 +172,19 @@ def load_index(source: str | os.PathLike | None = None, *, strict: bool = True) 
         return _catalogue(strict, attempts)
     cached = src.index_cache_path()
     if cached.is_file():
-        df = read_index_csv(cached, strict=strict)
-        return _with_provenance(df, source=f"cached copy {cached}", kind="cache",
-                                path=str(cached), attempts=attempts)
+        # A cached copy must pass in full (even with strict=False): a truncated or damaged
+        # download is fetched again, never shown with rows silently missing.
+        try:
+            df = read_index_csv(cached, strict=True)
+        except Exception as err:  # noqa: BLE001 - any failure makes the copy unusable
+            why = " ".join(str(err).split())[:300]
+            log.warning("the cached index %s fails validation (%s); fetching it again",
+                        cached, why)
+            attempts.append(f"cache ({cached}): fails validation ({why}); removed")
+            src.dl.remove_file(cached)
+        else:
+            return _with_provenance(df, source=f"cached copy {cached}", kind="cache",
+                                    path=str(cached), attempts=attempts)
     try:
         resolved = src.resolve_index(None)
     except src.SourceError as err:
@@ -258,6 +269,7 @@ def _cmd_index(args) -> int:
         out = recommended_table(df)
         cols = ["model", "filename", "aug_paper", "final_val", "imagenet_finetune",
                 "imagenet_top1"]
+    selected_by = out.attrs.get("selected_by", "")
     if args.where:
         wanted = out["adapt_filename" if criteria else "imagenet_finetune"]
         out = availability(df[df["adapt_filename"].isin(wanted)])
@@ -266,7 +278,7 @@ def _cmd_index(args) -> int:
     notes = sys.stderr if args.csv else sys.stdout
     print(f"# {describe_provenance(df)}", file=notes)
     if not criteria:
-        print(f"# recommended checkpoints - {out.attrs['selected_by']}", file=notes)
+        print(f"# recommended checkpoints - {selected_by}", file=notes)
     if args.csv:
         out[cols].to_csv(sys.stdout, index=False)
     elif out.empty:

@@ -125,6 +125,13 @@ def predict_arrays(model_name: str, params: dict, arrays: np.ndarray, *, top_k: 
     results: list[list[Prediction]] = []
     for start in range(0, len(arrays), batch_size):
         probs = np.asarray(apply(params, arrays[start:start + batch_size]))
+        if not np.isfinite(probs).all():
+            bad = sorted({start + int(i) for i in np.nonzero(~np.isfinite(probs))[0]})
+            raise ValueError(
+                f"the model's outputs for image(s) {bad[:10]} are NaN or infinite, so there is "
+                "no ranking to show: the parameters hold non-finite values or overflow in "
+                "float32 (check them with np.isfinite; load checkpoints with "
+                "augreg_nb.checkpoint.load, which refuses non-finite weights)")
         for row in probs:
             # Stable sort on -prob: ties keep the lower class index first.
             order = np.argsort(-row, kind="stable")[:k]
@@ -167,7 +174,11 @@ def _cmd_predict(args) -> int:
 
     target = Path(args.checkpoint).expanduser()
     kw = {"model_name": args.model, "resolution": args.resolution}
-    if target.is_file():
+    try:
+        is_file = target.is_file()
+    except OSError:  # e.g. a name longer than a file name can be: not a file, so a name
+        is_file = False
+    if is_file:
         name, flat = checkpoint.load_flat(target, **kw)
         params = checkpoint.unflatten(flat)
     else:

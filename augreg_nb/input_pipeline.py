@@ -60,6 +60,30 @@ def unreadable_images(task: Task, split: str) -> list[str]:
     return list(_folder_files(task, split)[1])
 
 
+#: Images with more pixels than this count as unreadable: decoded, 100 megapixels take
+#: 300 MB, and a 400 kB PNG can declare 20000 x 20000.
+MAX_PIXELS = 100_000_000
+
+
+def _too_large(path: str) -> bool:
+    """True when the image header of ``path`` declares more than :data:`MAX_PIXELS` (read
+    without decoding; files that PIL cannot parse are left to the decoder to judge)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        return True
+    except Exception:  # noqa: BLE001 - not parsable here; the decoder decides
+        return False
+    return width * height > MAX_PIXELS
+
+
 def _folder_files(task: Task, split: str):
     """((path, label), ...) that decode, and the paths that do not; raises on_error='raise'."""
     assert task.folder is not None
@@ -68,13 +92,20 @@ def _folder_files(task: Task, split: str):
     if key not in _SCANNED:
         tf = import_tf()
         paths = [p for p, _ in files]
+        too_large = {p for p in paths if _too_large(p)}
+        if too_large:
+            log.warning("%d image(s) in %s (%s split) exceed %d megapixels and count as "
+                        "unreadable (decoding them would take gigabytes):\n  %s",
+                        len(too_large), task.folder.root, split, MAX_PIXELS // 10**6,
+                        "\n  ".join(sorted(too_large)))
+            paths = [p for p in paths if p not in too_large]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string, shape=[len(paths)]))
         ds = ds.map(
             lambda p: (p, tf.shape(preprocess.decode_image(tf.io.read_file(p)))[0]),
             num_parallel_calls=tf.data.AUTOTUNE,
         ).ignore_errors()
         good = {p.decode() for p, _ in ds.as_numpy_iterator()}
-        bad = tuple(p for p in paths if p not in good)
+        bad = tuple(p for p, _ in files if p not in good)
         _SCANNED[key] = (tuple(f for f in files if f[0] in good), bad)
         if bad and task.folder.on_error == "skip":
             log.warning(

@@ -391,20 +391,69 @@ def kitti_distance_label(objects: Mapping[str, Any]):
 # ----------------------------------------------------------------------------- folders
 
 
-def _images_in(folder: Path) -> list[str]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if len(images) != len(files):
-        log.info("%s: ignoring %d non-image files", folder, len(files) - len(images))
-    return images
+def _images_in(folder: Path, skip: set[Path]) -> list[str]:
+    """Image files under ``folder``, following links but never into ``skip`` (the dataset
+    root, its ancestors, the other class folders) and never twice into the same folder."""
+    images, others, seen = [], 0, set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = Path(top).resolve()
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _links_into(Path(top) / d, skip))
+        for name in sorted(names):
+            path = Path(top) / name
+            if not path.is_file():
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(str(path))
+            else:
+                others += 1
+    if others:
+        log.info("%s: ignoring %d non-image files", folder, others)
+    return sorted(images)
+
+
+def _links_into(path: Path, skip: set[Path]) -> bool:
+    """True when folder ``path`` resolves to one of ``skip`` or to an ancestor of one."""
+    real = path.resolve()
+    return any(real == s or real in s.parents for s in skip)
 
 
 def _class_folders(folder: Path) -> dict[str, list[str]]:
-    return {
-        d.name: _images_in(d)
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and not d.name.startswith(".")
-    }
+    """{class name: image paths}; class folders may be links, but a link to the dataset
+    root (or above it) is ignored, and an image reachable from two classes (through links)
+    belongs to neither: its label would be a guess."""
+    root = folder.resolve()
+    dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    reals = {d.name: d.resolve() for d in dirs}
+    out: dict[str, list[str]] = {}
+    for d in dirs:
+        if reals[d.name] == root or reals[d.name] in root.parents:
+            log.warning("%s: ignoring class folder %r: it links to the dataset folder itself "
+                        "(or above it), so every image would get its label", folder, d.name)
+            continue
+        skip = {root} | {r for n, r in reals.items() if n != d.name and r != reals[d.name]}
+        out[d.name] = _images_in(d, skip)
+    owners: dict[Path, set[str]] = {}
+    for name, files in out.items():
+        for f in files:
+            owners.setdefault(Path(f).resolve(), set()).add(name)
+    shared = {real for real, names in owners.items() if len(names) > 1}
+    for name, files in out.items():
+        unique, taken = [], set()
+        for f in files:
+            real = Path(f).resolve()
+            if real in shared or real in taken:
+                continue
+            taken.add(real)
+            unique.append(f)
+        out[name] = unique
+    if shared:
+        log.warning("%s: ignoring %d image(s) that links make part of more than one class, "
+                    "e.g. %s", folder, len(shared), sorted(map(str, shared))[0])
+    return out
 
 
 def _carve(

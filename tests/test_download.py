@@ -116,24 +116,42 @@ def test_resume_after_truncation_gives_identical_bytes(cache, bucket):
     assert 0 < start <= 300_000  # resumed, not restarted
 
 
-def test_resume_from_partial_left_by_an_earlier_run(cache, bucket):
+def _leave_partial(cache, bucket, size: int) -> Path:
+    """The .part (and its sidecar) that a download killed after ``size`` bytes leaves."""
+    bucket.set(f"{NAME}.npz", cut_after=size, times=1, chunk=10_000)
+    with pytest.raises(dl.DownloadError):
+        _get(bucket, retries=0)
     part = cache / "checkpoints" / f"{NAME}.npz.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(bucket.data[:123_457])
+    assert 0 < part.stat().st_size <= size and dl.meta_path(part).is_file()
+    bucket.reset()
+    return part
+
+
+def test_resume_from_partial_left_by_an_earlier_run(cache, bucket):
+    part = _leave_partial(cache, bucket, 123_457)
+    kept = part.stat().st_size
     path = _get(bucket)
     assert path.read_bytes() == bucket.data
     (only,) = _gets(bucket)
-    assert only.headers["Range"] == "bytes=123457-"
-    assert not part.exists()
+    assert only.headers["Range"] == f"bytes={kept}-"
+    assert only.headers["If-Range"] == f'"{hashlib.md5(bucket.data).hexdigest()}"'
+    assert not part.exists() and not dl.meta_path(part).exists()
+
+
+def test_partial_of_unknown_origin_is_not_resumed(cache, bucket):
+    part = cache / "checkpoints" / f"{NAME}.npz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 50_000)  # no sidecar: nothing says which version these bytes are
+    assert _get(bucket).read_bytes() == bucket.data
+    assert "Range" not in _gets(bucket)[0].headers
 
 
 def test_server_that_ignores_range_makes_it_start_over(cache, bucket):
-    part = cache / "checkpoints" / f"{NAME}.npz.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"x" * 50_000)  # garbage: would corrupt the file if appended to
+    part = _leave_partial(cache, bucket, 100_000)
+    part.write_bytes(b"x" * part.stat().st_size)  # would corrupt the file if appended to
     bucket.set(f"{NAME}.npz", ignore_range=True)
     assert _get(bucket).read_bytes() == bucket.data
-    assert _gets(bucket)[0].headers["Range"] == "bytes=50000-"
+    assert _gets(bucket)[0].headers["Range"].startswith("bytes=")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "not-a-zip"])
@@ -241,12 +259,16 @@ def test_concurrent_processes_end_with_one_correct_file(cache, bucket):
 
 def test_cache_listing_and_clearing(cache, bucket):
     _get(bucket)
-    (cache / "checkpoints" / "other.npz.part").write_bytes(b"1234")
+    other = f"{NAME.replace('wd_0.03', 'wd_0.1')}.npz"
+    (bucket.root / other).write_bytes(bucket.data)
+    bucket.set(other, cut_after=4096, times=1)
+    with pytest.raises(dl.DownloadError):
+        _get(bucket, url_name=other, retries=0)
     entries = {e.path.name: e for e in dl.list_cache()}
-    assert set(entries) == {f"{NAME}.npz", "other.npz.part"}
+    assert set(entries) == {f"{NAME}.npz", f"{other}.part"}
     assert entries[f"{NAME}.npz"].size == len(bucket.data)
-    assert entries["other.npz.part"].partial and entries[f"{NAME}.npz"].kind == "checkpoints"
-    assert dl.clear_cache() == len(bucket.data) + 4
+    assert entries[f"{other}.part"].partial and entries[f"{NAME}.npz"].kind == "checkpoints"
+    assert dl.clear_cache() == len(bucket.data) + entries[f"{other}.part"].size
     assert not cache.exists() and dl.list_cache() == []
 
 

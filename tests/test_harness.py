@@ -22,9 +22,22 @@ def test_matplotlib_uses_agg():
     assert matplotlib.get_backend().lower() == "agg"
 
 
-def test_network_is_refused_but_loopback_works():
-    with pytest.raises(SocketConnectBlockedError):
-        socket.create_connection(("8.8.8.8", 53), timeout=1)
+@pytest.mark.filterwarnings("ignore:A test tried to use socket")
+def test_network_is_refused_but_loopback_works(monkeypatch):
+    """The guard refuses a host that is not loopback before anything else happens: the name
+    below is never looked up (a look-up would fail differently) and no address outside
+    127.0.0.0/8 is named."""
+    looked_up = []
+    real_getaddrinfo = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda *a, **k: looked_up.append(a) or real_getaddrinfo(*a, **k))
+    client = socket.socket()
+    try:
+        with pytest.raises(SocketConnectBlockedError):
+            client.connect(("augreg-nb-harness-check.invalid", 80))
+    finally:
+        client.close()
+    assert looked_up == []
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)

@@ -11,14 +11,17 @@ smoke mode::
         bucket.set("x.npz", status=403)                  # refuse, like the real bucket
         bucket.set("y.npz", cut_after=1000, times=1)     # first answer breaks after 1000 bytes
         bucket.set("z.npz", delay=0.5)                   # a slow body
+        bucket.set("l.npz", redirect="/l.npz")           # a redirect (here: a loop)
         ...
         bucket.requests                                  # [Request(method, path, headers)]
 
     with FakeHub() as hub:                               # HF_ENDPOINT=hub.url
         hub.add_file("timm/vit_tiny_patch16_224.augreg_in21k", "model.safetensors", data)
 
-The bucket answers like Google Cloud Storage's public URL: ``Content-Length``, ``Range``
-requests (206 with ``Content-Range``, 416 past the end), XML error bodies. The Hub answers
+The bucket answers like Google Cloud Storage's public URL: ``Content-Length``, ``ETag``,
+``Last-Modified``, ``x-goog-hash: md5=...``, ``Range`` requests (206 with
+``Content-Range``, 416 past the end) and ``If-Range`` (the whole object, 200, when the
+validator no longer matches), XML error bodies. The Hub answers
 ``HEAD``/``GET /{repo_id}/resolve/{revision}/{filename}`` with the headers
 ``huggingface_hub.hf_hub_download`` needs (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``,
 ``X-Linked-Size``, ``Content-Length``) and 404s carrying ``X-Error-Code``.
@@ -26,10 +29,12 @@ requests (206 with ``Content-Range``, 416 past the end), XML error bodies. The H
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -55,6 +60,8 @@ class Behaviour:
     delay: float = 0.0  # seconds to sleep before each chunk of the body (a slow server)
     chunk: int = 64 * 1024  # bytes per chunk of the body
     ignore_range: bool = False  # answer Range requests with 200 and the whole body
+    ignore_if_range: bool = False  # honour Range even when If-Range names another version
+    redirect: str | None = None  # answer 302 with this Location
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         owner._log(self.command, path, self.headers)
         behaviour = owner._take_behaviour(path)
+        if behaviour.redirect is not None:
+            return self._send_headers(302, {"Location": behaviour.redirect,
+                                            "Content-Length": "0"})
         body, headers, missing_headers = owner.lookup(path)
         if behaviour.status not in (200, 206) or body is None:
             status = behaviour.status if behaviour.status not in (200, 206) else 404
@@ -171,6 +181,10 @@ class _Handler(BaseHTTPRequestHandler):
         size = len(body)
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if (rng and if_range is not None and not behaviour.ignore_if_range
+                and if_range not in (headers.get("ETag"), headers.get("Last-Modified"))):
+            rng = None  # another version than the client holds: send all of it
         if rng and not behaviour.ignore_range:
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
             if m and m.group(1):
@@ -229,8 +243,12 @@ class FakeBucket(_Server):
         file = (self.root / path.lstrip("/")).resolve()
         if self.root.resolve() not in file.parents or not file.is_file():
             return None, {}, {}
-        return file.read_bytes(), {"Content-Type": "application/octet-stream",
-                                   "ETag": f'"{hashlib.md5(file.read_bytes()).hexdigest()}"'}, {}
+        data = file.read_bytes()
+        md5 = hashlib.md5(data)
+        return data, {"Content-Type": "application/octet-stream",
+                      "ETag": f'"{md5.hexdigest()}"',
+                      "Last-Modified": formatdate(file.stat().st_mtime, usegmt=True),
+                      "x-goog-hash": f"md5={base64.b64encode(md5.digest()).decode()}"}, {}
 
     def error_body(self, status: int) -> tuple[bytes, str]:
         code, message, details = _GCS_ERRORS.get(status, ("Error", f"HTTP {status}", ""))
