@@ -32,6 +32,8 @@ from collections.abc import Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from augreg_nb.tasks import get_task, list_tasks, warmup_steps
+
 #: Resolutions of the published sweep (its lengths and learning rates are in augreg_nb.tasks).
 SWEEP_RESOLUTIONS: tuple[int, ...] = (224, 384)
 
@@ -49,8 +51,6 @@ def warmup_for(total_steps: int) -> int:
 
     See ``augreg_nb.tasks.warmup_steps`` for lengths outside the table.
     """
-    from augreg_nb.tasks import warmup_steps
-
     return warmup_steps(total_steps)
 
 
@@ -171,8 +171,6 @@ def _smoke() -> ml_collections.ConfigDict:
 
 def presets() -> list[str]:
     """Names accepted by :func:`get_config`: "smoke" and every run of the published sweep."""
-    from augreg_nb.tasks import get_task, list_tasks
-
     names = ["smoke"]
     for name in list_tasks():
         task = get_task(name)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augreg_nb import names, resources
+from augreg_nb import catalog, names, resources, sources
 from augreg_nb.index_validate import (
     COLUMNS,
     DOMAINS,
@@ -37,7 +37,6 @@ from augreg_nb.index_validate import (
 
 #: Public bucket URL used when the download layer (which honours $AUGREG_NB_BUCKET_URL) is
 #: not installed.
-DEFAULT_BUCKET_URL = "https://storage.googleapis.com/vit_models/augreg"
 
 RULE = "rule: highest final_val among the model's i21k checkpoints (paper section 4.5)"
 PUBLISHED = (
@@ -76,9 +75,7 @@ def shape_is_complete(df: pd.DataFrame) -> bool:
 
 
 def _published_picks() -> pd.DataFrame:
-    from augreg_nb.catalog import PICKS_FILE
-
-    picks = pd.read_csv(resources.data_path("index", PICKS_FILE))
+    picks = pd.read_csv(resources.data_path("index", catalog.PICKS_FILE))
     return picks[["name", "filename", "adapt_filename"]]
 
 
@@ -290,22 +287,10 @@ def grid_summary(df: pd.DataFrame, kind: str = "upstream", *, tidy: bool = False
     return counts.unstack(cols).astype("Int64")
 
 
-def _sources():
-    """The download layer, or None where it is not installed (then those sources are skipped)."""
-    try:
-        from augreg_nb import sources
-    except ImportError:
-        return None
-    return sources
-
-
 def _mirror_map() -> dict[str, str]:
     """AugReg filename -> Hugging Face repo (``timm/{timm_name}``) for mirrored files."""
-    src = _sources()
-    if src is None:
-        return {}
     out: dict[str, str] = {}
-    for m in src.mirrored_checkpoints():
+    for m in sources.mirrored_checkpoints():
         if m.filename:
             out.setdefault(m.filename, m.repo_id)
     return out
@@ -317,9 +302,7 @@ def _local_files() -> dict[str, str]:
     folder = os.environ.get(resources.ENV_CHECKPOINT_DIR)
     if folder:
         roots.append(Path(folder).expanduser())
-    src = _sources()
-    if src is not None:
-        roots.append(src.checkpoint_cache_path("x").parent)
+    roots.append(sources.checkpoint_cache_path("x").parent)
     found: dict[str, str] = {}
     for root in roots:
         if root.is_dir():
@@ -346,8 +329,7 @@ def availability(df: pd.DataFrame, *, include_upstream: bool = True) -> pd.DataF
     when timm re-hosts the file, else empty) and ``local_path`` (a copy in the cache or in
     ``$AUGREG_NB_CHECKPOINT_DIR``, else empty).
     """
-    src = _sources()
-    base = src.bucket_url() if src is not None else DEFAULT_BUCKET_URL
+    base = sources.bucket_url()
     files = df["adapt_filename"].astype("str").reset_index(drop=True)
     models = df["name"].reset_index(drop=True)
     kinds = ["fine-tuned"] * len(files)

@@ -13,6 +13,7 @@ offending rows and records what it dropped in ``df.attrs["provenance"]``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,3 +337,20 @@ def validate_index(df: pd.DataFrame, *, strict: bool = True) -> pd.DataFrame:
     typed = finalize_dtypes(typed)
     typed.attrs = attrs
     return typed
+
+
+#: Dtypes of the catalogue's extra columns when they are present.
+_EXTRA_DTYPES = {"df_row_index": "Int64"}
+
+
+def read_index_csv(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
+    """Read and validate one index CSV file (no provenance beyond the path)."""
+    path = Path(path)
+    header = pd.read_csv(path, nrows=0).columns
+    dtypes = {c: t for c, t in {**READ_DTYPES, **_EXTRA_DTYPES}.items() if c in header}
+    try:
+        raw = pd.read_csv(path, dtype=dtypes)
+    except (ValueError, TypeError):
+        # A cell that is not a number: read everything as text so validation can say where.
+        raw = pd.read_csv(path, dtype=str, keep_default_na=True)
+    return validate_index(raw, strict=strict)

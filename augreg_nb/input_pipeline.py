@@ -37,7 +37,13 @@ import numpy as np
 
 from augreg_nb import preprocess
 from augreg_nb.preprocess import import_tf
-from augreg_nb.tasks import DatasetNotReadyError, Task, not_ready_message, tfds_builder
+from augreg_nb.tasks import (
+    DatasetNotReadyError,
+    Task,
+    kitti_distance_label,
+    not_ready_message,
+    tfds_builder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +145,6 @@ def _tfds_source(task: Task, split: str, *, shuffle_files: bool, seed: int):
     except AssertionError as err:  # TFDS: "could not find data in ..."
         raise DatasetNotReadyError(not_ready_message(task)) from err
     if task.label_fn == "kitti_distance":
-        from augreg_nb.tasks import kitti_distance_label
-
         def label_of(ex):
             return kitti_distance_label(ex["objects"])
     else:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from augreg_nb.preprocess import import_tf
 from augreg_nb.resources import ENV_OFFLINE, env_flag
 
 log = logging.getLogger(__name__)
@@ -377,8 +378,6 @@ def kitti_distance_label(objects: Mapping[str, Any]):
     ``location[:, 2]`` in metres, 1000 when there is none. Label 0: d <= 8, 1: 8 < d <= 20,
     2: 20 < d <= 999, 3: otherwise (no vehicle). Works eagerly and inside tf.data.
     """
-    from augreg_nb.preprocess import import_tf
-
     tf = import_tf()
     types = tf.convert_to_tensor(objects["type"])
     depth = tf.reshape(tf.cast(tf.convert_to_tensor(objects["location"]), tf.float32), [-1, 3])

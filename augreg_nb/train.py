@@ -36,18 +36,35 @@ writes the state and results).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from augreg_nb import callbacks as callbacks_lib
+from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
+from augreg_nb import input_pipeline as ip
+from augreg_nb import names
+from augreg_nb import train_step as ts
+from augreg_nb.atomic import write_json_atomic
+from augreg_nb.download import cache_dir
+from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
+from augreg_nb.models import create_model, param_count
+from augreg_nb.resources import ENV_INDEX
+from augreg_nb.sources import index_cache_path
+from augreg_nb.tasks import get_task
+from augreg_nb.testing.checkpoints import write_fake_checkpoint
+from augreg_nb.testing.datasets import digits_task
+from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state, to_host
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +156,9 @@ def _recipe(config) -> dict:
 
 def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
     """Accuracy and mean loss over every (unmasked) example of ``batches``."""
-    from augreg_nb.train_step import put_batch
-
     correct = loss = count = 0
     for batch in batches:
-        c, l, n = eval_step(params, put_batch(batch, mesh))
+        c, l, n = eval_step(params, ts.put_batch(batch, mesh))
         correct, loss, count = correct + c, loss + l, count + n
     count = int(count)
     if count == 0:
@@ -165,12 +180,6 @@ def fit(
 
     Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
     """
-    import jax
-    import pandas as pd
-
-    from augreg_nb import train_step as ts
-    from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state
-
     callbacks = list(callbacks)
     mesh = mesh if mesh is not None else ts.make_mesh()
     num_devices = mesh.devices.size
@@ -320,52 +329,28 @@ def fit(
             final = run_evals(start)
     frame = history()
     callbacks_lib.dispatch(callbacks, "on_train_end", frame)
-    from augreg_nb.train_state import _to_host
-
-    params = jax.tree.map(_to_host, state.params)
+    params = jax.tree.map(to_host, state.params)
     return FitOutput(params=params, history=frame, final=final)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------ finetune()
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` with every character but letters, digits and ``._-`` replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def load_task(config):
     """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
     if config.task == config_lib.SMOKE_TASK:
-        from augreg_nb.testing.datasets import digits_task
-
         return digits_task(config.data_dir, size=32)
-    from augreg_nb.tasks import get_task
-
     return get_task(config.task, data_dir=config.data_dir)
 
 
 def _upstream_checkpoint(config) -> str:
     """The checkpoint to load: a model name means its recommended i21k upstream."""
-    from augreg_nb import names
-
     if config.checkpoint in names.MODELS:
-        from augreg_nb.index import load_index, recommended_checkpoints
-
         rec = recommended_checkpoints(load_index(strict=False))
         filename = str(rec.loc[config.checkpoint, "filename"])
         logger.info("checkpoint %s: its recommended upstream is %s", config.checkpoint, filename)
@@ -375,14 +360,10 @@ def _upstream_checkpoint(config) -> str:
 
 def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
     """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning."""
-    from augreg_nb import checkpoint as ckpt
-
     if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
-        from augreg_nb.testing.checkpoints import write_fake_checkpoint
-
         model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
-        path = workdir / f"fake-{_slug(model)}.npz"
-        if not path.exists() and __import__("jax").process_index() == 0:
+        path = workdir / f"fake-{slug(model)}.npz"
+        if not path.exists() and jax.process_index() == 0:
             write_fake_checkpoint(path, model, num_classes=1000, seed=config.seed)
         params = ckpt.load(path, model_name=config.model or model, num_classes=num_classes,
                            resolution=config.resolution)
@@ -399,8 +380,6 @@ def adapt_filename(stem: str, config) -> str:
 
     Lengths without a published token (e.g. 60 steps) are written as the number of steps.
     """
-    from augreg_nb import names
-
     try:
         return names.parse_name(stem).finetuned(
             config.task, config.total_steps, config.base_lr, config.resolution).filename
@@ -413,10 +392,6 @@ def adapt_filename(stem: str, config) -> str:
 
 def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
     """This run as a row of the index table (its 21 columns, in order)."""
-    from augreg_nb import names
-    from augreg_nb.index import COLUMNS
-    from augreg_nb.models import param_count
-
     row = dict.fromkeys(COLUMNS, math.nan)
     row.update(name=model, filename=stem)
     try:
@@ -440,14 +415,7 @@ def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
 
 def _index_upstream_row(filename: str) -> dict | None:
     """Upstream metrics of ``filename`` from the index table, if the table has the row."""
-    import os
-
-    from augreg_nb.resources import ENV_INDEX
-    from augreg_nb.sources import index_cache_path
-
     try:
-        from augreg_nb.index import load_index
-
         # The table the user already has (env var or cache), else the shipped catalogue:
         # the end of a training run is no place for downloads.
         have = os.environ.get(ENV_INDEX) or index_cache_path().is_file()
@@ -461,9 +429,7 @@ def _index_upstream_row(filename: str) -> dict | None:
 
 def default_workdir(config) -> Path:
     """``<cache>/runs/<checkpoint>--<task>-<steps>-<lr>-<resolution>-seed_<seed>``."""
-    from augreg_nb.download import cache_dir
-
-    name = (f"{_slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
+    name = (f"{slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
             f"-{config.base_lr}-{config.resolution}-seed_{config.seed}")
     return cache_dir() / "runs" / name
 
@@ -474,14 +440,6 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     Resumes from ``config.workdir`` when it holds a state of the same recipe; a finished
     run returns its saved result without training. See the module docstring.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from augreg_nb import checkpoint as ckpt
-    from augreg_nb import input_pipeline as ip
-    from augreg_nb import train_step as ts
-    from augreg_nb.models import create_model
-
     mesh = ts.make_mesh()
     config_lib.validate(config, mesh.devices.size)
     workdir = Path(config.workdir) if config.workdir else default_workdir(config)
@@ -523,108 +481,3 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
                 row["adapt_final_test"])
     return FinetuneResult(params=out.params, history=out.history, result_row=row,
                           export_path=export_path, workdir=workdir)
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _config_from_args(args):
-    config = config_lib.get_config(args.preset)
-    if getattr(args, "checkpoint", None):
-        config.checkpoint = args.checkpoint
-    config_lib.apply_overrides(config, args.set or [])
-    if getattr(args, "workdir", None):
-        config.workdir = args.workdir
-    return config
-
-
-def _print_row(row: dict) -> None:
-    width = max(len(k) for k in row)
-    for key, value in row.items():
-        print(f"{key:<{width}}  {value}")
-
-
-def _cmd_finetune(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-
-    config = _config_from_args(args)
-    result = finetune(config, callbacks=[] if args.no_progress else [ProgressBar()])
-    _print_row(result.result_row)
-    print(f"workdir: {result.workdir}")
-    if result.export_path:
-        print(f"exported: {result.export_path}")
-    return 0
-
-
-def _cmd_sweep(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-    from augreg_nb.sweep import sweep
-
-    config = _config_from_args(args)
-    if args.task:
-        config.task = args.task
-    root = Path(args.root or default_workdir(config).with_name(
-        f"sweep-{_slug(config.checkpoint)}--{config.task}"))
-    result = sweep(
-        config, root=root,
-        learning_rates=args.lr, lengths=args.steps, resolutions=args.resolution,
-        callbacks=None if args.no_progress else (lambda c: [ProgressBar()]),
-    )
-    cols = ["adapt_steps", "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test"]
-    print(result.table[cols].to_string(index=False))
-    print(f"best by val: {result.best['adapt_filename']} val {result.best['adapt_final_val']:.4f}"
-          f" test {result.best['adapt_final_test']:.4f}")
-    print(f"table: {root / 'sweep.csv'}")
-    return 0
-
-
-def _cmd_reproduce(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-    from augreg_nb.sweep import reproduce
-
-    out = reproduce(args.adapt_filename, workdir=args.workdir, overrides=args.set or [],
-                    callbacks=[] if args.no_progress else [ProgressBar()])
-    _print_row(out)
-    return 0
-
-
-def register_cli(sub) -> None:
-    """``augreg-nb finetune``, ``augreg-nb sweep`` and ``augreg-nb reproduce``."""
-    sets = {"action": "append", "metavar": "KEY=VALUE",
-            "help": "override a config field (repeatable), e.g. --set micro_batches=16"}
-    p = sub.add_parser(
-        "finetune", help="fine-tune a checkpoint with the paper's recipe (resumable)",
-        description="Fine-tune with the paper's recipe. Presets: 'smoke' or "
-        "'<task>-<steps>-<lr>-<resolution>' (e.g. cifar100-2500-0.01-384). Rerun the same "
-        "command to resume an interrupted run.")
-    p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
-    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
-    p.add_argument("--set", **sets)
-    p.add_argument("--workdir", help="run folder (state, history, export)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_finetune)
-
-    p = sub.add_parser(
-        "sweep", help="run the paper's fine-tuning grid for a task; choose by val",
-        description="Learning rates x lengths x resolutions of the published sweep, run by "
-        "run (resumable); prints the table and the run chosen by val accuracy.")
-    p.add_argument("--preset", default="smoke", help="base config (default: smoke)")
-    p.add_argument("--task", help="task (default: the preset's)")
-    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
-    p.add_argument("--lr", type=float, nargs="+", help="learning rates (default: the task's)")
-    p.add_argument("--steps", type=int, nargs="+", help="run lengths (default: the task's)")
-    p.add_argument("--resolution", type=int, nargs="+", help="resolutions (default: 224 384)")
-    p.add_argument("--set", **sets)
-    p.add_argument("--root", help="folder of the sweep's runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_sweep)
-
-    p = sub.add_parser(
-        "reproduce", help="re-run a published fine-tune; compare with its index row",
-        description="Build the exact config of an adapt_filename, run it, and print own "
-        "val/test accuracy next to the published ones.")
-    p.add_argument("adapt_filename", help="a fine-tuned checkpoint name from the index")
-    p.add_argument("--set", **sets)
-    p.add_argument("--workdir", help="run folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_reproduce)

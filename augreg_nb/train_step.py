@@ -41,6 +41,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from augreg_nb.input_pipeline import batch_sharding as pipeline_batch_sharding
+from augreg_nb.input_pipeline import data_mesh
 from augreg_nb.train_state import TrainState
 
 #: Name of the mesh axis over which batches are split.
@@ -134,15 +136,11 @@ def make_mesh(devices=None) -> Mesh:
 
     The same mesh the input pipeline shards its batches over.
     """
-    from augreg_nb.input_pipeline import data_mesh
-
     return data_mesh(devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the mesh's "data" axis (as the input pipeline does)."""
-    from augreg_nb.input_pipeline import batch_sharding as pipeline_batch_sharding
-
     return pipeline_batch_sharding(mesh)
 
 

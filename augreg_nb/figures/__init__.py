@@ -24,7 +24,7 @@ from augreg_nb.figures.report import (
     CAPTIONS,
     NOT_REPRODUCIBLE,
     figures_for,
-    register_cli,
+    read_own_results,
     write_all,
 )
 from augreg_nb.figures.tables import (
@@ -50,6 +50,6 @@ __all__ = [
     "fig1_data", "fig3_data", "fig4_data", "fig5_data", "fig6_data", "fig7_data",
     "figures_for",
     "plot_fig1", "plot_fig3", "plot_fig4", "plot_fig5", "plot_fig6", "plot_fig7",
-    "plot_finetunes", "register_cli", "style_comparison", "style_table3", "style_table5",
+    "plot_finetunes", "read_own_results", "style_comparison", "style_table3", "style_table5",
     "table3_data", "table5_data", "write_all",
 ]

@@ -11,17 +11,14 @@ of them with captions) and, with a full index, ``comparison.csv`` (index vs pape
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from augreg_nb.figures import compare, derive, heatmaps, plots, tables, tidy
-from augreg_nb.resources import ENV_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +155,7 @@ def _page(written: dict[str, Path], styled: dict, comparison_html: str, source: 
     return "\n".join(parts)
 
 
-def _read_own(path: str) -> pd.DataFrame:
+def read_own_results(path: str) -> pd.DataFrame:
     """Own result rows from a CSV in the index schema or fine-tuning ``result.json`` files."""
     frames = []
     for item in path.split(","):
@@ -172,39 +169,3 @@ def _read_own(path: str) -> pd.DataFrame:
         else:
             frames.append(pd.read_csv(p))
     return pd.concat(frames, ignore_index=True)
-
-
-def _run(args: argparse.Namespace) -> int:
-    index = None
-    location = args.index or os.environ.get(ENV_INDEX)
-    if location:
-        from augreg_nb.index import load_index
-
-        index = load_index(location)
-        prov = index.attrs.get("provenance") or {}
-        if prov.get("kind") == "catalogue":
-            logger.warning("the shipped catalogue is not the full index table; drawing the "
-                           "paper's numbers instead")
-            index = None
-    own = _read_own(args.own) if args.own else None
-    written = write_all(args.out, index=index, highlight=args.highlight, overlay=own)
-    print(f"wrote {len(written)} files; open {written['index.html']}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    """Add ``augreg-nb figures --out DIR [--index PATH] [--highlight MODEL]``."""
-    p = sub.add_parser(
-        "figures",
-        help="write every reproducible paper figure as PNG/SVG plus an HTML page",
-        description="Write the paper's figures and tables (PNG, SVG, HTML). Without --index "
-        "(or $AUGREG_NB_INDEX) they show the numbers printed in the paper.",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--index", default=None,
-                   help="path or URL of a full index.csv to derive the numbers from")
-    p.add_argument("--highlight", default=None, help="a model to mark, e.g. B/16")
-    p.add_argument("--own", default=None, metavar="FILES",
-                   help="own fine-tune results to show beside the published ones: CSV files in "
-                   "the index schema or runs' result.json, comma-separated")
-    p.set_defaults(func=_run)

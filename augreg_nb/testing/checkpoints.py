@@ -18,8 +18,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
-from augreg_nb.checkpoint import GROUPNORM_PARAM, NEW_TO_OLD_NUMBERING, flatten, save
+from augreg_nb.checkpoint import (
+    GROUPNORM_PARAM,
+    NEW_TO_OLD_NUMBERING,
+    canonicalize,
+    flatten,
+    save,
+)
+from augreg_nb.models import abstract_params
+from augreg_nb.timm_convert import flat_to_timm
 
 
 def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 224,
@@ -29,8 +38,6 @@ def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 
     ``numbering="old"`` is the published layout (GroupNorm as (1, 1, 1, C));
     ``"new"`` is the same tree with the newer Flax numbering and GroupNorm as (C,).
     """
-    from augreg_nb.models import abstract_params
-
     if numbering not in ("old", "new"):
         raise ValueError(f"numbering must be 'old' or 'new', got {numbering!r}")
     shapes = {k: tuple(v.shape) for k, v in
@@ -68,8 +75,6 @@ def fake_params(model_name: str, *, num_classes: int = 21843, resolution: int = 
         else:  # biases, cls, position embeddings
             value = 0.1 * rng.normal(size=shape)
         flat[name] = value.astype(np.float32)
-    from augreg_nb.checkpoint import canonicalize
-
     return canonicalize(flat)
 
 
@@ -98,7 +103,15 @@ def write_fake_timm_safetensors(path: str | os.PathLike, model_name: str, *,
                                 num_classes: int = 1000, resolution: int = 224,
                                 seed: int = 0) -> Path:
     """Write the same fake parameters as ``write_fake_checkpoint`` in timm's layout."""
-    from augreg_nb.timm_convert import write_timm_safetensors
-
     flat = fake_params(model_name, num_classes=num_classes, resolution=resolution, seed=seed)
     return write_timm_safetensors(flat, path)
+
+
+def write_timm_safetensors(flat, path: str | os.PathLike) -> Path:
+    """Write flat AugReg arrays as a timm ``.safetensors`` state dict (what the Hub hosts)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = flat_to_timm(canonicalize({k: np.asarray(v, np.float32) for k, v in flat.items()}))
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()},
+              str(path))
+    return path

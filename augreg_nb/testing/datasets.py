@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from augreg_nb.download import cache_dir
+from augreg_nb.preprocess import import_tf
 from augreg_nb.tasks import Task, folder_task, tfds_task
 
 DIGITS_NAME = "augreg_digits"
@@ -37,7 +39,6 @@ def mock_tfds(num_examples: int = 8, *, seed: int = 0) -> Iterator[None]:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.testing.mocking import RandomFakeGenerator
 
-    from augreg_nb.preprocess import import_tf
 
     tf = import_tf()
 
@@ -185,8 +186,6 @@ def digits_task(data_dir: str | os.PathLike | None = None, *, size: int = 32) ->
     import tensorflow_datasets as tfds
 
     if data_dir is None:
-        from augreg_nb.download import cache_dir
-
         data_dir = cache_dir() / "tfds"
     data_dir = Path(data_dir)
     name = f"{DIGITS_NAME}{size}"

@@ -1,8 +1,10 @@
 """The ``augreg-nb`` command: the notebooks' jobs, headless.
 
-Each sub-command lives next to the code it drives: a module that offers commands defines
-``register_cli(subparsers)`` and attaches a handler with ``parser.set_defaults(func=...)``.
-The handler takes the parsed ``argparse.Namespace`` and returns an exit code.
+This package is the top floor of augreg_nb: it imports the domain modules, never the other
+way round, and no module below it parses arguments or prints for the command line. Each
+file holds one group of sub-commands and a ``register(subparsers)`` that adds them; a
+handler takes the parsed ``argparse.Namespace`` and returns an exit code. Handlers import
+the domain modules they drive when they run, so ``augreg-nb --help`` loads no JAX.
 
     augreg-nb report --out augreg-report   # the offline main job: catalogue + paper figures
     augreg-nb index --model B/16           # recommended checkpoints, filters
@@ -14,24 +16,15 @@ The handler takes the parsed ``argparse.Namespace`` and returns an exit code.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import sys
 
 from augreg_nb import __version__
+from augreg_nb.cli import catalogue, fetch, figures, predict, training
 
-#: Modules that contribute sub-commands, in the order they are listed in ``--help``.
-COMMAND_MODULES = (
-    "augreg_nb.report",
-    "augreg_nb.index",
-    "augreg_nb.sources",
-    "augreg_nb.figures",
-    "augreg_nb.train",
-    "augreg_nb.inference",
-    "augreg_nb.envinfo",
-)
+#: Command groups, in the order their sub-commands are listed in ``--help``.
+COMMAND_GROUPS = (catalogue, fetch, figures, training, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"augreg-nb {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 
