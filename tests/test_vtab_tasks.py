@@ -262,15 +262,20 @@ def test_kitti_rule_on_chosen_examples():
 def realistic(name: str, ex: dict) -> dict:
     """Make random fakes look like the real data where the label rule depends on it."""
     rng = np.random.default_rng(int(np.asarray(ex["image"], np.int64).sum()))
-    if name == "clevr":  # 3..10 objects at depths around 7..11
+    if name == "clevr":  # 3..10 objects, the nearest at 7.5..11.5
         n = int(rng.integers(3, 11))
         objects = {k: v[:n] for k, v in ex["objects"].items()}
         objects["pixel_coords"] = objects["pixel_coords"].copy()
-        objects["pixel_coords"][:, 2] = rng.uniform(7.0, 11.0, n).astype(np.float32)
+        nearest = rng.uniform(7.5, 11.5)
+        depths = nearest + rng.uniform(0.0, 3.0, n)
+        depths[rng.integers(n)] = nearest
+        objects["pixel_coords"][:, 2] = depths.astype(np.float32)
         ex = {**ex, "objects": objects}
-    elif name == "kitti":  # depths up to 40 m
-        objects = dict(ex["objects"])
+    elif name == "kitti":  # 0..3 objects up to 40 m away
+        n = int(rng.integers(0, 4))
+        objects = {k: v[:n] for k, v in ex["objects"].items()}
         objects["location"] = objects["location"] * np.float32(40.0)
+        objects["type"] = rng.integers(0, 4, n).astype(objects["type"].dtype)
         ex = {**ex, "objects": objects}
     elif name == "dsprites":  # TFDS stores dSprites pixels as 0 or 1
         ex = {**ex, "image": ex["image"] % 2}
