@@ -12,6 +12,10 @@ with their warm-ups, learning rates). Reading and batching live in ``input_pipel
     mine = folder_task("~/photos")            # photos/<class>/*.jpg, seeded 80/10/10 split
     prepare(get_task("cifar100"))             # download + prepare once (network)
 
+The 19 VTAB tasks are registered too, as ``vtab1k/<name>`` and ``vtab/<name>`` (VTAB-1k
+and full splits, see ``augreg_nb.vtab``); ``list_tasks()`` lists the paper's sweep tasks,
+``list_tasks("vtab1k")`` the VTAB ones.
+
 Nothing downloads implicitly: reading a dataset that is not prepared fails at once with the
 command that prepares it. Resisc45 and ImageNet need a manual download first; ``prepare``
 then says which file to fetch and where to put it.
@@ -241,8 +245,8 @@ _SUITES: dict[str, str] = dict.fromkeys(_REGISTRY, "paper")
 def register_task(task: Task, *, suite: str) -> None:
     """Add ``task`` to the registry under ``task.name`` (lower case), in ``suite``."""
     key = task.name.lower()
-    if key in _REGISTRY and _REGISTRY[key] != task:
-        raise ValueError(f"a different task is already registered as {key!r}")
+    if key in _SUITES and _SUITES[key] != suite:
+        raise ValueError(f"{key!r} is already registered in the {_SUITES[key]!r} tasks")
     _REGISTRY[key] = task
     _SUITES[key] = suite
 
