@@ -15,9 +15,11 @@ split is the same). Both also carry a ``trainval`` split: train+val for the full
 VTAB's ``train800val200`` for the 1k variant. The paper's Table 5 is VTAB-1k.
 
 The paper's own fine-tuning tasks ``cifar100``, ``oxford_iiit_pet``, ``resisc45`` and
-``kitti`` (``augreg_nb.tasks``) keep the splits of the paper's sweep, which differ from
-VTAB's (CIFAR-100 and Pets carve their validation set differently, Resisc45 reads the same
-60/20/20 cut at TFDS's default version); the VTAB variants are these separate entries.
+``kitti`` (``augreg_nb.tasks``) keep the splits of the paper's sweep (protocol.md) and stay
+separate entries. CIFAR-100 (val = last 2% of train, VTAB: 10%) and Pets (last 10%, VTAB:
+20%) differ from VTAB; Resisc45 (60/20/20 of train at TFDS's default 3.0.0) and KITTI
+(kitti:3.1.0, TFDS splits, the same label) select the same examples as ``vtab/resisc45``
+and ``vtab/kitti_distance``.
 
 Splits. VTAB cuts splits in four ways, recorded in ``VtabSpec.splits`` as TFDS split strings:
 

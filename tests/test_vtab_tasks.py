@@ -327,6 +327,14 @@ def test_task_reads_mock_data_through_the_pipeline(name, tmp_path):
         assert set(label.tolist()) <= set(want)  # every split mocks the same examples
 
 
+def test_vtab_names_cannot_replace_the_papers_tasks():
+    with pytest.raises(ValueError, match="already registered in the 'paper' tasks"):
+        tasks.register_task(tasks.Task(
+            name="cifar100", splits={"train": "train", "val": "train", "test": "test"},
+            num_classes=100, tfds_name="cifar100"), suite="vtab")
+    assert get_task("cifar100").split("val") == "train[98%:]"
+
+
 def test_markdown_table_is_in_readme():
     from pathlib import Path
 
@@ -342,6 +350,12 @@ def test_paper_tasks_keep_their_own_splits():
     assert get_task("vtab/cifar100").split("val") == "train[45000:]"
     assert get_task("oxford_iiit_pet").split("val") == "train[90%:]"
     assert get_task("vtab/pets").split("val") == "train[2944:]"
+    # Resisc45's percentages of 31500 examples fall on VTAB's indices: the same examples.
+    paper, spec = get_task("resisc45"), vtab.SPECS["resisc45"]
+    assert [paper.split(s) for s in ("train", "val", "test")] == [
+        "train[:60%]", "train[60%:80%]", "train[80%:]"]
+    for split in ("train", "val", "test"):
+        assert vtab.split_size(spec, paper.split(split)) == vtab.expected_sizes("resisc45")[split]
     assert get_task("kitti").label_fn == "kitti_distance"
     assert get_task("vtab/kitti_distance").splits == {
         "train": "train", "val": "validation", "test": "test", "trainval": "train+validation"}
