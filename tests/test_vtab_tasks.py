@@ -131,6 +131,28 @@ VTAB = {
                             "grey -> RGB"),
 }
 SPLITS = ("train", "val", "trainval", "test", "train800", "val200", "train800val200")
+# Examples per TFDS split (VTAB's *_test.py; TFDS catalog for oxford_iiit_pet 4.0.0).
+TFDS_SIZES = {
+    "caltech101": {"train": 3060, "test": 6084},
+    "cifar100": {"train": 50000, "test": 10000},
+    "dtd": {"train": 1880, "validation": 1880, "test": 1880},
+    "flowers102": {"train": 1020, "validation": 1020, "test": 6149},
+    "pets": {"train": 3680, "test": 3669},
+    "sun397": {"train": 76128, "validation": 10875, "test": 21750},
+    "svhn": {"train": 73257, "test": 26032},
+    "camelyon": {"train": 262144, "validation": 32768, "test": 32768},
+    "eurosat": {"train": 27000},
+    "resisc45": {"train": 31500},
+    "retinopathy": {"train": 35126, "validation": 10906, "test": 42670},
+    "clevr_count": {"train": 70000, "validation": 15000, "test": 15000},
+    "clevr_distance": {"train": 70000, "validation": 15000, "test": 15000},
+    "dmlab": {"train": 65550, "validation": 22628, "test": 22735},
+    "dsprites_location": {"train": 737280},
+    "dsprites_orientation": {"train": 737280},
+    "kitti_distance": {"train": 6347, "validation": 423, "test": 711},
+    "smallnorb_azimuth": {"train": 24300, "test": 24300},
+    "smallnorb_elevation": {"train": 24300, "test": 24300},
+}
 
 
 def test_nineteen_tasks_in_three_groups_and_two_variants():
@@ -172,6 +194,28 @@ def test_definition_matches_vtab(name):
                                          "trainval": train + val}
     assert vtab.expected_sizes(name, "vtab1k") == {"train": 800, "val": 200, "test": test,
                                                    "trainval": 1000}
+
+
+@pytest.mark.parametrize("name", list(VTAB))
+def test_tfds_reads_the_split_strings_as_vtab_counts_them(name):
+    """TFDS's own split arithmetic on every split string, given the TFDS split sizes."""
+    import tensorflow_datasets as tfds
+
+    infos = tfds.core.SplitDict([
+        tfds.core.SplitInfo(
+            name=k, shard_lengths=[n], num_bytes=0,
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir="/nowhere", dataset_name=name, split=k, filetype_suffix="tfrecord"),
+        )
+        for k, n in TFDS_SIZES[name].items()
+    ])
+    train, val, test = VTAB[name][6]
+    want = dict(zip(SPLITS, (train, val, train + val, test, 800, 200, 1000), strict=True))
+    spec = vtab.SPECS[name]
+    assert dict(spec.tfds_sizes) == TFDS_SIZES[name]
+    for key, split in zip(SPLITS, VTAB[name][5], strict=True):
+        assert infos[split].num_examples == want[key], (key, split)
+        assert vtab.split_size(spec, split) == want[key], (key, split)
 
 
 @pytest.mark.parametrize("name", list(VTAB))
