@@ -403,3 +403,18 @@ def test_paper_tasks_keep_their_own_splits():
     assert get_task("kitti").label_fn == "kitti_distance"
     assert get_task("vtab/kitti_distance").splits == {
         "train": "train", "val": "validation", "test": "test", "trainval": "train+validation"}
+
+
+def test_manual_downloads_fail_fast_with_the_fix(tmp_path):
+    from augreg_nb.tasks import DatasetNotReadyError
+
+    for name, needs in (("retinopathy", ("trainLabels.csv", "kaggle.com")),
+                        ("resisc45", ("NWPU-RESISC45", "1drv.ms"))):
+        task = get_task(f"vtab1k/{name}", data_dir=tmp_path)
+        with pytest.raises(DatasetNotReadyError) as err:
+            tasks.prepare(task)
+        msg = str(err.value)
+        assert all(n in msg for n in needs), msg
+        assert f"tfds build {task.tfds_name}" in msg
+    manual = {n for n in vtab.names() if vtab.SPECS[n].manual is not None}
+    assert manual == {"retinopathy", "resisc45"}
