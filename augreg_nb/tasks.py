@@ -12,6 +12,10 @@ with their warm-ups, learning rates). Reading and batching live in ``input_pipel
     mine = folder_task("~/photos")            # photos/<class>/*.jpg, seeded 80/10/10 split
     prepare(get_task("cifar100"))             # download + prepare once (network)
 
+The 19 VTAB tasks are registered too, as ``vtab1k/<name>`` and ``vtab/<name>`` (VTAB-1k
+and full splits, see ``augreg_nb.vtab``); ``list_tasks()`` lists the paper's sweep tasks,
+``list_tasks("vtab1k")`` the VTAB ones.
+
 Nothing downloads implicitly: reading a dataset that is not prepared fails at once with the
 command that prepares it. Resisc45 and ImageNet need a manual download first; ``prepare``
 then says which file to fetch and where to put it.
@@ -28,7 +32,7 @@ import difflib
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +124,12 @@ class Task:
     learning_rates: tuple[float, ...] = LEARNING_RATES
     image_key: str = "image"
     label_key: str = "label"
-    label_fn: str | None = None  # "kitti_distance": label computed from the kitti objects
+    # Label computed from the TFDS example instead of read from label_key: a callable
+    # (example dict of tensors -> int64 label tensor, run inside tf.data; see augreg_nb.vtab)
+    # or "kitti_distance" (from the kitti objects).
+    label_fn: str | Callable[[Mapping[str, Any]], Any] | None = None
+    # Applied to each decoded uint8 (H, W, 3) image, e.g. dSprites' 0/1 pixels -> 0/255.
+    image_fn: Callable[[Any], Any] | None = None
     manual: ManualDownload | None = None
     folder: FolderSplits | None = dataclasses.field(default=None, repr=False)
     description: str = ""
@@ -229,9 +238,26 @@ _ALIASES = {
 }
 
 
-def list_tasks() -> tuple[str, ...]:
-    """Names of the registered tasks (the paper's four transfer tasks and ImageNet-1k)."""
-    return tuple(_REGISTRY)
+#: registry name -> suite: "paper" (the paper's sweep), "vtab" / "vtab1k" (augreg_nb.vtab).
+_SUITES: dict[str, str] = dict.fromkeys(_REGISTRY, "paper")
+
+
+def register_task(task: Task, *, suite: str) -> None:
+    """Add ``task`` to the registry under ``task.name`` (lower case), in ``suite``."""
+    key = task.name.lower()
+    if key in _SUITES and _SUITES[key] != suite:
+        raise ValueError(f"{key!r} is already registered in the {_SUITES[key]!r} tasks")
+    _REGISTRY[key] = task
+    _SUITES[key] = suite
+
+
+def list_tasks(suite: str | None = "paper") -> tuple[str, ...]:
+    """Names of the registered tasks of ``suite`` (None: all).
+
+    "paper": the paper's four transfer tasks and ImageNet-1k; "vtab" / "vtab1k": the 19
+    VTAB tasks with full / VTAB-1k splits (``augreg_nb.vtab``).
+    """
+    return tuple(n for n in _REGISTRY if suite is None or _SUITES[n] == suite)
 
 
 def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
@@ -249,7 +275,8 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     close = difflib.get_close_matches(key, [*_REGISTRY, *_ALIASES], n=2)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown task {name!r}.{hint} Registered: {', '.join(_REGISTRY)}. Any TFDS dataset "
+        f"unknown task {name!r}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
+        "tasks (vtab/<name>, vtab1k/<name>, see augreg_nb.vtab). Any TFDS dataset "
         "works with tfds_task(name, train=..., val=..., test=...), a folder of images with "
         "folder_task(path)."
     )
@@ -532,3 +559,7 @@ def folder_task(
         folder=FolderSplits(str(base), tuple(names), files, on_error, layout),
         description=f"image folder {base} ({layout})",
     )
+
+
+# The VTAB tasks register themselves here (augreg_nb.vtab imports this module's names).
+from augreg_nb import vtab as _vtab  # noqa: E402,F401
