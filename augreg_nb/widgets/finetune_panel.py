@@ -18,7 +18,7 @@ The run is :func:`augreg_nb.train.finetune` with the paper's recipe
 momentum); ``micro_batches`` splits each step so it fits the accelerator's memory without
 changing the result. The run's folder keeps its state, so pressing Start again after an
 interruption resumes it. In smoke mode the choices are the ``smoke`` preset's: a tiny model
-from a fake checkpoint on scikit-learn's digits.
+from a fake checkpoint on the digits shipped with the package.
 """
 
 from __future__ import annotations
