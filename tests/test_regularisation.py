@@ -95,7 +95,8 @@ def test_drop_path_drops_whole_examples_without_rescaling():
 def _model_and_params(**rates):
     model = models.create_model("testing", num_classes=5, **rates)
     images = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
-    params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
+    params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(images)
+    params = params["params"]
     # The head starts at zero; give it weights so that the logits depend on the features.
     head = dict(params["head"])
     head["kernel"] = jax.random.normal(jax.random.PRNGKey(2), head["kernel"].shape)
@@ -110,13 +111,14 @@ def test_regularisation_adds_no_parameters_and_leaves_evaluation_unchanged():
     assert [(p, v.shape) for p, v in flat] == [(p, v.shape) for p, v in flat_reg]
     for (_, a), (_, b) in zip(flat, flat_reg, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    want = plain.apply({"params": params}, images, train=False)
-    got = reg.apply({"params": params}, images, train=False)
+    want = jax.jit(lambda p: plain.apply({"params": p}, images, train=False))(params)
+    got = jax.jit(lambda p: reg.apply({"params": p}, images, train=False))(params)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     # Training draws from the "dropout" rng: reproducible with the same key, different
     # from evaluation.
-    train = [reg.apply({"params": params}, images, train=True,
-                       rngs={"dropout": jax.random.PRNGKey(k)}) for k in (7, 7, 8)]
+    train_apply = jax.jit(lambda p, k: reg.apply({"params": p}, images, train=True,
+                                                 rngs={"dropout": k}))
+    train = [train_apply(params, jax.random.PRNGKey(k)) for k in (7, 7, 8)]
     np.testing.assert_array_equal(np.asarray(train[0]), np.asarray(train[1]))
     assert not np.allclose(np.asarray(train[0]), np.asarray(want))
     assert not np.allclose(np.asarray(train[0]), np.asarray(train[2]))
