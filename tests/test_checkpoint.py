@@ -211,8 +211,8 @@ def test_load_pretrained_uses_the_resolver(tmp_path, monkeypatch):
                                  resolution=64)
     calls = []
 
-    def fake_resolve(name_or_path, *, offline=None):
-        calls.append((name_or_path, offline))
+    def fake_resolve(name_or_path, *, offline=None, on_attempt=None):
+        calls.append((name_or_path, offline, on_attempt))
         return types.SimpleNamespace(path=path, source="local", layout="npz", name=name,
                                      attempts=[])
 
@@ -221,7 +221,7 @@ def test_load_pretrained_uses_the_resolver(tmp_path, monkeypatch):
         import augreg_nb.sources as module
     monkeypatch.setattr(module, "resolve_checkpoint", fake_resolve)
     model_name, params = ck.load_pretrained(name, num_classes=5, offline=True)
-    assert calls == [(name, True)]
+    assert calls == [(name, True, None)]
     assert model_name == "Ti/16"
     assert params["head"]["kernel"].shape == (192, 5)
     assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 192)
