@@ -195,7 +195,7 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
     """Accuracy and mean loss over every (unmasked) example of ``batches``."""
     correct = loss = count = 0
     for batch in batches:
-        c, l, n = eval_step(params, ts.put_batch(batch, mesh))
+        c, l, n = eval_step(params, ip.put_batch(batch, mesh))
         correct, loss, count = correct + c, loss + l, count + n
     count = int(count)
     if count == 0:
@@ -217,7 +217,7 @@ def fit(
 
     Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
     """
-    mesh = mesh if mesh is not None else ts.make_mesh()
+    mesh = mesh if mesh is not None else ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
     return _Run(config, apply_fn, params, data, Path(workdir), list(callbacks), mesh).fit()
 
@@ -287,7 +287,7 @@ class _Run:
         batches = self.data.train_batches(start + 1)
         clock = _Clock(start)
         for step in range(start + 1, config.total_steps + 1):
-            batch = ts.put_batch(next(batches), self.mesh)
+            batch = ip.put_batch(next(batches), self.mesh)
             with explain_oom(lambda step=step: f"out of accelerator memory at step {step}: "
                              f"{oom_advice(config, self.num_devices)}"):
                 self.state, metrics = self.train_step(self.state, batch)
@@ -507,7 +507,7 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
         logger.debug("%s: not reusable as a finished run (%s)", state_path, err)
         return None
     history = History(meta.get("history", [])).frame()
-    mesh = mesh if mesh is not None else ts.make_mesh()
+    mesh = mesh if mesh is not None else ip.data_mesh()
     callbacks = list(callbacks)
     callbacks_lib.dispatch(callbacks, "on_train_begin", {
         "total_steps": config.total_steps, "start_step": config.total_steps,
@@ -526,7 +526,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     Resumes from ``config.workdir`` when it holds a state of the same recipe; a finished
     run returns its saved result without training. See the module docstring.
     """
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
     workdir = Path(config.workdir) if config.workdir else config_lib.default_workdir(config)
     workdir.mkdir(parents=True, exist_ok=True)
