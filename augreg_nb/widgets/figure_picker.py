@@ -30,7 +30,9 @@ import pandas as pd
 
 from augreg_nb import figures, names
 from augreg_nb.figures.registry import FIGURES
+from augreg_nb.figures.synthetic import paper_index
 from augreg_nb.widgets.common import MessageArea, message_html, show_figure
+from augreg_nb.widgets.finetune_panel import read_results
 
 #: Item -> label in the picker: every entry of the figure registry.
 ITEMS: dict[str, str] = {key: e.label for key, e in FIGURES.items()}
@@ -160,8 +162,6 @@ class FigurePicker:
         the paper's numbers (:func:`augreg_nb.figures.synthetic.paper_index`), marked so."""
         index = session.index
         if session.smoke:
-            from augreg_nb.figures.synthetic import paper_index
-
             index = paper_index().copy()
             index.attrs["synthetic"] = True
             index.attrs["provenance"] = {
@@ -173,7 +173,6 @@ class FigurePicker:
         """Own result rows from ``results_csv`` (None when off or there are none)."""
         if not self.overlay.value or self.results_csv is None:
             return None
-        from augreg_nb.widgets.finetune_panel import read_results
 
         rows = read_results(self.results_csv)
         return rows if len(rows) else None
