@@ -152,3 +152,23 @@ def test_lower_bounds_are_the_tested_colab_versions(name):
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     (dep,) = [Requirement(d) for d in deps if Requirement(d).name == name]
     assert str(dep.specifier) == f">={_colab_versions()[name]}"
+
+
+def test_uploads_in_the_ipywidgets_7_format_colab_has():
+    """ipywidgets 7's FileUpload value is ``{name: {"metadata": {...}, "content": bytes}}``
+    (8's: a tuple of dicts with ``name``); the inference panel reads both."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from augreg_nb.widgets import inference_panel as ip
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :4] = 255
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    meta = {"name": "half.png", "type": "image/png", "size": len(buf.getvalue()),
+            "lastModified": 0}
+    got = ip.uploaded_images({"half.png": {"metadata": meta, "content": buf.getvalue()}})
+    np.testing.assert_array_equal(np.asarray(got["half.png"]), image)

@@ -9,7 +9,8 @@ Steps, each timed:
 
 1. Build a virtual environment with Python 3.13 (Colab's) from the shipped version list
    ``colab-runtime-*.txt`` (the newest one here), used as requirements *and* as pip
-   constraints; record ``pip freeze``.
+   constraints, with ``pins.txt`` (versions the list does not name but Colab's image needs,
+   each with its reason) as further constraints; record ``pip freeze``.
 2. Run the notebooks' install cell in IPython there, as Colab runs it: ``google.colab`` is
    loaded, the modules a Colab kernel has imported at start are imported, and the cell's
    ``git+https`` address is replaced by this checkout (``file://``); every other pip argument
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PINS = HERE / "pins.txt"
 REPO = HERE.parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -49,9 +51,9 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 ALLOWED_CHANGES: dict[str, str] = {}
 
 #: What the tests need beyond Colab's list (pytest, nbclient, nbformat, scipy, scikit-learn
-#: and ipykernel are Colab's own): the options in pyproject's pytest addopts, and ruff for
-#: the lint test.
-TEST_TOOLS = ("pytest-socket>=0.7", "pytest-timeout>=2.3", "ruff>=0.6")
+#: and ipykernel are Colab's own): the options in pyproject's pytest addopts, ruff for the
+#: lint test, xdist to use both cores of a CI machine.
+TEST_TOOLS = ("pytest-socket>=0.7", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff>=0.6")
 
 #: Modules a Colab kernel has loaded before the first cell runs (besides IPython and
 #: ipykernel): the install must not replace them under it.
@@ -59,7 +61,8 @@ KERNEL_IMPORTS = ("ipywidgets", "numpy", "pandas", "matplotlib", "PIL", "request
 
 #: The tests that run there: the unit tests that are not slow, no browser test, and every
 #: notebook test (the execution of 02 and 04 is marked slow).
-PYTEST_ARGS = ("-m", "not browser", "-k", "not slow or test_notebooks", "-p", "no:cacheprovider",
+PYTEST_ARGS = ("--ignore=tests/browser", "-m", "not browser", "-k", "not slow or test_notebooks",
+               "-p", "no:cacheprovider",
                "--import-mode=append", "-q")
 
 GIT_ADDRESS = re.compile(r"git\+https://[^\"'\s@]+@\{AUGREG_NB_REF\}")
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path,
                         help="work in this folder (venv/, the pip freezes) and keep it")
     parser.add_argument("--no-cache", action="store_true", help="pip --no-cache-dir (cold)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="pytest-xdist workers for the tests (default: 2, a CI machine)")
     args = parser.parse_args(argv)
 
     listed = version_list()
@@ -230,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     try:
         steps.run("environment", [python, "-m", "venv", str(env)], check=True)
-        steps.run("Colab's versions", [*pip, "install", *quiet, "-c", str(listed),
-                                       "-r", str(listed)], check=True)
+        constraints = ["-c", str(listed), "-c", str(PINS)]
+        steps.run("Colab's versions", [*pip, "install", *quiet, *constraints, "-r", str(listed)],
+                  check=True)
         before = parse_freeze(freeze(pip, work / "freeze-colab.txt"))
 
         cell_file = work / "install_cell.py"
@@ -255,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append("the install cell changed preinstalled packages: "
                             + ", ".join(line[2:] for line in changed))
 
-        steps.run("test tools", [*pip, "install", *quiet, "-c", str(listed), *TEST_TOOLS],
-                  check=True)
+        steps.run("test tools", [*pip, "install", *quiet, *constraints, *TEST_TOOLS], check=True)
         tools = parse_freeze(freeze(pip, work / "freeze-with-test-tools.txt"))
         moved, _, _ = freeze_diff(after, tools, allowed={})
         if moved:
@@ -267,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True, cwd=work).stdout.strip()
         print(f"tests import augreg_nb from {where}")
         proc = steps.run("unit tests and the four notebooks (smoke mode)",
-                         [str(bin_ / "pytest"), *PYTEST_ARGS], cwd=REPO)
+                         [str(bin_ / "pytest"), *PYTEST_ARGS, "-n", str(args.workers)],
+                         cwd=REPO)
         if proc.returncode != 0:
             failures.append(f"pytest failed (exit status {proc.returncode})")
     finally:
