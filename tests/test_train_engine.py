@@ -286,7 +286,8 @@ def test_progress_bar_shows_loss_lr_speed_and_evaluations(tmp_path):
     from augreg_nb.callbacks import ProgressBar
 
     stream = io.StringIO()
-    bar = ProgressBar(file=stream, mininterval=0)
+    # A fixed width: tqdm cuts the postfix to the terminal's ($COLUMNS), which varies.
+    bar = ProgressBar(file=stream, mininterval=0, dynamic_ncols=False, ncols=300)
     run(small_config(total_steps=20, eval_every=10), tmp_path, callbacks=[bar])
     text = stream.getvalue()
     assert "20/20" in text and "loss=" in text and "lr=" in text and "img/s=" in text
