@@ -2,7 +2,7 @@
 
 Run from a checkout (standard library only; ``.ci/run`` runs it before the test suite)::
 
-    python3 tests/colab/check.py                  # about 6 minutes on 2 cores
+    python3 tests/colab/check.py                  # about 6 minutes on 2 free cores
     python3 tests/colab/check.py --python /path/to/python3.13 --keep /tmp/colab-env
 
 Steps, each timed:
