@@ -11,10 +11,13 @@ results and runs are written, and (in smoke mode) the fake sources. Nothing here
 anything or starts a training run.
 
 Colab
-    The notebooks' first cell installs the package only when ``google.colab`` is loaded,
-    without the ``tf`` extra (Colab ships TensorFlow; installing ``tensorflow-cpu`` next to
-    it would replace the same module), and turns on Colab's custom widget manager, which
-    ipywidgets 8 needs there: see :data:`COLAB_INSTALL` and :func:`enable_colab_widgets`.
+    The notebooks' first cell installs the package only when ``google.colab`` is loaded, at
+    the release :data:`COLAB_REF`, without extras (Colab ships TensorFlow; installing
+    ``tensorflow-cpu`` next to it would replace the same module), and says in one line
+    whether the session must restart (:mod:`augreg_nb.colab`). Colab's own versions satisfy
+    every requirement, so the install adds packages but changes none of Colab's (the check
+    in ``tests/colab/`` proves it). Colab renders ipywidgets 7 with its own widget manager;
+    only ipywidgets 8 needs the custom one: see :func:`enable_colab_widgets`.
 
 Smoke mode (``AUGREG_NB_SMOKE=1``)
     The notebooks run top to bottom offline in about a minute on two CPU cores: the index is
@@ -38,14 +41,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from augreg_nb import __version__
 from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, env_flag
 
 logger = logging.getLogger(__name__)
 
 #: The repository the notebooks are published from.
 REPOSITORY = "https://github.com/augreg-nb/augreg_nb"
-#: pip requirement the Colab cell installs: no ``tf`` extra, Colab has TensorFlow already.
-COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}"
+#: The git tag the Colab cell installs by default: this release (``AUGREG_NB_REF`` there).
+COLAB_REF = f"v{__version__}"
+#: pip requirement the Colab cell installs, no extras (Colab has TensorFlow already);
+#: IPython's ``%pip`` fills in the cell's ``AUGREG_NB_REF`` (a tag, a branch or a commit).
+COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}@{{AUGREG_NB_REF}}"
 #: Where Colab opens the notebooks from.
 COLAB_URL = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
 
@@ -67,8 +74,11 @@ def colab_badge(notebook: str) -> str:
 
 
 def enable_colab_widgets() -> bool:
-    """Turn on Colab's custom widget manager (ipywidgets 8 needs it); False outside Colab."""
-    if not in_colab():
+    """Turn on Colab's custom widget manager where ipywidgets 8 is installed (Colab renders
+    its own ipywidgets 7 without it); False outside Colab or with ipywidgets 7."""
+    from importlib.metadata import version
+
+    if not in_colab() or int(version("ipywidgets").split(".")[0]) < 8:
         return False
     from google.colab import output  # type: ignore[import-not-found]
 

@@ -23,7 +23,8 @@ NOTEBOOKS = (
 #: Cells that may not run headless (none).
 SKIP_HEADLESS: tuple[str, ...] = ()
 COLAB = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
-INSTALL = 'pip install -q "augreg_nb @ git+https://github.com/augreg-nb/augreg_nb"'
+INSTALL = ('%pip install -q '
+           '"augreg_nb @ git+https://github.com/augreg-nb/augreg_nb@{AUGREG_NB_REF}"')
 # nbclient's per-cell limit. How long each notebook takes is measured by the benchmarks
 # (`python -m bench --only notebooks`), not asserted here: timings are no test outcome.
 CELL_TIMEOUT_S = 120
@@ -51,11 +52,12 @@ def test_notebook_shape(name):
     assert first.cell_type == "markdown"
     assert f"({COLAB}{name})" in first.source and "colab-badge.svg" in first.source
     code = _code(nb)
-    # 1. installs only in Colab, without the [tf] extra, and enables the widget manager.
+    # 1. installs a pinned release only in Colab, without extras, and says whether to restart.
     setup = code[0].source
     assert 'if "google.colab" in sys.modules:' in setup
-    assert INSTALL in setup and "[tf]" not in setup.split("\n", 2)[-1]
-    assert "output.enable_custom_widget_manager()" in setup
+    assert INSTALL in setup and "[" not in setup.split("\n", 3)[-1]
+    assert "print(restart_note(before))" in setup
+    assert "enable_custom_widget_manager" not in setup  # Colab's ipywidgets 7 needs none
     # 2. the device report.
     assert "nb.device_report()" in code[1].source
     # 3. one parameters cell of literal assignments with Colab forms.
@@ -221,11 +223,12 @@ def test_colab_helpers_match_the_notebooks():
     from augreg_nb import notebook as nbh
 
     assert not nbh.in_colab() and nbh.enable_colab_widgets() is False
-    assert "[tf]" not in nbh.COLAB_INSTALL
+    assert "[" not in nbh.COLAB_INSTALL
     for name in NOTEBOOKS:
         nb = _read(name)
         assert nbh.colab_badge(name) in nb.cells[0].source
         assert f'"{nbh.COLAB_INSTALL}"' in _code(nb)[0].source
+        assert f'AUGREG_NB_REF = "{nbh.COLAB_REF}"' in _code(nb)[0].source
 
 
 def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkeypatch):

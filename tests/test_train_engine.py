@@ -154,7 +154,6 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
     out = run_python(
         """
         import json, tempfile, jax, numpy as np
-        from jax.sharding import PartitionSpec as P
         from augreg_nb import train_step as ts
         from tests.test_train_engine import run, small_config, leaves, init_params
         assert jax.device_count() == 8
@@ -170,24 +169,25 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
         print(json.dumps({
             "diff": diff,
             "loss_diff": float(np.max(np.abs(a.history.loss.values - b.history.loss.values))),
-            "batch_spec": str(batch.sharding.spec),
+            "batch_spec": list(batch.sharding.spec),
             "batch_shards": sorted({s.data.shape[0] for s in batch.addressable_shards}),
             "batch_devices": len({s.device for s in batch.addressable_shards}),
             "params_replicated": all(x.sharding.is_fully_replicated
                                      for x in jax.tree.leaves(params)),
             "params_devices": len(jax.tree.leaves(params)[0].sharding.device_set),
-            "big_spec": str(sharded["w"].spec), "small_spec": str(sharded["b"].spec),
+            "big_spec": list(sharded["w"].spec), "small_spec": list(sharded["b"].spec),
         }))
         """,
         devices=8,
     )
     res = json.loads(out.strip().splitlines()[-1])
     assert res["diff"] < 1e-5 and res["loss_diff"] < 1e-5
-    assert res["batch_spec"] == "P('data',)"
+    # The spec's entries, not its text: PartitionSpec's repr differs across jax versions.
+    assert res["batch_spec"] == ["data"]
     assert res["batch_shards"] == [4] and res["batch_devices"] == 8  # 32 images / 8
     assert res["params_replicated"] and res["params_devices"] == 8
-    assert res["big_spec"] == "P(None, 'data')"
-    assert res["small_spec"] == "P()"
+    assert res["big_spec"] == [None, "data"]
+    assert res["small_spec"] == []
 
 
 class _StopAt(Callback):
@@ -309,7 +309,8 @@ def test_progress_bar_shows_loss_lr_speed_and_evaluations(tmp_path):
     from augreg_nb.callbacks import ProgressBar
 
     stream = io.StringIO()
-    bar = ProgressBar(file=stream, mininterval=0)
+    # A fixed width: tqdm cuts the postfix to the terminal's ($COLUMNS), which varies.
+    bar = ProgressBar(file=stream, mininterval=0, dynamic_ncols=False, ncols=300)
     run(small_config(total_steps=20, eval_every=10), tmp_path, callbacks=[bar])
     text = stream.getvalue()
     assert "20/20" in text and "loss=" in text and "lr=" in text and "img/s=" in text
