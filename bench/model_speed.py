@@ -69,8 +69,9 @@ def forward_fn(name: str, batch: int, resolution: int, dtype=None) -> Callable[[
     return lambda: apply(params, images).block_until_ready()
 
 
-def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
-    """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``."""
+def train_fn(name: str, batch: int, resolution: int, dtype=None) -> Callable[[], None]:
+    """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``
+    (``dtype``: the model's compute dtype, float32 by default)."""
     import jax
 
     from augreg_nb import train_step as ts
@@ -79,7 +80,7 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
     from augreg_nb.train_state import TrainState
 
     config = get_config(RECIPE_PRESET)
-    model = create_model(name, TRAIN_CLASSES)
+    model = create_model(name, TRAIN_CLASSES, dtype=dtype)
     mesh = ts.make_mesh()
     tx = ts.optimizer_from_config(config)
     params = _params(name, TRAIN_CLASSES, resolution)
@@ -155,10 +156,13 @@ def reference_fns(name: str, batch: int, resolution: int) -> tuple[Callable, Cal
 
 def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
                repeats: int, peers: Sequence[str] = ("reference", "timm", "gradient"),
-               torch_python: str | None = None, peer_model: str = "Ti/16") -> list[Row]:
+               torch_python: str | None = None, peer_model: str = "Ti/16",
+               peak_flops: float | None = None) -> list[Row]:
     """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
-    ``peer_model`` (timm only for Ti/16)."""
+    ``peer_model`` (timm only for Ti/16). With ``peak_flops`` (the machine's measured
+    matmul peak, FLOP/s) each row also gives its fraction of that roofline."""
     from bench import torch_worker
+    from bench.roofline import forward_flops, roofline_fraction, train_flops
 
     section = "model" if mode == "forward" else "train"
     rows: list[Row] = []
@@ -188,8 +192,17 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         rate = {k: batch / median(v) for k, v in times.items()}
         best = {k: batch / min(v) for k, v in times.items()}
         label = f"{name} {mode}"
+        flops = (forward_flops(name, resolution, FORWARD_CLASSES) if mode == "forward"
+                 else train_flops(name, resolution, TRAIN_CLASSES))
+        roof = ({k: roofline_fraction(r, flops, peak_flops) for k, r in rate.items()}
+                if peak_flops else {})
         extra = {"batch": batch, "resolution": resolution, "dtype": "float32",
-                 "seconds": times["ours"], "best_img_per_s": best["ours"]}
+                 "seconds": times["ours"], "best_img_per_s": best["ours"],
+                 "model_flops_per_image": flops}
+        if roof:
+            extra["roofline_fraction"] = roof["ours"]
+            extra["matmul_peak_flops"] = peak_flops
+            notes.append(f"{roof['ours']:.0%} of roofline")
         if diff is not None:
             extra["max_abs_logit_diff_vs_reference"] = diff
         if "gradient only" in rate:
@@ -209,7 +222,12 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         rows.append(Row(section, label, rate["ours"], "img/s", "; ".join(notes), extra))
         for peer in ("gradient only", "reference", "timm"):
             if peer in rate:
+                peer_extra = {"seconds": times[peer], "best_img_per_s": best[peer]}
+                roof_note = ""
+                if roof:
+                    peer_extra["roofline_fraction"] = roof[peer]
+                    roof_note = f"; {roof[peer]:.0%} of roofline"
                 rows.append(Row(section, f"{name} {mode} [{peer}]", rate[peer], "img/s",
-                                f"best {best[peer]:.1f}; same rounds as the row above",
-                                {"seconds": times[peer], "best_img_per_s": best[peer]}))
+                                f"best {best[peer]:.1f}{roof_note}; same rounds as the row "
+                                "above", peer_extra))
     return rows

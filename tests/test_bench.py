@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bench import __main__ as bench_main
+from bench import roofline as bench_roofline
 from bench.common import Row, format_table, time_interleaved
 
 
@@ -147,6 +148,16 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
     queries = [r for r in doc["rows"] if r["section"] == "index" and r["unit"] == "ms"]
     assert len(queries) >= 6 and all(r["value"] > 0 for r in queries)
     assert "testing forward" in doc["table"]
+    # The matmul peak of the same run, and each model row's share of it.
+    peak = next(r for r in doc["rows"] if r["section"] == "roofline")
+    assert peak["unit"] == "GFLOP/s" and peak["value"] > 0
+    for name in ("testing forward", "testing train", "testing train [reference]"):
+        row = rows[name]
+        flops = (bench_roofline.forward_flops("testing", 32, 1000) if "forward" in name
+                 else bench_roofline.train_flops("testing", 32, 100))
+        assert row["extra"]["roofline_fraction"] == pytest.approx(
+            row["value"] * flops / (peak["value"] * 1e9))
+    assert "of roofline" in forward["note"]
 
 
 def test_missing_torch_interpreter_is_a_note_not_an_error(tmp_path):
@@ -161,3 +172,108 @@ def test_unknown_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_main.parse_args(["--only", "model,speed"])
     assert "unknown section" in capsys.readouterr().err
+
+
+# --- model FLOPs, roofline and the device section --------------------------------------------
+
+
+def _xla_flops_per_image(name, resolution, classes, train):
+    from augreg_nb.models import create_model
+    from bench.roofline import xla_flops
+
+    batch = 2
+    model = create_model(name, classes)
+    x = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)
+    p = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x)["params"], x)
+    if train:
+        fn = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply({"params": p}, x, train=True))))
+    else:
+        fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    return xla_flops(fn, p, x) / batch
+
+
+@pytest.mark.parametrize(("name", "resolution"), [
+    ("testing", 32), ("Ti/16", 224), ("testing-hybrid", 32), ("R+Ti/16", 224)])
+def test_forward_flops_formula_agrees_with_xla_cost_analysis(name, resolution):
+    from bench.roofline import forward_flops
+
+    # XLA also counts element-wise work (softmax, GELU, norms), which the model-FLOPs
+    # convention leaves out: its count is a little above the formula's, never below.
+    ratio = _xla_flops_per_image(name, resolution, 1000, False) / forward_flops(
+        name, resolution, 1000)
+    assert 1.0 <= ratio <= 1.12, ratio
+
+
+def test_train_flops_are_three_forward_passes_as_xla_counts_them():
+    from bench.roofline import forward_flops, train_flops
+
+    assert train_flops("Ti/16", 224, 100) == 3 * forward_flops("Ti/16", 224, 100)
+    ratio = _xla_flops_per_image("Ti/16", 224, 100, True) / train_flops("Ti/16", 224, 100)
+    assert 0.97 <= ratio <= 1.05, ratio
+
+
+def test_forward_flops_of_ti16_by_hand():
+    from bench.roofline import forward_flops
+
+    # 196 patches of 16*16*3 -> 192, 197 tokens, 12 blocks of width 192 and MLP 768.
+    t, d, m = 197, 192, 768
+    block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * m
+    want = 2 * 196 * 768 * d + 12 * block + 2 * d * 1000
+    assert forward_flops("Ti/16", 224, 1000) == want
+    # B/16 at 384 px: 577 tokens; about 3x its 224 px cost plus the longer attention.
+    assert 3.0 < forward_flops("B/16", 384) / forward_flops("B/16", 224) < 3.3
+
+
+def test_matmul_peak_and_roofline_fraction():
+    from bench.roofline import matmul_peak, roofline_fraction
+
+    res = matmul_peak(size=128, repeats=3)
+    assert res["peak_flops"] >= res["median_flops"] > 0 and len(res["seconds"]) == 3
+    assert roofline_fraction(50.0, 2e9, 200e9) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("kind", "dtype", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989), ("NVIDIA H100 PCIe", "bfloat16", 756),
+    ("NVIDIA H200", "float32", 495), ("NVIDIA A100-SXM4-40GB", "bfloat16", 312),
+    ("Tesla V100-SXM2-16GB", "float16", 125), ("Tesla T4", "float32", 8.1),
+    ("NVIDIA L4", "bfloat16", 121), ("TPU v4", "bfloat16", 275),
+    ("TPU v5 lite", "bfloat16", 197), ("TPU v5p", "float32", 459),
+    ("TPU v6 lite", "bfloat16", 918)])
+def test_device_peaks_by_device_kind(kind, dtype, tflops):
+    from bench.device_speed import device_peak_flops
+
+    assert device_peak_flops(kind, dtype) == pytest.approx(tflops * 1e12)
+
+
+def test_unknown_device_has_no_peak():
+    from bench.device_speed import device_peak_flops
+
+    assert device_peak_flops("cpu", "float32") is None
+    assert device_peak_flops("Some Future Accelerator", "bfloat16") is None
+
+
+def test_device_section_without_accelerator_says_so_and_exits_zero(tmp_path, capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("an accelerator is present")
+    out = tmp_path / "results.json"
+    assert bench_main.main(["--only", "device", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["section"] == "device" and row["value"] is None
+    assert "no accelerator" in row["note"]
+    assert "no accelerator" in capsys.readouterr().out
+
+
+def test_device_machinery_on_cpu_with_a_tiny_model():
+    from bench.device_speed import run_device
+    from bench.roofline import train_flops
+
+    rows = run_device(["testing"], ["float32", "bfloat16"], resolution=32, batch=4,
+                      repeats=2, allow_cpu=True)
+    assert [r.name for r in rows] == ["testing 32px float32 train step",
+                                      "testing 32px bfloat16 train step"]
+    for row in rows:
+        assert row.value > 0, row.note
+        assert row.extra["batch"] == 4 and len(row.extra["seconds"]) == 2
+        assert row.extra["train_flops_per_image"] == train_flops("testing", 32, 100)
+        assert row.extra["attention"] == "cpu"
+        assert row.extra["mfu"] is None and "MFU unknown" in row.note
