@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forward-models", type=_csv, default=list(FORWARD_MODELS))
     p.add_argument("--train-models", type=_csv, default=list(TRAIN_MODELS))
     p.add_argument("--peers", type=_csv, default=["reference", "timm", "gradient"],
-                   help="comparisons next to Ti/16: reference, timm, gradient (or none)")
+                   help="comparisons next to Ti/16: reference, timm, gradient (or none); "
+                        "also our attention variants batched-attention, "
+                        "head-by-head-attention, xla-attention")
     p.add_argument("--peer-model", default="Ti/16",
                    help="the model timed next to its peers (timm exists for Ti/16 only)")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
@@ -166,9 +168,10 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
             return [Row("torch", "timm ViT-Ti/16 comparison", None, "img/s", why)]
         worker.close()
         rows = []
+        variants = [p for p in peers if p.endswith("-attention")]
         for mode in ("forward", "train"):
             rows += run_models(mode, ["Ti/16"], batch=args.batch, resolution=args.resolution,
-                               repeats=args.repeats, peers=["reference", "timm"],
+                               repeats=args.repeats, peers=["reference", "timm", *variants],
                                torch_python=args.torch_python, peak_flops=peak)
         for row in rows:
             row.section = "torch"
