@@ -125,7 +125,8 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
     code = bench_main.main([
         "--only", "model,train,index", "--forward-models", "testing",
         "--train-models", "testing", "--peer-model", "testing", "--resolution", "32",
-        "--batch", "4", "--repeats", "2", "--peers", "reference,timm,gradient",
+        "--batch", "4", "--repeats", "2",
+        "--peers", "reference,timm,gradient,batched-attention,xla-attention",
         "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
     ])
     assert code == 0
@@ -142,6 +143,10 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
         forward["value"] / rows["testing forward [reference]"]["value"])
     assert rows["testing train"]["value"] > 0 and rows["testing train [reference]"]["value"] > 0
     assert rows["testing train [gradient only]"]["value"] > 0
+    for variant in ("batched-attention", "xla-attention"):
+        assert rows[f"testing forward [{variant}]"]["value"] > 0
+        assert rows["testing train"]["extra"][f"ratio_vs_{variant}"] == pytest.approx(
+            rows["testing train"]["value"] / rows[f"testing train [{variant}]"]["value"])
     assert "step/gradient" in rows["testing train"]["note"]
     load = next(r for r in doc["rows"] if r["name"].startswith("load_index from cache"))
     assert load["extra"]["rows"] == 51509 and load["unit"] == "s"
