@@ -125,3 +125,19 @@ def test_bad_attention_choices_are_refused_with_the_fix():
         models.resolve_attention_impl("cudnn", jnp.float32, "gpu")
     with pytest.raises(ValueError, match="unknown attention_impl 'flash'.*auto, cpu, xla"):
         models.create_model("testing", 3, attention_impl="flash")
+
+
+def test_bfloat16_runs_on_both_paths_and_stays_close_to_float32():
+    # The accelerators' usual dtype: the fused path and the CPU path agree within
+    # bfloat16 rounding, and both stay near the float32 logits.
+    params = unflatten(fake_params("testing", num_classes=5, resolution=32))
+    images = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    out = {}
+    for impl in ("cpu", "xla"):
+        model = models.create_model("testing", 5, dtype=jnp.bfloat16, attention_impl=impl)
+        out[impl] = jax.jit(lambda p, m=model: m.apply({"params": p}, images))(params)
+    want = models.create_model("testing", 5).apply({"params": params}, images)
+    scale = float(jnp.max(jnp.abs(want)))
+    for impl, got in out.items():
+        assert got.dtype == jnp.float32
+        assert float(jnp.max(jnp.abs(got - want))) <= 0.05 * scale, impl
