@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     """Run the chosen sections; returns the JSON document (also written to ``args.out``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "device" in args.only:
+        # The device section measures in child interpreters; this one must not reserve
+        # most of a GPU's memory for itself when it starts JAX (machine_info below).
+        from bench.device_speed import keep_parent_memory_small
+
+        keep_parent_memory_small()
     from bench.common import format_table, machine_info
 
     doc = {"machine": machine_info(), "settings": {

@@ -15,7 +15,10 @@ once to compile, then times ``repeats`` steps. Reported per step:
   when ``--torch-python`` has a CUDA build (autocast for bfloat16; TF32 allowed for float32,
   as JAX's default precision uses it), timed after the JAX run in its own interpreter.
 
-A batch that does not fit is halved until it does (down to 8), and the row says so.
+A batch that does not fit is halved until it does (down to 8), and the row says so. The
+bench process itself starts JAX without reserving GPU memory (the children need it). On a
+TPU host, whose chips one process at a time can open, the measurements run in the bench
+process instead, so peak memory there is cumulative over the run.
 Without an accelerator (JAX's backend is the CPU) the section reports that and returns.
 """
 
@@ -29,6 +32,9 @@ import time
 
 from bench.common import REPO, Row, median
 
+#: JAX reserves 75 % of a GPU's memory when it starts unless this is "false".
+PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
+PREALLOCATE_SET_BY_BENCH = "AUGREG_NB_BENCH_SET_PREALLOCATE"
 DEVICE_MODELS = ("B/16", "L/16")
 DEVICE_RESOLUTION = 384
 DEVICE_DTYPES = ("float32", "bfloat16")
@@ -101,10 +107,13 @@ def run_device(models=DEVICE_MODELS, dtypes=DEVICE_DTYPES, *, resolution=DEVICE_
     device, why = accelerator()
     if device is None and not allow_cpu:
         return [Row("device", "fine-tuning step on an accelerator", None, "img/s", why)]
+    # A TPU host opens its chips in one process only, and this one holds them already:
+    # measure in this interpreter (peak memory is then the process's, cumulative).
+    in_process = device is not None and device.platform == "tpu"
     rows = []
     for name in models:
         for dtype in dtypes:
-            res = _run_ours(name, dtype, resolution, batch, repeats)
+            res = _run_ours(name, dtype, resolution, batch, repeats, in_process)
             rows.append(_row(f"{name} {resolution}px {dtype} train step", res))
             if device is not None and device.platform == "gpu" and name in TIMM_ARCH:
                 timm = _run_timm(name, dtype, resolution, res.get("batch", batch), repeats,
@@ -132,24 +141,51 @@ def _oom(text: str) -> bool:
                                    "OutOfMemory"))
 
 
-def _run_ours(name: str, dtype: str, resolution: int, batch: int, repeats: int) -> dict:
+def _run_ours(name: str, dtype: str, resolution: int, batch: int, repeats: int,
+              in_process: bool = False) -> dict:
     first = batch
     while True:
-        args = json.dumps({"model": name, "dtype": dtype, "resolution": resolution,
-                           "batch": batch, "repeats": repeats})
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        out = subprocess.run([sys.executable, "-m", "bench.device_speed", args], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=1800)
-        if out.returncode == 0:
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            if batch != first:
-                res["halved_from"] = first
-            return res
-        if _oom(out.stderr) and batch // 2 >= MIN_BATCH:
-            batch //= 2
-            continue
-        return {"batch": batch, "error": f"failed: {out.stderr.strip()[-300:]}"}
+        options = {"model": name, "dtype": dtype, "resolution": resolution,
+                   "batch": batch, "repeats": repeats}
+        if in_process:
+            try:
+                res = _child(options)
+                res["peak_memory_note"] = "cumulative over the bench process"
+            except Exception as err:  # noqa: BLE001 - reported in the table
+                if _oom(str(err)) and batch // 2 >= MIN_BATCH:
+                    batch //= 2
+                    continue
+                return {"batch": batch, "error": f"failed: {str(err)[-300:]}"}
+        else:
+            res = _run_child(options)
+            if res.get("oom") and batch // 2 >= MIN_BATCH:
+                batch //= 2
+                continue
+        if batch != first and not res.get("error"):
+            res["halved_from"] = first
+        return res
+
+
+def _run_child(options: dict) -> dict:
+    """One measurement in a fresh interpreter (its own device memory and peak)."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if env.pop(PREALLOCATE_SET_BY_BENCH, None):
+        env.pop(PREALLOCATE_ENV, None)  # the child allocates as a user's run would
+    out = subprocess.run([sys.executable, "-m", "bench.device_speed", json.dumps(options)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode == 0:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    return {"batch": options["batch"], "oom": _oom(out.stderr),
+            "error": f"failed: {out.stderr.strip()[-300:]}"}
+
+
+def keep_parent_memory_small() -> None:
+    """Before this interpreter starts JAX: do not reserve most of a GPU's memory, which the
+    child interpreters measure with (only when the user has not chosen otherwise)."""
+    if PREALLOCATE_ENV not in os.environ:
+        os.environ[PREALLOCATE_ENV] = "false"
+        os.environ[PREALLOCATE_SET_BY_BENCH] = "1"
 
 
 def _run_timm(name, dtype, resolution, batch, repeats, torch_python, device_kind) -> dict:

@@ -299,3 +299,31 @@ def test_latency_section_runs_three_fresh_interpreters_on_one_cache():
     assert off["top1"] == cold["top1"] == warm["top1"]
     assert off["cache_files"] == 0
     assert "shorter than cold" in rows[2].note
+
+
+def test_device_measurement_in_process_as_on_a_tpu_host():
+    from bench.device_speed import _run_ours
+
+    res = _run_ours("testing", "float32", 32, 4, 2, in_process=True)
+    assert res["img_per_s"] > 0 and res["batch"] == 4 and len(res["seconds"]) == 2
+    assert "cumulative" in res["peak_memory_note"]
+
+
+def test_bench_keeps_its_own_gpu_reservation_small_but_not_the_childrens():
+    import os
+    from unittest import mock
+
+    from bench import device_speed
+
+    with mock.patch.dict(os.environ):  # restores every variable afterwards
+        os.environ.pop(device_speed.PREALLOCATE_ENV, None)
+        os.environ.pop(device_speed.PREALLOCATE_SET_BY_BENCH, None)
+        device_speed.keep_parent_memory_small()
+        assert os.environ[device_speed.PREALLOCATE_ENV] == "false"
+        assert os.environ[device_speed.PREALLOCATE_SET_BY_BENCH] == "1"
+        # A user's own choice is left alone.
+        os.environ[device_speed.PREALLOCATE_ENV] = "true"
+        os.environ.pop(device_speed.PREALLOCATE_SET_BY_BENCH)
+        device_speed.keep_parent_memory_small()
+        assert os.environ[device_speed.PREALLOCATE_ENV] == "true"
+        assert device_speed.PREALLOCATE_SET_BY_BENCH not in os.environ
