@@ -10,7 +10,9 @@ once to compile, then times ``repeats`` steps. Reported per step:
 - **model FLOPs utilisation** (MFU): images/s x the model FLOPs of one training image
   (:func:`bench.roofline.train_flops`, 3x the forward pass) / the device's peak from
   :data:`PEAK_TFLOPS` for that dtype ("unknown" for devices not in the table);
-- peak device memory (``device.memory_stats()["peak_bytes_in_use"]``);
+- peak device memory (``device.memory_stats()["peak_bytes_in_use"]`` of the first device);
+- with several devices, the step shards ``batch`` images per device over all of them and
+  the MFU is against all their peaks together;
 - the same for timm's ViT (``vit_base_patch16_384``, ``vit_large_patch16_384``) on PyTorch,
   when ``--torch-python`` has a CUDA build (autocast for bfloat16; TF32 allowed for float32,
   as JAX's default precision uses it), timed after the JAX run in its own interpreter.
@@ -38,6 +40,7 @@ PREALLOCATE_SET_BY_BENCH = "AUGREG_NB_BENCH_SET_PREALLOCATE"
 DEVICE_MODELS = ("B/16", "L/16")
 DEVICE_RESOLUTION = 384
 DEVICE_DTYPES = ("float32", "bfloat16")
+#: Images per device (the step's batch is this times the number of devices).
 DEVICE_BATCH = 64
 MIN_BATCH = 8
 TIMM_ARCH = {"Ti/16": "vit_tiny_patch16_{res}", "S/16": "vit_small_patch16_{res}",
@@ -127,7 +130,8 @@ def _row(label: str, res: dict) -> Row:
         return Row("device", label, None, "img/s", res["error"], res)
     mfu = res.get("mfu")
     peak = res.get("peak_memory_bytes")
-    note = [f"batch {res['batch']}",
+    devices = res.get("devices", 1)
+    note = [f"batch {res['batch']}" + (f" per device x {devices}" if devices > 1 else ""),
             f"MFU {mfu:.1%}" if mfu is not None else "MFU unknown (device not in the table)",
             f"peak memory {peak / 2**30:.2f} GiB" if peak else "peak memory unknown",
             f"{res.get('device_kind', '')}"]
@@ -222,9 +226,13 @@ def _child(options: dict) -> dict:
     from bench.roofline import train_flops
 
     name, dtype = options["model"], options["dtype"]
-    batch, resolution = int(options["batch"]), int(options["resolution"])
+    per_device, resolution = int(options["batch"]), int(options["resolution"])
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", device.platform)
+    # The train step shards the batch over every device (as fine-tuning does): ``batch``
+    # images per device, and the peak of all of them.
+    devices = jax.device_count()
+    batch = per_device * devices
     step = train_fn(name, batch, resolution, dtype=jnp.dtype(dtype))
     t0 = time.perf_counter()
     step()  # compile + first step
@@ -237,10 +245,12 @@ def _child(options: dict) -> dict:
     rate = batch / median(seconds)
     stats = device.memory_stats() or {}
     peak_flops = device_peak_flops(kind, dtype)
+    peak_flops = peak_flops * devices if peak_flops else None
     flops = train_flops(name, resolution, 100)
     from augreg_nb.models import resolve_attention_impl
 
-    return {"model": name, "dtype": dtype, "batch": batch, "resolution": resolution,
+    return {"model": name, "dtype": dtype, "batch": per_device, "global_batch": batch,
+            "devices": devices, "resolution": resolution,
             "img_per_s": rate, "seconds": seconds, "compile_and_first_step_s": compile_s,
             "device_kind": kind, "platform": device.platform,
             "attention": resolve_attention_impl("auto", jnp.dtype(dtype)),
