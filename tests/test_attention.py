@@ -141,3 +141,21 @@ def test_bfloat16_runs_on_both_paths_and_stays_close_to_float32():
     for impl, got in out.items():
         assert got.dtype == jnp.float32
         assert float(jnp.max(jnp.abs(got - want))) <= 0.05 * scale, impl
+
+
+def test_auto_falls_back_to_xla_where_cudnn_turns_the_call_down(monkeypatch):
+    # "auto" on a GPU picks cuDNN for bfloat16; where cuDNN is missing (ROCm, this CPU) or
+    # rejects the shapes, the check fails while tracing and XLA's implementation runs.
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 16)), jnp.bfloat16)
+    variables = models.MultiHeadAttention(2, dtype=jnp.bfloat16).init(jax.random.PRNGKey(0), x)
+    want = models.MultiHeadAttention(2, dtype=jnp.bfloat16, attention_impl="xla").apply(
+        variables, x)
+    monkeypatch.setattr(models, "resolve_attention_impl", lambda *a, **k: "cudnn")
+    auto = models.MultiHeadAttention(2, dtype=jnp.bfloat16, attention_impl="auto")
+    got = jax.jit(auto.apply)(variables, x)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    if jax.default_backend() == "cpu":
+        # Asked for explicitly, cuDNN is not silently replaced.
+        explicit = models.MultiHeadAttention(2, dtype=jnp.bfloat16, attention_impl="cudnn")
+        with pytest.raises(RuntimeError, match="cuDNN"):
+            jax.jit(explicit.apply)(variables, x)
