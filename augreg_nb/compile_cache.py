@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 ENV_NO_COMPILE_CACHE = "AUGREG_NB_NO_COMPILE_CACHE"
 #: Folder name under the package's cache folder.
 FOLDER = "jax-compile"
-#: Programs that compile faster than this are not written (tiny jits, shape helpers): they
+#: Programs that compile faster than this are not written (tiny jits, shape utilities): they
 #: would cost a file each and save nothing. A model's forward pass takes seconds.
 MIN_COMPILE_TIME_S = 0.5
 #: Entries of any size are kept (XLA's CPU executables of small models are a few MB).
