@@ -41,7 +41,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from augreg_nb import __version__
+from augreg_nb import __version__, compile_cache
 from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, env_flag
 
 logger = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ def start(
         workdir = smoke_env.root / "runs"
         results_csv = smoke_env.root / "augreg_results.csv"
         index = "catalogue"
+    compile_cache.enable()  # compiled programs survive kernel restarts (after smoke set-up)
     table = None
     if load_index:
         from augreg_nb.index import load_index as _load_index
