@@ -179,7 +179,7 @@ def test_01_choose_checkpoint_runs(kernel_name, tmp_path, monkeypatch):
     htmls = _html_values(nb)
     assert any("shipped offline catalogue" in v and "incomplete" in v for v in htmls)
     table = next(v for v in htmls if "augreg-table" in v)
-    assert "Ti/16" in table and "★" in table
+    assert "Ti/16" in table and "☆" in table  # the fine-tune of the recommended checkpoint
     assert "R26+S/32" not in table  # the filters start at Ti/16 in smoke mode
     text = _text(outputs)
     assert "is ready:" in text and "from bucket-https" in text

@@ -74,6 +74,28 @@ def test_guarded_handlers_show_a_message_not_a_traceback():
 # --------------------------------------------------------------------------- index browser
 
 
+@pytest.fixture
+def real_env(tmp_path, monkeypatch):
+    """A real user's set-up without network use: the public bucket (no credentials, so it
+    refuses), an empty cache, no checkpoint folder, online."""
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX",
+                "AUGREG_NB_BUCKET_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _mirrored_names() -> set[str]:
+    """Files timm re-hosts on the Hugging Face Hub, read from the shipped mirror list."""
+    mirror = pd.read_csv(data_path("mirror", "timm_augreg_checkpoints.csv"))
+    mirror = mirror.dropna(subset=["upstream_filename"])
+    full = mirror["upstream_filename"].where(
+        mirror["adapt_suffix"].isna(), mirror["upstream_filename"] + "--" + mirror["adapt_suffix"])
+    return set(full)
+
+
 def test_filter_options_show_paper_aug_names_and_keep_index_values(catalogue, raw_rows):
     opts = ib.filter_options(catalogue)
     aug = dict((v, lbl) for lbl, v in opts["aug"])
@@ -134,11 +156,18 @@ def test_recommended_checkpoints_are_marked(catalogue):
     marked = {f for f, m in zip(view.files, view.marked, strict=True) if m}
     assert expected <= set(view.files)  # the catalogue lists every recommended checkpoint
     assert marked == expected  # each is marked, and nothing else
-    assert all(view.table["★"][i] == ("★" if m else "") for i, m in enumerate(view.marked))
+    assert all(view.table["rec."][i] == ("★" if m else "") for i, m in enumerate(view.marked))
+    # "★" means one thing; the fine-tunes of a recommended checkpoint carry another mark.
+    ft = ib.browse(catalogue, {}, limit=1000)
+    assert "★" not in set(ft.table["rec."])
+    want = [up in expected for up in ft.upstreams]
+    assert ft.table["rec."].tolist() == ["☆" if m else "" for m in want]
+    assert any(want)
 
 
-def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows):
+def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows, real_env):
     browser = IndexBrowser(catalogue, limit=5)
+    browser.fetchable_only.value = False  # every row, fetchable now or not
     assert "shipped offline catalogue" in browser.provenance.value
     assert "incomplete" in browser.provenance.value
     assert len(browser.table) == 5
@@ -150,7 +179,7 @@ def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows
     browser.filters["aug"].value = "light0"
     assert set(browser.table["aug (paper)"]) == {"light1"}
     assert browser.selected == browser.table["checkpoint"].iloc[0]
-    assert browser.selected in browser.table_html.value
+    assert browser.selected in browser.table_html.value.replace("<wbr>", "")
     browser.sort.value = "fine-tuned val accuracy"
     browser.descending.value = False
     vals = browser.table["val acc"].dropna().tolist()
@@ -173,7 +202,7 @@ def test_fetch_button_downloads_only_when_pressed(sources_env, tmp_path, catalog
     browser.filters["wd"].value = 0.03
     assert bucket.requests == []  # building and filtering never downloads
     assert browser.selected == TI16_FT
-    assert browser.table["available"].iloc[0] == "HF mirror · bucket"
+    assert browser.table["available"].iloc[0] == "bucket"  # the loopback bucket serves it
     browser.fetch_button.click()
     assert browser.messages.kind == "info", browser.messages.text
     cached = tmp_path / "cache" / "checkpoints" / f"{TI16_FT}.npz"
@@ -181,7 +210,7 @@ def test_fetch_button_downloads_only_when_pressed(sources_env, tmp_path, catalog
     assert str(cached) in browser.messages.text
     assert browser.last_fetch.source == "bucket-https"
     assert [r.path for r in bucket.requests if r.method == "GET"] == [f"/{TI16_FT}.npz"]
-    assert browser.table["available"].iloc[0].startswith("local")
+    assert browser.table["available"].iloc[0] == "cached"
     assert not browser.fetch_button.disabled
 
 
@@ -427,7 +456,7 @@ def test_inference_panel_bad_checkpoint_is_a_message(tmp_path, monkeypatch):
     assert panel.params is None and not panel.load_button.disabled
 
 
-def test_browser_on_a_complete_table_marks_the_rule_pick():
+def test_browser_on_a_complete_table_marks_the_rule_pick(real_env):
     from augreg_nb.testing.synthetic_index import make_synthetic_index
 
     df = make_synthetic_index(seed=1)
@@ -436,6 +465,7 @@ def test_browser_on_a_complete_table_marks_the_rule_pick():
     i21k = df[df["ds"] == "i21k"]
     best = i21k.loc[i21k.groupby("name")["final_val"].idxmax(), "filename"]
     browser = IndexBrowser(df, state={"model": "B/16"}, limit=10)
+    browser.fetchable_only.value = False
     browser.view_toggle.value = "upstream checkpoints"
     assert "the complete published table" in browser.provenance.value
     assert browser.view.total == df["filename"].nunique()
@@ -466,3 +496,125 @@ def test_panels_for_a_notebook_session_take_the_parameters(tmp_path, catalogue, 
     assert sorted(suggestions) == sorted(set(imagenet))
     first_upstreams = {s.split("--")[0] for s in suggestions[:5]}
     assert first_upstreams <= ib.recommended_files(catalogue)  # recommended models first
+
+
+# --------------------------------------------------------------------------- what can be had
+
+
+def test_availability_says_where_each_file_comes_from_for_this_user(catalogue, real_env,
+                                                                    monkeypatch):
+    from augreg_nb import index_queries as iq
+
+    mirrored = _mirrored_names()
+    assert iq.bucket_access() == iq.BUCKET_REFUSED  # public bucket, no credentials
+    av = iq.availability(catalogue).set_index("filename")
+    for name, row in av.iterrows():
+        want = "HF mirror (free)" if name in mirrored else "bucket: needs access"
+        assert (row["where"], bool(row["fetchable"])) == (want, name in mirrored), name
+    # A cached copy and a file in the checkpoint folder come first.
+    other = next(f for f in av.index if f not in mirrored)
+    cache = real_env / "cache" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / f"{other}.npz").write_bytes(b"x")
+    folder = real_env / "mine"
+    folder.mkdir()
+    (folder / f"{TI16_UP}.npz").write_bytes(b"x")
+    monkeypatch.setenv("AUGREG_NB_CHECKPOINT_DIR", str(folder))
+    av = iq.availability(catalogue).set_index("filename")
+    assert (av.loc[other, "where"], av.loc[other, "fetchable"]) == ("cached", True)
+    assert av.loc[TI16_UP, "where"] == "local"
+    # Offline: only what is here.
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    assert iq.bucket_access() == iq.OFFLINE
+    av = iq.availability(catalogue).set_index("filename")
+    assert set(av.index[av["fetchable"].to_numpy()]) == {other, TI16_UP}
+    assert av.loc[TI16_FT, "where"] == "needs network (offline)"
+    # Credentials on this machine: the bucket may serve everything.
+    monkeypatch.delenv("AUGREG_NB_OFFLINE")
+    creds = real_env / "creds.json"
+    creds.write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    assert iq.bucket_access() == iq.BUCKET_CREDENTIALS
+    av = iq.availability(catalogue).set_index("filename")
+    assert av["fetchable"].all()
+    assert av.loc[next(f for f in av.index if f not in mirrored | {other, TI16_UP}),
+                  "where"] == "bucket (your credentials)"
+
+
+def test_browser_starts_on_rows_that_can_be_fetched_when_the_bucket_refuses(catalogue,
+                                                                            real_env):
+    mirrored = _mirrored_names()
+    browser = IndexBrowser(catalogue)
+    assert browser.fetchable_only.value  # on by default: the bucket refuses
+    assert len(browser.table) > 0
+    assert set(browser.view.files) <= mirrored
+    assert set(browser.table["available"]) == {"HF mirror (free)"}
+    assert browser.selected in mirrored
+    assert "refuses anonymous" in browser.access_note.value
+    n_all = len(catalogue)
+    n_fetchable = int(catalogue["adapt_filename"].astype(str).isin(mirrored).sum())
+    assert f"<b>{n_fetchable}</b> of {n_all} rows" in browser.count.value
+    assert f"{n_all - n_fetchable} more need access" in browser.count.value
+    # Without the filter, the default selection is still a row that can be fetched.
+    browser.fetchable_only.value = False
+    assert "bucket: needs access" in set(browser.table["available"])
+    assert browser.selected in mirrored
+    # A task whose rows all need access (no Pets fine-tune is mirrored): an explanation.
+    pets = catalogue[catalogue["adapt_ds"] == "oxford_iiit_pet"]
+    assert len(pets) and not pets["adapt_filename"].astype(str).isin(mirrored).any()
+    browser.fetchable_only.value = True
+    browser.filters["task"].value = "oxford_iiit_pet"
+    assert browser.table.empty
+    assert f"None of the {len(pets)} matching rows" in browser.table_html.value
+    assert "can be fetched now" in browser.table_html.value
+
+
+def test_accuracies_are_ranked_within_each_task_never_across(catalogue, real_env):
+    view = ib.browse(catalogue, {}, limit=12)
+    tasks = view.table["task"].tolist()
+    assert view.grouped_by_task and len(set(tasks)) == 2
+    # Each task's rows are contiguous, and sorted best first within it.
+    runs = [t for i, t in enumerate(tasks) if i == 0 or tasks[i - 1] != t]
+    assert len(runs) == len(set(runs))
+    for task in set(tasks):
+        vals = view.table.loc[view.table["task"] == task, "val acc"].dropna().tolist()
+        assert vals == sorted(vals, reverse=True)
+        best = catalogue[catalogue["adapt_ds"] == task]["adapt_final_val"].max()
+        assert vals[0] == pytest.approx(best)  # each task's best row is shown
+    one = ib.browse(catalogue, {"task": "oxford_iiit_pet"}, limit=5)
+    assert not one.grouped_by_task
+
+
+def test_parameter_values_the_table_lacks_are_reported(catalogue, real_env):
+    browser = IndexBrowser(catalogue, state={"task": "cifar100", "model": "B/16"})
+    assert browser.notices.kind == "warning"
+    assert "Task = 'cifar100'" in browser.notices.text
+    assert "imagenet2012" in browser.notices.text  # the tasks the table has
+    assert "Model" not in browser.notices.text  # B/16 is there
+    assert browser.filters["task"].value == ANY
+    assert IndexBrowser(catalogue, state={"task": "kitti"}).notices.kind == "warning"
+    assert IndexBrowser(catalogue, state={"task": "oxford_iiit_pet"}).notices.kind is None
+
+
+def test_a_filter_change_clears_the_previous_fetch_result(sources_env, catalogue):
+    bucket = sources_env
+    write_fake_checkpoint(bucket.root / f"{TI16_FT}.npz", "testing", num_classes=10,
+                          resolution=32)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    browser.fetch_button.click()
+    assert browser.messages.kind == "info"
+    browser.filters["model"].value = "S/16"
+    assert browser.messages.kind is None and browser.messages.widget.value == ""
+    assert browser.progress.outputs == ()
+
+
+def test_checkpoint_names_wrap_in_the_table_and_copy_whole(catalogue, real_env):
+    browser = IndexBrowser(catalogue)
+    page = browser.table_html.value
+    name = browser.view.files[0]
+    assert "-<wbr>" in page and "white-space:nowrap" in page
+    assert name.replace("-", "-<wbr>").replace("_", "_<wbr>") in page
+    import re
+
+    assert name in re.sub("<wbr>", "", page)

@@ -101,22 +101,33 @@ def table_html(
     marked: Iterable[bool] | None = None,
     float_format: str = "{:.4g}",
     max_height: str = "26em",
+    wrap_columns: Iterable[str] = (),
 ) -> str:
-    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold."""
+    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold.
+
+    Cells of ``wrap_columns`` (long names) may break after each ``-`` or ``_`` so the table
+    fits the notebook's width; the break points are not characters, so a copied name is
+    whole. Other cells stay on one line.
+    """
     marked = list(marked) if marked is not None else [False] * len(df)
+    wrap = [c in set(wrap_columns) for c in df.columns]
     head = "".join(f"<th style='text-align:left;padding:2px 6px'>{html.escape(str(c))}</th>"
                    for c in df.columns)
     rows = []
     for flag, values in zip(marked, df.itertuples(index=False), strict=True):
-        cells = "".join(
-            f"<td style='padding:1px 6px;white-space:nowrap'>{html.escape(_fmt(v, float_format))}"
-            "</td>"
-            for v in values
-        )
+        cells = []
+        for wraps, v in zip(wrap, values, strict=True):
+            text = html.escape(_fmt(v, float_format))
+            if wraps:
+                text = text.replace("-", "-<wbr>").replace("_", "_<wbr>")
+                style = "padding:1px 6px;min-width:14em;overflow-wrap:anywhere;user-select:all"
+            else:
+                style = "padding:1px 6px;white-space:nowrap"
+            cells.append(f"<td style='{style}'>{text}</td>")
         style = " style='font-weight:bold;background:#fff8e1'" if flag else ""
-        rows.append(f"<tr{style}>{cells}</tr>")
+        rows.append(f"<tr{style}>{''.join(cells)}</tr>")
     return (
-        f"<div style='max-height:{max_height};overflow:auto'>"
+        f"<div style='max-height:{max_height};overflow-y:auto;overflow-x:auto;max-width:100%'>"
         "<table class='augreg-table' style='border-collapse:collapse;font-size:12px'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
