@@ -205,6 +205,15 @@ class Session:
         p.text(self.report)
 
 
+def show_tables_whole() -> None:
+    """Let pandas show file names and explanations whole in a notebook (its default cuts
+    every cell at 50 characters, which hides what tells checkpoints apart)."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.width", 200)
+
+
 def device_report() -> str:
     """One line: the accelerator JAX uses (TPU, GPU or CPU) and the number of devices."""
     from augreg_nb.envinfo import describe_devices
@@ -226,6 +235,7 @@ def start(
     ``workdir`` and ``results_csv`` are moved into the temporary folder in smoke mode.
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
+    show_tables_whole()
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"

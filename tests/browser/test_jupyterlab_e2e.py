@@ -138,6 +138,16 @@ def _wait_for_count(nb, area, matching: int, model: str, timeout: float = 30) ->
         nb.page.wait_for_timeout(200)
 
 
+def _assert_fits(area, what: str) -> None:
+    """No element inside ``area`` is wider than its box (no horizontal scrollbar)."""
+    wide = area.evaluate("""a => [a, ...a.querySelectorAll('*')]
+      .filter(e => { const s = getComputedStyle(e);
+                     return e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+                       && ['auto', 'scroll'].includes(s.overflowX); })
+      .map(e => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)""")
+    assert not wide, f"{what} overflows horizontally: {wide[:5]}"
+
+
 def test_choose_checkpoint_notebook(lab_page):
     nb = lab_page
     nb.open(NOTEBOOK_1)
@@ -154,12 +164,22 @@ def test_choose_checkpoint_notebook(lab_page):
     area.locator("table.augreg-table").wait_for()
     assert "Data source" in area.inner_text(), "the provenance line is missing"
 
-    # Smoke mode starts the browser at the model whose fake checkpoints are served.
+    # Smoke mode starts the browser at the model whose fake checkpoints are served, showing
+    # only what can be fetched now: the fine-tune the loopback bucket serves.
     start = _read_browser(area)
-    expected, total = _catalogue_count(name=SMOKE_MODEL, adapt_ds="imagenet2012")
-    assert (start["matching"], start["total"]) == (expected, total)
-    assert {r["model"] for r in start["rows"]} == {SMOKE_MODEL}
+    served = list(smoke_checkpoints())
+    _, total = _catalogue_count()
+    assert (start["matching"], start["total"]) == (1, total)
+    assert [r["checkpoint"] for r in start["rows"]] == [n for n in served if "--" in n]
+    assert start["rows"][0]["available"] == "bucket"
     nb.shot("browser-start", area)
+    _assert_fits(area, "the index browser")
+
+    # Every row: untick "can be fetched now".
+    area.get_by_label("can be fetched now").uncheck()
+    expected, total = _catalogue_count(name=SMOKE_MODEL, adapt_ds="imagenet2012")
+    start = _wait_for_count(nb, area, expected, SMOKE_MODEL)
+    assert "bucket: needs access" in {r["available"] for r in start["rows"]}
 
     # A filter change updates the table.
     model = area.get_by_label("Model", exact=True)
@@ -174,7 +194,6 @@ def test_choose_checkpoint_notebook(lab_page):
     # Back to the served model; fetch the upstream checkpoint of the served fine-tune.
     model.select_option(label=SMOKE_MODEL)
     _wait_for_count(nb, area, start["matching"], SMOKE_MODEL)
-    served = list(smoke_checkpoints())
     upstream = next(n for n in served if "--" not in n)
     finetune = next(n for n in served if "--" in n)
     checkpoint = area.get_by_label("Checkpoint", exact=True)
