@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from augreg_nb.resources import ENV_CACHE, ENV_OFFLINE, env_flag
 
@@ -72,12 +73,19 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class DownloadError(RuntimeError):
-    """A download failed; ``status`` is the HTTP status (None for network/format problems)."""
+    """A download failed; ``status`` is the HTTP status (None for network/format problems).
 
-    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+    ``no_network`` is set (to a short phrase such as "the host name x cannot be resolved")
+    when the failure means that this machine cannot reach the network at all, so other
+    network sources need not be tried.
+    """
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 no_network: str | None = None):
         super().__init__(message)
         self.url = url
         self.status = status
+        self.no_network = no_network
 
 
 class OfflineError(DownloadError):
@@ -343,16 +351,22 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
         headers["Range"] = f"bytes={start}-"
     try:
         resp = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.TooManyRedirects as err:
+        raise DownloadError(f"{url}: the server redirects in a loop ({_short(err)})",
+                            url=url) from None
     except (requests.ConnectionError, requests.Timeout) as err:
-        if _cannot_resolve(err):
-            # No network (or no DNS): retrying only makes the user wait.
+        unreachable = unreachable_reason(err, url)
+        if unreachable is not None:
+            # No network (or no DNS, or nothing listening): retrying only makes the user wait.
             raise DownloadError(
-                f"{url}: the host name cannot be resolved ({_short(err)}); this machine seems "
-                "to have no network. Use a local copy or the cache, or set AUGREG_NB_OFFLINE=1 "
-                "to skip network sources.",
-                url=url,
+                f"{url}: {unreachable} ({_short(err)}); this machine seems to have no network. "
+                "Use a local copy or the cache, or set AUGREG_NB_OFFLINE=1 to skip network "
+                "sources.",
+                url=url, no_network=unreachable,
             ) from None
         raise _Retryable(f"connection failed ({_short(err)})") from None
+    except requests.RequestException as err:  # a malformed URL, a bad proxy setting, ...
+        raise DownloadError(f"{url}: {_short(err)}", url=url) from None
     with resp:
         status = resp.status_code
         if status == 416 and start:
@@ -396,21 +410,49 @@ def _http_fetch(url: str, part: Path, timeout, progress: bool, label: str) -> in
     return total
 
 
-def _cannot_resolve(err: BaseException) -> bool:
-    """True when ``err`` (a requests error) comes from a failed DNS look-up."""
+def unreachable_reason(err: BaseException, url: str) -> str | None:
+    """Why ``url``'s host cannot be reached at all (a failed DNS look-up, a refused or
+    unreachable connection), from a requests, httpx or socket error; None otherwise."""
+    import errno
     import socket
 
+    host = urlsplit(url).hostname or url
     seen, todo = set(), [err]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        if isinstance(e, DownloadError) and e.no_network:
+            return e.no_network
         if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
-            return True
+            return f"the host name {host} cannot be resolved"
+        if isinstance(e, ConnectionRefusedError):
+            return f"{host} refused the connection"
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"{host} is unreachable ({os.strerror(e.errno)})"
         todo += [getattr(e, "reason", None), e.__cause__, e.__context__]
         todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
-    return False
+    return None
+
+
+def unreachable_host(url: str) -> str | None:
+    """Why the host of ``url`` cannot be reached when its name does not resolve, else None.
+
+    Only a name look-up: it opens no connection, so it is quick, and it answers "no
+    network" before a client library starts its own retries."""
+    import socket
+
+    host = urlsplit(url).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as err:
+        return f"the host name {host} cannot be resolved ({err.strerror or err})"
+    except (OSError, UnicodeError):
+        return None
+    return None
 
 
 def _short(err: Exception) -> str:

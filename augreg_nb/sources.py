@@ -34,6 +34,7 @@ import csv
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -103,6 +104,32 @@ class SourceError(RuntimeError):
     def summary(self) -> str:
         """One line: each failed source and its reason, for logs and provenance records."""
         return "; ".join(f"{a.source}: {a.reason}" for a in self.attempts if not a.ok)
+
+
+#: ``on_attempt(k, n, description)``: called before source ``k`` of ``n`` is tried.
+OnAttempt = Callable[[int, int, str], None]
+
+
+class _Chain:
+    """The sources of one request: counts them for ``on_attempt``, keeps the attempts, and
+    remembers when the network turned out to be unreachable so that later network sources
+    are skipped with that reason instead of each waiting for its own failure."""
+
+    def __init__(self, n: int, on_attempt: OnAttempt | None):
+        self.n = n
+        self.k = 0
+        self.on_attempt = on_attempt
+        self.attempts: list[Attempt] = []
+        self.no_network: str | None = None
+
+    def trying(self, description: str) -> None:
+        """Announce the next source (1-based) to ``on_attempt``."""
+        self.k += 1
+        if self.on_attempt is not None:
+            self.on_attempt(min(self.k, self.n), self.n, description)
+
+    def add(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
 
 
 # --------------------------------------------------------------------------- the mirror
@@ -193,8 +220,24 @@ def _local_folders(folder) -> list[Path]:
     return folders
 
 
+#: The longest file name most file systems allow, in bytes (``{name}.npz.meta.json.part``
+#: must fit too).
+MAX_NAME_BYTES = 255 - len(".npz.meta.json.part")
+
+
+def _check_name_length(text: str) -> None:
+    """ValueError for a name whose cache files could not be created (over 255 bytes)."""
+    stem = text.rsplit("/", 1)[-1]
+    if len(stem.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ValueError(
+            f"{text[:60]!r}... ({len(stem.encode('utf-8', 'surrogateescape'))} bytes) is not a "
+            f"checkpoint name: names are at most {MAX_NAME_BYTES} bytes long (the published "
+            "ones are under 120); `augreg-nb index` lists them")
+
+
 def _normalize_checkpoint_name(text: str) -> tuple[str, MirroredCheckpoint | None]:
     """(AugReg filename or timm-only name, mirror entry); ValueError for a bad name."""
+    _check_name_length(text)
     stem = text.rsplit("/", 1)[-1]
     for suffix in (".npz", ".safetensors"):
         stem = stem.removesuffix(suffix)
@@ -217,15 +260,18 @@ def _normalize_checkpoint_name(text: str) -> tuple[str, MirroredCheckpoint | Non
 # --------------------------------------------------------------------------- resolvers
 
 
-def _try_download(source: str, url: str, dest: Path, attempts: list, offline: bool,
+def _try_download(chain: _Chain, source: str, url: str, dest: Path, offline: bool,
                   progress: bool, expected_size: int | None = None) -> Path | None:
     if offline:
-        attempts.append(Attempt(source, url, f"skipped: {dl.offline_message('it')}"))
+        chain.add(Attempt(source, url, f"skipped: {dl.offline_message('it')}"))
+        return None
+    if chain.no_network is not None:
+        chain.add(Attempt(source, url, f"skipped: {chain.no_network}"))
         return None
     if source == BUCKET_GCS:
         client, why = dl.gcs_client()
         if client is None:
-            attempts.append(Attempt(source, url, f"skipped: {why}"))
+            chain.add(Attempt(source, url, f"skipped: {why}"))
             return None
     try:
         path = dl.download(url, dest, progress=progress, expected_size=expected_size)
@@ -233,61 +279,97 @@ def _try_download(source: str, url: str, dest: Path, attempts: list, offline: bo
         reason = str(err).removeprefix(f"{url}: ")
         if err.status == 403:
             reason += " (anonymous reads are refused; see below)"
-        attempts.append(Attempt(source, url, reason, status=err.status))
+        if err.no_network:
+            chain.no_network = f"no network ({err.no_network} for an earlier source)"
+        chain.add(Attempt(source, url, reason, status=err.status))
         return None
-    attempts.append(Attempt(source, url, "ok", ok=True))
+    chain.add(Attempt(source, url, "ok", ok=True))
     return path
 
 
-def _try_cache(path: Path, attempts: list) -> bool:
+def _try_cache(chain: _Chain, path: Path) -> bool:
     if not path.exists():
-        attempts.append(Attempt(CACHE, str(path), "not cached"))
+        chain.add(Attempt(CACHE, str(path), "not cached"))
         return False
     problem = dl.verify_file(path)
     if problem is None:
-        attempts.append(Attempt(CACHE, str(path), "ok", ok=True))
+        chain.add(Attempt(CACHE, str(path), "ok", ok=True))
         return True
     logger.warning("cached file %s is corrupt (%s); removing it and fetching it again",
                    path, problem)
     dl.remove_file(path)
-    attempts.append(Attempt(CACHE, str(path), f"corrupt ({problem}); removed"))
+    chain.add(Attempt(CACHE, str(path), f"corrupt ({problem}); removed"))
     return False
 
 
-def _try_hf(mirror: MirroredCheckpoint | None, attempts: list, offline: bool,
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _try_hf(chain: _Chain, mirror: MirroredCheckpoint, offline: bool,
             progress: bool) -> Path | None:
-    if mirror is None:
-        attempts.append(Attempt(HF_MIRROR, "", f"not one of the {len(mirrored_checkpoints())} "
-                                               "checkpoints that timm re-hosts"))
+    from huggingface_hub import try_to_load_from_cache
+
+    where = f"{_hub_endpoint()}/{mirror.repo_id}"
+    cached = try_to_load_from_cache(mirror.repo_id, HF_FILENAME)
+    if isinstance(cached, str):
+        path = cached
+    elif offline:  # the Hub's cache only; the client is not even called
+        chain.add(Attempt(HF_MIRROR, where, f"skipped: {dl.offline_message('it')}, "
+                                            "and it is not in the Hub's cache"))
         return None
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    where = f"{(endpoint or 'https://huggingface.co').rstrip('/')}/{mirror.repo_id}"
-    if offline:  # look in the Hub's cache only; the client is not even called
-        path = try_to_load_from_cache(mirror.repo_id, HF_FILENAME)
-        if not isinstance(path, str):
-            attempts.append(Attempt(HF_MIRROR, where, f"skipped: {dl.offline_message('it')}, "
-                                                       "and it is not in the Hub's cache"))
-            return None
+    elif chain.no_network is not None:
+        chain.add(Attempt(HF_MIRROR, where, f"skipped: {chain.no_network}, and it is not in "
+                                            "the Hub's cache"))
+        return None
     else:
-        kwargs = {}
-        if not progress:
-            from tqdm.auto import tqdm
-
-            kwargs["tqdm_class"] = type("QuietTqdm", (tqdm,), {"__init__": _quiet_init})
         try:
-            path = hf_hub_download(mirror.repo_id, HF_FILENAME, endpoint=endpoint, **kwargs)
+            path = _hub_download(mirror.repo_id, progress)
         except Exception as err:  # any failure of this last source is a reason, not a crash
-            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-            attempts.append(Attempt(HF_MIRROR, where, reason))
+            unreachable = dl.unreachable_reason(err, _hub_endpoint())
+            if unreachable is not None:
+                chain.no_network = f"no network ({unreachable})"
+                reason = f"{unreachable}; this machine seems to have no network"
+            else:
+                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            chain.add(Attempt(HF_MIRROR, where, reason))
             return None
     problem = dl.check_format(Path(path))
     if problem:
-        attempts.append(Attempt(HF_MIRROR, where, f"downloaded file {path} is {problem}"))
+        chain.add(Attempt(HF_MIRROR, where, f"downloaded file {path} is {problem}"))
         return None
-    attempts.append(Attempt(HF_MIRROR, where, "ok", ok=True))
+    chain.add(Attempt(HF_MIRROR, where, "ok", ok=True))
     return Path(path)
+
+
+def _hub_download(repo_id: str, progress: bool) -> str:
+    """``hf_hub_download`` of the mirror's weights, failing fast without a network.
+
+    The client retries a failed metadata request for about 20 s, logging "Retrying in 8s"
+    on the way; this chain reports failures itself, so first the endpoint's host name is
+    looked up (no connection) and the metadata is asked for once, without retries. Only
+    when that answers does the client download (resuming into the Hub's cache)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    unreachable = dl.unreachable_host(_hub_endpoint())
+    if unreachable is not None:
+        raise dl.DownloadError(unreachable, no_network=unreachable)
+    kwargs = {}
+    if not progress:
+        from tqdm.auto import tqdm
+
+        kwargs["tqdm_class"] = type("QuietTqdm", (tqdm,), {"__init__": _quiet_init})
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # the client's retry messages are not ours to show
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, HF_FILENAME, endpoint=endpoint),
+                             timeout=dl.DEFAULT_TIMEOUT[0])
+        return hf_hub_download(repo_id, HF_FILENAME, endpoint=endpoint,
+                               etag_timeout=dl.DEFAULT_TIMEOUT[0], **kwargs)
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _quiet_init(self, *args, **kwargs):
@@ -298,120 +380,183 @@ def _quiet_init(self, *args, **kwargs):
 
 
 def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None,
-                       progress: bool = True) -> Resolved:
+                       progress: bool = True, on_attempt: OnAttempt | None = None) -> Resolved:
     """Find checkpoint ``name_or_path`` (AugReg filename, timm name or a file) locally.
 
     ``folder`` (and ``$AUGREG_NB_CHECKPOINT_DIR``) are searched for ``{name}.npz`` first.
-    ``offline`` defaults to ``$AUGREG_NB_OFFLINE``. Raises ValueError for a malformed name
-    and :class:`SourceError` (listing every source and why it failed) when none works.
+    ``offline`` defaults to ``$AUGREG_NB_OFFLINE``. ``on_attempt(k, n, description)`` is
+    called before each source is tried (``k`` counts from 1 to ``n``, the sources this
+    request can use), e.g. to show "2/4 public bucket URL" while it downloads. Once a
+    network source finds no network (a failed name look-up, a refused or unreachable
+    connection) the remaining network sources are skipped with that reason. Raises
+    ValueError for a malformed name and :class:`SourceError` (listing every source and
+    why it failed) when none works.
     """
     offline = dl.is_offline() if offline is None else bool(offline)
     text = os.fspath(name_or_path)
-    attempts: list[Attempt] = []
+    _check_name_length(text)
     explicit = Path(text).expanduser()
     if explicit.is_dir():
         raise ValueError(f"{text!r} is a folder; pass a checkpoint name and folder={text!r}")
     looks_like_path = isinstance(name_or_path, os.PathLike) or "/" in text or os.sep in text
-    if _is_url(text):  # an explicit URL of a .npz file: fetched into the cache
-        name = text.rsplit("/", 1)[-1].removesuffix(".npz")
-        got = _try_download(LOCAL, text, checkpoint_cache_path(name), attempts, offline,
+    is_url, is_file = _is_url(text), False
+    if not is_url:
+        is_file = explicit.is_file()
+    try:
+        name, mirror = _normalize_checkpoint_name(text)
+        bad_name = None
+    except ValueError as err:
+        name, mirror, bad_name = "", None, err
+    timm_only = mirror is not None and mirror.filename is None
+    folders = _local_folders(folder)
+    n = int(is_url or is_file)
+    if bad_name is None:
+        n += len(folders) + (0 if timm_only else 3) + (mirror is not None)
+    chain = _Chain(max(n, 1), on_attempt)
+
+    if is_url:  # an explicit URL of a .npz file: fetched into the cache
+        url_name = text.rsplit("/", 1)[-1].removesuffix(".npz")
+        chain.trying(f"given URL {text}")
+        got = _try_download(chain, LOCAL, text, checkpoint_cache_path(url_name), offline,
                             progress)
         if got is not None:
-            return Resolved(got, LOCAL, "npz", name, attempts)
-        attempts[-1] = Attempt(LOCAL, text, f"{attempts[-1].reason}; looking for it by name",
-                               status=attempts[-1].status)
-    elif explicit.is_file():
+            return Resolved(got, LOCAL, "npz", url_name, chain.attempts)
+        last = chain.attempts[-1]
+        chain.attempts[-1] = Attempt(LOCAL, text, f"{last.reason}; looking for it by name",
+                                     status=last.status)
+    elif is_file:
+        chain.trying(f"given file {explicit}")
         problem = dl.check_format(explicit)
         layout = "timm-safetensors" if explicit.suffix == ".safetensors" else "npz"
         if problem is None:
-            attempts.append(Attempt(LOCAL, str(explicit), "ok", ok=True))
-            return Resolved(explicit, LOCAL, layout, explicit.stem, attempts)
-        attempts.append(Attempt(LOCAL, str(explicit), f"{problem}; looking for it by name"))
+            chain.add(Attempt(LOCAL, str(explicit), "ok", ok=True))
+            return Resolved(explicit, LOCAL, layout, explicit.stem, chain.attempts)
+        chain.add(Attempt(LOCAL, str(explicit), f"{problem}; looking for it by name"))
     elif looks_like_path:
-        attempts.append(Attempt(LOCAL, str(explicit), "no such file; looking for it by name"))
-    name, mirror = _normalize_checkpoint_name(text)
-    timm_only = mirror is not None and mirror.filename is None
+        chain.add(Attempt(LOCAL, str(explicit), "no such file; looking for it by name"))
+    if bad_name is not None:
+        raise bad_name
 
-    folders = _local_folders(folder)
     for f in folders:
         candidate = f / f"{name}.npz"
+        chain.trying(f"folder {f}")
         if candidate.is_file() and dl.check_format(candidate) is None:
-            attempts.append(Attempt(LOCAL, str(candidate), "ok", ok=True))
-            return Resolved(candidate, LOCAL, "npz", name, attempts)
+            chain.add(Attempt(LOCAL, str(candidate), "ok", ok=True))
+            return Resolved(candidate, LOCAL, "npz", name, chain.attempts)
         why = "not there" if not candidate.exists() else dl.check_format(candidate)
-        attempts.append(Attempt(LOCAL, str(candidate), why))
+        chain.add(Attempt(LOCAL, str(candidate), why))
     if not folders and not looks_like_path:
-        attempts.append(Attempt(LOCAL, "", f"no file or folder given (pass a path, or set "
-                                           f"{ENV_CHECKPOINT_DIR} to a folder of .npz files)"))
+        chain.add(Attempt(LOCAL, "", f"no file or folder given (pass a path, or set "
+                                     f"{ENV_CHECKPOINT_DIR} to a folder of .npz files)"))
 
     if timm_only:
         for source in (CACHE, BUCKET_HTTPS, BUCKET_GCS):
-            attempts.append(Attempt(source, "", f"{name} is timm's own run, only on the Hub"))
+            chain.add(Attempt(source, "", f"{name} is timm's own run, only on the Hub"))
     else:
         dest = checkpoint_cache_path(name)
-        if _try_cache(dest, attempts):
-            return Resolved(dest, CACHE, "npz", name, attempts)
-        for source, base in ((BUCKET_HTTPS, bucket_url()), (BUCKET_GCS, GCS_BUCKET)):
-            got = _try_download(source, f"{base}/{name}.npz", dest, attempts, offline, progress)
+        chain.trying("download cache")
+        if _try_cache(chain, dest):
+            return Resolved(dest, CACHE, "npz", name, chain.attempts)
+        for source, base, label in ((BUCKET_HTTPS, bucket_url(), "public bucket URL"),
+                                    (BUCKET_GCS, GCS_BUCKET, "bucket with Google credentials")):
+            chain.trying(label)
+            got = _try_download(chain, source, f"{base}/{name}.npz", dest, offline, progress)
             if got is not None:
-                return Resolved(got, source, "npz", name, attempts)
-    got = _try_hf(mirror, attempts, offline, progress)
-    if got is not None:
-        return Resolved(got, HF_MIRROR, "timm-safetensors", name, attempts)
-    raise SourceError(_failure_message(f"checkpoint {name!r}", name, attempts, offline),
-                      attempts)
-
-
-def resolve_index(location=None, *, offline: bool | None = None,
-                  progress: bool = True) -> Resolved:
-    """Find the full ``index.csv``: ``location`` or ``$AUGREG_NB_INDEX`` (path or URL), the
-    cache, the bucket's public URL, the bucket with credentials. Raises :class:`SourceError`
-    when none works (``index.load_index`` then uses the shipped catalogue)."""
-    offline = dl.is_offline() if offline is None else bool(offline)
-    attempts: list[Attempt] = []
-    location = location if location is not None else os.environ.get(ENV_INDEX) or None
-    if location is None:
-        attempts.append(Attempt(LOCAL, "", f"no path or URL given (pass one, or set {ENV_INDEX})"))
-    elif _is_url(str(location)):
-        url = str(location)
-        digest = hashlib.sha1(url.encode()).hexdigest()[:10]
-        dest = index_cache_path().with_name(f"index-{digest}.csv")
-        got = _try_download(LOCAL, url, dest, attempts, offline, progress)
-        if got is not None and _index_problem(got, attempts):
-            dl.remove_file(got)
-        elif got is not None:
-            return Resolved(got, LOCAL, "csv", "index", attempts)
+                return Resolved(got, source, "npz", name, chain.attempts)
+    if mirror is None:
+        chain.add(Attempt(HF_MIRROR, "", f"not one of the {len(mirrored_checkpoints())} "
+                                         "checkpoints that timm re-hosts"))
     else:
-        path = Path(location).expanduser()
-        if not path.is_file():
-            attempts.append(Attempt(LOCAL, str(path), "no such file"))
-        elif not _index_problem(path, attempts):
-            return Resolved(path, LOCAL, "csv", "index", attempts)
-
-    dest = index_cache_path()
-    if _try_cache(dest, attempts):
-        if not _index_problem(dest, attempts):
-            return Resolved(dest, CACHE, "csv", "index", attempts)
-        dl.remove_file(dest)
-    for source, base in ((BUCKET_HTTPS, bucket_url()), (BUCKET_GCS, GCS_BUCKET)):
-        got = _try_download(source, f"{base}/index.csv", dest, attempts, offline, progress)
+        chain.trying(f"Hugging Face Hub mirror {mirror.repo_id}")
+        got = _try_hf(chain, mirror, offline, progress)
         if got is not None:
-            if not _index_problem(got, attempts):
-                return Resolved(got, source, "csv", "index", attempts)
+            return Resolved(got, HF_MIRROR, "timm-safetensors", name, chain.attempts)
+    raise SourceError(_failure_message(f"checkpoint {name!r}", name, chain.attempts, offline),
+                      chain.attempts)
+
+
+def resolve_index(location=None, *, offline: bool | None = None, progress: bool = True,
+                  on_attempt: OnAttempt | None = None) -> Resolved:
+    """Find the full ``index.csv``.
+
+    With ``location`` (or ``$AUGREG_NB_INDEX``; a path or URL) only that source is used:
+    when it fails, :class:`SourceError` says why (an explicit choice is never replaced by
+    another table). Otherwise: the cache, the bucket's public URL, the bucket with
+    credentials; :class:`SourceError` when none works (``index.load_index`` then uses the
+    shipped catalogue). A cached or downloaded table must pass the index validation in
+    full, so a truncated copy is never kept or reused. ``on_attempt`` as in
+    :func:`resolve_checkpoint`.
+    """
+    offline = dl.is_offline() if offline is None else bool(offline)
+    location = location if location is not None else os.environ.get(ENV_INDEX) or None
+    if location is not None:
+        chain = _Chain(1, on_attempt)
+        if _is_url(str(location)):
+            url = str(location)
+            chain.trying(f"given URL {url}")
+            digest = hashlib.sha1(url.encode()).hexdigest()[:10]
+            dest = index_cache_path().with_name(f"index-{digest}.csv")
+            got = _try_download(chain, LOCAL, url, dest, offline, progress)
+            if got is not None and _index_problem(got, chain.attempts, full=True):
+                dl.remove_file(got)
+            elif got is not None:
+                return Resolved(got, LOCAL, "csv", "index", chain.attempts)
+        else:
+            path = Path(location).expanduser()
+            chain.trying(f"given file {path}")
+            chain.add(Attempt(LOCAL, str(path), "ok", ok=True))  # replaced by a problem
+            if not path.is_file():
+                chain.attempts[-1] = Attempt(LOCAL, str(path), "no such file")
+            elif not _index_problem(path, chain.attempts):
+                return Resolved(path, LOCAL, "csv", "index", chain.attempts)
+        lines = [f"Could not get the index table from {location} (given explicitly, so no "
+                 "other table is used instead):"]
+        lines += [f"  {a}" for a in chain.attempts]
+        lines.append("Check the path or URL, or leave it out to use the cache, the bucket or "
+                     "the shipped catalogue.")
+        raise SourceError("\n".join(lines), chain.attempts)
+
+    chain = _Chain(3, on_attempt)
+    chain.add(Attempt(LOCAL, "", f"no path or URL given (pass one, or set {ENV_INDEX})"))
+    dest = index_cache_path()
+    chain.trying("download cache")
+    if _try_cache(chain, dest):
+        if not _index_problem(dest, chain.attempts, full=True):
+            return Resolved(dest, CACHE, "csv", "index", chain.attempts)
+        dl.remove_file(dest)
+    for source, base, label in ((BUCKET_HTTPS, bucket_url(), "public bucket URL"),
+                                (BUCKET_GCS, GCS_BUCKET, "bucket with Google credentials")):
+        chain.trying(label)
+        got = _try_download(chain, source, f"{base}/index.csv", dest, offline, progress)
+        if got is not None:
+            if not _index_problem(got, chain.attempts, full=True):
+                return Resolved(got, source, "csv", "index", chain.attempts)
             dl.remove_file(got)
-    attempts.append(Attempt(HF_MIRROR, "", "the Hub copies hold checkpoints only, no index"))
-    raise SourceError(_failure_message("the index table (index.csv)", None, attempts, offline),
-                      attempts)
+    chain.add(Attempt(HF_MIRROR, "", "the Hub copies hold checkpoints only, no index"))
+    raise SourceError(_failure_message("the index table (index.csv)", None, chain.attempts,
+                                       offline), chain.attempts)
 
 
-def _index_problem(path: Path, attempts: list) -> bool:
-    """Record and return True when ``path`` is not an index table (no ``filename`` column)."""
+def _index_problem(path: Path, attempts: list, *, full: bool = False) -> bool:
+    """Record (in ``attempts[-1]``) and return True when ``path`` is not an index table.
+
+    The quick check looks for the ``filename`` column; ``full=True`` (for copies this
+    package stores) runs the complete validation, so a truncated or damaged download is
+    refused instead of being kept and shown with fewer rows."""
     problem = dl.check_format(path, ".csv")
     if problem is None:
         with open(path, encoding="utf-8") as f:
             header = [c.strip() for c in f.readline().split(",")]
         if "filename" not in header:
             problem = f"not an index table: no 'filename' column in {header[:5]}..."
+    if problem is None and full:
+        from augreg_nb.index import read_index_csv
+
+        try:
+            read_index_csv(path, strict=True)
+        except Exception as err:  # noqa: BLE001 - any failure makes the copy unusable
+            text = " ".join(str(err).split())
+            problem = f"fails the index validation ({text[:300]})"
     if problem:
         attempts[-1] = Attempt(attempts[-1].source, str(path), problem)
     return problem is not None
