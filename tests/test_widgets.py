@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pandas as pd
@@ -618,3 +619,73 @@ def test_checkpoint_names_wrap_in_the_table_and_copy_whole(catalogue, real_env):
     import re
 
     assert name in re.sub("<wbr>", "", page)
+
+
+# --------------------------------------------------------------------------- fetch feedback
+
+
+def _closed_port_url() -> str:
+    """A loopback URL where nothing listens: connections are refused, as without network."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_fetch_says_which_source_it_is_trying(sources_env, catalogue):
+    bucket = sources_env
+    write_fake_checkpoint(bucket.root / f"{TI16_FT}.npz", "testing", num_classes=10,
+                          resolution=32)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    seen = []
+    browser.status.observe(lambda change: seen.append(change["new"]), names="value")
+    browser.fetch_button.click()
+    assert browser.messages.kind == "info", browser.messages.text
+    trying = [v for v in seen if "trying source" in v]
+    # cache, then the bucket, which serves it: two sources of four, in that order.
+    assert [v.split("trying source ")[1].split(":")[0] for v in trying] == ["1 of 4", "2 of 4"]
+    assert "public bucket URL" in trying[-1]
+    assert browser.status.value == ""  # gone once the fetch is over
+
+
+def test_fetch_without_network_fails_fast_with_one_message(sources_env, catalogue,
+                                                           monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_BUCKET_URL", _closed_port_url())
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    assert browser.selected == TI16_FT  # mirrored on the Hub: the long case before
+    start = time.monotonic()
+    browser.fetch_button.click()
+    assert time.monotonic() - start < 5
+    assert browser.messages.kind == "error"
+    assert "no network" in browser.messages.text
+    assert "Traceback" not in browser.messages.text
+    shown = "".join(str(o) for o in browser.progress.outputs)
+    assert "Retrying" not in shown
+    assert browser.status.value == ""
+
+
+def test_a_failed_load_clears_the_previous_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    path = write_fake_checkpoint(tmp_path / "fake.npz", "testing", num_classes=10,
+                                 resolution=32, seed=3)
+    panel = InferencePanel(str(path))
+    seen = []
+    panel.status.observe(lambda change: seen.append(change["new"]), names="value")
+    panel.load_button.click()
+    assert any("trying source 1 of" in v for v in seen)
+    panel.classify_button.click()
+    assert panel.figure is not None and "10 classes" in panel.info.value
+    panel.checkpoint.value = str(tmp_path / "missing.npz")
+    panel.load_button.click()
+    assert panel.messages.kind == "error"
+    assert panel.params is None and panel.figure is None and panel.predictions is None
+    assert panel.info.value == "" and panel.output.outputs == ()
+    panel.classify_button.click()
+    assert "press Load" in panel.messages.text

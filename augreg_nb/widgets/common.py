@@ -171,6 +171,17 @@ def set_options(widget: w.Dropdown, options: list, keep: Any = None) -> None:
         widget.value = keep if keep in values else values[0]
 
 
+def attempt_reporter(status: w.HTML) -> Callable[[int, int, str], None]:
+    """An ``on_attempt(k, n, description)`` for :func:`augreg_nb.sources.resolve_checkpoint`
+    that shows "trying source k of n: ..." in ``status`` while a fetch runs."""
+
+    def report(k: int, n: int, description: str) -> None:
+        status.value = (f"<span class='augreg-trying' style='color:#555'>trying source {k} of "
+                        f"{n}: {html.escape(str(description))}</span>")
+
+    return report
+
+
 def figure_png(figure, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib Figure (no pyplot, no backend needed)."""
     import io

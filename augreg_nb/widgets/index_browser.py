@@ -38,6 +38,7 @@ from augreg_nb import index_queries, names
 from augreg_nb.widgets.common import (
     ANY,
     MessageArea,
+    attempt_reporter,
     dropdown,
     guarded,
     run_in_output,
@@ -329,8 +330,9 @@ def file_to_fetch(view: BrowserView, selected: str | None, kind: str) -> str:
 class IndexBrowser:
     """Filters, a sortable table, the provenance line and a fetch button over an index table.
 
-    ``fetcher(name, progress=True)`` resolves a checkpoint name to a local file (default:
-    :func:`augreg_nb.sources.resolve_checkpoint`, with its progress bar). ``bucket_files``:
+    ``fetcher(name, progress=True, on_attempt=...)`` resolves a checkpoint name to a local
+    file (default: :func:`augreg_nb.sources.resolve_checkpoint`, with its progress bar; while
+    it runs, the panel says which source it is trying). ``bucket_files``:
     the only names the bucket serves (smoke mode's loopback bucket), else every name;
     ``hf_mirror=False``: the Hugging Face endpoint serves nothing (smoke mode).
     *can be fetched now* starts on whenever some rows cannot be fetched by this user
@@ -559,11 +561,12 @@ class IndexBrowser:
 
     # -- fetching ------------------------------------------------------------------------
     def _fetch(self, name: str):
+        on_attempt = attempt_reporter(self.status)
         if self._fetcher is not None:
-            return self._fetcher(name, progress=True)
+            return self._fetcher(name, progress=True, on_attempt=on_attempt)
         from augreg_nb.sources import resolve_checkpoint
 
-        return resolve_checkpoint(name, progress=True)
+        return resolve_checkpoint(name, progress=True, on_attempt=on_attempt)
 
     def _on_fetch(self, _button=None) -> None:
         @guarded(self.messages, "Fetching the checkpoint")
@@ -578,6 +581,7 @@ class IndexBrowser:
                 resolved = run_in_output(self.progress, self._fetch, name)
             finally:
                 self.fetch_button.disabled = False
+                self.status.value = ""
             self.last_fetch = resolved
             size = resolved.path.stat().st_size / 2**20
             self.messages.show(

@@ -25,7 +25,13 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
-from augreg_nb.widgets.common import MessageArea, guarded, run_in_output, show_figure
+from augreg_nb.widgets.common import (
+    MessageArea,
+    attempt_reporter,
+    guarded,
+    run_in_output,
+    show_figure,
+)
 
 SAMPLE_SIZE = 224
 
@@ -132,6 +138,7 @@ class InferencePanel:
                              layout=w.Layout(width="100%"))
         self.load_button = w.Button(description="Load", icon="download", button_style="primary")
         self.info = w.HTML()
+        self.status = w.HTML()  # which source a running Load is trying
         self.use_samples = w.SelectMultiple(options=list(self.samples),
                                             value=tuple(self.samples), description="Samples",
                                             rows=len(self.samples))
@@ -144,7 +151,8 @@ class InferencePanel:
         self.load_button.on_click(self._on_load)
         self.classify_button.on_click(self._on_classify)
         self.widget = w.VBox([
-            self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.progress,
+            self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.status,
+            self.progress,
             w.HBox([self.use_samples, self.upload, self.classify_button]),
             self.messages.widget, self.output,
         ])
@@ -167,22 +175,45 @@ class InferencePanel:
         out.update(uploaded_images(self.upload.value))
         return out
 
+    def forget_model(self) -> None:
+        """Drop the loaded model, its description and its charts (before a new Load, so a
+        failed one never leaves the previous model on show)."""
+        self.model_name = self.params = self.loaded = None
+        self.predictions = self.figure = None
+        self.info.value = ""
+        self.output.clear_output()
+
+    def _load(self, name: str):
+        """Fetch ``name`` (saying which source is tried) and read it: (model name, params)."""
+        from augreg_nb.checkpoint import load_pretrained
+        from augreg_nb.names import parse_name
+        from augreg_nb.sources import resolve_checkpoint
+
+        resolved = resolve_checkpoint(name, on_attempt=attempt_reporter(self.status))
+        self.status.value = ""
+        try:
+            model = parse_name(resolved.name).model
+        except ValueError:
+            model = None  # read off the file's shapes
+        return load_pretrained(resolved.path, model_name=model)
+
     def _on_load(self, _button=None) -> None:
         @guarded(self.messages, "Loading the checkpoint")
         def run():
-            from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
+            from augreg_nb.checkpoint import checkpoint_resolution
 
             name = self.checkpoint.value.strip()
+            self.forget_model()
             if not name:
                 raise ValueError("type a checkpoint name (or pick a suggestion) first")
             self.messages.show(f"loading {name} ...", "note")
             self.load_button.disabled = True
             try:
                 self.progress.clear_output()
-                self.model_name, self.params = run_in_output(self.progress, load_pretrained,
-                                                             name)
+                self.model_name, self.params = run_in_output(self.progress, self._load, name)
             finally:
                 self.load_button.disabled = False
+                self.status.value = ""
             self.loaded = name
             classes = int(np.shape(self.params["head"]["bias"])[0])
             res = checkpoint_resolution(self.model_name, self.params)
