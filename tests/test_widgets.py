@@ -300,6 +300,7 @@ def test_panel_does_nothing_until_start_and_reports_errors(tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists()  # nothing ran
     panel.export_button.click()  # disabled in a browser; from code it explains itself
     panel.start_button.click()
+    panel.wait(60)
     assert panel.messages.kind == "error"
     assert "offline" in panel.messages.text.lower() and "Traceback" not in panel.messages.text
     assert panel.result is None and not panel.start_button.disabled
@@ -311,7 +312,10 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
                           results_csv=tmp_path / "own.csv", steps=20)
     panel.start_button.click()
+    panel.wait(120)
     assert panel.messages.kind == "info", panel.messages.text
+    assert panel.bar.value == panel.bar.max == 20 and panel.bar.bar_style == "success"
+    assert panel.plot.value[:4] == b"\x89PNG"
     result = panel.result
     hist = result.history
     assert hist["step"].max() == 20 and hist["val_accuracy"].notna().any()
@@ -326,6 +330,70 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     rows = ftp.read_results(tmp_path / "own.csv")
     assert rows["adapt_filename"].tolist() == [result.result_row["adapt_filename"]]
     assert result.export_path.is_file() and str(result.export_path) in panel.messages.text
+
+
+def test_stop_saves_the_run_and_start_resumes_it(tmp_path, monkeypatch, catalogue):
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    assert panel.stop_button.disabled  # nothing to stop yet
+    panel.start_button.click()
+    assert panel.running and not panel.stop_button.disabled
+    assert panel.start_button.disabled
+    panel.stop_button.click()  # before the first step is done: it ends after step 1
+    panel.wait(120)
+    assert panel.messages.kind == "warning", panel.messages.text
+    assert panel.messages.text.startswith("stopped at step 1 of 20; Start resumes")
+    assert panel.stopped.state_path.is_file() and panel.result is None
+    assert panel.export_button.disabled and not panel.start_button.disabled
+    # Library chatter of the run stays out of the notebook, in a collapsed details block.
+    assert "Traceback" not in panel.library_output
+    panel.start_button.click()
+    panel.wait(120)
+    assert panel.messages.kind == "info", panel.messages.text
+    hist = panel.result.history
+    assert hist["step"].max() == 20 and hist["step"].min() <= 10  # one history, both parts
+
+
+def test_start_on_a_finished_run_shows_it_and_another_run_clears_it(tmp_path, monkeypatch,
+                                                                     catalogue):
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    panel.start_button.click()
+    panel.wait(120)
+    first = panel.result.history
+    logged = first.dropna(subset=["loss"])
+    # A new panel (a new session) on the same run: Start trains nothing and shows it all.
+    again = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    again.start_button.click()
+    again.wait(120)
+    assert again.messages.kind == "info", again.messages.text
+    loss_line = again.figure.axes[0].lines[0]
+    np.testing.assert_allclose(loss_line.get_ydata(), logged["loss"].to_numpy())
+    acc = again.figure.axes[1]
+    assert [line.get_label() for line in acc.lines] == ["val", "test"]  # legend order
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["val", "test"]
+    # The last evaluation (at the last step) lies inside the axes, not on the clipped edge.
+    assert acc.get_xlim()[1] > 20
+    assert "Your run: test accuracy" in again.summary.value
+    # Another configuration: the previous curves and result go before it starts.
+    again.task.value = "digits"
+    again.checkpoint.value = TI16_UP  # cannot run offline-free here: it fails
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    again.start_button.click()
+    again.wait(120)
+    assert again.messages.kind == "error"
+    assert again.summary.value == "" and again.plot.value == b"" and again.result is None
+    assert again.export_button.disabled
+
+
+def test_format_duration():
+    assert ftp.format_duration(42) == "42 s"
+    assert ftp.format_duration(20 * 60) == "20 min"
+    assert ftp.format_duration(3 * 3600 + 20 * 60) == "3 h 20 min"
+    assert ftp.format_duration(3 * 86400) == "3.0 days"
 
 
 # --------------------------------------------------------------------------- figures
@@ -689,3 +757,24 @@ def test_a_failed_load_clears_the_previous_model(tmp_path, monkeypatch):
     assert panel.info.value == "" and panel.output.outputs == ()
     panel.classify_button.click()
     assert "press Load" in panel.messages.text
+
+
+def test_a_long_cpu_run_is_paused_after_a_measured_step_to_say_how_long(tmp_path,
+                                                                       catalogue):
+    from augreg_nb.callbacks import StopFlag
+
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", checkpoint=TI16_UP,
+                          task="oxford_iiit_pet", steps=500)
+    progress = ftp._ProgressWidgets(panel.bar, panel.bar_label,
+                                    on_estimate=panel._on_estimate)
+    panel._stop, panel._measuring = StopFlag(), True
+    progress.on_train_begin({"total_steps": 500, "start_step": 0, "global_batch": 512})
+    # Step 2 measured at 64 img/s: 8 s per step, 498 steps left.
+    progress.on_log(2, {"loss": 3.6, "lr": 1e-4, "img_per_sec": 64.0})
+    assert panel.estimate == (2, 8.0, 498 * 8.0)
+    assert panel._stop.stop_requested and panel._stop.reason == "estimate"
+    assert "about 66 min left" in panel.bar_label.value
+    # A short run is not paused.
+    panel._stop, panel._measuring = StopFlag(), True
+    progress.on_log(2, {"loss": 3.6, "lr": 1e-4, "img_per_sec": 5120.0})
+    assert not panel._stop.stop_requested

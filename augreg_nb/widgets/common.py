@@ -214,3 +214,111 @@ def run_in_output(output: w.Output, fn: Callable[..., Any], *args, **kwargs) -> 
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def quiet_libraries() -> None:
+    """Keep TensorFlow's, absl's and TFDS's log lines out of the panels.
+
+    TensorFlow's C++ notices (oneDNN, CPU features) are silenced when this runs before
+    TensorFlow is imported (``TF_CPP_MIN_LOG_LEVEL``, unless the user set it); absl's
+    Python log drops below warnings; TFDS draws no progress bars of its own. What still
+    gets printed while a panel runs goes to its collapsed *library messages*.
+    """
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        absl_logging = None
+    if absl_logging is not None:
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    if "tensorflow_datasets" in sys.modules or _importable("tensorflow_datasets"):
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+class ThreadOutput:
+    """While installed, what one thread writes to ``sys.stdout``/``sys.stderr`` is kept
+    here (``text``) instead of reaching the notebook; other threads print as before.
+
+    A panel that runs work in a background thread installs it, so library chatter from
+    that work never lands in whichever cell happens to be running.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.thread: Any = None
+        self.parts: list[str] = []
+        self._lock = threading.Lock()
+        self._saved: dict[str, Any] = {}
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self.parts)
+
+    def install(self, thread) -> None:
+        import sys
+
+        self.thread = thread
+        for name in ("stdout", "stderr"):
+            original = getattr(sys, name)
+            self._saved[name] = original
+            setattr(sys, name, _Routed(original, self))
+
+    def uninstall(self) -> None:
+        import sys
+
+        for name, original in self._saved.items():
+            current = getattr(sys, name)
+            if isinstance(current, _Routed) and current.owner is self:
+                setattr(sys, name, original)
+        self._saved.clear()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.parts.append(text)
+
+
+class _Routed:
+    """A stream that sends the owner's thread's writes to the owner, others on."""
+
+    def __init__(self, original, owner: ThreadOutput):
+        self.original = original
+        self.owner = owner
+
+    def write(self, text: str) -> int:
+        import threading
+
+        if threading.current_thread() is self.owner.thread:
+            self.owner.write(text)
+            return len(text)
+        return self.original.write(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+def details_html(text: str, title: str) -> str:
+    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text)."""
+    text = text.strip()
+    if not text:
+        return ""
+    lines = text.count("\n") + 1
+    return (f"<details style='margin:4px 0'><summary style='color:#555'>{html.escape(title)} "
+            f"({lines} line{'s' if lines != 1 else ''})</summary><pre style='white-space:"
+            f"pre-wrap;font-size:11px;max-height:14em;overflow:auto'>{html.escape(text)}"
+            "</pre></details>")
