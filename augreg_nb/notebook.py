@@ -18,8 +18,9 @@ Colab
 
 Smoke mode (``AUGREG_NB_SMOKE=1``)
     The notebooks run top to bottom offline in about a minute on two CPU cores: the index is
-    the shipped catalogue; the caches live in a temporary folder; the checkpoint bucket is a
-    loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
+    the shipped catalogue; the caches live in a temporary folder (own results go to one file
+    under the user's cache, so notebook 3 shows what notebook 2 exported); the checkpoint
+    bucket is a loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
@@ -94,6 +95,9 @@ class SmokeEnvironment:
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
     owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
+    #: own results of smoke runs: one file under the user's cache, shared by the notebooks
+    #: (notebook 2 exports into it, notebook 3 reads it), kept across sessions
+    results_csv: Path | None = None
 
     def close(self) -> None:
         """Stop the servers, restore the environment variables, remove a temporary root."""
@@ -164,10 +168,14 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
         "CLOUDSDK_CONFIG": str(root / "gcloud"),
     }
     previous = {k: os.environ.get(k) for k in (*settings, ENV_INDEX, ENV_OFFLINE)}
+    from augreg_nb.download import cache_dir
+
+    results_csv = cache_dir() / "smoke" / "augreg_results.csv"  # before the cache moves
     os.environ.update(settings)
     os.environ.pop(ENV_INDEX, None)  # the shipped catalogue, whatever the user set
     os.environ.pop(ENV_OFFLINE, None)  # the loopback bucket is reachable
-    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root)
+    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root,
+                              results_csv)
     atexit.register(_SMOKE.close)
     logger.info("smoke mode: fake bucket at %s serving %s", bucket.url, ", ".join(served))
     return _SMOKE
@@ -232,14 +240,15 @@ def start(
 
     ``index``: a path or URL of a full ``index.csv`` (default: ``$AUGREG_NB_INDEX``, the
     cache, the bucket, else the shipped catalogue; smoke mode always uses the catalogue).
-    ``workdir`` and ``results_csv`` are moved into the temporary folder in smoke mode.
+    In smoke mode ``workdir`` moves into the temporary folder and ``results_csv`` to
+``<cache>/smoke/augreg_results.csv``, one file that notebooks 2 and 3 share.
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
     show_tables_whole()
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"
-        results_csv = smoke_env.root / "augreg_results.csv"
+        results_csv = smoke_env.results_csv or smoke_env.root / "augreg_results.csv"
         index = "catalogue"
     table = None
     if load_index:

@@ -133,6 +133,7 @@ def _execute(name, kernel_name, tmp_path, monkeypatch, press: str = ""):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("AUGREG_NB_SMOKE", "1")
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path.parent / "user-cache"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = _read(name)
     if press:
@@ -208,10 +209,32 @@ def test_02_finetune_runs(kernel_name, tmp_path, monkeypatch):
 
 
 def test_03_paper_figures_runs(kernel_name, tmp_path, monkeypatch):
-    nb, _ = _execute("03_paper_figures.ipynb", kernel_name, tmp_path, monkeypatch)
+    # A result exported by notebook 2 in smoke mode: the shared file under the user's cache.
+    from augreg_nb.widgets.finetune_panel import export_result_row
+
+    shared = tmp_path.parent / "user-cache" / "smoke" / "augreg_results.csv"
+    if shared.exists():
+        shared.unlink()
+    export_result_row({"name": "testing", "adapt_ds": "digits", "adapt_resolution": 32,
+                       "adapt_final_val": 0.3, "adapt_final_test": 0.25,
+                       "adapt_filename": "fake--digits-20-0.03-32"}, shared)
+    nb, _ = _execute("03_paper_figures.ipynb", kernel_name, tmp_path, monkeypatch, press=(
+        "picker.item.value = 'own'\npicker.reload_button.click()\n"
+        "print(picker.own_status.value)\nprint(picker.shown.item)"))
     outputs = _check_common(nb, "03")
-    assert _pngs(outputs) >= 1  # the picked figure
-    assert any("Figure 4" in v for v in _html_values(nb))
+    assert _pngs(outputs) >= 2  # the picked figure and Figure 4 drawn by the library call
+    lib = next(c for c in _code(nb) if "figures.plot_fig4" in c.source)
+    assert _pngs(lib.outputs) == 1
+    text = _text(_code(nb)[-1].outputs)
+    assert "1 own result row(s) read from" in text and str(shared) in text
+    assert text.strip().endswith("own")
+    # Pandas shows the explanations of the missing figures whole, not cut at 50 characters.
+    from augreg_nb import figures
+
+    why = next(c for c in _code(nb) if "NOT_REPRODUCIBLE" in c.source).outputs[0]
+    for reason in figures.NOT_REPRODUCIBLE.values():
+        assert reason in why["data"]["text/plain"].replace("\n", " ") or \
+            reason in why["data"].get("text/html", "")
 
 
 @pytest.mark.slow
@@ -248,13 +271,16 @@ def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkey
 
     monkeypatch.setenv("AUGREG_NB_SMOKE", "1")
     monkeypatch.setenv("AUGREG_NB_INDEX", str(tmp_path / "not-used.csv"))
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "user-cache"))
     before = dict(os.environ)
     session = nbh.start()
     env = session.smoke_env
     try:
         assert session.smoke and nbh.setup_smoke() is env  # one smoke set-up per process
         assert session.index.attrs["provenance"]["kind"] == "catalogue"
-        assert session.workdir.parent == env.root and session.results_csv.parent == env.root
+        assert session.workdir.parent == env.root
+        # Own results: one file under the user's cache, shared by notebooks 2 and 3.
+        assert session.results_csv == tmp_path / "user-cache" / "smoke" / "augreg_results.csv"
         assert "Smoke mode" in session.report and "CPU:" in session.report
         assert os.environ["AUGREG_NB_BUCKET_URL"].startswith("http://127.0.0.1:")
         assert os.environ["HF_ENDPOINT"].startswith("http://127.0.0.1:")

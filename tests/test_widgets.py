@@ -448,8 +448,34 @@ def test_picker_widget_redraws_and_explains(tmp_path):
                            "adapt_filename": "fake--digits"}, own_csv)
     picker.reload_button.click()
     assert picker.shown.item == "own" and "no published counterpart" in picker.shown.note
+    assert "1 own result row(s) read from" in picker.own_status.value
     picker.item.value = "table5"
     assert "<table" in picker.shown.html
+
+
+def test_comparison_offers_only_differences_in_a_bounded_view_and_says_what_data_it_is():
+    from types import SimpleNamespace
+
+    from augreg_nb import figures
+
+    session = SimpleNamespace(index=None, smoke=True, results_csv=None)
+    picker = FigurePicker.for_session(session, item="comparison", source="index")
+    assert picker.messages.kind is None, picker.messages.text
+    # Smoke mode's "full index" is built from the paper's own numbers: the screen says so.
+    assert fp.SYNTHETIC_NOTE in picker.caption.value.replace("&#x27;", "'")
+    table = figures.compare_with_paper(picker.index)
+    differ = int(table["differs"].sum())
+    assert picker.only_differences.value
+    html_rows = picker.shown.html.count("<tr") - 1  # the header row
+    assert html_rows == max(differ, 0) and html_rows < len(table)
+    assert "max-height" in picker.shown.html and "overflow:auto" in picker.shown.html
+    picker.only_differences.value = False
+    assert picker.shown.html.count("<tr") - 1 == len(table)
+    picker.item.value = "fig4"
+    assert fp.SYNTHETIC_NOTE in picker.caption.value.replace("&#x27;", "'")
+    # Figures from the paper's printed tables carry no such note.
+    picker.source.value = "paper"
+    assert fp.SYNTHETIC_NOTE not in picker.caption.value.replace("&#x27;", "'")
 
 
 # --------------------------------------------------------------------------- inference

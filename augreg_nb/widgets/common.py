@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 #: Dropdown value meaning "no filter".
 ANY = "(any)"
+#: Width of a widget that spans its panel: 100 % less the margins widgets get, so that it
+#: never makes the panel wider than the notebook (a horizontal scrollbar).
+FULL_WIDTH = "calc(100% - 8px)"
 
 _STYLES = {
     "error": "color:#8a1f11;background:#fdecea;border-left:4px solid #d93025;",

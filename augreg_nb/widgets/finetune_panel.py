@@ -39,6 +39,7 @@ from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
 from augreg_nb.widgets.common import (
+    FULL_WIDTH,
     MessageArea,
     details_html,
     dropdown,
@@ -315,7 +316,7 @@ class FinetunePanel:
             ckpts.insert(0, (checkpoint, checkpoint))
         tasks = task_choices(smoke=smoke)
         self.checkpoint = dropdown("Checkpoint", ckpts, checkpoint or ckpts[0][1],
-                                   width="100%")
+                                   width=FULL_WIDTH)
         self.task = dropdown("Task", tasks, task or tasks[0])
         self.resolution = dropdown("Resolution", resolution_choices(self.task.value),
                                    resolution)
@@ -337,7 +338,7 @@ class FinetunePanel:
                                     tooltip="stop after the current step; Start resumes")
         self.export_button = w.Button(description="Export result", icon="save",
                                       disabled=True)
-        self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="100%"))
+        self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width=FULL_WIDTH))
         self.bar_label = w.HTML()
         self.plot = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.summary = w.HTML()

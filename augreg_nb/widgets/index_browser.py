@@ -37,6 +37,7 @@ from augreg_nb import index as index_lib
 from augreg_nb import index_queries, names
 from augreg_nb.widgets.common import (
     ANY,
+    FULL_WIDTH,
     MessageArea,
     attempt_reporter,
     dropdown,
@@ -375,7 +376,7 @@ class IndexBrowser:
         self.access_note = w.HTML(value=self._access_html())
         self.count = w.HTML()
         self.table_html = w.HTML()
-        self.selection = dropdown("Checkpoint", [("", "")], "", width="100%")
+        self.selection = dropdown("Checkpoint", [("", "")], "", width=FULL_WIDTH)
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
                                     description="Fetch", style={"button_width": "auto"})
         self.fetch_button = w.Button(description="Fetch", icon="download",

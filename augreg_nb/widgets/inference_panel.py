@@ -26,6 +26,7 @@ import ipywidgets as w
 import numpy as np
 
 from augreg_nb.widgets.common import (
+    FULL_WIDTH,
     MessageArea,
     attempt_reporter,
     guarded,
@@ -131,11 +132,11 @@ class InferencePanel:
         self.checkpoint = w.Combobox(value=checkpoint, options=list(suggestions),
                                      ensure_option=False, description="Checkpoint",
                                      placeholder="checkpoint name, timm name or file path",
-                                     layout=w.Layout(width="100%"))
+                                     layout=w.Layout(width=FULL_WIDTH))
         self.labels = w.Text(value=labels, description="Class names",
                              placeholder="default: ImageNet names for 1000 classes; or a task "
                                          "name, e.g. oxford_iiit_pet",
-                             layout=w.Layout(width="100%"))
+                             layout=w.Layout(width=FULL_WIDTH))
         self.load_button = w.Button(description="Load", icon="download", button_style="primary")
         self.info = w.HTML()
         self.status = w.HTML()  # which source a running Load is trying
