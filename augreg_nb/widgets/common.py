@@ -41,7 +41,7 @@ def message_html(text: str, kind: str = "info", title: str | None = None) -> str
     body = html.escape(str(text))
     return (
         f'<div class="augreg-{kind}" style="{_STYLES[kind]}padding:6px 10px;margin:4px 0;'
-        f'white-space:pre-wrap;font-family:var(--jp-ui-font-family,sans-serif);">'
+        f'white-space:pre-wrap;line-height:1.4;font-family:var(--jp-ui-font-family,sans-serif);">'
         f"{head}{body}</div>"
     )
 
@@ -123,7 +123,7 @@ def table_html(
             text = html.escape(_fmt(v, float_format))
             if wraps:
                 text = text.replace("-", "-<wbr>").replace("_", "_<wbr>")
-                style = "padding:1px 6px;min-width:14em;overflow-wrap:anywhere;user-select:all"
+                style = "padding:1px 6px;min-width:7em;overflow-wrap:anywhere"
             else:
                 style = "padding:1px 6px;white-space:nowrap"
             cells.append(f"<td style='{style}'>{text}</td>")
@@ -131,7 +131,8 @@ def table_html(
         rows.append(f"<tr{style}>{''.join(cells)}</tr>")
     return (
         f"<div style='max-height:{max_height};overflow-y:auto;overflow-x:auto;max-width:100%'>"
-        "<table class='augreg-table' style='border-collapse:collapse;font-size:12px'>"
+        "<table class='augreg-table' style='border-collapse:collapse;font-size:12px;"
+        "line-height:1.35;width:100%'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 

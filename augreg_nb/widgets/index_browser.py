@@ -375,7 +375,7 @@ class IndexBrowser:
             layout=w.Layout(width="auto"))
         self.access_note = w.HTML(value=self._access_html())
         self.count = w.HTML()
-        self.table_html = w.HTML()
+        self.table_html = w.HTML(layout=w.Layout(width=FULL_WIDTH))
         self.selection = dropdown("Checkpoint", [("", "")], "", width=FULL_WIDTH)
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
                                     description="Fetch", style={"button_width": "auto"})
@@ -470,7 +470,7 @@ class IndexBrowser:
                 f"The bucket URL is set to {_bucket_url()}; its files are assumed to be "
                 "there."),
         }[self.access]
-        return f"<small style='color:#555'>{html.escape(text)}</small>"
+        return f"<div style='color:#555;font-size:12px;line-height:1.35'>{html.escape(text)}</div>"
 
     def _report_unavailable(self, state: Mapping[str, Any], options) -> None:
         """Say which given filter values the table does not have (they fall back to any)."""
@@ -530,7 +530,7 @@ class IndexBrowser:
         # The table first, then the count line: whoever waits for the count sees the table.
         if shown:
             self.table_html.value = table_html(view.table, marked=view.marked,
-                                               wrap_columns=("checkpoint",))
+                                               wrap_columns=("available", "checkpoint"))
         elif self.fetchable_only.value and view.matching_any_source:
             self.table_html.value = (
                 f"<i>None of the {view.matching_any_source:,} matching {what} can be fetched "
