@@ -315,6 +315,7 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     panel.wait(120)
     assert panel.messages.kind == "info", panel.messages.text
     assert panel.bar.value == panel.bar.max == 20 and panel.bar.bar_style == "success"
+    assert panel.bar_label.value.startswith("done: 20 steps · last loss ")
     assert panel.plot.value[:4] == b"\x89PNG"
     result = panel.result
     hist = result.history
@@ -481,20 +482,43 @@ def test_comparison_offers_only_differences_in_a_bounded_view_and_says_what_data
 # --------------------------------------------------------------------------- inference
 
 
-def test_sample_and_uploaded_images():
+def test_sample_photographs_and_uploaded_images():
     from PIL import Image
 
-    samples = ip.sample_images(64)
-    assert list(samples) == ["red ball", "stripes", "checkerboard"]
-    for img in samples.values():
-        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
-    assert len({img.tobytes() for img in samples.values()}) == 3
+    samples = ip.sample_images()
+    assert list(samples) == ["cat", "coffee cup", "rocket launch"]
+    for name, img in samples.items():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        assert min(img.shape[:2]) >= 224, name  # real photographs, big enough to classify
+        assert img.std() > 20, name  # not a flat placeholder
+        shipped = data_path("samples", ip.SAMPLE_PHOTOS[name])
+        assert shipped.stat().st_size <= 60_000
+        np.testing.assert_array_equal(np.asarray(Image.open(shipped).convert("RGB")), img)
+    small = ip.sample_images(64)
+    assert all(min(img.shape[:2]) == 64 for img in small.values())
     buf = io.BytesIO()
-    Image.fromarray(samples["stripes"]).save(buf, format="PNG")
+    Image.fromarray(small["cat"]).save(buf, format="PNG")
     got = ip.uploaded_images(({"name": "a.png", "content": memoryview(buf.getvalue())},))
-    np.testing.assert_array_equal(np.asarray(got["a.png"]), samples["stripes"])
+    np.testing.assert_array_equal(np.asarray(got["a.png"]), small["cat"])
     with pytest.raises(ValueError, match="b.jpg is not an image"):
         ip.uploaded_images([{"name": "b.jpg", "content": b"not an image"}])
+
+
+def test_probability_axis_scales_to_the_largest_bar():
+    from augreg_nb.inference import Prediction
+
+    images = ip.sample_images(32)
+    low = [[Prediction(i, f"class {i}", p) for i, p in enumerate([0.012, 0.008, 0.005])]
+           for _ in images]
+    fig = ip.plot_predictions(images, low)
+    assert fig.axes[1].get_xlim() == pytest.approx((0, 1.5))  # 1.2 % fills most of the axis
+    assert ip.probability_axis_limit([90.0, 5.0]) == 100.0
+    assert ip.probability_axis_limit([0.1]) == 1.0
+    # Every label of the chart is at least 9 pt.
+    texts = [t for ax in fig.axes for t in (*ax.texts, *ax.get_yticklabels(),
+                                             *ax.get_xticklabels(), ax.xaxis.label)
+             if t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= 9
 
 
 def test_plot_predictions_draws_the_probabilities():
@@ -524,13 +548,13 @@ def test_inference_panel_loads_and_classifies(tmp_path):
     panel.load_button.click()
     assert panel.messages.kind == "info", panel.messages.text
     assert "10 classes, 32 px" in panel.info.value
-    panel.use_samples.value = ("red ball", "checkerboard")
+    panel.use_samples.value = ("cat", "rocket launch")
     panel.classify_button.click()
     assert panel.messages.kind == "info", panel.messages.text
     assert len(panel.predictions) == 2 and all(len(p) == 5 for p in panel.predictions)
     # Independent forward pass: softmax of the model's logits on the same pre-processing.
     params = load(path, model_name="testing")
-    x = prepare_images([panel.samples["red ball"], panel.samples["checkerboard"]], 32)
+    x = prepare_images([panel.samples["cat"], panel.samples["rocket launch"]], 32)
     logits = np.asarray(create_model("testing", 10).apply({"params": params}, x, train=False))
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -226,6 +226,8 @@ class _ProgressWidgets:
         self.global_batch = 1
         self.total = 1
         self.seconds_per_step = math.nan
+        self.last_loss = math.nan
+        self.finished_before = False
 
     def on_train_begin(self, info: dict) -> None:
         self.total, self.global_batch = info["total_steps"], info["global_batch"]
@@ -233,6 +235,7 @@ class _ProgressWidgets:
         self.bar.value = info["start_step"]
         self.bar.bar_style = ""
         start = info["start_step"]
+        self.finished_before = start >= self.total
         self.label.value = (
             f"this run finished earlier: its {self.total:,} steps, curves and result"
             if start >= self.total else
@@ -240,6 +243,7 @@ class _ProgressWidgets:
 
     def on_log(self, step: int, metrics: dict) -> None:
         self.bar.value = step
+        self.last_loss = float(metrics["loss"])
         speed = metrics.get("img_per_sec", math.nan)
         text = f"step {step:,} of {self.total:,} · loss {metrics['loss']:.4f}"
         if math.isfinite(speed) and speed > 0:
@@ -257,6 +261,9 @@ class _ProgressWidgets:
     def on_train_end(self, history) -> None:
         self.bar.value = self.bar.max
         self.bar.bar_style = "success"
+        if not self.finished_before:
+            loss = f" · last loss {self.last_loss:.4f}" if math.isfinite(self.last_loss) else ""
+            self.label.value = f"done: {self.total:,} steps{loss}"
 
 
 def _on_cpu() -> bool:
