@@ -287,16 +287,19 @@ def test_panel_does_nothing_until_start_and_reports_errors(tmp_path, monkeypatch
     monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
     monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("AUGREG_NB_CHECKPOINT_DIR", raising=False)
-    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+    smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
                           results_csv=tmp_path / "own.csv")
-    assert panel.checkpoint.value == ftp.SMOKE_CHECKPOINT
-    assert (panel.task.value, panel.steps.value) == ("digits", ftp.default_steps("digits"))
+    assert smoke.checkpoint.value == ftp.SMOKE_CHECKPOINT
+    assert (smoke.task.value, smoke.steps.value) == ("digits", ftp.default_steps("digits"))
+    # Smoke mode offers only what runs offline.
+    assert [v for _, v in smoke.checkpoint.options] == [ftp.SMOKE_CHECKPOINT]
+    assert list(smoke.task.options) == ["digits"]
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs",
+                          results_csv=tmp_path / "own.csv", checkpoint=TI16_UP)
+    assert "digits" not in panel.task.options
     panel.task.value = "oxford_iiit_pet"
-    assert list(panel.steps.options) == [500, 2500] and panel.steps.value == 500
+    assert list(panel.steps.options) == [500, 2500]
     assert list(panel.resolution.options) == [224, 384]
-    panel.checkpoint.value = TI16_UP
-    panel.task.value = "digits"
-    panel.steps.value = 20
     assert not (tmp_path / "runs").exists()  # nothing ran
     panel.export_button.click()  # disabled in a browser; from code it explains itself
     panel.start_button.click()
@@ -380,14 +383,15 @@ def test_start_on_a_finished_run_shows_it_and_another_run_clears_it(tmp_path, mo
     assert acc.get_xlim()[1] > 20
     assert "Your run: test accuracy" in again.summary.value
     # Another configuration: the previous curves and result go before it starts.
-    again.task.value = "digits"
-    again.checkpoint.value = TI16_UP  # cannot run offline-free here: it fails
-    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    shown_before = again.plot.value
+    again.steps.value = 100
     again.start_button.click()
-    again.wait(120)
-    assert again.messages.kind == "error"
-    assert again.summary.value == "" and again.plot.value == b"" and again.result is None
+    assert again.summary.value == "" and again.result is None  # cleared at once
     assert again.export_button.disabled
+    again.stop_button.click()
+    again.wait(120)
+    assert again.messages.kind == "warning" and "stopped at step 1 of 100" in again.messages.text
+    assert again.plot.value != shown_before  # the new run's (empty) curves, not the old ones
 
 
 def test_format_duration():

@@ -61,10 +61,11 @@ LONG_RUN_S = 600
 
 def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[tuple[str, str]]:
     """(label, checkpoint) choices: the recommended upstream of each model (★), then the
-    other upstream checkpoints of the table; in smoke mode the fake test model first."""
+    other upstream checkpoints of the table; in smoke mode only the fake test model, the
+    one that runs offline."""
     out: list[tuple[str, str]] = []
-    if smoke:
-        out.append(("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT))
+    if smoke:  # offline: only the fake model (a real checkpoint needs a download)
+        return [("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT)]
     if df is None or len(df) == 0:
         return out
     from augreg_nb.widgets.index_browser import recommended_files
@@ -81,8 +82,9 @@ def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[
 
 
 def task_choices(*, smoke: bool = False) -> list[str]:
-    """Tasks offered: the paper's sweep; in smoke mode the offline digits task first."""
-    return ([config_lib.SMOKE_TASK] if smoke else []) + list(PAPER_TASKS)
+    """Tasks offered: the paper's sweep; in smoke mode only the offline digits task (the
+    sweep's datasets need downloads)."""
+    return [config_lib.SMOKE_TASK] if smoke else list(PAPER_TASKS)
 
 
 def steps_choices(task: str) -> list[int]:
