@@ -245,6 +245,9 @@ def start(
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
     show_tables_whole()
+    from augreg_nb.widgets.common import quiet_libraries
+
+    quiet_libraries(tfds=False)  # before anything loads TensorFlow
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"

@@ -220,12 +220,14 @@ def run_in_output(output: w.Output, fn: Callable[..., Any], *args, **kwargs) -> 
     return result["value"]
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(*, tfds: bool = True) -> None:
     """Keep TensorFlow's, absl's and TFDS's log lines out of the panels.
 
     TensorFlow's C++ notices (oneDNN, CPU features) are silenced when this runs before
     TensorFlow is imported (``TF_CPP_MIN_LOG_LEVEL``, unless the user set it); absl's
-    Python log drops below warnings; TFDS draws no progress bars of its own. What still
+    Python log drops below warnings; TFDS draws no progress bars of its own (``tfds=False``
+    leaves TFDS alone: importing it loads TensorFlow, seconds a notebook's first cell should
+    not spend). What still
     gets printed while a panel runs goes to its collapsed *library messages*.
     """
     import os
@@ -238,7 +240,7 @@ def quiet_libraries() -> None:
         absl_logging = None
     if absl_logging is not None:
         absl_logging.set_verbosity(absl_logging.ERROR)
-    if "tensorflow_datasets" in sys.modules or _importable("tensorflow_datasets"):
+    if tfds and ("tensorflow_datasets" in sys.modules or _importable("tensorflow_datasets")):
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
