@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Annotation, Text
@@ -16,14 +17,32 @@ from augreg_nb.widgets.figure_picker import render
 #: Width of a notebook's output area (px) and the dpi notebooks show figures at.
 NOTEBOOK_WIDTH_PX = 900
 DPI = 100
-ITEMS = ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7")
+ITEMS = ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "own")
+
+
+def _own_rows() -> pd.DataFrame:
+    """Two own result rows in the index schema (all 21 columns, unknown ones empty): a
+    digits run and a Ti/16 ImageNet one."""
+    from augreg_nb.index import COLUMNS
+
+    rows = [
+        {"name": "testing", "ds": "i21k", "adapt_ds": "digits", "adapt_resolution": 32,
+         "adapt_final_val": 0.64, "adapt_final_test": 0.58,
+         "adapt_filename": "fake-testing--digits-steps_300-lr_0.03-res_32"},
+        {"name": "Ti/16", "ds": "i21k", "adapt_ds": "imagenet2012", "adapt_resolution": 384,
+         "adapt_final_val": 0.81, "adapt_final_test": 0.78,
+         "adapt_filename": "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"
+                           "--imagenet2012-steps_20k-lr_0.03-res_384"},
+    ]
+    return pd.DataFrame([{c: r.get(c, np.nan) for c in COLUMNS} for r in rows])
 
 
 def _render(item, highlight=("B/16", "L/16", "S/32")):
     index = paper_index().copy()
     index.attrs["synthetic"] = True
     source = "index" if item == "fig1" else "paper"
-    return render(item, source=source, index=index, highlight=list(highlight)).figure
+    return render(item, source=source, index=index, highlight=list(highlight),
+                  own=_own_rows()).figure
 
 
 def _drawn(fig):

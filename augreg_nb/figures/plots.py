@@ -279,7 +279,9 @@ def plot_fig1(tidy: pd.DataFrame, ax=None, *, highlight=None,
     own = _overlay_points(overlay, "imagenet2012")
     own = own[own["name"].isin(FIG1_MODELS) & own["ds"].isin(list(xpos))
               & own["adapt_resolution"].isin(tidy["resolution"].unique())]
-    panel_ax.scatter(own["ds"].map(xpos) + 0.08, 100 * own["adapt_final_test"], marker="*",
+    # astype(float): with no own row left, map() keeps the string dtype and "+" fails.
+    own_x = own["ds"].astype(object).map(xpos).astype(float) + 0.08
+    panel_ax.scatter(own_x, 100 * own["adapt_final_test"].astype(float), marker="*",
                      s=140, color="black", zorder=6)
     handles = [Line2D([], [], color=MODEL_COLORS[m], marker="o", label=f"ViT-{m}")
                for m in FIG1_MODELS]
