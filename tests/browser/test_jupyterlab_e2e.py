@@ -358,6 +358,17 @@ def test_finetune_stop_resume_export_shows_in_notebook_3(lab_page):
     stopped.wait_for(timeout=120_000)
     assert re.search(r"stopped at step \d+ of [\d,]+; Start resumes", stopped.inner_text())
     nb.shot("stopped", area)
+    # Start resumes; interrupting the kernel (the run goes on in the background while the
+    # kernel is idle) ends it the same way, with the message and no traceback.
+    _button(area, "Start fine-tuning").click()
+    area.get_by_text(re.compile(r"step \d+ of [\d,]+ · loss")).wait_for(timeout=120_000)
+    nb.page.evaluate("() => window.jupyterapp.shell.currentWidget"
+                     ".sessionContext.session.kernel.interrupt()")
+    again = area.locator(".augreg-warning", has_text="Start resumes")
+    again.wait_for(timeout=120_000)
+    assert "Traceback" not in area.inner_text() and "KeyboardInterrupt" not in area.inner_text()
+    nb.assert_no_errors()
+    nb.shot("interrupted", area)
     start = time.monotonic()
     _button(area, "Start fine-tuning").click()
     area.locator(".augreg-info", has_text="Your run: test accuracy").wait_for(timeout=240_000)
