@@ -5,7 +5,8 @@
 
 A callback is any object with some of these methods (missing ones are skipped):
 
-- ``on_train_begin(info)``: ``info`` has total_steps, start_step, global_batch, workdir.
+- ``on_train_begin(info)``: ``info`` has total_steps, start_step, global_batch, workdir
+  and history (the metrics of the steps before ``start_step``, for a resumed run).
 - ``on_log(step, metrics)``: every ``log_every`` steps; loss, lr, grad_norm, img_per_sec.
 - ``on_eval(step, metrics)``: after each evaluation; ``val_accuracy``, ``test_accuracy``...
 - ``on_train_end(history)``: the metrics history DataFrame.
@@ -132,6 +133,7 @@ class LivePlot(Callback):
         self.figure = Figure(figsize=self.figsize, layout="constrained")
         self.ax_loss, self.ax_acc = self.figure.subplots(1, 2)
         self.total_steps = info["total_steps"]
+        self._from_history(info.get("history"))  # a resumed run shows its earlier steps
         self._show()
 
     def on_log(self, step: int, metrics: dict) -> None:

@@ -285,7 +285,8 @@ def fit(
 
     start = int(state.step)
     info = {"total_steps": config.total_steps, "start_step": start, "workdir": str(workdir),
-            "global_batch": config.global_batch, "devices": num_devices}
+            "global_batch": config.global_batch, "devices": num_devices,
+            "history": history()}  # of the earlier sessions of a resumed run
     callbacks_lib.dispatch(callbacks, "on_train_begin", info)
     final: dict = {}
     if start < config.total_steps:
@@ -311,7 +312,8 @@ def fit(
                 jax.block_until_ready(metrics)
                 t_last, s_last = time.perf_counter(), step
             last = step == config.total_steps
-            if step % config.log_every == 0 or last:
+            stop = not last and _stop_requested(callbacks)
+            if step % config.log_every == 0 or last or stop:  # a stop logs its last steps
                 check_finite()
                 host = jax.device_get([m for _, m in pending])
                 now = time.perf_counter()
@@ -327,11 +329,11 @@ def fit(
                 callbacks_lib.dispatch(callbacks, "on_log", step, logged)
                 pending.clear()
                 t_last, s_last = now, step
+                stop = not last and _stop_requested(callbacks)  # asked for while logging
             paused = time.perf_counter()
             if (config.eval_every and step % config.eval_every == 0) or last:
                 check_finite()
                 final = run_evals(step)
-            stop = not last and _stop_requested(callbacks)
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stop:
                 check_finite()
                 save()

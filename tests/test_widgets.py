@@ -352,11 +352,18 @@ def test_stop_saves_the_run_and_start_resumes_it(tmp_path, monkeypatch, catalogu
     assert panel.export_button.disabled and not panel.start_button.disabled
     # Library chatter of the run stays out of the notebook, in a collapsed details block.
     assert "Traceback" not in panel.library_output
+    seen = []
+    panel.plot.observe(lambda change: seen.append(panel.figure.axes[0].lines[0].get_xdata()
+                                                  if panel.figure.axes[0].lines else []),
+                       names="value")
     panel.start_button.click()
     panel.wait(120)
     assert panel.messages.kind == "info", panel.messages.text
     hist = panel.result.history
     assert hist["step"].max() == 20 and hist["step"].min() <= 10  # one history, both parts
+    # The resumed run's first drawing already holds the steps logged before the stop.
+    before = hist[hist["step"] <= 1].dropna(subset=["loss"])["step"].tolist()
+    assert before == [1] and list(seen[0]) == before
 
 
 def test_start_on_a_finished_run_shows_it_and_another_run_clears_it(tmp_path, monkeypatch,
