@@ -839,3 +839,34 @@ def test_a_long_cpu_run_is_paused_after_a_measured_step_to_say_how_long(tmp_path
     panel._stop, panel._measuring = StopFlag(), True
     progress.on_log(2, {"loss": 3.6, "lr": 1e-4, "img_per_sec": 5120.0})
     assert not panel._stop.stop_requested
+
+
+def test_a_folder_of_images_is_a_task_with_the_paper_recipe(tmp_path, catalogue):
+    from PIL import Image
+
+    folder = tmp_path / "flowers"
+    for k, cls in enumerate(("daisy", "roses")):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * k, 40 * i, 90)).save(folder / cls / f"{i}.jpg")
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", checkpoint=TI16_UP)
+    assert panel.folder.layout.display != "none"
+    panel.folder.value = str(folder)
+    panel.steps.value = 500
+    c = panel.config()
+    assert c.task == str(folder) and panel.task_name == str(folder)
+    assert list(panel.steps.options) == [500, 2500, 10000, 20000]
+    assert list(panel.resolution.options) == [224, 384]
+    assert (c.global_batch, c.total_steps, c.warmup_steps) == (512, 500, 100)  # Table 4
+    assert not panel.start_button.disabled
+    from augreg_nb.train import load_task
+
+    task = load_task(c)  # the same task the Python API builds from the folder
+    assert task.num_classes == 2 and task.folder is not None
+    panel.folder.value = str(tmp_path / "missing")
+    assert panel.start_button.disabled and "is not a folder" in panel.messages.text
+    panel.folder.value = ""
+    assert panel.config().task == panel.task.value and not panel.start_button.disabled
+    # Smoke mode hides it: a folder task needs a real checkpoint, a download.
+    smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True)
+    assert smoke.folder.layout.display == "none"

@@ -87,10 +87,25 @@ def task_choices(*, smoke: bool = False) -> list[str]:
     return [config_lib.SMOKE_TASK] if smoke else list(PAPER_TASKS)
 
 
+def is_folder_task(task: str) -> bool:
+    """``task`` names a folder of images (one sub-folder per class), not a registered task:
+    a path (it has a separator) or an existing folder."""
+    if task in PAPER_TASKS or task == config_lib.SMOKE_TASK:
+        return False
+    return "/" in task or os.sep in task or Path(task).expanduser().is_dir()
+
+
+def _paper_recipe(task: str) -> bool:
+    return task in PAPER_TASKS or is_folder_task(task)
+
+
 def steps_choices(task: str) -> list[int]:
-    """Run lengths offered for ``task``: the paper's two (Table 4), or the smoke preset's."""
+    """Run lengths offered for ``task``: the paper's two (Table 4), the four of Table 4 for
+    a folder of images, or the smoke preset's."""
     if task in PAPER_TASKS:
         return list(PAPER_TASKS[task])
+    if is_folder_task(task):
+        return sorted(tasks_lib.WARMUP_STEPS)
     smoke = config_lib.get_config("smoke").total_steps
     return sorted({20, smoke, 100})
 
@@ -99,12 +114,14 @@ def default_steps(task: str) -> int:
     """The shorter paper length of a sweep task; the smoke preset's length otherwise."""
     if task in PAPER_TASKS:
         return PAPER_TASKS[task][0]
+    if is_folder_task(task):
+        return min(tasks_lib.WARMUP_STEPS)
     return config_lib.get_config("smoke").total_steps
 
 
 def resolution_choices(task: str) -> list[int]:
-    return [config_lib.get_config("smoke").resolution] if task not in PAPER_TASKS else \
-        list(config_lib.SWEEP_RESOLUTIONS)
+    return list(config_lib.SWEEP_RESOLUTIONS) if _paper_recipe(task) else \
+        [config_lib.get_config("smoke").resolution]
 
 
 def make_config(
@@ -117,10 +134,11 @@ def make_config(
     micro_batches: int | None = None,
     workdir: str | os.PathLike | None = None,
 ):
-    """The locked config of one run: the paper's preset for a sweep task, the ``smoke``
-    preset (with these choices) for the offline digits task. ``workdir``: the folder
-    under which the run gets its own sub-folder (named after the run)."""
-    if task in PAPER_TASKS:
+    """The locked config of one run: the paper's preset for a sweep task or a folder of
+    images (``task`` is then its path), the ``smoke`` preset (with these choices) for the
+    offline digits task. ``workdir``: the folder under which the run gets its own
+    sub-folder (named after the run)."""
+    if _paper_recipe(task):
         config = config_lib.preset_for(task, steps, lr, resolution, checkpoint=checkpoint,
                                        micro_batches=micro_batches or 8)
     else:
@@ -339,6 +357,11 @@ class FinetunePanel:
                                               description="Micro-batches",
                                               style={"description_width": "initial"},
                                               layout=w.Layout(width="auto"))
+        self.folder = w.Text(value="", description="or a folder of images",
+                             placeholder="path/to/images with one sub-folder per class",
+                             style={"description_width": "initial"},
+                             layout=w.Layout(width=FULL_WIDTH,
+                                             display="none" if smoke else None))
         self.preset = w.HTML()
         self.start_button = w.Button(description="Start fine-tuning", icon="play",
                                      button_style="success")
@@ -353,6 +376,7 @@ class FinetunePanel:
         self.summary = w.HTML()
         self.details = w.HTML()
         self.task.observe(self._on_task, names="value")
+        self.folder.observe(self._on_task, names="value")
         for widget in (self.checkpoint, self.resolution, self.lr, self.steps,
                        self.micro_batches):
             widget.observe(self._on_change, names="value")
@@ -364,6 +388,7 @@ class FinetunePanel:
             self.checkpoint,
             w.HBox([self.task, self.resolution, self.lr, self.steps, self.micro_batches],
                    layout=wrap),
+            self.folder,
             self.preset,
             w.HBox([self.start_button, self.stop_button, self.export_button], layout=wrap),
             self.bar, self.bar_label, self.plot, self.summary, self.messages.widget,
@@ -383,9 +408,20 @@ class FinetunePanel:
         return cls(session.index, **kwargs)
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        """The task a run uses: the image folder when one is given, else the chosen task."""
+        folder = self.folder.value.strip()
+        return str(Path(folder).expanduser()) if folder else self.task.value
+
     def config(self):
         """The config the Start button runs now."""
-        return make_config(checkpoint=self.checkpoint.value, task=self.task.value,
+        folder = self.folder.value.strip()
+        if folder and not Path(folder).expanduser().is_dir():
+            raise ValueError(f"{folder!r} is not a folder: give a folder of images with one "
+                             "sub-folder per class (e.g. flowers/daisy/*.jpg, "
+                             "flowers/roses/*.jpg), or clear the field to use the Task")
+        return make_config(checkpoint=self.checkpoint.value, task=self.task_name,
                            resolution=self.resolution.value, lr=self.lr.value,
                            steps=self.steps.value, micro_batches=self.micro_batches.value,
                            workdir=self.workdir)
@@ -402,7 +438,9 @@ class FinetunePanel:
         return self.result.history
 
     def _on_task(self, change=None) -> None:
-        task = self.task.value
+        folder = self.folder.value.strip()
+        task = (str(Path(folder).expanduser()) if folder and Path(folder).expanduser().is_dir()
+                else self.task.value)
         steps, res = steps_choices(task), resolution_choices(task)
         set_options(self.steps, steps,
                     keep=self.steps.value if self.steps.value in steps else default_steps(task))
@@ -463,7 +501,7 @@ class FinetunePanel:
             quiet_libraries()
             self._stop = StopFlag()
             # On a CPU a paper run takes hours: measure a step first and say how long.
-            self._measuring = (config.task in PAPER_TASKS and _on_cpu()
+            self._measuring = (_paper_recipe(config.task) and _on_cpu()
                                and config.workdir not in self._measured)
             if self._measuring:
                 config.log_every = 1  # a measured step as early as possible
