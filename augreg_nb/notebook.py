@@ -21,8 +21,9 @@ Colab
 
 Smoke mode (``AUGREG_NB_SMOKE=1``)
     The notebooks run top to bottom offline in about a minute on two CPU cores: the index is
-    the shipped catalogue; the caches live in a temporary folder; the checkpoint bucket is a
-    loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
+    the shipped catalogue; the caches live in a temporary folder (own results go to one file
+    under the user's cache, so notebook 3 shows what notebook 2 exported); the checkpoint
+    bucket is a loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
@@ -104,6 +105,9 @@ class SmokeEnvironment:
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
     owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
+    #: own results of smoke runs: one file under the user's cache, shared by the notebooks
+    #: (notebook 2 exports into it, notebook 3 reads it), kept across sessions
+    results_csv: Path | None = None
 
     def close(self) -> None:
         """Stop the servers, restore the environment variables, remove a temporary root."""
@@ -174,10 +178,14 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
         "CLOUDSDK_CONFIG": str(root / "gcloud"),
     }
     previous = {k: os.environ.get(k) for k in (*settings, ENV_INDEX, ENV_OFFLINE)}
+    from augreg_nb.download import cache_dir
+
+    results_csv = cache_dir() / "smoke" / "augreg_results.csv"  # before the cache moves
     os.environ.update(settings)
     os.environ.pop(ENV_INDEX, None)  # the shipped catalogue, whatever the user set
     os.environ.pop(ENV_OFFLINE, None)  # the loopback bucket is reachable
-    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root)
+    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root,
+                              results_csv)
     atexit.register(_SMOKE.close)
     logger.info("smoke mode: fake bucket at %s serving %s", bucket.url, ", ".join(served))
     return _SMOKE
@@ -215,6 +223,15 @@ class Session:
         p.text(self.report)
 
 
+def show_tables_whole() -> None:
+    """Let pandas show file names and explanations whole in a notebook (its default cuts
+    every cell at 50 characters, which hides what tells checkpoints apart)."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.width", 200)
+
+
 def device_report() -> str:
     """One line: the accelerator JAX uses (TPU, GPU or CPU) and the number of devices."""
     from augreg_nb.envinfo import describe_devices
@@ -233,13 +250,18 @@ def start(
 
     ``index``: a path or URL of a full ``index.csv`` (default: ``$AUGREG_NB_INDEX``, the
     cache, the bucket, else the shipped catalogue; smoke mode always uses the catalogue).
-    ``workdir`` and ``results_csv`` are moved into the temporary folder in smoke mode.
+    In smoke mode ``workdir`` moves into the temporary folder and ``results_csv`` to
+``<cache>/smoke/augreg_results.csv``, one file that notebooks 2 and 3 share.
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
+    show_tables_whole()
+    from augreg_nb.widgets.common import quiet_libraries
+
+    quiet_libraries(tfds=False)  # before anything loads TensorFlow
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"
-        results_csv = smoke_env.root / "augreg_results.csv"
+        results_csv = smoke_env.results_csv or smoke_env.root / "augreg_results.csv"
         index = "catalogue"
     compile_cache.enable()  # compiled programs survive kernel restarts (after smoke set-up)
     table = None

@@ -22,8 +22,10 @@ into ``micro_batches`` accumulated slices; every ``eval_every`` steps and at the
 val and test splits are evaluated (each example exactly once, the last batch padded and
 masked). The full training state is saved atomically every ``checkpoint_every`` steps; run
 the same command (same workdir) again after a crash and it continues to the same final
-parameters an uninterrupted run would reach. A non-finite loss stops the run and keeps the
-last good state; running out of accelerator memory names a ``micro_batches`` that fits.
+parameters an uninterrupted run would reach. A callback whose ``stop_requested`` is True,
+or a keyboard (kernel) interrupt, ends the run after the current step with its state saved
+(:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
+keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
 
 Several hosts (a TPU pod slice, GPU nodes): start the same command on every host after
 ``jax.distributed.initialize()`` (automatic on Cloud TPU; elsewhere pass
@@ -69,6 +71,23 @@ class TrainingDiverged(RuntimeError):
         super().__init__(message)
         self.step = step
         self.state_path = state_path
+
+
+class TrainingStopped(RuntimeError):
+    """The run was stopped on request (a callback's ``stop_requested``, or a keyboard or
+    kernel interrupt) at the end of step ``step``; its state is saved in ``state_path``, so
+    running the same config again resumes it."""
+
+    def __init__(self, step: int, state_path: Path | None, total_steps: int):
+        super().__init__(f"stopped at step {step} of {total_steps}; the state is saved in "
+                         f"{state_path}; Start (or the same command) resumes the run")
+        self.step = step
+        self.state_path = state_path
+        self.total_steps = total_steps
+
+
+def _stop_requested(callbacks) -> bool:
+    return any(getattr(cb, "stop_requested", False) for cb in callbacks)
 
 
 @dataclasses.dataclass
@@ -266,16 +285,21 @@ def fit(
 
     start = int(state.step)
     info = {"total_steps": config.total_steps, "start_step": start, "workdir": str(workdir),
-            "global_batch": config.global_batch, "devices": num_devices}
+            "global_batch": config.global_batch, "devices": num_devices,
+            "history": history()}  # of the earlier sessions of a resumed run
     callbacks_lib.dispatch(callbacks, "on_train_begin", info)
     final: dict = {}
     if start < config.total_steps:
         batches = data.train_batches(start + 1)
         t_last, s_last = time.perf_counter(), start
         for step in range(start + 1, config.total_steps + 1):
-            batch = ts.put_batch(next(batches), mesh)
             try:
+                batch = ts.put_batch(next(batches), mesh)
                 state, metrics = train_step(state, batch)
+            except KeyboardInterrupt:  # the state of the last finished step is kept
+                save()
+                raise TrainingStopped(int(state.step), state_path,
+                                      config.total_steps) from None
             except Exception as err:
                 if _is_oom(err):
                     raise RuntimeError(
@@ -288,7 +312,8 @@ def fit(
                 jax.block_until_ready(metrics)
                 t_last, s_last = time.perf_counter(), step
             last = step == config.total_steps
-            if step % config.log_every == 0 or last:
+            stop = not last and _stop_requested(callbacks)
+            if step % config.log_every == 0 or last or stop:  # a stop logs its last steps
                 check_finite()
                 host = jax.device_get([m for _, m in pending])
                 now = time.perf_counter()
@@ -304,13 +329,17 @@ def fit(
                 callbacks_lib.dispatch(callbacks, "on_log", step, logged)
                 pending.clear()
                 t_last, s_last = now, step
+                stop = not last and _stop_requested(callbacks)  # asked for while logging
             paused = time.perf_counter()
             if (config.eval_every and step % config.eval_every == 0) or last:
                 check_finite()
                 final = run_evals(step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stop:
                 check_finite()
                 save()
+            if stop:
+                pending.clear()
+                raise TrainingStopped(step, state_path, config.total_steps)
             t_last += time.perf_counter() - paused
     else:
         prefixes = tuple(f"{split}_" for split in data.eval_batches)

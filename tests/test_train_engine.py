@@ -332,3 +332,52 @@ def test_bfloat16_compute_trains(tmp_path):
               data=synthetic_data())
     assert all(x.dtype == np.float32 for x in leaves(out.params))  # params stay float32
     assert np.isfinite(out.history.loss).all()
+
+
+class _RequestStopAt:
+    """Asks the run to stop (as the notebook's Stop button does) once ``step`` is logged."""
+
+    def __init__(self, step):
+        self.step, self.stop_requested = step, False
+
+    def on_log(self, step, metrics):
+        self.stop_requested = step >= self.step
+
+
+def test_stop_request_saves_the_state_and_resumes_bitwise(tmp_path):
+    from augreg_nb.train import TrainingStopped
+
+    config = small_config(total_steps=30, checkpoint_every=20, eval_every=15)
+    full = run(config, tmp_path / "full")
+    with pytest.raises(TrainingStopped) as info:
+        run(config, tmp_path / "cut", callbacks=[_RequestStopAt(10)])
+    assert info.value.step == 10  # the step that was running, not the last checkpoint (0)
+    assert "stopped at step 10 of 30" in str(info.value) and "resumes" in str(info.value)
+    assert info.value.state_path.is_file()
+    resumed = run(config, tmp_path / "cut")
+    for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
+        assert np.array_equal(a, b)
+    assert resumed.final == full.final
+
+
+def test_keyboard_interrupt_in_a_step_becomes_a_saved_stop(tmp_path):
+    from augreg_nb.train import TrainingStopped
+
+    config = small_config(total_steps=30, checkpoint_every=20, eval_every=15)
+    full = run(config, tmp_path / "full")
+    data = synthetic_data(global_batch=config.global_batch)
+    make = data.train_batches
+
+    def interrupted(first):
+        for step, batch in enumerate(make(first), start=first):
+            if step == 13:
+                raise KeyboardInterrupt
+            yield batch
+
+    data = TrainData(data.num_classes, interrupted, data.eval_batches)
+    with pytest.raises(TrainingStopped) as info:
+        run(config, tmp_path / "cut", data=data)
+    assert info.value.step == 12 and info.value.state_path.is_file()
+    resumed = run(config, tmp_path / "cut")
+    for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
+        assert np.array_equal(a, b)
