@@ -38,7 +38,7 @@ import pandas as pd
 from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
-from augreg_nb.callbacks import LivePlot
+from augreg_nb.callbacks import LivePlot, StopFlag
 from augreg_nb.index import COLUMNS
 from augreg_nb.train import TrainingStopped, finetune
 from augreg_nb.widgets.common import (
@@ -481,7 +481,6 @@ class FinetunePanel:
         def start():
             import threading
 
-            from augreg_nb.callbacks import StopFlag
             if self.running:
                 raise RuntimeError("a run is going on: wait for it, or press Stop")
             config = self.config()
