@@ -101,19 +101,19 @@ def test_cli_check_lists_the_datasets(tmp_path, capsys):
                      "--set", f"data_dir={tmp_path}"]) == 0
 
 
-def fake_finished_runs(root, rng) -> dict[str, list[dict]]:
+def fake_finished_runs(root, rng, resolution=32) -> dict[str, list[dict]]:
     """Finished runs on disk for every task and grid point, as a fine-tune leaves them
     (result.json with an index row, state.npz); returns the rows per task."""
     written = {}
     for name in vtab.names():
         rows = []
         for steps, lr in GRID:
-            workdir = root / name / f"steps_{steps}-lr_{lr}-res_32"
+            workdir = root / name / f"steps_{steps}-lr_{lr}-res_{resolution}"
             workdir.mkdir(parents=True)
             row = dict.fromkeys(COLUMNS, float("nan"))
             row.update(name="B/16", ds="i21k", filename="B_16-i21k-300ep-lr_0.001-aug_medium1-"
                        "wd_0.1-do_0.0-sd_0.0", adapt_ds=f"vtab1k/{name}", adapt_lr=lr,
-                       adapt_steps=steps, adapt_resolution=32,
+                       adapt_steps=steps, adapt_resolution=resolution,
                        adapt_final_val=int(rng.integers(0, 201)) / 200,
                        adapt_final_test=float(rng.uniform()), adapt_filename=f"{name}-{steps}-{lr}")
             (workdir / "result.json").write_text(json.dumps({"result_row": row}))
@@ -204,8 +204,20 @@ def tiny_base(tmp_path):
     return c
 
 
+@pytest.fixture
+def quick_compiles():
+    """XLA's cheapest compilation: 19 tasks mean 19 head sizes and 57 compilations, which
+    dominate a run of two steps of a tiny model (numbers are not compared here)."""
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.mark.slow
-def test_mock_vtab_sweep_of_a_tiny_model_over_all_19_tasks(tmp_path):
+def test_mock_vtab_sweep_of_a_tiny_model_over_all_19_tasks(tmp_path, quick_compiles):
     from tests.test_vtab_tasks import realistic
 
     put_manual_files(tmp_path)
@@ -253,3 +265,25 @@ def test_stop_between_tasks_keeps_finished_ones(tmp_path):
     assert result.stopped
     assert list(result.table["vtab_task"]) == ["caltech101", "cifar100"]
     assert len(vtab_run.read_results(tmp_path / "work")) == 2
+
+
+def test_cli_prints_each_task_and_the_group_means(tmp_path, capsys):
+    written = fake_finished_runs(tmp_path / "work", np.random.default_rng(1), resolution=384)
+    put_manual_files(tmp_path)
+    with mock_tfds(num_examples=2):
+        code = cli.main(["vtab", "--checkpoint", "B/16", "--group", "specialized",
+                         "--workdir", str(tmp_path / "work"), "--set", f"data_dir={tmp_path}",
+                         "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    tests = []
+    for name in ("camelyon", "eurosat", "resisc45", "retinopathy"):
+        runs = written[name]
+        vals = [r["adapt_final_val"] for r in runs]
+        best = runs[vals.index(max(vals))]
+        tests.append(100 * best["adapt_final_test"])
+        assert (f"{name:<22}val {100 * best['adapt_final_val']:5.1f}  test "
+                f"{100 * best['adapt_final_test']:5.1f}") in out
+    assert f"mean {'specialized':<17}test {sum(tests) / 4:5.1f}" in out
+    assert "mean natural" not in out
+    assert f"--own {tmp_path / 'work' / 'vtab.csv'}" in out
