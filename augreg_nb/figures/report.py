@@ -83,8 +83,10 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
     out["fig5"] = heatmaps.plot_fig5(tidy.fig5_data(index), highlight=highlight)
     out["fig6"] = plots.plot_fig6(tidy.fig6_data(index), highlight=highlight, overlay=overlay)
     out["fig7"] = heatmaps.plot_fig7(tidy.fig7_data(index), highlight=highlight)
-    paper_tasks = None if overlay is None else overlay[
-        ~overlay["adapt_ds"].astype(str).str.startswith(tidy.VTAB1K_PREFIX)]
+    paper_tasks = overlay
+    if overlay is not None and "adapt_ds" in overlay.columns:
+        paper_tasks = overlay[~overlay["adapt_ds"].astype(str).str.startswith(
+            tidy.VTAB1K_PREFIX)]
     if paper_tasks is not None and len(paper_tasks):
         out["finetunes"] = tables.plot_finetunes(
             tables.compare_finetunes(paper_tasks, index), highlight=highlight)
