@@ -80,6 +80,9 @@ def _register_vtab(sub) -> None:
     p.add_argument("--workdir", help="folder of the sweep (default: under the cache's runs/)")
     p.add_argument("--no-prepare", action="store_true",
                    help="do not download datasets; report unprepared ones before running")
+    p.add_argument("--retrain", action="store_true",
+                   help="VTAB's last step: train the chosen setting again on train+val "
+                   "(train800val200) and report that run's test accuracy")
     p.add_argument("--check", action="store_true",
                    help="only report the chosen tasks' datasets and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -115,8 +118,8 @@ def _cmd_vtab(args) -> int:
     result = vtab_run.run_vtab(
         args.checkpoint, tasks=names, variant=args.variant, workdir=args.workdir,
         resolution=args.resolution, learning_rates=args.lr, lengths=args.steps,
-        overrides=args.set or [], prepare=not args.no_prepare, callbacks=callbacks,
-        on_task=on_task)
+        overrides=args.set or [], prepare=not args.no_prepare, retrain=args.retrain,
+        callbacks=callbacks, on_task=on_task)
     if len(result.table):
         from augreg_nb.figures.tidy import vtab_own_rows
 

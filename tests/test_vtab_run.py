@@ -287,3 +287,29 @@ def test_cli_prints_each_task_and_the_group_means(tmp_path, capsys):
     assert f"mean {'specialized':<17}test {sum(tests) / 4:5.1f}" in out
     assert "mean natural" not in out
     assert f"--own {tmp_path / 'work' / 'vtab.csv'}" in out
+
+
+@pytest.mark.slow
+def test_retrain_on_train_and_val_reports_that_runs_test(tmp_path, quick_compiles):
+    from tests.test_vtab_tasks import realistic
+
+    base = tiny_base(tmp_path)
+    with mock_tfds(num_examples=4, seed=2, edit=realistic):
+        result = vtab_run.run_vtab(base=base, tasks=["dtd", "clevr_count"], retrain=True,
+                                   workdir=tmp_path / "work", learning_rates=[0.01, 0.03],
+                                   lengths=[2])
+        for _, row in result.table.iterrows():
+            name = row["vtab_task"]
+            runs = pd.read_csv(tmp_path / "work" / name / "sweep.csv")
+            best = runs.loc[runs["adapt_final_val"].idxmax()]
+            assert row["retrained"] and row["runs"] == 2
+            assert row["adapt_final_val"] == best["adapt_final_val"]
+            assert row["selected_test"] == best["adapt_final_test"]
+            again = json.loads((tmp_path / "work" / name / f"retrain-steps_2-lr_"
+                                f"{best['adapt_lr']}-res_16" / "result.json").read_text())
+            assert row["adapt_final_test"] == again["result_row"]["adapt_final_test"]
+            assert row["workdir"].endswith(f"retrain-steps_2-lr_{best['adapt_lr']}-res_16")
+            # The retrained run read VTAB's train800val200 as its training split.
+            assert again["result_row"]["adapt_ds"] == f"vtab1k/{name}+val"
+            assert get_task(f"vtab1k/{name}+val").split("train") == \
+                vtab.SPECS[name].splits["train800val200"]
