@@ -3,6 +3,7 @@
     augreg-nb figures --out augreg-figures                 # from the paper's numbers
     augreg-nb figures --out augreg-figures --index index.csv   # derived from a full index
     augreg-nb figures --out augreg-figures --own results.csv   # with own fine-tune rows
+    augreg-nb figures --out augreg-figures --own runs/vtab-B_16-1k-res_384/vtab.csv  # VTAB
 
 or from Python: ``augreg_nb.figures.write_all("augreg-figures", index=None)``. The folder
 gets ``fig*.png`` and ``fig*.svg``, ``table3.html``, ``table5.html``, ``index.html`` (all
@@ -69,21 +70,26 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
     """name -> matplotlib Figure for every figure the data allows (Figure 1 needs ``index``).
 
     ``overlay``: own fine-tune result rows (index schema), drawn on Figures 1 and 6 and,
-    beside the published rows of the same checkpoints, as the extra ``finetunes`` figure.
+    beside the published rows of the same checkpoints, as the extra ``finetunes`` figure;
+    own VTAB-1k rows (``augreg-nb vtab``'s ``vtab.csv``) join Table 5 and Figure 3.
     """
     out = {}
     overlay = None if overlay is None else derive.as_rows(overlay)
     if index is not None:
         out["fig1"] = plots.plot_fig1(tidy.fig1_data(index), highlight=highlight,
                                       overlay=overlay)
-    out["fig3"] = plots.plot_fig3(tidy.fig3_data(index), highlight=highlight)
+    out["fig3"] = plots.plot_fig3(tidy.fig3_data(index, own=overlay), highlight=highlight)
     out["fig4"] = heatmaps.plot_fig4(tidy.fig4_data(index), highlight=highlight)
     out["fig5"] = heatmaps.plot_fig5(tidy.fig5_data(index), highlight=highlight)
     out["fig6"] = plots.plot_fig6(tidy.fig6_data(index), highlight=highlight, overlay=overlay)
     out["fig7"] = heatmaps.plot_fig7(tidy.fig7_data(index), highlight=highlight)
-    if overlay is not None and len(overlay):
+    paper_tasks = overlay
+    if overlay is not None and "adapt_ds" in overlay.columns:
+        paper_tasks = overlay[~overlay["adapt_ds"].astype(str).str.startswith(
+            tidy.VTAB1K_PREFIX)]
+    if paper_tasks is not None and len(paper_tasks):
         out["finetunes"] = tables.plot_finetunes(
-            tables.compare_finetunes(overlay, index), highlight=highlight)
+            tables.compare_finetunes(paper_tasks, index), highlight=highlight)
     return out
 
 
@@ -106,7 +112,7 @@ def write_all(out_dir, *, index: pd.DataFrame | None = None, highlight=None,
             written[f"{name}.{ext}"] = path
     styled = {
         "table3": tables.style_table3(tidy.table3_data(index), highlight=highlight),
-        "table5": tables.style_table5(tidy.table5_data(), highlight=highlight),
+        "table5": tables.style_table5(tidy.table5_data(own=overlay), highlight=highlight),
     }
     for name, styler in styled.items():
         written[f"{name}.html"] = _write(out / f"{name}.html", styler.to_html())
