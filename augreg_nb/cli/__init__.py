@@ -11,6 +11,7 @@ the domain modules they drive when they run, so ``augreg-nb --help`` loads no JA
     augreg-nb fetch NAME                   # resolve a checkpoint to a local file
     augreg-nb figures --out DIR            # every reproducible paper figure as PNG/SVG/HTML
     augreg-nb finetune --preset smoke      # the paper's fine-tuning recipe
+    augreg-nb vtab --checkpoint B/16       # the paper's VTAB-1k sweep; a Table 5 row
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import os
 import sys
 
 from augreg_nb import __version__
-from augreg_nb.cli import catalogue, fetch, figures, predict, training
+from augreg_nb.cli import catalogue, fetch, figures, predict, training, vtab
 
 #: Command groups, in the order their sub-commands are listed in ``--help``.
-COMMAND_GROUPS = (catalogue, fetch, figures, training, predict)
+COMMAND_GROUPS = (catalogue, fetch, figures, training, predict, vtab)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
     augreg-nb figures --out augreg-figures                 # from the paper's numbers
     augreg-nb figures --out augreg-figures --index index.csv   # derived from a full index
     augreg-nb figures --out augreg-figures --own results.csv   # with own fine-tune rows
+    augreg-nb figures --out augreg-figures --own runs/vtab-B_16-1k-res_384/vtab.csv  # VTAB
 
 or from Python: ``augreg_nb.figures.write_all("augreg-figures", index=None)``. The folder
 gets ``fig*.png`` and ``fig*.svg``, ``table3.html``, ``table5.html``, ``index.html`` (all
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from augreg_nb.figures import compare, derive
+from augreg_nb.figures import compare, derive, tidy
 from augreg_nb.figures.registry import CAPTIONS, FIG1_NEEDS_INDEX, FIGURES  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ NOT_REPRODUCIBLE = {
 }
 def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
                 overlay=None) -> dict:
-    """stem -> matplotlib Figure for every figure of the registry the data allows.
+    """stem -> matplotlib Figure for every figure of the registry the data allows; own
+    VTAB-1k rows (``augreg-nb vtab``'s ``vtab.csv``) join Table 5 and Figure 3.
 
     Figures that need the full index are left out without ``index``. ``overlay``: own
     fine-tune result rows (index schema), drawn on the figures that take them and, beside
@@ -41,13 +43,17 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
     """
     out = {}
     overlay = None if overlay is None else derive.as_rows(overlay)
-    has_own = overlay is not None and len(overlay) > 0
+    paper_tasks = overlay  # own rows of the paper's fine-tuning tasks (not VTAB-1k)
+    if overlay is not None and "adapt_ds" in overlay.columns:
+        paper_tasks = overlay[~overlay["adapt_ds"].astype(str).str.startswith(
+            tidy.VTAB1K_PREFIX)]
     for entry in FIGURES.values():
         if entry.kind == "figure" and (index is not None or not entry.needs_index):
+            data = entry.data(index, own=overlay) if entry.takes_own else entry.data(index)
             kwargs = {"overlay": overlay} if entry.overlay else {}
-            out[entry.stem] = entry.plot(entry.data(index), highlight=highlight, **kwargs)
-        elif entry.kind == "own" and has_own:
-            out[entry.stem] = entry.plot(entry.data(overlay, index), highlight=highlight)
+            out[entry.stem] = entry.plot(data, highlight=highlight, **kwargs)
+        elif entry.kind == "own" and paper_tasks is not None and len(paper_tasks):
+            out[entry.stem] = entry.plot(entry.data(paper_tasks, index), highlight=highlight)
     return out
 
 
@@ -68,7 +74,8 @@ def write_all(out_dir, *, index: pd.DataFrame | None = None, highlight=None,
             path = out / f"{name}.{ext}"
             fig.savefig(path, dpi=dpi)
             written[f"{name}.{ext}"] = path
-    styled = {e.stem: e.plot(e.data(index), highlight=highlight)
+    styled = {e.stem: e.plot(e.data(index, own=overlay) if e.takes_own else e.data(index),
+                             highlight=highlight)
               for e in FIGURES.values() if e.kind == "table"}
     for name, styler in styled.items():
         written[f"{name}.html"] = _write(out / f"{name}.html", styler.to_html())

@@ -129,10 +129,18 @@ def place_labels(ax, points, *, fontsize: float = FONT, color: str = "dimgray") 
 def plot_fig3(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     """Figure 3: VTAB-1k group means (natural, specialized, structured) against 224 px
     inference speed (V100 img/s, log scale), one colour per pre-training set; a grey line
-    joins each model's three points. Highlighted models get their own colour and marker."""
+    joins each model's three points. Highlighted models get their own colour and marker.
+    Rows with ``ds == "own"`` (own VTAB-1k runs, see ``fig3_data(own=...)``) are black stars
+    at their model's published speed."""
     axes = panel_axes(ax, 3, (9, 10.5), stacked=True)
     styles = highlight_style(_highlights(highlight))
+    own = tidy[tidy["ds"] == "own"].dropna(subset=["img_per_sec", "vtab_mean"])
+    tidy = tidy[tidy["ds"] != "own"]
     for panel_ax, group in zip(axes, paper.VTAB_GROUPS, strict=True):
+        mine = own[own["group"] == group]
+        if len(mine):
+            panel_ax.scatter(mine["img_per_sec"], mine["vtab_mean"], marker="*", s=140,
+                             color="black", zorder=6, label="own")
         part = tidy[tidy["group"] == group]
         for _, pts in part.groupby("model"):
             panel_ax.plot(pts["img_per_sec"], pts["vtab_mean"], "-", color="lightgray",

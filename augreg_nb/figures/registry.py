@@ -44,6 +44,7 @@ class FigureEntry:
     overlay: bool = False  #: own result rows can be drawn on it (``overlay=``)
     file: str | None = None  #: file stem on the figures page (default: ``key``)
     missing_note: str = ""  #: what the figures page says when it cannot be drawn
+    takes_own: bool = False  #: ``data(index, own=rows)`` adds own rows (VTAB-1k results)
 
     @property
     def stem(self) -> str:
@@ -67,7 +68,7 @@ FIGURES: dict[str, FigureEntry] = {e.key: e for e in (
         'Figure 3: VTAB-1k top-1, averaged over the natural, specialized and structured '
         'task groups, against inference speed at 224 px, for the three pre-training '
         "sets; grey lines join each model's points.",
-        kind="figure", data=tidy.fig3_data, plot=plots.plot_fig3,
+        kind="figure", data=tidy.fig3_data, plot=plots.plot_fig3, takes_own=True,
     ),
     FigureEntry(
         'fig4', 'Figure 4: upstream accuracy per augmentation and regularisation',
@@ -107,7 +108,8 @@ FIGURES: dict[str, FigureEntry] = {e.key: e for e in (
     FigureEntry(
         'table5', 'Table 5: VTAB-1k per task',
         'Table 5: VTAB-1k results per task.',
-        kind="table", data=lambda index: tidy.table5_data(), plot=tables.style_table5,
+        kind="table", data=lambda index, own=None: tidy.table5_data(own=own),
+        plot=tables.style_table5, takes_own=True,
     ),
     FigureEntry(
         'comparison', "Comparison: index-derived numbers vs the paper's",

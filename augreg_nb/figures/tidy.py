@@ -67,35 +67,88 @@ def table3_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
     return out
 
 
-def table5_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
+def table5_data(index: pd.DataFrame | None = None, *, own=None) -> pd.DataFrame:
     """Table 5 (VTAB-1k top-1, %), long form: pretrain, model, group, dataset, top1.
 
     The index holds no VTAB-1k runs, so this always reads the paper; passing an index raises.
+    ``own``: result rows of own VTAB-1k runs (``augreg_nb.vtab_run``), added below the
+    paper's rows by :func:`vtab_own_rows`.
     """
     if index is not None:
         raise ValueError(
             "Table 5 (VTAB-1k) cannot be derived from the index: it holds no VTAB-1k "
             "fine-tunes; call table5_data() without an index"
         )
-    return paper.table5_long()
+    out = paper.table5_long()
+    mine = vtab_own_rows(own)
+    return pd.concat([out, mine], ignore_index=True) if len(mine) else out
 
 
-def fig3_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
+#: ``adapt_ds`` prefix of the VTAB-1k tasks (``augreg_nb.vtab``).
+VTAB1K_PREFIX = "vtab1k/"
+
+
+def vtab_own_rows(own) -> pd.DataFrame:
+    """Own VTAB-1k result rows as Table 5 rows: pretrain, model, group, dataset, top1 (%).
+
+    ``own``: rows in the index schema (a DataFrame, dicts, or ``augreg-nb vtab``'s
+    ``vtab.csv``); only rows whose ``adapt_ds`` is ``vtab1k/<task>`` are used, one per
+    upstream (``filename``) and task (the last one given wins). ``pretrain`` is
+    "Own: " and the paper's label of the upstream's pre-training set (``ds``); ``model``
+    is the row's ``name``. ``top1`` is 100 x ``adapt_final_test``. The group means
+    (``Mean_<group>``) average the group's tasks as the paper does, and are only given when
+    every task of the group is there.
+    """
+    from augreg_nb import vtab
+
+    columns = ["pretrain", "model", "group", "dataset", "top1"]
+    if own is None:
+        return pd.DataFrame(columns=columns)
+    rows = derive.as_rows(own)
+    if len(rows) == 0:
+        return pd.DataFrame(columns=columns)
+    derive.check_index(rows, ("name", "ds", "adapt_ds", "adapt_final_test", "filename"))
+    rows = rows[rows["adapt_ds"].astype(str).str.startswith(VTAB1K_PREFIX)]
+    out = []
+    for _, part in rows.groupby(["filename"], sort=False, dropna=False):
+        first = part.iloc[0]
+        ds = first["ds"]
+        label = paper.DS_TABLE5.get(ds, ds if isinstance(ds, str) and ds else "unknown data")
+        pretrain, model = f"Own: {label}", str(first["name"])
+        top1 = {}
+        for _, row in part.iterrows():
+            task = str(row["adapt_ds"])[len(VTAB1K_PREFIX):]
+            if task in vtab.SPECS:
+                top1[task] = 100 * float(row["adapt_final_test"])
+        for group in vtab.GROUPS:
+            names = vtab.names(group)
+            for name in names:
+                if name in top1:
+                    out.append([pretrain, model, group, vtab.SPECS[name].column, top1[name]])
+            if all(n in top1 for n in names):
+                mean = float(np.mean([top1[n] for n in names]))
+                out.append([pretrain, model, group, f"Mean_{group}", mean])
+    return pd.DataFrame(out, columns=columns)
+
+
+def fig3_data(index: pd.DataFrame | None = None, *, own=None) -> pd.DataFrame:
     """Figure 3: VTAB group means against inference speed.
 
     Columns: ds, pretrain, model, group (natural/specialized/structured), vtab_mean (%),
     img_per_sec. ``vtab_mean`` is Table 5's printed group mean (the index has no VTAB-1k
     runs); ``img_per_sec`` is Table 3's 224 px V100 img/s, or with an index the median
-    ``infer_samples_per_sec`` of the model's 224 px rows.
+    ``infer_samples_per_sec`` of the model's 224 px rows. ``own``: own VTAB-1k result rows
+    (see :func:`vtab_own_rows`); their complete group means are added with ``ds`` "own"
+    and the published speed of their model (NaN for a model the paper does not list).
     """
     speed = table3_data(index)["img_sec_224"] if index is not None else paper.table3()[
         "img_sec_224"]
-    t5 = paper.table5_long()
+    t5 = table5_data(own=own)
     t5 = t5[t5["dataset"].str.startswith("Mean_")]
     to_ds = {v: k for k, v in paper.DS_TABLE5.items()}
     out = pd.DataFrame(
         {
-            "ds": t5["pretrain"].map(to_ds),
+            "ds": t5["pretrain"].map(to_ds).fillna("own"),
             "pretrain": t5["pretrain"],
             "model": t5["model"],
             "group": t5["group"],
