@@ -286,9 +286,12 @@ def test_tfds_task_names_resolve_with_default_splits(tmp_path):
         assert dict(mine.splits) == {"train": "train[:80%]", "val": "train[80%:90%]",
                                      "test": "train[:10]"}
         # What `augreg-nb finetune --set task=tfds:tf_flowers` runs: the config's task.
-        config = config_lib.preset_for("tfds:tf_flowers", 500, 0.003, 224)
+        config = config_lib.preset_for("cifar100", 500, 0.003, 224)
+        config_lib.apply_overrides(config, ["task=tfds:tf_flowers"])
         config_lib.validate(config)
         assert load_task(config).splits == flowers.splits
+        config_lib.apply_overrides(config, ["task=tfds:tf_flowers?test=train[:10]"])
+        assert load_task(config).splits == mine.splits
 
 
 def test_unprepared_tfds_task_says_how_to_build_it(tmp_path):
