@@ -970,6 +970,9 @@ def test_header_clicks_sort_and_row_clicks_select(catalogue, raw_rows, real_env)
     third = browser.table["checkpoint"].iloc[2]
     browser.selection.value = third  # what clicking the third line does in the browser
     assert browser.selected == third
+    page = browser.table_html.value.replace("<wbr>", "")
+    outlined = page.split("class='augreg-selected'")
+    assert len(outlined) == 2 and third in outlined[1].split("</tr>")[0]  # the table shows it
     assert ib.file_to_fetch(browser.view, browser.selected, "fine-tuned") == third
     up = raw_rows.loc[raw_rows["adapt_filename"] == third, "filename"].iloc[0]
     assert ib.file_to_fetch(browser.view, browser.selected, "upstream") == up

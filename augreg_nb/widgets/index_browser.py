@@ -90,6 +90,8 @@ HEADERS: dict[str, str] = {
     "img/s": "inference speed",
     "params": "parameters",
 }
+#: CSS class of the row list (its lines are cut at the list's edge, never scrolled sideways).
+ROWS_CLASS = "augreg-rows"
 #: Sorts whose first click orders ascending (the paper's model order); the others put the
 #: largest value (best accuracy, fastest, biggest) first.
 ASCENDING_FIRST = ("model",)
@@ -377,10 +379,10 @@ def row_labels(view: BrowserView) -> list[tuple[str, str]]:
         if "task" in cells:
             parts.append(f"{cells['task']} {cells['res']}px")
             acc = cells["val acc"]
-            parts.append("val " + ("-" if pd.isna(acc) else f"{float(acc):.1%}"))
+            parts.append("val " + ("n/a" if pd.isna(acc) else f"{float(acc):.1%}"))
         else:
             acc = cells["upstream val"]
-            parts.append("upstream val " + ("-" if pd.isna(acc) else f"{float(acc):.1%}"))
+            parts.append("upstream val " + ("n/a" if pd.isna(acc) else f"{float(acc):.1%}"))
         parts.append(str(cells["available"]))
         out.append((" · ".join(parts) + f" — {f}", f))
     return out
@@ -444,7 +446,11 @@ class IndexBrowser:
         }
         for label, button in self.headers.items():
             button.on_click(lambda _b, label=label: self._on_header(label))
-        self.header_bar = w.HBox([w.HTML("<b>Sort by</b>&nbsp;"), *self.headers.values()],
+        # The row list's long lines are cut at its edge (the table shows the full names):
+        # a list box would otherwise scroll sideways.
+        style = f"<style>.{ROWS_CLASS} select {{overflow-x:hidden}}</style>"
+        self.header_bar = w.HBox([w.HTML(f"{style}<b>Sort by</b>&nbsp;"),
+                                  *self.headers.values()],
                                  layout=w.Layout(flex_flow="row wrap", max_width="100%",
                                                  align_items="center"))
         restricted = (self.access not in (index_queries.BUCKET_OPEN,
@@ -461,6 +467,7 @@ class IndexBrowser:
                                   description="Checkpoint",
                                   style={"description_width": "initial"},
                                   layout=w.Layout(width=FULL_WIDTH))
+        self.selection.add_class(ROWS_CLASS)
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
                                     description="Fetch", style={"button_width": "auto"})
         self.fetch_button = w.Button(description="Fetch", icon="download",
@@ -588,6 +595,15 @@ class IndexBrowser:
     def _on_select(self, change=None) -> None:
         if not self._refreshing:
             self.clear_result()
+            self._show_selected()
+
+    def _show_selected(self) -> None:
+        """Outline the selected row in the table."""
+        view = self.view
+        if view is not None and len(view.table) and self.selected in view.files:
+            self.table_html.value = table_html(view.table, marked=view.marked,
+                                               selected=view.files.index(self.selected),
+                                               wrap_columns=("available", "checkpoint"))
 
     def clear_result(self) -> None:
         """Forget the last fetch's output: it belongs to a selection no longer shown."""
@@ -621,8 +637,12 @@ class IndexBrowser:
         what = "upstream checkpoints" if upstream else "rows"
         shown = len(view.table)
         # The table first, then the count line: whoever waits for the count sees the table.
+        default = next((f for f, ok in zip(view.files, view.fetchable, strict=True) if ok),
+                       view.files[0] if view.files else "")
+        keep = self.selection.value if self.selection.value in view.files else default
         if shown:
             self.table_html.value = table_html(view.table, marked=view.marked,
+                                               selected=view.files.index(keep),
                                                wrap_columns=("available", "checkpoint"))
         elif self.fetchable_only.value and view.matching_any_source:
             self.table_html.value = (
@@ -646,9 +666,6 @@ class IndexBrowser:
                          f"upstream checkpoint")
         self.count.value = "; ".join(parts)
         labels = row_labels(view)
-        default = next((f for f, ok in zip(view.files, view.fetchable, strict=True) if ok),
-                       view.files[0] if view.files else "")
-        keep = self.selection.value if self.selection.value in view.files else default
         set_options(self.selection, labels or [("", "")], keep=keep or "")
         self.selection.rows = max(2, min(len(labels), 8))
         shown_headers = header_labels(self.view_toggle.value)
