@@ -406,9 +406,13 @@ def tfds_task_with_defaults(name: str, *, train: str | None = None, val: str | N
                  data_dir=str(data_dir) if data_dir else None)
     builder = tfds_builder(probe)
     if not builder.is_prepared():
-        raise DatasetNotReadyError(not_ready_message(
-            probe, "its split names decide the default train/val/test splits; or give all "
-                   "three: tfds:<name>?train=...&val=...&test=..."))
+        home = _tfds_home(probe.data_dir)
+        raise DatasetNotReadyError(
+            f"dataset {name!r} is not prepared in {home}; its split names decide the default "
+            f"train/val/test splits. Download and prepare it once (needs the network) with: "
+            f"tfds build {name} --data_dir={home}   (or in Python: augreg_nb.tasks.prepare("
+            f"'{TFDS_PREFIX}{name}')); or point data_dir= at a folder where it is prepared; "
+            f"or give all three splits: '{TFDS_PREFIX}{name}?train=...&val=...&test=...'")
     defaults = tfds_default_splits(builder.info.splits.keys())
     return tfds_task(name, data_dir=data_dir,
                      **{k: v or defaults[k] for k, v in given.items()})
@@ -464,12 +468,21 @@ def not_ready_message(task: Task, reason: str = "") -> str:
     )
 
 
-def prepare(task: Task, *, manual_dir: str | os.PathLike | None = None) -> None:
+def prepare(task: Task | str, *, manual_dir: str | os.PathLike | None = None,
+            data_dir: str | os.PathLike | None = None) -> None:
     """Download (or take from the manual dir) and prepare ``task``'s TFDS dataset.
 
-    Fails fast, before any network access, when a manual download is missing or when
-    AUGREG_NB_OFFLINE=1 forbids downloading.
+    ``task``: a Task, or a task name (``get_task``; a ``tfds:<name>`` needs no prepared
+    info here, ``data_dir`` is where it goes). Fails fast, before any network access, when
+    a manual download is missing or when AUGREG_NB_OFFLINE=1 forbids downloading.
     """
+    if isinstance(task, str):
+        if task.strip().lower().startswith(TFDS_PREFIX):
+            dataset = parse_tfds_name(task)[0]
+            task = Task(name=dataset.split(":")[0], splits={}, num_classes=0,
+                        tfds_name=dataset, data_dir=str(data_dir) if data_dir else None)
+        else:
+            task = get_task(task, data_dir=data_dir)
     if task.folder is not None:
         return
     import tensorflow_datasets as tfds

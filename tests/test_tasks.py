@@ -294,10 +294,16 @@ def test_tfds_task_names_resolve_with_default_splits(tmp_path):
         assert load_task(config).splits == mine.splits
 
 
-def test_unprepared_tfds_task_says_how_to_build_it(tmp_path):
+def test_unprepared_tfds_task_says_how_to_build_it(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotReadyError, match=r"tfds build tf_flowers --data_dir=") as err:
         get_task("tfds:tf_flowers", data_dir=tmp_path)
     assert "train=...&val=...&test=..." in str(err.value)
+    assert "prepare('tfds:tf_flowers')" in str(err.value)
+    # That call is what it says: offline it fails fast, before any network access.
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    with pytest.raises(DatasetNotReadyError, match="tf_flowers needs a download"):
+        tasks.prepare("tfds:tf_flowers", data_dir=tmp_path)
+    monkeypatch.delenv("AUGREG_NB_OFFLINE")
     # With every split given nothing needs the prepared info: reading says what is missing.
     task = get_task("tfds:tf_flowers?train=train[:80%]&val=train[80%:90%]&test=train[90%:]",
                     data_dir=tmp_path)
