@@ -9,12 +9,21 @@ with their warm-ups, learning rates). Reading and batching live in ``input_pipel
     task.split("val"), task.num_classes       # imagenet2012 ->  'train[90%:]', 37
     task.sweep                                # ((500, 100), (2500, 200))
     flowers = tfds_task("oxford_flowers102", train="train", val="validation", test="test")
+    get_task("tfds:tf_flowers")               # any TFDS dataset by name, default splits
+    get_task("tfds:tf_flowers?train=train[:70%]&val=train[70%:85%]&test=train[85%:]")
     mine = folder_task("~/photos")            # photos/<class>/*.jpg, seeded 80/10/10 split
     prepare(get_task("cifar100"))             # download + prepare once (network)
 
 The 19 VTAB tasks are registered too, as ``vtab1k/<name>`` and ``vtab/<name>`` (VTAB-1k
 and full splits, see ``augreg_nb.vtab``); ``list_tasks()`` lists the paper's sweep tasks,
 ``list_tasks("vtab1k")`` the VTAB ones.
+
+A task name ``tfds:<dataset>[:<version>][?train=...&val=...&test=...]`` (what a config's
+``task`` holds, e.g. ``augreg-nb finetune --set task=tfds:tf_flowers``) is any TFDS image
+classification dataset. Splits not given follow the dataset's own (``tfds_default_splits``):
+train/validation/test where it has them; a missing test split is validation, else cut from
+train; a missing val split is cut from train: with only "train" that is train[:80%] /
+train[80%:90%] / train[90%:].
 
 Nothing downloads implicitly: reading a dataset that is not prepared fails at once with the
 command that prepares it. Resisc45 and ImageNet need a manual download first; ``prepare``
@@ -167,11 +176,15 @@ def list_tasks(suite: str | None = "paper") -> tuple[str, ...]:
 
 
 def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
-    """A registered task by name (``list_tasks()``), or an image folder given by its path.
+    """A registered task by name (``list_tasks()``), any TFDS dataset as
+    ``tfds:<name>[?train=...&val=...&test=...]`` (see :func:`parse_tfds_name`), or an image
+    folder given by its path.
 
     ``data_dir`` is the TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets).
-    For another TFDS dataset use ``tfds_task(name, train=..., val=..., test=...)``.
     """
+    if name.strip().lower().startswith(TFDS_PREFIX):
+        dataset, splits = parse_tfds_name(name)
+        return tfds_task_with_defaults(dataset, data_dir=data_dir, **splits)
     key = _ALIASES.get(name.lower(), name.lower())
     if key in _REGISTRY:
         task = _REGISTRY[key]
@@ -183,8 +196,8 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     raise ValueError(
         f"unknown task {name!r}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
         "tasks (vtab/<name>, vtab1k/<name>, see augreg_nb.vtab). Any TFDS dataset "
-        "works with tfds_task(name, train=..., val=..., test=...), a folder of images with "
-        "folder_task(path)."
+        "works as 'tfds:<name>' (e.g. 'tfds:tf_flowers') or tfds_task(name, train=..., "
+        "val=..., test=...), a folder of images as its path or folder_task(path)."
     )
 
 
@@ -227,6 +240,90 @@ def tfds_task(
     return task
 
 
+#: Prefix of a task name that is a TFDS dataset: ``tfds:<dataset>[?<split>=<string>&...]``.
+TFDS_PREFIX = "tfds:"
+_SPLIT_KEYS = ("train", "val", "test")
+
+
+def parse_tfds_name(name: str) -> tuple[str, dict[str, str]]:
+    """Split ``tfds:<dataset>[:<version>][?train=...&val=...&test=...]`` into the dataset
+    and the splits given (keys train/val/test; "validation" means val).
+
+    ``parse_tfds_name("tfds:tf_flowers?test=train[90%:]")`` ->
+    ``("tf_flowers", {"test": "train[90%:]"})``. Split strings are TFDS's own
+    (``train[:80%]``, ``train[:500]+validation``), written as they are, without quoting.
+    """
+    text = name.strip()
+    if not text.lower().startswith(TFDS_PREFIX):
+        raise ValueError(f"{name!r} is not a TFDS task name: write 'tfds:<dataset>', e.g. "
+                         "'tfds:tf_flowers'")
+    dataset, _, query = text[len(TFDS_PREFIX):].partition("?")
+    dataset = dataset.strip()
+    if not dataset:
+        raise ValueError(f"{name!r} names no dataset: write 'tfds:<dataset>', e.g. "
+                         "'tfds:tf_flowers' (see `tfds.list_builders()`)")
+    splits: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        key = SPLIT_ALIASES.get(key.strip(), key.strip())
+        if not eq or key not in _SPLIT_KEYS or not value.strip():
+            raise ValueError(
+                f"{name!r}: cannot read {part!r}; give splits as train=...&val=...&test=... "
+                "with TFDS split strings, e.g. 'tfds:tf_flowers?train=train[:80%]"
+                "&val=train[80%:90%]&test=train[90%:]'")
+        if key in splits:
+            raise ValueError(f"{name!r} gives the {key} split twice")
+        splits[key] = value.strip()
+    return dataset, splits
+
+
+def tfds_default_splits(split_names) -> dict[str, str]:
+    """train/val/test split strings from the split names a TFDS dataset has.
+
+    train is "train" (it must exist). test is "test", else "validation" (then val is cut
+    from train, as for ImageNet). val is "validation" when test exists too, else the last
+    10% of train. With only "train": train[:80%] / train[80%:90%] / train[90%:].
+    """
+    have = set(split_names)
+    if "train" not in have:
+        raise ValueError(f"the dataset has no 'train' split (it has: {', '.join(sorted(have))}"
+                         "); give the splits, e.g. 'tfds:<name>?train=...&val=...&test=...'")
+    if "test" in have and "validation" in have:
+        return {"train": "train", "val": "validation", "test": "test"}
+    if "test" in have or "validation" in have:
+        test = "test" if "test" in have else "validation"
+        return {"train": "train[:90%]", "val": "train[90%:]", "test": test}
+    return {"train": "train[:80%]", "val": "train[80%:90%]", "test": "train[90%:]"}
+
+
+def tfds_task_with_defaults(name: str, *, train: str | None = None, val: str | None = None,
+                            test: str | None = None,
+                            data_dir: str | os.PathLike | None = None) -> Task:
+    """:func:`tfds_task` with the splits not given taken from :func:`tfds_default_splits`.
+
+    The default splits depend on the split names of the prepared dataset, read from its
+    stored info (offline): a dataset that is not prepared raises DatasetNotReadyError with
+    the ``tfds build`` command, unless all three splits are given.
+    """
+    given = {"train": train, "val": val, "test": test}
+    if all(given.values()):
+        return tfds_task(name, data_dir=data_dir, **given)  # type: ignore[arg-type]
+    probe = Task(name=name.split(":")[0], splits={}, num_classes=0, tfds_name=name,
+                 data_dir=str(data_dir) if data_dir else None)
+    builder = tfds_builder(probe)
+    if not builder.is_prepared():
+        home = tfds_home(probe.data_dir)
+        raise DatasetNotReadyError(
+            f"dataset {name!r} is not prepared in {home}; its split names decide the default "
+            f"train/val/test splits. Download and prepare it once (needs the network) with: "
+            f"tfds build {name} --data_dir={home}   (or in Python: augreg_nb.tasks.prepare("
+            f"'{TFDS_PREFIX}{name}')); or point data_dir= at a folder where it is prepared; "
+            f"or give all three splits: '{TFDS_PREFIX}{name}?train=...&val=...&test=...'")
+    defaults = tfds_default_splits(builder.info.splits.keys())
+    return tfds_task(name, data_dir=data_dir,
+                     **{k: v or defaults[k] for k, v in given.items()})
+
+
 def _prepare_command(task: Task) -> str:
     manual = f" --manual_dir={default_manual_dir(task)}" if task.manual is not None else ""
     return (
@@ -261,12 +358,21 @@ def not_ready_message(task: Task, reason: str = "") -> str:
     )
 
 
-def prepare(task: Task, *, manual_dir: str | os.PathLike | None = None) -> None:
+def prepare(task: Task | str, *, manual_dir: str | os.PathLike | None = None,
+            data_dir: str | os.PathLike | None = None) -> None:
     """Download (or take from the manual dir) and prepare ``task``'s TFDS dataset.
 
-    Fails fast, before any network access, when a manual download is missing or when
-    AUGREG_NB_OFFLINE=1 forbids downloading.
+    ``task``: a Task, or a task name (``get_task``; a ``tfds:<name>`` needs no prepared
+    info here, ``data_dir`` is where it goes). Fails fast, before any network access, when
+    a manual download is missing or when AUGREG_NB_OFFLINE=1 forbids downloading.
     """
+    if isinstance(task, str):
+        if task.strip().lower().startswith(TFDS_PREFIX):
+            dataset = parse_tfds_name(task)[0]
+            task = Task(name=dataset.split(":")[0], splits={}, num_classes=0,
+                        tfds_name=dataset, data_dir=str(data_dir) if data_dir else None)
+        else:
+            task = get_task(task, data_dir=data_dir)
     if task.folder is not None:
         return
     import tensorflow_datasets as tfds

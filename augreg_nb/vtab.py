@@ -136,14 +136,13 @@ class CoarseBins:
     num_values: int
     num_classes: int
 
-    @property
-    def width(self) -> float:
-        return float(self.num_values) / self.num_classes
-
     def __call__(self, example: Mapping[str, Any]):
+        # The bin width is computed here rather than in a property: tf.data's autograph may
+        # convert a property getter it meets inside a traced call and then call it wrongly.
         tf = _tf()
+        width = float(self.num_values) / self.num_classes
         value = tf.cast(example[self.key], tf.float32)
-        return tf.cast(tf.math.floordiv(value, tf.constant(self.width, tf.float32)), tf.int64)
+        return tf.cast(tf.math.floordiv(value, tf.constant(width, tf.float32)), tf.int64)
 
 
 def binary_to_uint8(image):

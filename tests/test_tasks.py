@@ -212,3 +212,101 @@ def test_kitti_reads_the_tfds_version_vtab_uses(tmp_path):
                               ip.make_eval_iterator(task, "test", resolution=8, batch_size=4)])
         assert tasks.tfds_builder(task).version == "3.1.0"
     assert got.tolist() == want and len(want) == 7
+
+
+# ----------------------------------------------------------------------- tfds:<name> tasks
+# Sizes of the splits TFDS records when it prepares these datasets (their catalogue pages).
+TF_FLOWERS_TRAIN = 3670
+PETS_SIZES = {"train": 3680, "test": 3669}
+
+
+def test_tfds_names_parse_into_dataset_and_splits():
+    assert tasks.parse_tfds_name("tfds:tf_flowers") == ("tf_flowers", {})
+    assert tasks.parse_tfds_name(
+        "TFDS:tf_flowers:3.0.1?train=train[:70%]&validation=train[70%:85%]&test=train[85%:]"
+    ) == ("tf_flowers:3.0.1", {"train": "train[:70%]", "val": "train[70%:85%]",
+                               "test": "train[85%:]"})
+    assert tasks.parse_tfds_name("tfds:beans?test=test+validation") == (
+        "beans", {"test": "test+validation"})
+    for bad, why in [("tfds:", "names no dataset"), ("tfds:x?trian=train", "cannot read"),
+                     ("tfds:x?test=", "cannot read"), ("tfds:x?test=a&test=b", "twice"),
+                     ("tf_flowers", "not a TFDS task name")]:
+        with pytest.raises(ValueError, match=why):
+            tasks.parse_tfds_name(bad)
+
+
+def test_tfds_default_splits_follow_the_datasets_own():
+    assert tasks.tfds_default_splits(["train", "validation", "test"]) == {
+        "train": "train", "val": "validation", "test": "test"}
+    assert tasks.tfds_default_splits(["test", "train"]) == {
+        "train": "train[:90%]", "val": "train[90%:]", "test": "test"}
+    assert tasks.tfds_default_splits(["train", "validation"]) == {
+        "train": "train[:90%]", "val": "train[90%:]", "test": "validation"}
+    assert tasks.tfds_default_splits(["train"]) == {
+        "train": "train[:80%]", "val": "train[80%:90%]", "test": "train[90%:]"}
+    with pytest.raises(ValueError, match="no 'train' split"):
+        tasks.tfds_default_splits(["test"])
+
+
+def _mock_prepared(data_dir, sizes: dict[str, dict[str, int]], num_examples: int = 6):
+    """``tfds.testing.mock_data`` over the metadata of prepared datasets (name -> sizes)."""
+    import tensorflow_datasets as tfds
+
+    from augreg_nb.testing.datasets import write_tfds_metadata
+
+    for name, split_sizes in sizes.items():
+        write_tfds_metadata(name, data_dir, split_sizes)
+    return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES,
+                                  data_dir=str(data_dir), num_examples=num_examples)
+
+
+def test_tfds_task_names_resolve_with_default_splits(tmp_path):
+    from augreg_nb import config as config_lib
+    from augreg_nb import input_pipeline as ip
+    from augreg_nb.train import load_task
+
+    with _mock_prepared(tmp_path, {"tf_flowers": {"train": TF_FLOWERS_TRAIN},
+                                   "oxford_iiit_pet": PETS_SIZES}):
+        flowers = get_task("tfds:tf_flowers")
+        assert flowers.tfds_name == "tf_flowers" and flowers.num_classes == 5
+        assert dict(flowers.splits) == {"train": "train[:80%]", "val": "train[80%:90%]",
+                                        "test": "train[90%:]"}
+        assert set(flowers.label_names) == {"dandelion", "daisy", "tulips", "sunflowers",
+                                            "roses"}
+        # Percent slices of 3,670 examples, counted here: 80% = 2,936, 90% = 3,303.
+        n80, n90 = TF_FLOWERS_TRAIN * 8 // 10, TF_FLOWERS_TRAIN * 9 // 10
+        assert [ip.num_examples(flowers, s) for s in ("train", "val", "test")] == [
+            n80, n90 - n80, TF_FLOWERS_TRAIN - n90]
+        # A dataset with a test split keeps it and cuts val from train: as the paper's Pets.
+        pets = get_task("tfds:oxford_iiit_pet")
+        assert dict(pets.splits) == dict(get_task("oxford_iiit_pet").splits)
+        assert pets.num_classes == 37
+        # Splits given in the name replace the defaults; the others stay.
+        mine = get_task("tfds:tf_flowers?test=train[:10]")
+        assert dict(mine.splits) == {"train": "train[:80%]", "val": "train[80%:90%]",
+                                     "test": "train[:10]"}
+        # What `augreg-nb finetune --set task=tfds:tf_flowers` runs: the config's task.
+        config = config_lib.preset_for("cifar100", 500, 0.003, 224)
+        config_lib.apply_overrides(config, ["task=tfds:tf_flowers"])
+        config_lib.validate(config)
+        assert load_task(config).splits == flowers.splits
+        config_lib.apply_overrides(config, ["task=tfds:tf_flowers?test=train[:10]"])
+        assert load_task(config).splits == mine.splits
+
+
+def test_unprepared_tfds_task_says_how_to_build_it(tmp_path, monkeypatch):
+    with pytest.raises(DatasetNotReadyError, match=r"tfds build tf_flowers --data_dir=") as err:
+        get_task("tfds:tf_flowers", data_dir=tmp_path)
+    assert "train=...&val=...&test=..." in str(err.value)
+    assert "prepare('tfds:tf_flowers')" in str(err.value)
+    # That call is what it says: offline it fails fast, before any network access.
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    with pytest.raises(DatasetNotReadyError, match="tf_flowers needs a download"):
+        tasks.prepare("tfds:tf_flowers", data_dir=tmp_path)
+    monkeypatch.delenv("AUGREG_NB_OFFLINE")
+    # With every split given nothing needs the prepared info: reading says what is missing.
+    task = get_task("tfds:tf_flowers?train=train[:80%]&val=train[80%:90%]&test=train[90%:]",
+                    data_dir=tmp_path)
+    assert task.num_classes == 5 and task.split("test") == "train[90%:]"
+    with pytest.raises(DatasetNotReadyError, match="unknown_dataset_xyz"):
+        get_task("tfds:unknown_dataset_xyz", data_dir=tmp_path)

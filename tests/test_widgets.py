@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from augreg_nb import index as index_lib
+from augreg_nb import names
 from augreg_nb.resources import data_path
 from augreg_nb.testing.checkpoints import write_fake_checkpoint
 from augreg_nb.testing.servers import FakeBucket, FakeHub
@@ -870,3 +871,122 @@ def test_a_folder_of_images_is_a_task_with_the_paper_recipe(tmp_path, catalogue)
     # Smoke mode hides it: a folder task needs a real checkpoint, a download.
     smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True)
     assert smoke.folder.layout.display == "none"
+
+
+def test_a_tfds_dataset_is_a_task_with_the_paper_recipe(tmp_path, catalogue):
+    import tensorflow_datasets as tfds
+
+    from augreg_nb.testing.datasets import write_tfds_metadata
+    from augreg_nb.train import load_task
+
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", checkpoint=TI16_UP)
+    assert panel.tfds.layout.display != "none"
+    # Not prepared (the tests' TFDS_DATA_DIR is empty): Start stays off, the fix is shown.
+    panel.tfds.value = "tf_flowers"
+    assert panel.start_button.disabled
+    assert "tfds build tf_flowers" in panel.messages.text
+    write_tfds_metadata("tf_flowers", tmp_path / "tfds", {"train": 3670})
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES,
+                                data_dir=str(tmp_path / "tfds"), num_examples=4):
+        panel.tfds.value = "tfds:tf_flowers"  # typed with or without the prefix
+        panel.tfds.value = "tf_flowers"
+        assert not panel.start_button.disabled, panel.messages.text
+        panel.steps.value = 2500
+        panel.resolution.value = 384
+        c = panel.config()
+        assert c.task == "tfds:tf_flowers" == panel.task_name
+        assert list(panel.steps.options) == [500, 2500, 10000, 20000]
+        assert (c.global_batch, c.total_steps, c.warmup_steps, c.resolution) == (
+            512, 2500, 200, 384)  # Table 4
+        task = load_task(c)  # the task the Python API resolves from the same name
+        assert task.num_classes == 5 and task.split("test") == "train[90%:]"
+        # Splits in the field are used as given.
+        panel.tfds.value = "tf_flowers?train=train[:50%]&val=train[50%:60%]&test=train[60%:]"
+        assert load_task(panel.config()).split("val") == "train[50%:60%]"
+        # A folder and a dataset at once: say which to clear.
+        panel.folder.value = str(tmp_path)
+        assert panel.start_button.disabled and "clear one" in panel.messages.text
+        panel.folder.value = ""
+        panel.tfds.value = "no_such_dataset_xyz"
+        assert panel.start_button.disabled and "no_such_dataset_xyz" in panel.messages.text
+        panel.tfds.value = ""
+        assert panel.config().task == panel.task.value and not panel.start_button.disabled
+    # Smoke mode offers only what runs offline.
+    smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True)
+    assert smoke.tfds.layout.display == "none"
+
+
+def test_header_clicks_sort_and_row_clicks_select(catalogue, raw_rows, real_env):
+    browser = IndexBrowser(catalogue, limit=1000)
+    browser.fetchable_only.value = False  # every row, fetchable now or not
+    browser.filters["task"].value = "imagenet2012"
+    browser.filters["model"].value = "S/32"
+    rows = raw_rows[(raw_rows["name"] == "S/32") & (raw_rows["adapt_ds"] == "imagenet2012")]
+    assert len(rows) > 3
+
+    def shown(column):
+        return browser.table[column].dropna().tolist()
+
+    # A header sorts by its column, best first; a second click on it reverses the order.
+    browser.headers["test acc"].click()
+    assert shown("test acc") == sorted(rows["adapt_final_test"].dropna(), reverse=True)
+    assert browser.headers["test acc"].description == "test acc ▼"
+    assert browser.headers["val acc"].description == "val acc"
+    browser.headers["test acc"].click()
+    assert shown("test acc") == sorted(rows["adapt_final_test"].dropna())
+    assert browser.headers["test acc"].description == "test acc ▲"
+    browser.headers["val acc"].click()
+    assert shown("val acc") == sorted(rows["adapt_final_val"].dropna(), reverse=True)
+    # Inference speed and parameters are not columns; their order follows the index's.
+    browser.headers["img/s"].click()
+    speed = rows.set_index("adapt_filename")["infer_samples_per_sec"]
+    assert speed[browser.view.files].dropna().tolist() == sorted(speed.dropna(), reverse=True)
+
+    # Models: the paper's order first (ascending), then reversed.
+    browser.filters["model"].value = "(any)"
+    browser.headers["model"].click()
+    order = {m: i for i, m in enumerate(names.MODELS)}
+    ranks = [order[m] for m in browser.table["model"]]
+    assert ranks == sorted(ranks) and len(set(ranks)) > 1
+    browser.headers["model"].click()
+    ranks = [order[m] for m in browser.table["model"]]
+    assert ranks == sorted(ranks, reverse=True)
+
+    # The upstream view offers only its own sorts.
+    browser.view_toggle.value = "upstream checkpoints"
+    visible = [k for k, b in browser.headers.items() if b.layout.display != "none"]
+    assert visible == ["model", "upstream val"]
+    browser.headers["upstream val"].click()
+    ups = raw_rows[raw_rows["adapt_ds"] == "imagenet2012"].drop_duplicates("filename")
+    assert shown("upstream val") == sorted(ups["final_val"].dropna(), reverse=True)
+    browser.view_toggle.value = "fine-tunes"
+
+    # Rows: one line each in the list, in table order, ending with the full name; a click
+    # on a line selects that row's checkpoint, and Fetch would take it.
+    labels = list(browser.selection.options)
+    assert [f for _, f in labels] == browser.table["checkpoint"].tolist()
+    assert all(label.endswith(f" — {f}") for label, f in labels)
+    assert labels[0][0].startswith(browser.table["rec."].iloc[0] or " ")
+    third = browser.table["checkpoint"].iloc[2]
+    browser.selection.value = third  # what clicking the third line does in the browser
+    assert browser.selected == third
+    page = browser.table_html.value.replace("<wbr>", "")
+    outlined = page.split("class='augreg-selected'")
+    assert len(outlined) == 2 and third in outlined[1].split("</tr>")[0]  # the table shows it
+    assert ib.file_to_fetch(browser.view, browser.selected, "fine-tuned") == third
+    up = raw_rows.loc[raw_rows["adapt_filename"] == third, "filename"].iloc[0]
+    assert ib.file_to_fetch(browser.view, browser.selected, "upstream") == up
+    # Sorting keeps the selection when the row is still shown.
+    browser.headers["test acc"].click()
+    assert browser.selected == third
+
+
+def test_sort_after_click_is_a_pure_rule():
+    assert ib.sort_after_click("fine-tuned val accuracy", True, "val acc") == (
+        "fine-tuned val accuracy", False)
+    assert ib.sort_after_click("fine-tuned val accuracy", False, "params") == (
+        "parameters", True)
+    assert ib.sort_after_click("parameters", True, "model") == ("model", False)
+    with pytest.raises(ValueError, match="no header"):
+        ib.sort_after_click("model", False, "checkpoint")
+    assert ib.header_labels("upstream checkpoints") == ["model", "upstream val"]

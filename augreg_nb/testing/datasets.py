@@ -4,6 +4,9 @@
     with datasets.mock_tfds(num_examples=10):        # every TFDS dataset yields fakes
         batch = next(make_train_iterator(get_task("kitti"), resolution=32, global_batch=8))
     task = datasets.write_tfds_dataset(tmp / "tfds")  # a prepared TFDS dataset on disk
+    datasets.write_tfds_metadata("tf_flowers", tmp / "meta", {"train": 3670})
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=tmp / "meta"):
+        ...                                           # tf_flowers as if prepared, offline
     info = datasets.write_image_folder(tmp / "imgs")  # JPEG + PNG class folders (+ a corrupt file)
     digits = datasets.digits_task(tmp / "tfds")       # the shipped digits as a TFDS task
 """
@@ -80,6 +83,32 @@ def mock_tfds(
         as_dataset_fn=as_dataset,
     ):
         yield
+
+
+def write_tfds_metadata(
+    name: str, data_dir: str | os.PathLike, split_sizes: Mapping[str, int]
+) -> Path:
+    """Write the metadata a prepared registered TFDS dataset has (``dataset_info.json``,
+    label files), with the given split names and sizes, but no examples.
+
+    Features and version come from the dataset's TFDS code; the splits are what preparing
+    it would record. ``tfds.testing.mock_data(policy=MockPolicy.USE_FILES, data_dir=...)``
+    then reads the dataset as prepared, offline, with generated examples (TFDS's advice for
+    realistic mocks: the true metadata files). Returns the version folder.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=builder.data_path, dataset_name=builder.name, filetype_suffix="tfrecord",
+        template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}")
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=split, shard_lengths=[int(n)], num_bytes=0,
+                            filename_template=template)
+        for split, n in split_sizes.items()]))
+    Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    return Path(builder.data_dir)
 
 
 def _store(name: str, data_dir: Path, features, splits: Mapping[str, list]) -> None:

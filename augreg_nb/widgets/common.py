@@ -105,8 +105,10 @@ def table_html(
     float_format: str = "{:.4g}",
     max_height: str = "26em",
     wrap_columns: Iterable[str] = (),
+    selected: int | None = None,
 ) -> str:
-    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold.
+    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold,
+    row ``selected`` (a position) is outlined and has the class ``augreg-selected``.
 
     Cells of ``wrap_columns`` (long names) may break after each ``-`` or ``_`` so the table
     fits the notebook's width; the break points are not characters, so a copied name is
@@ -117,7 +119,7 @@ def table_html(
     head = "".join(f"<th style='text-align:left;padding:2px 6px'>{html.escape(str(c))}</th>"
                    for c in df.columns)
     rows = []
-    for flag, values in zip(marked, df.itertuples(index=False), strict=True):
+    for i, (flag, values) in enumerate(zip(marked, df.itertuples(index=False), strict=True)):
         cells = []
         for wraps, v in zip(wrap, values, strict=True):
             text = html.escape(_fmt(v, float_format))
@@ -127,8 +129,13 @@ def table_html(
             else:
                 style = "padding:1px 6px;white-space:nowrap"
             cells.append(f"<td style='{style}'>{text}</td>")
-        style = " style='font-weight:bold;background:#fff8e1'" if flag else ""
-        rows.append(f"<tr{style}>{''.join(cells)}</tr>")
+        style = "font-weight:bold;background:#fff8e1;" if flag else ""
+        attrs = ""
+        if i == selected:
+            style += "outline:2px solid #1976d2;outline-offset:-2px;"
+            attrs = " class='augreg-selected'"
+        style = f" style='{style}'" if style else ""
+        rows.append(f"<tr{attrs}{style}>{''.join(cells)}</tr>")
     return (
         f"<div style='max-height:{max_height};overflow-y:auto;overflow-x:auto;max-width:100%'>"
         "<table class='augreg-table' style='border-collapse:collapse;font-size:12px;"

@@ -19,8 +19,11 @@ The run is :func:`augreg_nb.train.finetune` with the paper's recipe
 (:func:`augreg_nb.config.preset_for`: warm-up from the paper's Table 4, batch 512, SGD with
 momentum); ``micro_batches`` splits each step so it fits the accelerator's memory without
 changing the result. The run's folder keeps its state, so pressing Start again after an
-interruption resumes it. In smoke mode the choices are the ``smoke`` preset's: a tiny model
-from a fake checkpoint on the digits shipped with the package.
+interruption resumes it. Besides the sweep's tasks the panel fine-tunes on a folder of images
+(its path) or on any TFDS image classification dataset (its name, e.g. ``tf_flowers``; the
+run's task is then ``tfds:tf_flowers``, see :func:`augreg_nb.tasks.get_task`). In smoke mode
+the choices are the ``smoke`` preset's: a tiny model from a fake checkpoint on
+the digits shipped with the package.
 """
 
 from __future__ import annotations
@@ -96,21 +99,33 @@ def task_choices(*, smoke: bool = False) -> list[str]:
 def is_folder_task(task: str) -> bool:
     """``task`` names a folder of images (one sub-folder per class), not a registered task:
     a path (it has a separator) or an existing folder."""
-    if task in PAPER_TASKS or task == config_lib.SMOKE_TASK:
+    if task in PAPER_TASKS or task == config_lib.SMOKE_TASK or is_tfds_task(task):
         return False
     return "/" in task or os.sep in task or Path(task).expanduser().is_dir()
 
 
+def is_tfds_task(task: str) -> bool:
+    """``task`` names a TFDS dataset: ``tfds:<name>[?train=...&val=...&test=...]``."""
+    return task.strip().lower().startswith(tasks_lib.TFDS_PREFIX)
+
+
+def tfds_task_name(text: str) -> str:
+    """The task name for what a user typed in the TFDS field: ``tf_flowers`` ->
+    ``tfds:tf_flowers``; a name that already starts with ``tfds:`` is kept."""
+    text = text.strip()
+    return text if is_tfds_task(text) else tasks_lib.TFDS_PREFIX + text
+
+
 def _paper_recipe(task: str) -> bool:
-    return task in PAPER_TASKS or is_folder_task(task)
+    return task in PAPER_TASKS or is_folder_task(task) or is_tfds_task(task)
 
 
 def steps_choices(task: str) -> list[int]:
     """Run lengths offered for ``task``: the paper's two (Table 4), the four of Table 4 for
-    a folder of images, or the smoke preset's."""
+    a folder of images or a TFDS dataset, or the smoke preset's."""
     if task in PAPER_TASKS:
         return list(PAPER_TASKS[task])
-    if is_folder_task(task):
+    if is_folder_task(task) or is_tfds_task(task):
         return sorted(tasks_lib.WARMUP_STEPS)
     smoke = config_lib.get_config("smoke").total_steps
     return sorted({20, smoke, 100})
@@ -120,7 +135,7 @@ def default_steps(task: str) -> int:
     """The shorter paper length of a sweep task; the smoke preset's length otherwise."""
     if task in PAPER_TASKS:
         return PAPER_TASKS[task][0]
-    if is_folder_task(task):
+    if is_folder_task(task) or is_tfds_task(task):
         return min(tasks_lib.WARMUP_STEPS)
     return config_lib.get_config("smoke").total_steps
 
@@ -357,6 +372,13 @@ class FinetunePanel:
                              style={"description_width": "initial"},
                              layout=w.Layout(width=FULL_WIDTH,
                                              display="none" if smoke else None))
+        # Any TFDS dataset; hidden in smoke mode like the folder (both need downloads).
+        self.tfds = w.Text(value="", description="or a TFDS dataset",
+                           placeholder="tf_flowers, or tf_flowers?train=train[:80%]"
+                                       "&val=train[80%:90%]&test=train[90%:]",
+                           continuous_update=False, style={"description_width": "initial"},
+                           layout=w.Layout(width=FULL_WIDTH,
+                                           display="none" if smoke else None))
         self.preset = w.HTML()
         self.start_button = w.Button(description="Start fine-tuning", icon="play",
                                      button_style="success")
@@ -372,6 +394,7 @@ class FinetunePanel:
         self.details = w.HTML()
         self.task.observe(self._on_task, names="value")
         self.folder.observe(self._on_task, names="value")
+        self.tfds.observe(self._on_task, names="value")
         for widget in (self.checkpoint, self.resolution, self.lr, self.steps,
                        self.micro_batches):
             widget.observe(self._on_change, names="value")
@@ -384,6 +407,7 @@ class FinetunePanel:
             w.HBox([self.task, self.resolution, self.lr, self.steps, self.micro_batches],
                    layout=wrap),
             self.folder,
+            self.tfds,
             self.preset,
             w.HBox([self.start_button, self.stop_button, self.export_button], layout=wrap),
             self.bar, self.bar_label, self.plot, self.summary, self.messages.widget,
@@ -405,9 +429,12 @@ class FinetunePanel:
     # -- state ---------------------------------------------------------------------------
     @property
     def task_name(self) -> str:
-        """The task a run uses: the image folder when one is given, else the chosen task."""
-        folder = self.folder.value.strip()
-        return str(Path(folder).expanduser()) if folder else self.task.value
+        """The task a run uses: the image folder or the TFDS dataset when one is given
+        (``tfds:<name>``), else the chosen task."""
+        folder, dataset = self.folder.value.strip(), self.tfds.value.strip()
+        if folder:
+            return str(Path(folder).expanduser())
+        return tfds_task_name(dataset) if dataset else self.task.value
 
     def config(self):
         """The config the Start button runs now."""
@@ -416,6 +443,15 @@ class FinetunePanel:
             raise ValueError(f"{folder!r} is not a folder: give a folder of images with one "
                              "sub-folder per class (e.g. flowers/daisy/*.jpg, "
                              "flowers/roses/*.jpg), or clear the field to use the Task")
+        if folder and self.tfds.value.strip():
+            raise ValueError("both a folder of images and a TFDS dataset are given: clear "
+                             "one of the two fields")
+        if self.tfds.value.strip():
+            # Resolve it now: an unknown or unprepared dataset is reported before Start.
+            try:
+                tasks_lib.get_task(self.task_name)
+            except tasks_lib.DatasetNotReadyError as err:
+                raise ValueError(str(err)) from err
         return make_config(checkpoint=self.checkpoint.value, task=self.task_name,
                            resolution=self.resolution.value, lr=self.lr.value,
                            steps=self.steps.value, micro_batches=self.micro_batches.value,
@@ -434,8 +470,8 @@ class FinetunePanel:
 
     def _on_task(self, change=None) -> None:
         folder = self.folder.value.strip()
-        task = (str(Path(folder).expanduser()) if folder and Path(folder).expanduser().is_dir()
-                else self.task.value)
+        task = (self.task.value if folder and not Path(folder).expanduser().is_dir()
+                else self.task_name)
         steps, res = steps_choices(task), resolution_choices(task)
         set_options(self.steps, steps,
                     keep=self.steps.value if self.steps.value in steps else default_steps(task))

@@ -13,7 +13,15 @@ without a browser::
 
     browser = IndexBrowser(df)        # the widget; display it in a notebook cell
     browser.filters["model"].value = "B/16"       # the table follows every change
+    browser.headers["test acc"].click()           # sort by a column; a second click reverses
+    browser.selection.value = view.files[2]       # what clicking the third row does
     browser.fetch_button.click()                  # downloads the selected file, with progress
+
+Above the table a row of header buttons, named after the table's columns, sets the sort: a
+click sorts by that column, a second click on the same header reverses the order
+(:func:`sort_after_click`). Below it the rows are listed again, one line each, in a list box:
+clicking a line selects that row's checkpoint (:func:`row_labels`). The table keeps the full
+names as text to read and copy.
 
 Augmentation is shown with the paper's names (``light1``, ``light2``, ...) next to the index
 name the table and filenames use (``light0``, ``light1``, ...); filter values are the index
@@ -76,6 +84,20 @@ SORTS: dict[str, str] = {
     "model": "_model_order",
 }
 UPSTREAM_SORTS = ("upstream val accuracy", "model")
+#: Header button label (the table's column name where it has one) -> sort choice.
+HEADERS: dict[str, str] = {
+    "model": "model",
+    "val acc": "fine-tuned val accuracy",
+    "test acc": "fine-tuned test accuracy",
+    "upstream val": "upstream val accuracy",
+    "img/s": "inference speed",
+    "params": "parameters",
+}
+#: CSS class of the row list (its lines are cut at the list's edge, never scrolled sideways).
+ROWS_CLASS = "augreg-rows"
+#: Sorts whose first click orders ascending (the paper's model order); the others put the
+#: largest value (best accuracy, fastest, biggest) first.
+ASCENDING_FIRST = ("model",)
 KINDS = ("upstream", "fine-tuned")
 
 
@@ -318,6 +340,55 @@ def recommended_files(df: pd.DataFrame) -> set[str]:
     return set(rec["filename"].astype(object))
 
 
+def header_labels(view: str = VIEWS[0]) -> list[str]:
+    """The header buttons shown for ``view``: the sorts it allows, as column names."""
+    allowed = UPSTREAM_SORTS if view == VIEWS[1] else tuple(SORTS)
+    return [label for label, sort in HEADERS.items() if sort in allowed]
+
+
+def sort_after_click(sort_by: str, descending: bool, clicked: str) -> tuple[str, bool]:
+    """(sort, descending) after a click on header ``clicked`` (a key of HEADERS).
+
+    Clicking the header of the current sort reverses its order; another header sorts by its
+    column, ascending for the model order and largest first for every number.
+    """
+    if clicked not in HEADERS:
+        raise ValueError(f"no header {clicked!r}; use one of {list(HEADERS)}")
+    new = HEADERS[clicked]
+    if new == sort_by:
+        return sort_by, not descending
+    return new, new not in ASCENDING_FIRST
+
+
+def header_text(label: str, sort_by: str, descending: bool) -> str:
+    """A header button's text: its column name, with ▼/▲ on the current sort's header."""
+    if HEADERS[label] != sort_by:
+        return label
+    return f"{label} {'▼' if descending else '▲'}"
+
+
+def row_labels(view: BrowserView) -> list[tuple[str, str]]:
+    """(label, checkpoint) for each shown row, in table order: the list a click selects
+    from. A label reads like the row (mark, number, model, task, accuracy, availability)
+    and ends with the checkpoint's full name."""
+    out = []
+    cols = view.table.columns
+    for i, (row, f) in enumerate(zip(view.table.itertuples(index=False), view.files,
+                                     strict=True)):
+        cells = dict(zip(cols, row, strict=True))
+        parts = [f"{cells['rec.'] or ' '} {i + 1:>2}.", str(cells["model"])]
+        if "task" in cells:
+            parts.append(f"{cells['task']} {cells['res']}px")
+            acc = cells["val acc"]
+            parts.append("val " + ("n/a" if pd.isna(acc) else f"{float(acc):.1%}"))
+        else:
+            acc = cells["upstream val"]
+            parts.append("upstream val " + ("n/a" if pd.isna(acc) else f"{float(acc):.1%}"))
+        parts.append(str(cells["available"]))
+        out.append((" · ".join(parts) + f" — {f}", f))
+    return out
+
+
 def file_to_fetch(view: BrowserView, selected: str | None, kind: str) -> str:
     """The checkpoint a fetch downloads: the selected row's file, or its upstream."""
     if kind not in KINDS:
@@ -365,9 +436,24 @@ class IndexBrowser:
         self._report_unavailable(state, options)
         self.view_toggle = w.ToggleButtons(options=list(VIEWS), value=VIEWS[0],
                                            description="Show", style={"button_width": "auto"})
+        # The sort state; the header buttons set it (they are what the browser shows).
         self.sort = dropdown("Sort by", list(SORTS), "fine-tuned val accuracy")
         self.descending = w.Checkbox(value=True, description="best first", indent=False,
                                      layout=w.Layout(width="auto"))
+        self.headers: dict[str, w.Button] = {
+            label: w.Button(description=label, tooltip=f"sort by {HEADERS[label]}; click "
+                            "again to reverse", layout=w.Layout(width="auto"))
+            for label in HEADERS
+        }
+        for label, button in self.headers.items():
+            button.on_click(lambda _b, label=label: self._on_header(label))
+        # The row list's long lines are cut at its edge (the table shows the full names):
+        # a list box would otherwise scroll sideways.
+        style = f"<style>.{ROWS_CLASS} select {{overflow-x:hidden}}</style>"
+        self.header_bar = w.HBox([w.HTML(f"{style}<b>Sort by</b>&nbsp;"),
+                                  *self.headers.values()],
+                                 layout=w.Layout(flex_flow="row wrap", max_width="100%",
+                                                 align_items="center"))
         restricted = (self.access not in (index_queries.BUCKET_OPEN,
                                           index_queries.BUCKET_CREDENTIALS)
                       or self.bucket_files is not None)
@@ -377,7 +463,12 @@ class IndexBrowser:
         self.access_note = w.HTML(value=self._access_html())
         self.count = w.HTML()
         self.table_html = w.HTML(layout=w.Layout(width=FULL_WIDTH))
-        self.selection = dropdown("Checkpoint", [("", "")], "", width=FULL_WIDTH)
+        # One line per row of the table: clicking a line selects its checkpoint.
+        self.selection = w.Select(options=[("", "")], value="", rows=5,
+                                  description="Checkpoint",
+                                  style={"description_width": "initial"},
+                                  layout=w.Layout(width=FULL_WIDTH))
+        self.selection.add_class(ROWS_CLASS)
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
                                     description="Fetch", style={"button_width": "auto"})
         self.fetch_button = w.Button(description="Fetch", icon="download",
@@ -399,10 +490,10 @@ class IndexBrowser:
             self.notices.widget,
             w.HBox(list(self.filters.values())[:5], layout=wrap),
             w.HBox(list(self.filters.values())[5:], layout=wrap),
-            w.HBox([self.view_toggle, self.sort, self.descending, self.fetchable_only],
-                   layout=wrap),
+            w.HBox([self.view_toggle, self.fetchable_only], layout=wrap),
             self.access_note,
             self.count,
+            self.header_bar,
             self.table_html,
             self.selection,
             w.HBox([self.kind, self.fetch_button], layout=wrap),
@@ -489,9 +580,27 @@ class IndexBrowser:
             self.clear_result()
             self.refresh()
 
+    def _on_header(self, label: str) -> None:
+        sort_by, descending = sort_after_click(self.sort.value, self.descending.value, label)
+        self._refreshing = True  # one refresh for both changes
+        try:
+            self.sort.value, self.descending.value = sort_by, descending
+        finally:
+            self._refreshing = False
+        self._on_change()
+
     def _on_select(self, change=None) -> None:
         if not self._refreshing:
             self.clear_result()
+            self._show_selected()
+
+    def _show_selected(self) -> None:
+        """Outline the selected row in the table."""
+        view = self.view
+        if view is not None and len(view.table) and self.selected in view.files:
+            self.table_html.value = table_html(view.table, marked=view.marked,
+                                               selected=view.files.index(self.selected),
+                                               wrap_columns=("available", "checkpoint"))
 
     def clear_result(self) -> None:
         """Forget the last fetch's output: it belongs to a selection no longer shown."""
@@ -525,8 +634,12 @@ class IndexBrowser:
         what = "upstream checkpoints" if upstream else "rows"
         shown = len(view.table)
         # The table first, then the count line: whoever waits for the count sees the table.
+        default = next((f for f, ok in zip(view.files, view.fetchable, strict=True) if ok),
+                       view.files[0] if view.files else "")
+        keep = self.selection.value if self.selection.value in view.files else default
         if shown:
             self.table_html.value = table_html(view.table, marked=view.marked,
+                                               selected=view.files.index(keep),
                                                wrap_columns=("available", "checkpoint"))
         elif self.fetchable_only.value and view.matching_any_source:
             self.table_html.value = (
@@ -549,13 +662,14 @@ class IndexBrowser:
                          f"{MARK_FINETUNE_OF_RECOMMENDED} = fine-tune of a recommended "
                          f"upstream checkpoint")
         self.count.value = "; ".join(parts)
-        mark = MARK_RECOMMENDED if upstream else MARK_FINETUNE_OF_RECOMMENDED
-        labels = [(f"{mark + ' ' if m else ''}{f}", f)
-                  for f, m in zip(view.files, view.marked, strict=True)]
-        default = next((f for f, ok in zip(view.files, view.fetchable, strict=True) if ok),
-                       view.files[0] if view.files else "")
-        keep = self.selection.value if self.selection.value in view.files else default
+        labels = row_labels(view)
         set_options(self.selection, labels or [("", "")], keep=keep or "")
+        self.selection.rows = max(2, min(len(labels), 8))
+        shown_headers = header_labels(self.view_toggle.value)
+        for label, button in self.headers.items():
+            button.layout.display = None if label in shown_headers else "none"
+            button.description = header_text(label, self.sort.value, self.descending.value)
+            button.button_style = "info" if HEADERS[label] == self.sort.value else ""
 
     # -- fetching ------------------------------------------------------------------------
     def _fetch(self, name: str):

@@ -195,9 +195,27 @@ def test_choose_checkpoint_notebook(lab_page):
     assert {r["task"] for r in shown["rows"]} == {"imagenet2012"}
     nb.shot("filter-S16", area)
 
-    # Back to the served model; fetch the upstream checkpoint of the served fine-tune.
+    # A click on a header sorts by its column, best first; a second click reverses.
+    header = area.locator("button.widget-button", has_text=re.compile(r"^\s*test acc"))
+    header.click()
+    area.locator("button.widget-button", has_text="test acc ▼").wait_for()
+    header.click()
+    area.locator("button.widget-button", has_text="test acc ▲").wait_for()
+    deadline = time.monotonic() + 30
+    while True:
+        accs = [float(r["test acc"]) for r in _read_browser(area)["rows"] if r["test acc"]]
+        if accs == sorted(accs) and len(accs) > 1:  # the default order is best val first
+            break
+        assert time.monotonic() < deadline, f"the header clicks did not sort: {accs}"
+        nb.page.wait_for_timeout(200)
+    nb.shot("sorted-by-test-acc", area)
+    _assert_fits(area, "the index browser with its row list")
+
+    # Back to the served model.
     model.select_option(label=SMOKE_MODEL)
     _wait_for_count(nb, area, start["matching"], SMOKE_MODEL)
+
+    # Fetch the upstream checkpoint of the served fine-tune: click its row in the list.
     upstream = next(n for n in served if "--" not in n)
     finetune = next(n for n in served if "--" in n)
     checkpoint = area.get_by_label("Checkpoint", exact=True)
@@ -205,7 +223,11 @@ def test_choose_checkpoint_notebook(lab_page):
     values = checkpoint.locator("option").evaluate_all("os => os.map(o => o.value)")
     value = next((v for v in values if v.split()[-1] == finetune), None)
     assert value, f"{finetune} (served by the fake bucket) is not offered; options: {values}"
-    checkpoint.select_option(value=value)
+    # The kernel outlines the selected row in the table: first another row, then this one.
+    other = next(v for v in values if v != value)
+    for pick in (other, value):
+        checkpoint.locator("option").nth(values.index(pick)).click()
+        area.locator("tr.augreg-selected", has_text=pick.split()[-1]).wait_for(timeout=30_000)
     kind = area.locator(".widget-toggle-buttons",
                         has=nb.page.locator("label.widget-label", has_text=re.compile("^Fetch$")))
     kind.get_by_role("button", name="upstream", exact=True).click()
