@@ -65,15 +65,19 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
-def run_name(config) -> str:
+def run_name(config, *, in_sweep: bool = False) -> str:
     """The one rule that names a run's folder, from the fields that make the run:
 
     ``<checkpoint>--<task>-steps_<n>-lr_<lr>-res_<px>-seed_<seed>`` (checkpoint: its file
-    stem, or the model name, with path separators and other punctuation as ``_``).
+    stem, or the model name, with path separators and other punctuation as ``_``). Inside a
+    sweep's folder, which already names the checkpoint and task, only the grid point:
+    ``steps_<n>-lr_<lr>-res_<px>`` (``in_sweep=True``).
     """
+    point = f"steps_{config.total_steps}-lr_{config.base_lr}-res_{config.resolution}"
+    if in_sweep:
+        return point
     stem = Path(str(config.checkpoint)).name.removesuffix(".npz").removesuffix(".safetensors")
-    return (f"{slug(stem)}--{config.task}-steps_{config.total_steps}-lr_{config.base_lr:g}"
-            f"-res_{config.resolution}-seed_{config.seed}")
+    return f"{slug(stem)}--{config.task}-{point}-seed_{config.seed}"
 
 
 def default_workdir(config) -> Path:

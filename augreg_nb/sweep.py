@@ -108,7 +108,7 @@ def sweep(
     configs = sweep_configs(base, learning_rates=learning_rates, lengths=lengths,
                             resolutions=resolutions)
     for i, config in enumerate(configs, 1):
-        workdir = root / config_lib.run_name(config)
+        workdir = root / config_lib.run_name(config, in_sweep=True)
         config.workdir = str(workdir)
         done = workdir / RESULT_FILE
         if done.exists() and (workdir / STATE_FILE).exists():

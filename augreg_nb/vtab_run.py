@@ -336,7 +336,8 @@ def run_vtab(
             final.warmup_steps = config_lib.warmup_for(final.total_steps)
             final.base_lr = float(best["adapt_lr"])
             final.eval_every = 0
-            final.workdir = str(root / name / f"retrain-{sweep_lib.run_name(final)}")
+            point = config_lib.run_name(final, in_sweep=True)
+            final.workdir = str(root / name / f"retrain-{point}")
             try:
                 out = finetune(final, callbacks=run_callbacks(final))
             except VtabStopped:
