@@ -17,6 +17,7 @@ them (``tempfile.mkstemp`` would make them private, 0600).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -24,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +96,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON to ``path`` through :func:`atomic_write`."""
+    with atomic_write(Path(path)) as f:
+        f.write(json.dumps(payload, indent=1, default=_json_default).encode("utf-8"))

@@ -36,10 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_safetensors
 
-from augreg_nb import npzfile
+from augreg_nb import npzfile, sources
 from augreg_nb.atomic import atomic_write
-from augreg_nb.models import AUGREG_MODELS, TESTING_MODELS, ModelConfig, get_model_config
+from augreg_nb.models import (
+    AUGREG_MODELS,
+    TESTING_MODELS,
+    ModelConfig,
+    abstract_params,
+    get_model_config,
+)
+from augreg_nb.timm_convert import timm_to_flat
 
 logger = logging.getLogger(__name__)
 
@@ -192,20 +201,49 @@ def _as_float32(flat: dict[str, Any], path: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def read_checkpoint(path: str | os.PathLike, *, model_name: str | None = None
-                    ) -> dict[str, np.ndarray]:
-    """Flat canonical arrays of an AugReg ``.npz`` or a timm ``.safetensors`` file."""
+def read_timm_safetensors(path: str | os.PathLike, *, num_heads: int | None = None
+                          ) -> dict[str, np.ndarray]:
+    """A timm ``.safetensors`` file -> flat AugReg arrays (float32, canonical names)."""
+    path = Path(path)
+    try:
+        state = load_safetensors(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({err}); it is truncated, corrupt "
+            "or stored in a dtype numpy cannot read (bfloat16): fetch it again"
+        ) from err
+    try:
+        flat = timm_to_flat(state, num_heads=num_heads)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return _as_float32(flat, path)
+
+
+#: File layouts :func:`read_checkpoint` reads (the names ``augreg_nb.sources`` reports).
+LAYOUTS = ("npz", "timm-safetensors")
+
+
+def read_checkpoint(path: str | os.PathLike, *, model_name: str | None = None,
+                    layout: str | None = None) -> dict[str, np.ndarray]:
+    """Flat canonical arrays of an AugReg ``.npz`` or a timm ``.safetensors`` file.
+
+    ``layout`` ("npz" or "timm-safetensors", as a resolved source reports it) skips
+    looking at the file's first bytes to tell which it is.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if _looks_like_safetensors(head):
-        from augreg_nb.timm_convert import read_timm_safetensors
-
+    if layout is None:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        layout = "timm-safetensors" if _looks_like_safetensors(head) else (
+            "npz" if head.startswith(b"PK\x03\x04") else None)
+    elif layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+    if layout == "timm-safetensors":
         num_heads = get_model_config(model_name).num_heads if model_name else None
         return read_timm_safetensors(path, num_heads=num_heads)
-    if head.startswith(b"PK\x03\x04"):  # else read_npz says what the file is not
+    if layout == "npz":  # else read_npz says what the file is not
         _check_npz_shapes(path, model_name)
     return read_npz(path)
 
@@ -291,8 +329,6 @@ def expected_shapes(model_name: str, num_classes: int, resolution: int) -> dict[
 @functools.lru_cache(maxsize=32)
 def _expected_shapes(model_name: str, num_classes: int, resolution: int
                      ) -> tuple[tuple[str, tuple], ...]:
-    from augreg_nb.models import abstract_params
-
     return tuple((k, tuple(v.shape)) for k, v in flatten(abstract_params(
         model_name, num_classes, resolution)).items())
 
@@ -427,9 +463,11 @@ def check_finite(flat: Mapping[str, np.ndarray], *, where: str = "checkpoint") -
 
 def load_flat(path: str | os.PathLike, *, model_name: str | None = None,
               num_classes: int | None = None, resolution: int | None = None,
-              allow_nonfinite: bool = False) -> tuple[str, dict[str, np.ndarray]]:
-    """Like ``load`` but returns ``(model_name, flat arrays)``."""
-    flat = read_checkpoint(path, model_name=model_name)
+              allow_nonfinite: bool = False, layout: str | None = None
+              ) -> tuple[str, dict[str, np.ndarray]]:
+    """Like ``load`` but returns ``(model_name, flat arrays)``; ``layout`` as in
+    :func:`read_checkpoint`."""
+    flat = read_checkpoint(path, model_name=model_name, layout=layout)
     if model_name is None:
         model_name = infer_model(flat)
     else:
@@ -501,17 +539,17 @@ def load_pretrained(name_or_path: str | os.PathLike, *, model_name: str | None =
     file, or anything else ``augreg_nb.sources.resolve_checkpoint`` understands;
     ``on_attempt(k, n, description)`` is passed on to it (called before each source).
     """
-    from augreg_nb import sources
-
     resolved = sources.resolve_checkpoint(name_or_path, offline=offline, on_attempt=on_attempt)
-    if model_name is None:
-        from augreg_nb.names import parse_name
-
-        try:
-            model_name = parse_name(resolved.name).model
-        except ValueError:
-            model_name = None  # inferred from the file's shapes
-    logger.info("loading %s from %s (%s)", resolved.name, resolved.path, resolved.source)
-    name, flat = load_flat(resolved.path, model_name=model_name, num_classes=num_classes,
-                           resolution=resolution)
+    name, flat = load_resolved(resolved, model_name=model_name, num_classes=num_classes,
+                               resolution=resolution)
     return name, unflatten(flat)
+
+
+def load_resolved(resolved: sources.Resolved, *, model_name: str | None = None,
+                  num_classes: int | None = None, resolution: int | None = None
+                  ) -> tuple[str, dict[str, np.ndarray]]:
+    """``load_flat`` of a file the resolver found, in the layout it found (no second look
+    at the file) and for the model it names (None: read off the file's shapes)."""
+    logger.info("loading %s from %s (%s)", resolved.name, resolved.path, resolved.source)
+    return load_flat(resolved.path, model_name=model_name or resolved.model,
+                     num_classes=num_classes, resolution=resolution, layout=resolved.layout)

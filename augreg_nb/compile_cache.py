@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from augreg_nb.download import cache_dir
 from augreg_nb.resources import env_flag
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ MIN_ENTRY_SIZE_BYTES = 0
 
 def default_dir() -> Path:
     """``<cache folder>/jax-compile``."""
-    from augreg_nb.download import cache_dir
-
     return cache_dir() / FOLDER
 
 

@@ -28,30 +28,66 @@ import ast
 import difflib
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import ml_collections
 from ml_collections import config_dict
 
-#: Resolutions of the published sweep (its lengths and learning rates are in augreg_nb.tasks).
-SWEEP_RESOLUTIONS: tuple[int, ...] = (224, 384)
+from augreg_nb import protocol
+from augreg_nb.download import cache_dir
+from augreg_nb.tasks import get_task, list_tasks
+
+#: Resolutions of the published sweep (the paper's facts live in augreg_nb.protocol).
+SWEEP_RESOLUTIONS = protocol.SWEEP_RESOLUTIONS
 
 #: Model used when ``checkpoint`` names no model ("B/16" = its recommended i21k upstream).
 DEFAULT_CHECKPOINT = "B/16"
-#: The special checkpoint value of the smoke preset: a fake checkpoint of the given model,
-#: written in the published layout by ``augreg_nb.testing.checkpoints`` into the workdir.
+#: The checkpoint names of fakes: "fake:<model>" is a fake upstream checkpoint of the model in
+#: the published layout, which the resolver writes on first use (the source is registered by
+#: ``augreg_nb.testing.checkpoints``); the smoke preset fine-tunes "fake:testing".
 FAKE_CHECKPOINT_PREFIX = "fake:"
-#: Name of the tiny real-image task used by the smoke preset (scikit-learn's digits).
+#: The model whose fake checkpoints the notebooks' smoke mode serves (the smallest AugReg one).
+SMOKE_MODEL = "Ti/16"
+#: The tiny real-image task of the smoke preset (the digits shipped in augreg_nb.digits).
 SMOKE_TASK = "digits"
 
 
 def warmup_for(total_steps: int) -> int:
     """Warm-up steps the paper uses for a run of ``total_steps`` (Table 4).
 
-    See ``augreg_nb.tasks.warmup_steps`` for lengths outside the table.
+    See ``augreg_nb.protocol.warmup_steps`` for lengths outside the table.
     """
-    from augreg_nb.tasks import warmup_steps
+    return protocol.warmup_steps(total_steps)
 
-    return warmup_steps(total_steps)
+
+def slug(text: str) -> str:
+    """``text`` with every character but letters, digits and ``._-`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def run_name(config, *, in_sweep: bool = False) -> str:
+    """The one rule that names a run's folder, from the fields that make the run:
+
+    ``<checkpoint>--<task>-steps_<n>-lr_<lr>-res_<px>-seed_<seed>`` (checkpoint: its file
+    stem, or the model name, with path separators and other punctuation as ``_``). Inside a
+    sweep's folder, which already names the checkpoint and task, only the grid point:
+    ``steps_<n>-lr_<lr>-res_<px>`` (``in_sweep=True``).
+    """
+    point = f"steps_{config.total_steps}-lr_{config.base_lr}-res_{config.resolution}"
+    if in_sweep:
+        return point
+    stem = Path(str(config.checkpoint)).name.removesuffix(".npz").removesuffix(".safetensors")
+    return f"{slug(stem)}--{config.task}-{point}-seed_{config.seed}"
+
+
+def default_workdir(config) -> Path:
+    """``<cache>/runs/<run_name>``: where a run goes when ``config.workdir`` is None."""
+    return cache_dir() / "runs" / run_name(config)
+
+
+def default_sweep_root(config) -> Path:
+    """``<cache>/runs/sweep-<checkpoint>--<task>``: where a sweep's runs go by default."""
+    return cache_dir() / "runs" / f"sweep-{slug(str(config.checkpoint))}--{config.task}"
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -75,7 +111,7 @@ def _base() -> ml_collections.ConfigDict:
     # Linear warm-up steps before the cosine decay (Table 4: 500->100, 2500->200, 10k->500).
     c.warmup_steps = 200
     # Images per optimiser step, summed over all devices, hosts and micro-batches (512).
-    c.global_batch = 512
+    c.global_batch = protocol.GLOBAL_BATCH
     # Gradient-accumulation steps per optimiser step: each device processes
     # global_batch / (devices * micro_batches) images at a time. Raise it to fit memory;
     # the result does not depend on it. global_batch must divide by devices * micro_batches.
@@ -95,11 +131,11 @@ def _base() -> ml_collections.ConfigDict:
     # Compute dtype of activations ("float32" or "bfloat16"); parameters stay float32.
     c.dtype = "float32"
     # Dtype of the SGD momentum buffer: "bfloat16" as in the reference, or "float32".
-    c.momentum_dtype = "bfloat16"
+    c.momentum_dtype = protocol.MOMENTUM_DTYPE
     # SGD momentum.
-    c.momentum = 0.9
+    c.momentum = protocol.MOMENTUM
     # Clip the (accumulated) gradient to this global L2 norm (0: no clipping).
-    c.grad_clip = 1.0
+    c.grad_clip = protocol.GRAD_CLIP
     # Parameter placement over the device mesh: "replicated" (data parallel) or "sharded"
     # (large arrays split over devices along their largest divisible axis, for models that
     # do not fit one device).
@@ -171,8 +207,6 @@ def _smoke() -> ml_collections.ConfigDict:
 
 def presets() -> list[str]:
     """Names accepted by :func:`get_config`: "smoke" and every run of the published sweep."""
-    from augreg_nb.tasks import get_task, list_tasks
-
     names = ["smoke"]
     for name in list_tasks():
         task = get_task(name)

@@ -6,7 +6,6 @@ notebook cell can print it and a test can check it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 
@@ -44,13 +43,3 @@ def describe_devices() -> DeviceReport:
         jax_version=jax.__version__,
         python=platform.python_version(),
     )
-
-
-def _cmd_devices(args: argparse.Namespace) -> int:
-    print(describe_devices())
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("devices", help="show the accelerator and the number of devices")
-    p.set_defaults(func=_cmd_devices)

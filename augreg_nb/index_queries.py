@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augreg_nb import names, resources
+from augreg_nb import catalogue, names, resources, sources
+from augreg_nb.download import gcloud_credentials_file
 from augreg_nb.index_validate import (
     COLUMNS,
     DOMAINS,
@@ -37,7 +38,6 @@ from augreg_nb.index_validate import (
 
 #: Public bucket URL used when the download layer (which honours $AUGREG_NB_BUCKET_URL) is
 #: not installed.
-DEFAULT_BUCKET_URL = "https://storage.googleapis.com/vit_models/augreg"
 
 RULE = "rule: highest final_val among the model's i21k checkpoints (paper section 4.5)"
 PUBLISHED = (
@@ -76,9 +76,7 @@ def shape_is_complete(df: pd.DataFrame) -> bool:
 
 
 def _published_picks() -> pd.DataFrame:
-    from augreg_nb.catalog import PICKS_FILE
-
-    picks = pd.read_csv(resources.data_path("index", PICKS_FILE))
+    picks = pd.read_csv(resources.data_path("index", catalogue.PICKS_FILE))
     return picks[["name", "filename", "adapt_filename"]]
 
 
@@ -290,22 +288,10 @@ def grid_summary(df: pd.DataFrame, kind: str = "upstream", *, tidy: bool = False
     return counts.unstack(cols).astype("Int64")
 
 
-def _sources():
-    """The download layer, or None where it is not installed (then those sources are skipped)."""
-    try:
-        from augreg_nb import sources
-    except ImportError:
-        return None
-    return sources
-
-
 def _mirror_map() -> dict[str, str]:
     """AugReg filename -> Hugging Face repo (``timm/{timm_name}``) for mirrored files."""
-    src = _sources()
-    if src is None:
-        return {}
     out: dict[str, str] = {}
-    for m in src.mirrored_checkpoints():
+    for m in sources.mirrored_checkpoints():
         if m.filename:
             out.setdefault(m.filename, m.repo_id)
     return out
@@ -324,9 +310,7 @@ def _local_and_cached() -> tuple[dict[str, str], dict[str, str]]:
     folder = os.environ.get(resources.ENV_CHECKPOINT_DIR)
     if folder:
         roots.append((0, Path(folder).expanduser()))
-    src = _sources()
-    if src is not None:
-        roots.append((1, src.checkpoint_cache_path("x").parent))
+    roots.append((1, sources.checkpoint_cache_path("x").parent))
     for i, root in roots:
         if root.is_dir():
             for p in root.glob("*.npz"):
@@ -351,13 +335,8 @@ def bucket_access() -> str:
     """
     if resources.env_flag(resources.ENV_OFFLINE):
         return OFFLINE
-    src = _sources()
-    if src is None:
-        return BUCKET_REFUSED
-    if src.bucket_url() != src.DEFAULT_BUCKET_URL.rstrip("/"):
+    if sources.bucket_url() != sources.DEFAULT_BUCKET_URL.rstrip("/"):
         return BUCKET_OPEN
-    from augreg_nb.download import gcloud_credentials_file
-
     return BUCKET_CREDENTIALS if gcloud_credentials_file() is not None else BUCKET_REFUSED
 
 
@@ -396,8 +375,7 @@ def availability(df: pd.DataFrame, *, include_upstream: bool = True,
     names the bucket serves (a test or demo server); ``hf_mirror=False``: the Hub endpoint
     serves nothing (smoke mode's empty loopback Hub).
     """
-    src = _sources()
-    base = src.bucket_url() if src is not None else DEFAULT_BUCKET_URL
+    base = sources.bucket_url()
     access = bucket_access() if access is None else access
     files = df["adapt_filename"].astype("str").reset_index(drop=True)
     models = df["name"].reset_index(drop=True)

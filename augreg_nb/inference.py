@@ -15,6 +15,9 @@ human-readable ImageNet names shipped with tensorflow-datasets; other heads get 
 ``label_names``: a list of strings, a task name (``augreg_nb.tasks.get_task``), a TFDS
 ``ClassLabel`` or ``DatasetInfo``, or a ``Task``. The ImageNet-21k heads of upstream
 checkpoints have no shipped names; their predictions carry ``name=None``.
+
+JAX, the models and the checkpoint reader are imported when a prediction runs, not with this
+module: the class names (``imagenet_label_names``) load without JAX or TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from augreg_nb.preprocess import prepare_images
+from augreg_nb.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +89,6 @@ def resolve_label_names(label_names: Any, num_classes: int) -> tuple[str, ...] |
         if label_names.lower() in IMAGENET_ALIASES:
             names = imagenet_label_names()
         else:
-            from augreg_nb.tasks import get_task
-
             names = tuple(get_task(label_names).label_names)
     elif hasattr(label_names, "label_names"):  # augreg_nb.tasks.Task
         names = tuple(label_names.label_names)
@@ -151,7 +155,6 @@ def predict(model_name: str, params: dict, images: Any, *, resolution: int | Non
     ``resolution`` defaults to the one the parameters' position table was made for.
     """
     from augreg_nb.checkpoint import checkpoint_resolution
-    from augreg_nb.preprocess import prepare_images
 
     if resolution is None:
         resolution = checkpoint_resolution(model_name, params)
@@ -169,42 +172,3 @@ def format_predictions(images: Sequence[Any], predictions: list[list[Prediction]
             label = p.name if p.name is not None else f"class {p.index}"
             lines.append(f"  {p.prob:7.2%}  {p.index:>5}  {label}")
     return "\n".join(lines)
-
-
-def _cmd_predict(args) -> int:
-    from augreg_nb import checkpoint
-
-    target = Path(args.checkpoint).expanduser()
-    kw = {"model_name": args.model, "resolution": args.resolution}
-    try:
-        is_file = target.is_file()
-    except OSError:  # e.g. a name longer than a file name can be: not a file, so a name
-        is_file = False
-    if is_file:
-        name, flat = checkpoint.load_flat(target, **kw)
-        params = checkpoint.unflatten(flat)
-    else:
-        name, params = checkpoint.load_pretrained(args.checkpoint, **kw)
-    preds = predict(name, params, args.images, resolution=args.resolution, top_k=args.top_k,
-                    label_names=args.labels)
-    print(format_predictions(args.images, preds))
-    return 0
-
-
-def register_cli(sub) -> None:
-    """Adds ``augreg-nb predict``."""
-    p = sub.add_parser(
-        "predict", help="classify images with a checkpoint (top-k classes)",
-        description="Classify images with an AugReg checkpoint (name, .npz or timm "
-                    ".safetensors file) and print the top-k classes with probabilities.",
-    )
-    p.add_argument("checkpoint", help="checkpoint name or file")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--model", default=None, help="model name (default: from the file)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="input size in px (default: the checkpoint's own)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
-    p.add_argument("--labels", default=None,
-                   help="label set: a task name (e.g. oxford_iiit_pet); default ImageNet "
-                        "names for 1000-class heads")
-    p.set_defaults(func=_cmd_predict)

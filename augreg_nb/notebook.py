@@ -27,7 +27,10 @@ Smoke mode (``AUGREG_NB_SMOKE=1``)
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
-    ``smoke`` preset (a tiny model on scikit-learn's digits).
+    ``smoke`` preset (a tiny model on the digits shipped with the package). The
+    :class:`SmokeEnvironment` that :func:`setup_smoke` returns owns the servers and the
+    environment variables it set: ``close()`` (or leaving ``with setup_smoke() as env:``)
+    stops the servers and restores every variable.
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from augreg_nb import __version__, compile_cache
-from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, env_flag
+from augreg_nb.config import SMOKE_MODEL
+from augreg_nb.download import cache_dir
+from augreg_nb.envinfo import describe_devices
+from augreg_nb.index import load_index as _load_index
+from augreg_nb.names import parse_name
+from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, data_path, env_flag
+from augreg_nb.sources import ENV_BUCKET_URL
+from augreg_nb.widgets.common import quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +67,6 @@ COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}@{{AUGREG_NB_REF}}"
 #: Where Colab opens the notebooks from.
 COLAB_URL = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
 
-#: The model whose fake checkpoints smoke mode serves (the smallest AugReg model).
-SMOKE_MODEL = "Ti/16"
 
 
 def in_colab() -> bool:
@@ -109,6 +117,12 @@ class SmokeEnvironment:
     #: (notebook 2 exports into it, notebook 3 reads it), kept across sessions
     results_csv: Path | None = None
 
+    def __enter__(self) -> SmokeEnvironment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop the servers, restore the environment variables, remove a temporary root."""
         global _SMOKE
@@ -133,9 +147,6 @@ def smoke_checkpoints(model: str = SMOKE_MODEL) -> dict[str, tuple[int, int]]:
     model's recommended upstream checkpoint and its ImageNet fine-tune at 384 px."""
     import pandas as pd
 
-    from augreg_nb.names import parse_name
-    from augreg_nb.resources import data_path
-
     rec = pd.read_csv(data_path("index", "recommended_checkpoints.csv"))
     row = rec[rec["model"] == model]
     if row.empty:
@@ -151,7 +162,6 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     global _SMOKE
     if _SMOKE is not None:
         return _SMOKE
-    from augreg_nb.sources import ENV_BUCKET_URL
     from augreg_nb.testing.checkpoints import write_fake_checkpoint
     from augreg_nb.testing.servers import FakeBucket, FakeHub
 
@@ -178,7 +188,6 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
         "CLOUDSDK_CONFIG": str(root / "gcloud"),
     }
     previous = {k: os.environ.get(k) for k in (*settings, ENV_INDEX, ENV_OFFLINE)}
-    from augreg_nb.download import cache_dir
 
     results_csv = cache_dir() / "smoke" / "augreg_results.csv"  # before the cache moves
     os.environ.update(settings)
@@ -234,8 +243,6 @@ def show_tables_whole() -> None:
 
 def device_report() -> str:
     """One line: the accelerator JAX uses (TPU, GPU or CPU) and the number of devices."""
-    from augreg_nb.envinfo import describe_devices
-
     return str(describe_devices())
 
 
@@ -255,7 +262,6 @@ def start(
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
     show_tables_whole()
-    from augreg_nb.widgets.common import quiet_libraries
 
     quiet_libraries(tfds=False)  # before anything loads TensorFlow
     smoke_env = setup_smoke() if smoke_mode() else None
@@ -266,8 +272,6 @@ def start(
     compile_cache.enable()  # compiled programs survive kernel restarts (after smoke set-up)
     table = None
     if load_index:
-        from augreg_nb.index import load_index as _load_index
-
         table = _load_index(index)
     return Session(
         smoke=smoke_env is not None,

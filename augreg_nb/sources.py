@@ -40,8 +40,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from augreg_nb import download as dl
+from augreg_nb.index_validate import read_index_csv
 from augreg_nb.names import CheckpointName, parse_name
-from augreg_nb.resources import ENV_CACHE, ENV_CHECKPOINT_DIR, ENV_INDEX, ENV_OFFLINE, data_path
+from augreg_nb.resources import ENV_CHECKPOINT_DIR, ENV_INDEX, ENV_OFFLINE, data_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ HF_FILENAME = "model.safetensors"
 
 LOCAL, CACHE, BUCKET_HTTPS, BUCKET_GCS, HF_MIRROR = (
     "local", "cache", "bucket-https", "bucket-gcs", "hf-mirror")
-_LABELS = {
+SOURCE_LABELS = {
+    "generated": "made on request (e.g. a fake checkpoint for the smoke preset)",
     LOCAL: "given file, folder or URL",
     CACHE: "cache",
     BUCKET_HTTPS: "bucket, public HTTPS URL",
@@ -75,7 +77,7 @@ class Attempt:
 
     def __str__(self) -> str:
         where = f" ({self.location})" if self.location else ""
-        return f"{_LABELS.get(self.source, self.source)}{where}: {self.reason}"
+        return f"{SOURCE_LABELS.get(self.source, self.source)}{where}: {self.reason}"
 
 
 @dataclass
@@ -91,6 +93,44 @@ class Resolved:
     layout: str
     name: str
     attempts: list = field(default_factory=list)
+    model_name: str | None = None  # the model, when the source knows it without a name
+
+    @property
+    def model(self) -> str | None:
+        """The model of the checkpoint ("B/16"): the source's, else the one ``name``
+        belongs to; None when neither says (then it is read off the file's shapes)."""
+        if self.model_name is not None:
+            return self.model_name
+        try:
+            return parse_name(self.name).model
+        except ValueError:
+            return None
+
+
+#: Checkpoints made on request instead of fetched, by name prefix: prefix -> write(model,
+#: path). ``augreg_nb.testing.checkpoints`` registers "fake:" (random weights of a model in
+#: the published layout), which the smoke preset fine-tunes.
+GENERATED = "generated"
+_GENERATORS: dict[str, Callable[[str, Path], object]] = {}
+
+
+def register_generator(prefix: str, write: Callable[[str, Path], object]) -> None:
+    """Make ``{prefix}{model}`` a checkpoint name: ``write(model, path)`` writes its .npz."""
+    _GENERATORS[prefix] = write
+
+
+def _generated(text: str) -> Resolved | None:
+    for prefix, write in _GENERATORS.items():
+        if text.startswith(prefix):
+            model = text[len(prefix):]
+            stem = f"{prefix.rstrip(':')}-" + "".join(
+                c if c.isalnum() or c in "._-" else "_" for c in model)
+            path = dl.cache_dir() / GENERATED / f"{stem}.npz"
+            if not path.is_file():
+                write(model, path)
+            return Resolved(path, GENERATED, "npz", stem,
+                            [Attempt(GENERATED, str(path), "ok", ok=True)], model_name=model)
+    return None
 
 
 class SourceError(RuntimeError):
@@ -235,7 +275,7 @@ def _check_name_length(text: str) -> None:
             "ones are under 120); `augreg-nb index` lists them")
 
 
-def _normalize_checkpoint_name(text: str) -> tuple[str, MirroredCheckpoint | None]:
+def normalize_checkpoint_name(text: str) -> tuple[str, MirroredCheckpoint | None]:
     """(AugReg filename or timm-only name, mirror entry); ValueError for a bad name."""
     _check_name_length(text)
     stem = text.rsplit("/", 1)[-1]
@@ -403,6 +443,9 @@ def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None
     """
     offline = dl.is_offline() if offline is None else bool(offline)
     text = os.fspath(name_or_path)
+    generated = _generated(text)
+    if generated is not None:
+        return generated
     _check_name_length(text)
     explicit = Path(text).expanduser()
     if explicit.is_dir():
@@ -412,7 +455,7 @@ def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None
     if not is_url:
         is_file = explicit.is_file()
     try:
-        name, mirror = _normalize_checkpoint_name(text)
+        name, mirror = normalize_checkpoint_name(text)
         bad_name = None
     except ValueError as err:
         name, mirror, bad_name = "", None, err
@@ -559,8 +602,6 @@ def _index_problem(path: Path, attempts: list, *, full: bool = False) -> bool:
         if "filename" not in header:
             problem = f"not an index table: no 'filename' column in {header[:5]}..."
     if problem is None and full:
-        from augreg_nb.index import read_index_csv
-
         try:
             read_index_csv(path, strict=True)
         except Exception as err:  # noqa: BLE001 - any failure makes the copy unusable
@@ -611,77 +652,3 @@ def _failure_message(what: str, name: str | None, attempts: list[Attempt],
                      "catalogue (the published rows that are known, and the mirrored "
                      "checkpoints).")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("fetch", help="resolve a checkpoint (or the index) to a local file",
-                       description="Download a checkpoint or index.csv into the cache, or "
-                                   "explain which sources failed and why.")
-    p.add_argument("name", nargs="?", help="checkpoint filename (with or without .npz), timm "
-                                           "name, or a path")
-    p.add_argument("--index", action="store_true", help="fetch index.csv instead")
-    p.add_argument("--dir", help=f"a local folder of .npz files (like ${ENV_CHECKPOINT_DIR})")
-    p.add_argument("--offline", action="store_true", help="use local files and caches only")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_fetch)
-
-    c = sub.add_parser("cache", help="list or clear the download cache",
-                       description="List cached checkpoints and index tables with their sizes.")
-    c.add_argument("--clear", action="store_true",
-                   help="delete every file augreg-nb downloaded into the cache (never other "
-                        "files in the folder)")
-    c.add_argument("--remove", metavar="NAME", help="delete one cached checkpoint")
-    c.set_defaults(func=_cmd_cache)
-
-
-def _cmd_fetch(args) -> int:
-    offline = True if args.offline else None
-    if args.index:
-        r = resolve_index(args.name, offline=offline, progress=not args.quiet)
-    elif args.name:
-        r = resolve_checkpoint(args.name, offline=offline, folder=args.dir,
-                               progress=not args.quiet)
-    else:
-        raise ValueError("name a checkpoint to fetch, or pass --index")
-    for a in r.attempts:
-        logger.debug("%s", a)
-    print(f"{r.path}\n  source: {_LABELS[r.source]}, layout: {r.layout}")
-    return 0
-
-
-def _cmd_cache(args) -> int:
-    root = dl.cache_dir()
-    if args.clear:
-        count = len(dl.list_cache(root))
-        freed = dl.clear_cache(root)
-        left = " (other files in it were left alone)" if root.exists() else ""
-        print(f"removed {count} downloaded file{'' if count == 1 else 's'} "
-              f"({dl.human_size(freed)}) from {root}{left}")
-        return 0
-    if args.remove:
-        name, _ = _normalize_checkpoint_name(args.remove)
-        path = checkpoint_cache_path(name)
-        part = dl.part_path(path)
-        if not (path.exists() or part.exists()):
-            raise FileNotFoundError(f"{name}.npz is not in the cache {root}; "
-                                    "`augreg-nb cache` lists what is")
-        if not dl.is_cached_file(path):
-            raise FileNotFoundError(f"{path} was not downloaded by augreg-nb (it has no "
-                                    f"{dl.META_SUFFIX} sidecar), so it is left alone; delete "
-                                    "it yourself if you mean to")
-        dl.remove_file(path)
-        print(f"removed {path}")
-        return 0
-    entries = dl.list_cache(root)
-    print(f"cache: {root}  (set ${ENV_CACHE} to move it)")
-    for e in entries:
-        note = "  (partial download; the next fetch resumes it)" if e.partial else ""
-        print(f"  {dl.human_size(e.size):>10}  {e.path.relative_to(root)}{note}")
-    total = sum(e.size for e in entries)
-    print(f"  {len(entries)} file{'' if len(entries) == 1 else 's'}, {dl.human_size(total)}")
-    print("Checkpoints from the Hugging Face Hub stay in the Hub's own cache: `hf cache ls`, "
-          "`hf cache rm`.")
-    return 0

@@ -31,7 +31,19 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from augreg_nb import config as config_lib
+from augreg_nb.atomic import atomic_write
+from augreg_nb.index import load_index
+from augreg_nb.names import parse_name
+from augreg_nb.train import (
+    RECIPE_FIELDS,
+    RESULT_FILE,
+    STATE_FILE,
+    finetune,
+    load_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +70,7 @@ def sweep_configs(
     ``base``; warm-ups follow Table 4.
     """
     if learning_rates is None or lengths is None:
-        task = _task(base)
+        task = load_task(base)
         learning_rates = task.learning_rates if learning_rates is None else learning_rates
         lengths = task.sweep_steps if lengths is None else lengths
     resolutions = config_lib.SWEEP_RESOLUTIONS if resolutions is None else resolutions
@@ -77,16 +89,6 @@ def sweep_configs(
     return out
 
 
-def _task(config):
-    from augreg_nb.train import load_task
-
-    return load_task(config)
-
-
-def run_name(config) -> str:
-    return f"steps_{config.total_steps}-lr_{config.base_lr}-res_{config.resolution}"
-
-
 def sweep(
     base,
     *,
@@ -100,20 +102,16 @@ def sweep(
 
     ``callbacks(config)`` may return the callbacks of each run (e.g. a progress bar).
     """
-    import pandas as pd
-
-    from augreg_nb.train import RESULT_FILE, finetune
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     configs = sweep_configs(base, learning_rates=learning_rates, lengths=lengths,
                             resolutions=resolutions)
     for i, config in enumerate(configs, 1):
-        workdir = root / run_name(config)
+        workdir = root / config_lib.run_name(config, in_sweep=True)
         config.workdir = str(workdir)
         done = workdir / RESULT_FILE
-        if done.exists() and (workdir / "state.npz").exists():
+        if done.exists() and (workdir / STATE_FILE).exists():
             row = json.loads(done.read_text())["result_row"]
             logger.info("[%d/%d] %s: done before (val %.4f)", i, len(configs), workdir.name,
                         row["adapt_final_val"])
@@ -130,11 +128,8 @@ def sweep(
 
 
 def _write_csv(frame, path: Path) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(frame.to_csv(index=False).encode("utf-8"))
 
 
 def reproduce_config(adapt_filename: str, *, micro_batches: int = 8):
@@ -144,8 +139,6 @@ def reproduce_config(adapt_filename: str, *, micro_batches: int = 8):
     checkpoint come from the name; the recipe (batch 512, SGD-momentum, clipping) is the
     protocol's. ``micro_batches`` only changes memory use, not the result.
     """
-    from augreg_nb.names import parse_name
-
     name = parse_name(adapt_filename)
     if not name.is_finetuned:
         raise ValueError(
@@ -161,8 +154,6 @@ def reproduce_config(adapt_filename: str, *, micro_batches: int = 8):
 def published_row(adapt_filename: str, index=None) -> dict | None:
     """The index row of ``adapt_filename`` (from ``index`` or :func:`load_index`), if any."""
     if index is None:
-        from augreg_nb.index import load_index
-
         index = load_index(strict=False)
     rows = index[index["adapt_filename"] == adapt_filename]
     return None if rows.empty else rows.iloc[0].to_dict()
@@ -182,8 +173,6 @@ def reproduce(
     ``micro_batches=32`` to fit memory, ``data_dir=...``); overriding a recipe field makes
     the run a different experiment, and the result says which fields were changed.
     """
-    from augreg_nb.train import RECIPE_FIELDS, finetune
-
     config = reproduce_config(adapt_filename)
     exact = config.copy_and_resolve_references()
     config_lib.apply_overrides(config, overrides)

@@ -19,18 +19,20 @@ names and layouts differ from the published ``.npz`` files:
 
 Weights are copied bit for bit (transposes and reshapes only):
 
-    >>> from augreg_nb.timm_convert import read_timm_safetensors
+    >>> from augreg_nb.checkpoint import read_timm_safetensors
     >>> flat = read_timm_safetensors("model.safetensors")  # doctest: +SKIP
+
+Reading the file is :mod:`augreg_nb.checkpoint`'s job; this module only converts arrays.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
+
+from augreg_nb.models import AUGREG_MODELS, TESTING_MODELS, get_model_config
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _STAGE = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
@@ -118,8 +120,6 @@ def timm_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int | None = Non
 
 
 def _default_heads(state: Mapping[str, np.ndarray], hidden: int) -> int:
-    from augreg_nb.models import AUGREG_MODELS, TESTING_MODELS, get_model_config
-
     layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     for name in AUGREG_MODELS + TESTING_MODELS:
         c = get_model_config(name)
@@ -220,40 +220,3 @@ def flat_to_timm(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out[f"blocks.{i}.attn.qkv.bias"] = np.concatenate(
             [d[f"{n}/bias"].reshape(-1) for n in names])
     return out
-
-
-def read_timm_safetensors(path: str | os.PathLike, *, num_heads: int | None = None
-                          ) -> dict[str, np.ndarray]:
-    """A timm ``.safetensors`` file -> flat AugReg arrays (float32, canonical names)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    from augreg_nb.checkpoint import CheckpointError, _as_float32
-
-    path = Path(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated, corrupt "
-            "or stored in a dtype numpy cannot read (bfloat16): fetch it again"
-        ) from err
-    try:
-        flat = timm_to_flat(state, num_heads=num_heads)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    return _as_float32(flat, path)
-
-
-def write_timm_safetensors(flat: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Write flat AugReg arrays as a timm ``.safetensors`` state dict."""
-    from safetensors.numpy import save_file
-
-    from augreg_nb.checkpoint import canonicalize
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = flat_to_timm(canonicalize({k: np.asarray(v, np.float32) for k, v in flat.items()}))
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()},
-              str(path))
-    return path

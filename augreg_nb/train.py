@@ -37,19 +37,36 @@ writes the state and results).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from augreg_nb import callbacks as callbacks_lib
+from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
+from augreg_nb import input_pipeline as ip
+from augreg_nb import models, names, sources
+from augreg_nb import train_step as ts
+from augreg_nb.atomic import write_json_atomic
+from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
+from augreg_nb.models import create_model, param_count
+from augreg_nb.resources import ENV_INDEX
+from augreg_nb.sources import index_cache_path
+from augreg_nb.tasks import get_task
+from augreg_nb.testing import checkpoints as _fakes  # noqa: F401 - the "fake:" source
+from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state, to_host
 
 logger = logging.getLogger(__name__)
 
@@ -152,17 +169,52 @@ def _is_oom(err: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "OOM" in text
 
 
+@contextlib.contextmanager
+def explain_oom(advice: Callable[[], str]) -> Iterator[None]:
+    """Turn an accelerator out-of-memory error inside the block into a RuntimeError that says
+    what to change (``advice()``); other errors pass through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if _is_oom(err):
+            raise RuntimeError(advice()) from err
+        raise
+
+
 def _recipe(config) -> dict:
     return {k: config[k] for k in RECIPE_FIELDS}
 
 
+class History:
+    """The run's metrics by step (loss, lr, speed, val/test results), saved with the state.
+
+    ``record(step, values)`` merges values into the row of that step, so a step that is
+    both logged and evaluated has one row.
+    """
+
+    def __init__(self, rows: Iterable[dict] = ()):
+        self._rows: dict[int, dict] = {int(r["step"]): dict(r) for r in rows}
+
+    def record(self, step: int, values: dict) -> None:
+        self._rows.setdefault(step, {"step": step}).update(values)
+
+    def get(self, step: int) -> dict:
+        return self._rows.get(step, {})
+
+    def rows(self) -> list[dict]:
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def frame(self):
+        """A pandas.DataFrame with one row per recorded step."""
+        frame = pd.DataFrame(self.rows())
+        return frame if len(frame) else pd.DataFrame(columns=["step"])
+
+
 def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
     """Accuracy and mean loss over every (unmasked) example of ``batches``."""
-    from augreg_nb.train_step import put_batch
-
     correct = loss = count = 0
     for batch in batches:
-        c, l, n = eval_step(params, put_batch(batch, mesh))
+        c, l, n = eval_step(params, ip.put_batch(batch, mesh))
         correct, loss, count = correct + c, loss + l, count + n
     count = int(count)
     if count == 0:
@@ -184,217 +236,211 @@ def fit(
 
     Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
     """
-    import jax
-    import pandas as pd
+    mesh = mesh if mesh is not None else ip.data_mesh()
+    config_lib.validate(config, mesh.devices.size)
+    return _Run(config, apply_fn, params, data, Path(workdir), list(callbacks), mesh).fit()
 
-    from augreg_nb import train_step as ts
-    from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state
 
-    callbacks = list(callbacks)
-    mesh = mesh if mesh is not None else ts.make_mesh()
-    num_devices = mesh.devices.size
-    config_lib.validate(config, num_devices)
-    workdir = Path(workdir)
-    state_path = workdir / STATE_FILE
+class _Run:
+    """One call of :func:`fit`: the training state, its history, and the steps that change
+    them (train, log, evaluate, check, save). Not reused across runs."""
 
-    tx = ts.optimizer_from_config(config)
-    p_shard = ts.param_shardings(params, mesh, config.param_sharding)
-    params = jax.device_put(params, p_shard)
-    state = jax.jit(lambda p: TrainState.create(p, tx))(params)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    state_sharding = state_sharding.replace(params=p_shard)
-    state = jax.device_put(state, state_sharding)
-    del params
+    def __init__(self, config, apply_fn, params, data: TrainData, workdir: Path,
+                 callbacks: list, mesh, meta: dict | None = None):
+        self.config, self.data, self.workdir, self.callbacks, self.mesh = (
+            config, data, workdir, callbacks, mesh)
+        self.meta = meta or {}  # stored with the state (what finetune needs to answer later)
+        self.num_devices = mesh.devices.size
+        self.state_path = workdir / STATE_FILE
+        self.schedule = ts.schedule_from_config(config)
+        tx = ts.optimizer_from_config(config)
+        p_shard = ts.param_shardings(params, mesh, config.param_sharding)
+        state = jax.jit(lambda p: TrainState.create(p, tx))(jax.device_put(params, p_shard))
+        sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
+        self.state = jax.device_put(state, sharding)
+        self.history = History()
+        if self.state_path.exists():
+            self._resume()
+        self.train_step = ts.make_train_step(
+            apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
+            micro_batches=config.micro_batches, lr_schedule=self.schedule,
+            state_sharding=sharding, seed=config.seed,
+        )
+        self.eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
+        self.pending: list[tuple[int, dict]] = []  # step metrics not logged yet (on device)
 
-    records: dict[int, dict] = {}
-    if state_path.exists():
-        meta = read_meta(state_path)
+    def _resume(self) -> None:
+        config, path = self.config, self.state_path
+        meta = read_meta(path)
         if meta.get("recipe") != _recipe(config):
             changed = sorted(
                 k for k in RECIPE_FIELDS if meta.get("recipe", {}).get(k) != config[k]
             )
             raise ValueError(
-                f"{workdir} holds a run with a different recipe (fields {changed} differ); "
-                "use another workdir, or delete it to start over"
+                f"{self.workdir} holds a run with a different recipe (fields {changed} "
+                "differ); use another workdir, or delete it to start over"
             )
-        state, meta = restore_state(state_path, like=state)
-        records = {int(r["step"]): r for r in meta.get("history", [])}
-        logger.info("resuming from step %d of %d (%s)", int(state.step), config.total_steps,
-                    state_path)
+        self.state, meta = restore_state(path, like=self.state)
+        self.history = History(meta.get("history", []))
+        logger.info("resuming from step %d of %d (%s)", int(self.state.step),
+                    config.total_steps, path)
 
-    def history():
-        frame = pd.DataFrame([records[k] for k in sorted(records)])
-        return frame if len(frame) else pd.DataFrame(columns=["step"])
+    def fit(self) -> FitOutput:
+        config, start = self.config, int(self.state.step)
+        info = {"total_steps": config.total_steps, "start_step": start,
+                "workdir": str(self.workdir), "global_batch": config.global_batch,
+                "devices": self.num_devices,
+                "history": self.history.frame()}  # of the earlier sessions of a resumed run
+        callbacks_lib.dispatch(self.callbacks, "on_train_begin", info)
+        if start < config.total_steps:
+            final = self._train(start)
+        else:
+            final = self._final_results(start)
+        frame = self.history.frame()
+        callbacks_lib.dispatch(self.callbacks, "on_train_end", frame)
+        params = jax.tree.map(to_host, self.state.params)
+        return FitOutput(params=params, history=frame, final=final)
 
-    def save():
-        save_state(state_path, state, meta={
-            "recipe": _recipe(config),
-            "config": config.to_dict(),
-            "history": [records[k] for k in sorted(records)],
-        })
-
-    def record(step: int, values: dict):
-        records.setdefault(step, {"step": step}).update(values)
-
-    train_step = ts.make_train_step(
-        apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
-        micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
-        state_sharding=state_sharding, seed=config.seed,
-    )
-    eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
-
-    def run_evals(step: int) -> dict:
-        out = {}
-        for split, make_batches in data.eval_batches.items():
+    def _train(self, start: int) -> dict:
+        """Steps start+1 .. total_steps; returns the last evaluation."""
+        config, final = self.config, {}
+        batches = self.data.train_batches(start + 1)
+        clock = _Clock(start)
+        for step in range(start + 1, config.total_steps + 1):
             try:
-                res = evaluate(eval_step, state.params, make_batches(), mesh)
-            except Exception as err:
-                if _is_oom(err):
-                    smaller = max(num_devices, config.eval_batch // (4 * num_devices)
-                                  * num_devices)
-                    raise RuntimeError(
-                        f"out of accelerator memory evaluating {split} with eval_batch="
-                        f"{config.eval_batch}; set a smaller eval_batch (a multiple of "
-                        f"{num_devices}), e.g. --set eval_batch={smaller}"
-                    ) from err
-                raise
+                with explain_oom(lambda step=step: f"out of accelerator memory at step {step}: "
+                                 f"{oom_advice(config, self.num_devices)}"):
+                    batch = ip.put_batch(next(batches), self.mesh)
+                    self.state, metrics = self.train_step(self.state, batch)
+            except KeyboardInterrupt:  # the state of the last finished step is kept
+                self._save()
+                raise TrainingStopped(int(self.state.step), self.state_path,
+                                      config.total_steps) from None
+            self.pending.append((step, metrics))
+            if step == start + 1:  # first step includes compilation: time from its end
+                jax.block_until_ready(metrics)
+                clock.restart(step)
+            last = step == config.total_steps
+            stop = not last and _stop_requested(self.callbacks)
+            if step % config.log_every == 0 or last or stop:  # a stop logs its last steps
+                self._log(step, clock)
+                stop = not last and _stop_requested(self.callbacks)  # asked for while logging
+            with clock.paused():
+                if (config.eval_every and step % config.eval_every == 0) or last:
+                    self._check_finite()
+                    final = self._evaluate(step)
+                if ((config.checkpoint_every and step % config.checkpoint_every == 0) or last
+                        or stop):
+                    self._check_finite()
+                    self._save()
+                if stop:
+                    self.pending.clear()
+                    raise TrainingStopped(step, self.state_path, config.total_steps)
+        return final
+
+    def _final_results(self, step: int) -> dict:
+        """The last evaluation of a finished run (evaluated now if it never was)."""
+        prefixes = tuple(f"{split}_" for split in self.data.eval_batches)
+        final = {k: v for k, v in self.history.get(step).items() if k.startswith(prefixes)}
+        if len(final) < 3 * len(prefixes):  # finished but not evaluated (e.g. diverged)
+            final = self._evaluate(step)
+        return final
+
+    def _log(self, step: int, clock: _Clock) -> None:
+        self._check_finite()
+        host = jax.device_get([m for _, m in self.pending])
+        logged = {
+            "loss": float(np.mean([m["loss"] for m in host])),
+            "lr": float(host[-1]["lr"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
+            "img_per_sec": clock.speed(step, self.config.global_batch),
+        }
+        self.history.record(step, logged)
+        callbacks_lib.dispatch(self.callbacks, "on_log", step, logged)
+        self.pending.clear()
+
+    def _evaluate(self, step: int) -> dict:
+        config, n = self.config, self.num_devices
+        out = {}
+        for split, make_batches in self.data.eval_batches.items():
+            smaller = max(n, config.eval_batch // (4 * n) * n)
+            with explain_oom(lambda split=split, smaller=smaller: (
+                    f"out of accelerator memory evaluating {split} with eval_batch="
+                    f"{config.eval_batch}; set a smaller eval_batch (a multiple of {n}), "
+                    f"e.g. --set eval_batch={smaller}")):
+                res = evaluate(self.eval_step, self.state.params, make_batches(), self.mesh)
             out.update({f"{split}_{k}": v for k, v in res.items()})
-        record(step, out)
-        callbacks_lib.dispatch(callbacks, "on_eval", step, out)
+        self.history.record(step, out)
+        callbacks_lib.dispatch(self.callbacks, "on_eval", step, out)
         logger.info("step %d: %s", step, ", ".join(
             f"{k} {v:.4f}" for k, v in out.items() if k.endswith("accuracy")))
         return out
 
-    pending: list[tuple[int, dict]] = []
-
-    def check_finite():
-        bad = int(state.nonfinite_step)
+    def _check_finite(self) -> None:
+        """Raise TrainingDiverged (after saving the last good state) at a non-finite loss."""
+        bad = int(self.state.nonfinite_step)
         if not bad:
             return
-        losses = {s: float(m["loss"]) for s, m in pending}
-        loss = losses.get(bad, float("nan"))
-        record(bad, {"loss": loss, "lr": float(ts.schedule_from_config(config)(bad))})
-        save()
+        loss = {s: float(m["loss"]) for s, m in self.pending}.get(bad, float("nan"))
+        lr = float(self.schedule(bad))
+        self.history.record(bad, {"loss": loss, "lr": lr})
+        self._save()
         raise TrainingDiverged(
             f"training stopped at step {bad}: the loss became {loss} (base_lr="
-            f"{config.base_lr}, lr at that step {records[bad]['lr']:.3g}). The last good "
-            f"state (step {bad - 1}) is kept in {state_path}. Lower base_lr, check the "
-            "input data for NaN/inf, or use dtype=float32.",
-            step=bad, state_path=state_path,
+            f"{self.config.base_lr}, lr at that step {lr:.3g}). The last good state (step "
+            f"{bad - 1}) is kept in {self.state_path}. Lower base_lr, check the input data "
+            "for NaN/inf, or use dtype=float32.",
+            step=bad, state_path=self.state_path,
         )
 
-    start = int(state.step)
-    info = {"total_steps": config.total_steps, "start_step": start, "workdir": str(workdir),
-            "global_batch": config.global_batch, "devices": num_devices,
-            "history": history()}  # of the earlier sessions of a resumed run
-    callbacks_lib.dispatch(callbacks, "on_train_begin", info)
-    final: dict = {}
-    if start < config.total_steps:
-        batches = data.train_batches(start + 1)
-        t_last, s_last = time.perf_counter(), start
-        for step in range(start + 1, config.total_steps + 1):
-            try:
-                batch = ts.put_batch(next(batches), mesh)
-                state, metrics = train_step(state, batch)
-            except KeyboardInterrupt:  # the state of the last finished step is kept
-                save()
-                raise TrainingStopped(int(state.step), state_path,
-                                      config.total_steps) from None
-            except Exception as err:
-                if _is_oom(err):
-                    raise RuntimeError(
-                        f"out of accelerator memory at step {step}: "
-                        f"{oom_advice(config, num_devices)}"
-                    ) from err
-                raise
-            pending.append((step, metrics))
-            if step == start + 1:  # first step includes compilation: time from its end
-                jax.block_until_ready(metrics)
-                t_last, s_last = time.perf_counter(), step
-            last = step == config.total_steps
-            stop = not last and _stop_requested(callbacks)
-            if step % config.log_every == 0 or last or stop:  # a stop logs its last steps
-                check_finite()
-                host = jax.device_get([m for _, m in pending])
-                now = time.perf_counter()
-                speed = (config.global_batch * (step - s_last) / (now - t_last)
-                         if step > s_last else math.nan)
-                logged = {
-                    "loss": float(np.mean([m["loss"] for m in host])),
-                    "lr": float(host[-1]["lr"]),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
-                    "img_per_sec": speed,
-                }
-                record(step, logged)
-                callbacks_lib.dispatch(callbacks, "on_log", step, logged)
-                pending.clear()
-                t_last, s_last = now, step
-                stop = not last and _stop_requested(callbacks)  # asked for while logging
-            paused = time.perf_counter()
-            if (config.eval_every and step % config.eval_every == 0) or last:
-                check_finite()
-                final = run_evals(step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or stop:
-                check_finite()
-                save()
-            if stop:
-                pending.clear()
-                raise TrainingStopped(step, state_path, config.total_steps)
-            t_last += time.perf_counter() - paused
-    else:
-        prefixes = tuple(f"{split}_" for split in data.eval_batches)
-        last = records.get(start, {})
-        final = {k: v for k, v in last.items() if k.startswith(prefixes)}
-        if len(final) < 3 * len(prefixes):  # finished but not evaluated (e.g. diverged)
-            final = run_evals(start)
-    frame = history()
-    callbacks_lib.dispatch(callbacks, "on_train_end", frame)
-    from augreg_nb.train_state import _to_host
-
-    params = jax.tree.map(_to_host, state.params)
-    return FitOutput(params=params, history=frame, final=final)
+    def _save(self) -> None:
+        save_state(self.state_path, self.state, meta={
+            **self.meta,
+            "recipe": _recipe(self.config),
+            "step": int(self.state.step),
+            "config": self.config.to_dict(),
+            "history": self.history.rows(),
+        })
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+class _Clock:
+    """Training speed: wall time between logs, minus the time spent evaluating and saving."""
 
+    def __init__(self, step: int):
+        self.restart(step)
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename."""
-    import os
+    def restart(self, step: int) -> None:
+        self.t, self.step = time.perf_counter(), step
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    def speed(self, step: int, global_batch: int) -> float:
+        """Images per second since the last call (or restart); restarts the clock."""
+        now = time.perf_counter()
+        value = (global_batch * (step - self.step) / (now - self.t)
+                 if step > self.step else math.nan)
+        self.t, self.step = now, step
+        return value
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t += time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------ finetune()
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
-
-
 def load_task(config):
-    """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
-    if config.task == config_lib.SMOKE_TASK:
-        from augreg_nb.testing.datasets import digits_task
-
-        return digits_task(config.data_dir, size=32)
-    from augreg_nb.tasks import get_task
-
+    """The task of a config: a registered task (the smoke preset's ``digits`` too), or any
+    name :func:`augreg_nb.tasks.get_task` knows."""
     return get_task(config.task, data_dir=config.data_dir)
 
 
 def _upstream_checkpoint(config) -> str:
     """The checkpoint to load: a model name means its recommended i21k upstream."""
-    from augreg_nb import names
-
     if config.checkpoint in names.MODELS:
-        from augreg_nb.index import load_index, recommended_checkpoints
-
         rec = recommended_checkpoints(load_index(strict=False))
         filename = str(rec.loc[config.checkpoint, "filename"])
         logger.info("checkpoint %s: its recommended upstream is %s", config.checkpoint, filename)
@@ -402,25 +448,12 @@ def _upstream_checkpoint(config) -> str:
     return config.checkpoint
 
 
-def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
+def load_start_params(config, num_classes: int) -> tuple[str, dict, str]:
     """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning."""
-    from augreg_nb import checkpoint as ckpt
-
-    if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
-        from augreg_nb.testing.checkpoints import write_fake_checkpoint
-
-        model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
-        path = workdir / f"fake-{_slug(model)}.npz"
-        if not path.exists() and __import__("jax").process_index() == 0:
-            write_fake_checkpoint(path, model, num_classes=1000, seed=config.seed)
-        params = ckpt.load(path, model_name=config.model or model, num_classes=num_classes,
-                           resolution=config.resolution)
-        return config.model or model, params, path.stem
-    source = _upstream_checkpoint(config)
-    model, params = ckpt.load_pretrained(source, model_name=config.model,
-                                         num_classes=num_classes, resolution=config.resolution)
-    stem = Path(str(source)).name.removesuffix(".npz").removesuffix(".safetensors")
-    return model, params, stem
+    resolved = sources.resolve_checkpoint(_upstream_checkpoint(config))
+    model, flat = ckpt.load_resolved(resolved, model_name=config.model,
+                                     num_classes=num_classes, resolution=config.resolution)
+    return model, ckpt.unflatten(flat), resolved.name
 
 
 def adapt_filename(stem: str, config) -> str:
@@ -428,8 +461,6 @@ def adapt_filename(stem: str, config) -> str:
 
     Lengths without a published token (e.g. 60 steps) are written as the number of steps.
     """
-    from augreg_nb import names
-
     try:
         return names.parse_name(stem).finetuned(
             config.task, config.total_steps, config.base_lr, config.resolution).filename
@@ -442,10 +473,6 @@ def adapt_filename(stem: str, config) -> str:
 
 def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
     """This run as a row of the index table (its 21 columns, in order)."""
-    from augreg_nb import names
-    from augreg_nb.index import COLUMNS
-    from augreg_nb.models import param_count
-
     row = dict.fromkeys(COLUMNS, math.nan)
     row.update(name=model, filename=stem)
     try:
@@ -469,14 +496,7 @@ def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
 
 def _index_upstream_row(filename: str) -> dict | None:
     """Upstream metrics of ``filename`` from the index table, if the table has the row."""
-    import os
-
-    from augreg_nb.resources import ENV_INDEX
-    from augreg_nb.sources import index_cache_path
-
     try:
-        from augreg_nb.index import load_index
-
         # The table the user already has (env var or cache), else the shipped catalogue:
         # the end of a training run is no place for downloads.
         have = os.environ.get(ENV_INDEX) or index_cache_path().is_file()
@@ -488,13 +508,47 @@ def _index_upstream_row(filename: str) -> dict | None:
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
-def default_workdir(config) -> Path:
-    """``<cache>/runs/<checkpoint>--<task>-<steps>-<lr>-<resolution>-seed_<seed>``."""
-    from augreg_nb.download import cache_dir
+def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mesh=None
+                    ) -> FinetuneResult | None:
+    """The saved result of a run of ``config`` that finished in ``workdir``, or None.
 
-    name = (f"{_slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
-            f"-{config.base_lr}-{config.resolution}-seed_{config.seed}")
-    return cache_dir() / "runs" / name
+    Read from ``state.npz`` and ``result.json`` alone: no checkpoint is resolved and no
+    dataset is built. None when the folder holds no finished run of the same recipe (or
+    one written before its state recorded the model), and when an export is asked for
+    that the folder does not hold: then :func:`finetune` takes its usual path.
+    """
+    state_path, result_path = workdir / STATE_FILE, workdir / RESULT_FILE
+    if not (state_path.is_file() and result_path.is_file()):
+        return None
+    meta = read_meta(state_path)
+    if (meta.get("recipe") != _recipe(config) or meta.get("step") != config.total_steps
+            or "model" not in meta):
+        return None
+    saved = json.loads(result_path.read_text())
+    row = saved["result_row"]
+    export_path = workdir / f"{row['adapt_filename']}.npz" if config.export else None
+    if export_path is not None and not export_path.is_file():
+        return None
+    abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
+    tx = ts.optimizer_from_config(config)
+    like = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract)
+    try:
+        state, _ = restore_state(state_path, like=like)
+    except ValueError as err:  # another tree than this config builds: train as usual
+        logger.debug("%s: not reusable as a finished run (%s)", state_path, err)
+        return None
+    history = History(meta.get("history", [])).frame()
+    mesh = mesh if mesh is not None else ip.data_mesh()
+    callbacks = list(callbacks)
+    callbacks_lib.dispatch(callbacks, "on_train_begin", {
+        "total_steps": config.total_steps, "start_step": config.total_steps,
+        "workdir": str(workdir), "global_batch": config.global_batch,
+        "devices": mesh.devices.size, "history": history})
+    callbacks_lib.dispatch(callbacks, "on_train_end", history)
+    logger.info("%s: finished before; val %.4f, test %.4f", row["adapt_filename"],
+                row["adapt_final_val"], row["adapt_final_test"])
+    return FinetuneResult(params=jax.tree.map(to_host, state.params), history=history,
+                          result_row=row, export_path=export_path, workdir=workdir)
 
 
 def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
@@ -503,20 +557,15 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     Resumes from ``config.workdir`` when it holds a state of the same recipe; a finished
     run returns its saved result without training. See the module docstring.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from augreg_nb import checkpoint as ckpt
-    from augreg_nb import input_pipeline as ip
-    from augreg_nb import train_step as ts
-    from augreg_nb.models import create_model
-
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
-    workdir = Path(config.workdir) if config.workdir else default_workdir(config)
+    workdir = Path(config.workdir) if config.workdir else config_lib.default_workdir(config)
     workdir.mkdir(parents=True, exist_ok=True)
+    done = finished_result(config, workdir, callbacks=callbacks, mesh=mesh)
+    if done is not None:
+        return done
     task = load_task(config)
-    model_name, params, stem = load_start_params(config, task.num_classes, workdir)
+    model_name, params, stem = load_start_params(config, task.num_classes)
     model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype))
     local_batch = ip.local_batch_size(config.global_batch, mesh)
 
@@ -537,8 +586,9 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     }
     data = TrainData(task.num_classes, train_batches,
                      {split: (lambda it=it: it) for split, it in evals.items()})
-    out = fit(config, apply_fn=model.apply, params=params, data=data, workdir=workdir,
-              callbacks=callbacks, mesh=mesh)
+    # What a later call needs to answer from the saved state alone (finished_result).
+    meta = {"model": model_name, "num_classes": task.num_classes, "stem": stem}
+    out = _Run(config, model.apply, params, data, workdir, list(callbacks), mesh, meta).fit()
     row = result_row(config, stem=stem, model=model_name, params=out.params, final=out.final)
     export_path = None
     if config.export:
@@ -552,108 +602,3 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
                 row["adapt_final_test"])
     return FinetuneResult(params=out.params, history=out.history, result_row=row,
                           export_path=export_path, workdir=workdir)
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _config_from_args(args):
-    config = config_lib.get_config(args.preset)
-    if getattr(args, "checkpoint", None):
-        config.checkpoint = args.checkpoint
-    config_lib.apply_overrides(config, args.set or [])
-    if getattr(args, "workdir", None):
-        config.workdir = args.workdir
-    return config
-
-
-def _print_row(row: dict) -> None:
-    width = max(len(k) for k in row)
-    for key, value in row.items():
-        print(f"{key:<{width}}  {value}")
-
-
-def _cmd_finetune(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-
-    config = _config_from_args(args)
-    result = finetune(config, callbacks=[] if args.no_progress else [ProgressBar()])
-    _print_row(result.result_row)
-    print(f"workdir: {result.workdir}")
-    if result.export_path:
-        print(f"exported: {result.export_path}")
-    return 0
-
-
-def _cmd_sweep(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-    from augreg_nb.sweep import sweep
-
-    config = _config_from_args(args)
-    if args.task:
-        config.task = args.task
-    root = Path(args.root or default_workdir(config).with_name(
-        f"sweep-{_slug(config.checkpoint)}--{config.task}"))
-    result = sweep(
-        config, root=root,
-        learning_rates=args.lr, lengths=args.steps, resolutions=args.resolution,
-        callbacks=None if args.no_progress else (lambda c: [ProgressBar()]),
-    )
-    cols = ["adapt_steps", "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test"]
-    print(result.table[cols].to_string(index=False))
-    print(f"best by val: {result.best['adapt_filename']} val {result.best['adapt_final_val']:.4f}"
-          f" test {result.best['adapt_final_test']:.4f}")
-    print(f"table: {root / 'sweep.csv'}")
-    return 0
-
-
-def _cmd_reproduce(args) -> int:
-    from augreg_nb.callbacks import ProgressBar
-    from augreg_nb.sweep import reproduce
-
-    out = reproduce(args.adapt_filename, workdir=args.workdir, overrides=args.set or [],
-                    callbacks=[] if args.no_progress else [ProgressBar()])
-    _print_row(out)
-    return 0
-
-
-def register_cli(sub) -> None:
-    """``augreg-nb finetune``, ``augreg-nb sweep`` and ``augreg-nb reproduce``."""
-    sets = {"action": "append", "metavar": "KEY=VALUE",
-            "help": "override a config field (repeatable), e.g. --set micro_batches=16"}
-    p = sub.add_parser(
-        "finetune", help="fine-tune a checkpoint with the paper's recipe (resumable)",
-        description="Fine-tune with the paper's recipe. Presets: 'smoke' or "
-        "'<task>-<steps>-<lr>-<resolution>' (e.g. cifar100-2500-0.01-384). Rerun the same "
-        "command to resume an interrupted run.")
-    p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
-    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
-    p.add_argument("--set", **sets)
-    p.add_argument("--workdir", help="run folder (state, history, export)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_finetune)
-
-    p = sub.add_parser(
-        "sweep", help="run the paper's fine-tuning grid for a task; choose by val",
-        description="Learning rates x lengths x resolutions of the published sweep, run by "
-        "run (resumable); prints the table and the run chosen by val accuracy.")
-    p.add_argument("--preset", default="smoke", help="base config (default: smoke)")
-    p.add_argument("--task", help="task (default: the preset's)")
-    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
-    p.add_argument("--lr", type=float, nargs="+", help="learning rates (default: the task's)")
-    p.add_argument("--steps", type=int, nargs="+", help="run lengths (default: the task's)")
-    p.add_argument("--resolution", type=int, nargs="+", help="resolutions (default: 224 384)")
-    p.add_argument("--set", **sets)
-    p.add_argument("--root", help="folder of the sweep's runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_sweep)
-
-    p = sub.add_parser(
-        "reproduce", help="re-run a published fine-tune; compare with its index row",
-        description="Build the exact config of an adapt_filename, run it, and print own "
-        "val/test accuracy next to the published ones.")
-    p.add_argument("adapt_filename", help="a fine-tuned checkpoint name from the index")
-    p.add_argument("--set", **sets)
-    p.add_argument("--workdir", help="run folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_reproduce)

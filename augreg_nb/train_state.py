@@ -72,7 +72,7 @@ class TrainState:
         )
 
 
-def _to_host(x) -> np.ndarray:
+def to_host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
@@ -94,7 +94,7 @@ def save_state(path: str | os.PathLike, state, *, meta: dict | None = None) -> P
     leaves = jax.tree_util.tree_leaves(state)
     arrays, dtypes = {}, []
     for i, leaf in enumerate(leaves):
-        host = _to_host(leaf)
+        host = to_host(leaf)
         dtypes.append(str(host.dtype))
         if host.dtype == jnp.bfloat16:
             host = host.view(np.uint16)

@@ -60,22 +60,22 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from augreg_nb.tasks import (
+from augreg_nb.preprocess import import_tf
+from augreg_nb.protocol import VTAB_SWEEP
+from augreg_nb.task_types import (
     KITTI_DISTANCE_NAMES,
     KITTI_TFDS_VERSION,
-    LEARNING_RATES,
+    RESISC45_MANUAL,
+    ClosestVehicleDistance,
     ManualDownload,
     Task,
-    get_task,
-    kitti_distance_label,
-    register_task,
 )
 
 GROUPS = ("natural", "specialized", "structured")
 #: The VTAB split names: full (train, val, trainval, test) and VTAB-1k's.
 SPLIT_NAMES = ("train", "val", "trainval", "test", "train800", "val200", "train800val200")
 #: Run lengths of the paper's VTAB sweep (with LEARNING_RATES; best run chosen on val).
-SWEEP_STEPS = (500, 2500)
+SWEEP_STEPS = VTAB_SWEEP.steps
 #: Registry prefixes: full splits and VTAB-1k.
 FULL, ONE_K = "vtab", "vtab1k"
 
@@ -84,8 +84,6 @@ FULL, ONE_K = "vtab", "vtab1k"
 
 
 def _tf():
-    from augreg_nb.preprocess import import_tf
-
     return import_tf()
 
 
@@ -145,14 +143,6 @@ class CoarseBins:
         width = float(self.num_values) / self.num_classes
         value = tf.cast(example[self.key], tf.float32)
         return tf.cast(tf.math.floordiv(value, tf.constant(width, tf.float32)), tf.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClosestVehicleDistance:
-    """KITTI-distance: the bin of the nearest Car/Van/Truck (``tasks.kitti_distance_label``)."""
-
-    def __call__(self, example: Mapping[str, Any]):
-        return kitti_distance_label(example["objects"])
 
 
 def binary_to_uint8(image):
@@ -249,7 +239,7 @@ class VtabSpec:
             num_classes=self.num_classes,
             class_names=self.class_names,
             sweep_steps=SWEEP_STEPS,
-            learning_rates=LEARNING_RATES,
+            learning_rates=VTAB_SWEEP.learning_rates,
             label_key=self.label_key,
             label_fn=self.label_fn,
             image_fn=self.image_fn,
@@ -316,7 +306,7 @@ _SPECS = (
     VtabSpec(
         "resisc45", "specialized", "Resisc45", "resisc45", "3.0.0", "3.*.*", 45,
         _all_from_train(31_500, 60, 20), {"train": 31_500}, "TFDS label",
-        manual=get_task("resisc45").manual,
+        manual=RESISC45_MANUAL,
     ),
     VtabSpec(
         "retinopathy", "specialized", "Retinopathy",
@@ -391,8 +381,8 @@ def task_name(name: str, variant: str = ONE_K) -> str:
 
 def expected_sizes(name: str, variant: str = FULL) -> dict[str, int]:
     """Examples in train / val / test (and trainval) of a task, from the TFDS split sizes."""
-    return {k: split_size(SPECS[name], s) for k, s in get_task(task_name(name, variant))
-            .splits.items()}
+    task_name(name, variant)  # checks the name
+    return {k: split_size(SPECS[name], s) for k, s in SPECS[name].task(variant).splits.items()}
 
 
 def split_size(spec: VtabSpec, split: str) -> int:
@@ -438,8 +428,3 @@ def markdown_table() -> str:
             f"{s.num_classes} | {s.label_rule} |"
         )
     return "\n".join(lines)
-
-
-for _spec in _SPECS:
-    for _variant in (FULL, ONE_K):
-        register_task(_spec.task(_variant), suite=_variant)

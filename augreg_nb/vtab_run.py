@@ -48,9 +48,22 @@ from pathlib import Path
 from typing import Any
 
 from augreg_nb import config as config_lib
+from augreg_nb import sweep as sweep_lib
+from augreg_nb import tasks as tasks_lib
 from augreg_nb import vtab
+from augreg_nb.download import cache_dir
 from augreg_nb.resources import ENV_OFFLINE, env_flag
-from augreg_nb.tasks import DatasetNotReadyError
+from augreg_nb.tasks import (
+    DatasetNotReadyError,
+    _missing_manual_files,
+    default_manual_dir,
+    get_task,
+    list_tasks,
+    not_ready_message,
+    register_task,
+    tfds_builder,
+)
+from augreg_nb.train import finetune
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +127,6 @@ def dataset_status(names: Sequence[str], *, variant: str = "1k",
                    data_dir: str | None = None) -> dict[str, str]:
     """Per task: "prepared", "manual files present" (TFDS can build it), "needs download"
     (TFDS downloads it) or "manual download missing"."""
-    from augreg_nb.tasks import _missing_manual_files, default_manual_dir, get_task, tfds_builder
-
     prefix = _registry_prefix(variant)
     out = {}
     for name in names:
@@ -139,8 +150,6 @@ def check_datasets(names: Sequence[str], *, variant: str = "1k", data_dir: str |
     every such task at once. Datasets TFDS can download raise ``DatasetNotReadyError`` with
     their ``tfds build`` commands only when ``prepare`` is False or AUGREG_NB_OFFLINE=1.
     """
-    from augreg_nb.tasks import get_task, not_ready_message
-
     prefix = _registry_prefix(variant)
     status = dataset_status(names, variant=variant, data_dir=data_dir)
 
@@ -181,8 +190,6 @@ def base_config(checkpoint: str, *, resolution: int = DEFAULT_RESOLUTION,
 
 def default_workdir(checkpoint: str, *, variant: str = "1k", resolution: int) -> Path:
     """``<cache>/runs/vtab-<checkpoint>-<variant>-res_<resolution>``."""
-    from augreg_nb.download import cache_dir
-
     slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(checkpoint).name)
     return cache_dir() / "runs" / f"vtab-{slug}-{variant}-res_{resolution}"
 
@@ -208,8 +215,6 @@ def task_row(best: dict, name: str, runs: int, retrained: dict | None = None) ->
 def trainval_task(task_name: str) -> str:
     """Register (once) ``<task>+val``: the task with train+val as its training split
     (VTAB-1k: ``train800val200``), for the retraining step; return its name."""
-    from augreg_nb.tasks import get_task, list_tasks, register_task
-
     name = f"{task_name}+val"
     if name not in list_tasks(None):
         task = get_task(task_name)
@@ -276,10 +281,6 @@ def run_vtab(
     """
     import pandas as pd
 
-    from augreg_nb import sweep as sweep_lib
-    from augreg_nb import tasks as tasks_lib
-    from augreg_nb.train import finetune
-
     prefix = _registry_prefix(variant)
     names = select_tasks(tasks, group)
     if base is None:
@@ -335,7 +336,8 @@ def run_vtab(
             final.warmup_steps = config_lib.warmup_for(final.total_steps)
             final.base_lr = float(best["adapt_lr"])
             final.eval_every = 0
-            final.workdir = str(root / name / f"retrain-{sweep_lib.run_name(final)}")
+            point = config_lib.run_name(final, in_sweep=True)
+            final.workdir = str(root / name / f"retrain-{point}")
             try:
                 out = finetune(final, callbacks=run_callbacks(final))
             except VtabStopped:

@@ -102,6 +102,7 @@ def train_fn(name: str, batch: int, resolution: int, dtype=None,
     (``dtype``: the model's compute dtype, float32 by default)."""
     import jax
 
+    from augreg_nb import input_pipeline as ip
     from augreg_nb import train_step as ts
     from augreg_nb.config import get_config
     from augreg_nb.models import create_model
@@ -109,7 +110,7 @@ def train_fn(name: str, batch: int, resolution: int, dtype=None,
 
     config = get_config(RECIPE_PRESET)
     model = create_model(name, TRAIN_CLASSES, dtype=dtype, attention_impl=attention_impl)
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     tx = ts.optimizer_from_config(config)
     params = _params(name, TRAIN_CLASSES, resolution)
     p_shard = ts.param_shardings(params, mesh, "replicated")
@@ -120,7 +121,7 @@ def train_fn(name: str, batch: int, resolution: int, dtype=None,
                               micro_batches=1, lr_schedule=ts.schedule_from_config(config),
                               state_sharding=state_sharding, seed=0)
     images, labels = _inputs(batch, resolution, TRAIN_CLASSES)
-    device_batch = ts.put_batch({"image": images, "label": labels}, mesh)
+    device_batch = ip.put_batch({"image": images, "label": labels}, mesh)
     holder = {"state": jax.device_put(state, state_sharding)}
 
     def run():

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
 import scipy.ndimage
 
 from augreg_nb import checkpoint as ck
-from augreg_nb import models
+from augreg_nb import models, sources
 from augreg_nb.resources import data_path
 from augreg_nb.testing.checkpoints import fake_layout, fake_params, write_fake_checkpoint
 
@@ -213,13 +211,9 @@ def test_load_pretrained_uses_the_resolver(tmp_path, monkeypatch):
 
     def fake_resolve(name_or_path, *, offline=None, on_attempt=None):
         calls.append((name_or_path, offline, on_attempt))
-        return types.SimpleNamespace(path=path, source="local", layout="npz", name=name,
-                                     attempts=[])
+        return sources.Resolved(path=path, source="local", layout="npz", name=name)
 
-    module = sys.modules.get("augreg_nb.sources")
-    if module is None:
-        import augreg_nb.sources as module
-    monkeypatch.setattr(module, "resolve_checkpoint", fake_resolve)
+    monkeypatch.setattr(sources, "resolve_checkpoint", fake_resolve)
     model_name, params = ck.load_pretrained(name, num_classes=5, offline=True)
     assert calls == [(name, True, None)]
     assert model_name == "Ti/16"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import sys
 import threading
 import types
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 
 import augreg_nb
-from augreg_nb import cli, index
+from augreg_nb import cli, index, sources
 from augreg_nb.testing.synthetic_index import make_synthetic_index, write_synthetic_index
 
 
@@ -50,13 +49,11 @@ class FakeSourceError(RuntimeError):
 
 
 def _fake_sources(monkeypatch, *, cache_path, resolve):
-    fake = types.ModuleType("augreg_nb.sources")
-    fake.SourceError = FakeSourceError
-    fake.index_cache_path = lambda: cache_path
-    fake.resolve_index = resolve
-    monkeypatch.setitem(sys.modules, "augreg_nb.sources", fake)
-    monkeypatch.setattr(augreg_nb, "sources", fake, raising=False)
-    return fake
+    """The index's view of the download layer: a cache path and a resolver, both faked."""
+    monkeypatch.setattr(sources, "SourceError", FakeSourceError)
+    monkeypatch.setattr(sources, "index_cache_path", lambda: cache_path)
+    monkeypatch.setattr(sources, "resolve_index", resolve)
+    return sources
 
 
 # --------------------------------------------------------------------------- sources
@@ -125,16 +122,6 @@ def test_resolver_failure_falls_back_to_the_catalogue_and_says_why(tmp_path, cle
     assert prov["attempts"] == ["bucket: HTTP 403 Forbidden"]
     text = index.describe_provenance(df)
     assert "offline catalogue" in text and "incomplete" in text and "published picks" in text
-
-
-def test_without_the_download_layer_the_catalogue_is_used(clean_env):
-    clean_env.setitem(sys.modules, "augreg_nb.sources", None)
-    clean_env.delattr(augreg_nb, "sources", raising=False)
-    df = index.load_index()
-    assert df.attrs["provenance"]["kind"] == "catalogue"
-    assert "augreg_nb.sources" in df.attrs["provenance"]["attempts"][0]
-    with pytest.raises(RuntimeError, match="needs augreg_nb.sources"):
-        index.load_index("https://example.org/index.csv")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow")
 
 from augreg_nb import input_pipeline as ip  # noqa: E402
 from augreg_nb import tasks, vtab  # noqa: E402
-from augreg_nb.tasks import get_task, list_tasks  # noqa: E402
+from augreg_nb.tasks import ClosestVehicleDistance, get_task, list_tasks  # noqa: E402
 from augreg_nb.testing.datasets import mock_tfds  # noqa: E402
 
 # ----------------------------------------------------------------------------- label rules
@@ -400,7 +400,7 @@ def test_paper_tasks_keep_their_own_splits():
         "train[:60%]", "train[60%:80%]", "train[80%:]"]
     for split in ("train", "val", "test"):
         assert vtab.split_size(spec, paper.split(split)) == vtab.expected_sizes("resisc45")[split]
-    assert get_task("kitti").label_fn == "kitti_distance"
+    assert get_task("kitti").label_fn == ClosestVehicleDistance()
     assert get_task("vtab/kitti_distance").splits == {
         "train": "train", "val": "validation", "test": "test", "trainval": "train+validation"}
 

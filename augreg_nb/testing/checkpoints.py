@@ -18,8 +18,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
-from augreg_nb.checkpoint import GROUPNORM_PARAM, NEW_TO_OLD_NUMBERING, flatten, save
+from augreg_nb import sources
+from augreg_nb.checkpoint import (
+    GROUPNORM_PARAM,
+    NEW_TO_OLD_NUMBERING,
+    canonicalize,
+    flatten,
+    save,
+)
+from augreg_nb.config import FAKE_CHECKPOINT_PREFIX
+from augreg_nb.models import abstract_params
+from augreg_nb.timm_convert import flat_to_timm
 
 
 def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 224,
@@ -29,8 +40,6 @@ def fake_layout(model_name: str, *, num_classes: int = 21843, resolution: int = 
     ``numbering="old"`` is the published layout (GroupNorm as (1, 1, 1, C));
     ``"new"`` is the same tree with the newer Flax numbering and GroupNorm as (C,).
     """
-    from augreg_nb.models import abstract_params
-
     if numbering not in ("old", "new"):
         raise ValueError(f"numbering must be 'old' or 'new', got {numbering!r}")
     shapes = {k: tuple(v.shape) for k, v in
@@ -68,8 +77,6 @@ def fake_params(model_name: str, *, num_classes: int = 21843, resolution: int = 
         else:  # biases, cls, position embeddings
             value = 0.1 * rng.normal(size=shape)
         flat[name] = value.astype(np.float32)
-    from augreg_nb.checkpoint import canonicalize
-
     return canonicalize(flat)
 
 
@@ -98,7 +105,24 @@ def write_fake_timm_safetensors(path: str | os.PathLike, model_name: str, *,
                                 num_classes: int = 1000, resolution: int = 224,
                                 seed: int = 0) -> Path:
     """Write the same fake parameters as ``write_fake_checkpoint`` in timm's layout."""
-    from augreg_nb.timm_convert import write_timm_safetensors
-
     flat = fake_params(model_name, num_classes=num_classes, resolution=resolution, seed=seed)
     return write_timm_safetensors(flat, path)
+
+
+def write_timm_safetensors(flat, path: str | os.PathLike) -> Path:
+    """Write flat AugReg arrays as a timm ``.safetensors`` state dict (what the Hub hosts)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = flat_to_timm(canonicalize({k: np.asarray(v, np.float32) for k, v in flat.items()}))
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()},
+              str(path))
+    return path
+
+
+def _write_fake_upstream(model_name: str, path: Path) -> None:
+    write_fake_checkpoint(path, model_name, num_classes=1000, seed=0)
+
+
+# "fake:<model>" names a fake upstream checkpoint (1000-class head, seed 0) that the
+# resolver writes into <cache>/generated/ on first use: the smoke preset's checkpoint.
+sources.register_generator(FAKE_CHECKPOINT_PREFIX, _write_fake_upstream)

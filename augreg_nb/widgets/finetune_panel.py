@@ -23,7 +23,7 @@ interruption resumes it. Besides the sweep's tasks the panel fine-tunes on a fol
 (its path) or on any TFDS image classification dataset (its name, e.g. ``tf_flowers``; the
 run's task is then ``tfds:tf_flowers``, see :func:`augreg_nb.tasks.get_task`). In smoke mode
 the choices are the ``smoke`` preset's: a tiny model from a fake checkpoint on
-scikit-learn's digits.
+the digits shipped with the package.
 """
 
 from __future__ import annotations
@@ -41,16 +41,23 @@ import pandas as pd
 from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
+from augreg_nb.callbacks import LivePlot, StopFlag
+from augreg_nb.index import COLUMNS
+from augreg_nb.train import TrainingStopped, finetune
 from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
+    ThreadOutput,
     details_html,
     dropdown,
+    figure_png,
     guarded,
     message_html,
+    quiet_libraries,
     set_options,
     table_html,
 )
+from augreg_nb.widgets.index_browser import recommended_files
 
 #: The tasks of the paper's sweep, with their run lengths (steps).
 PAPER_TASKS: dict[str, tuple[int, ...]] = {
@@ -71,7 +78,6 @@ def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[
         return [("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT)]
     if df is None or len(df) == 0:
         return out
-    from augreg_nb.widgets.index_browser import recommended_files
 
     rec = recommended_files(df)
     ups = df.drop_duplicates("filename")
@@ -171,15 +177,8 @@ def make_config(
     if not checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
         config.model = None  # read off the checkpoint
     if workdir is not None:
-        config.workdir = str(Path(workdir) / run_name(config))
+        config.workdir = str(Path(workdir) / config_lib.run_name(config))
     return config
-
-
-def run_name(config) -> str:
-    """Folder name of a run: checkpoint stem, task, steps, lr, resolution."""
-    stem = Path(str(config.checkpoint)).name.removesuffix(".npz").replace(":", "-")
-    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)
-    return f"{stem}--{config.task}-{config.total_steps}-{config.base_lr:g}-{config.resolution}"
 
 
 def published_result(df: pd.DataFrame | None, config) -> dict[str, Any] | None:
@@ -226,8 +225,6 @@ def comparison_text(result_row: Mapping[str, Any], published: Mapping[str, Any] 
 def export_result_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Append ``row`` (index schema) to the CSV at ``path`` (replacing an earlier row of the
     same ``adapt_filename``); the file is rewritten atomically. Returns the path."""
-    from augreg_nb.index import COLUMNS
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([{c: row.get(c, math.nan) for c in COLUMNS}])
@@ -243,8 +240,6 @@ def export_result_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Own result rows exported by the panel (empty DataFrame when there are none)."""
-    from augreg_nb.index import COLUMNS
-
     path = Path(path)
     if not path.is_file() or not path.stat().st_size:
         return pd.DataFrame(columns=list(COLUMNS))
@@ -505,8 +500,6 @@ class FinetunePanel:
 
     # -- actions -------------------------------------------------------------------------
     def _show_figure(self, figure) -> None:
-        from augreg_nb.widgets.common import figure_png
-
         self.figure = figure
         self.plot.value = figure_png(figure)
 
@@ -523,9 +516,6 @@ class FinetunePanel:
         @guarded(self.messages, "Fine-tuning")
         def start():
             import threading
-
-            from augreg_nb.callbacks import StopFlag
-            from augreg_nb.widgets.common import ThreadOutput, quiet_libraries
 
             if self.running:
                 raise RuntimeError("a run is going on: wait for it, or press Stop")
@@ -559,9 +549,6 @@ class FinetunePanel:
 
     def _run(self, config, captured) -> None:
         """The run itself (in the background thread)."""
-        from augreg_nb.callbacks import LivePlot
-        from augreg_nb.train import TrainingStopped, finetune
-
         self._shown_run = config.workdir
         try:
             result = finetune(config, callbacks=[

@@ -43,6 +43,8 @@ import pandas as pd
 
 from augreg_nb import index as index_lib
 from augreg_nb import index_queries, names
+from augreg_nb.config import SMOKE_MODEL
+from augreg_nb.sources import bucket_url, resolve_checkpoint
 from augreg_nb.widgets.common import (
     ANY,
     FULL_WIDTH,
@@ -50,6 +52,7 @@ from augreg_nb.widgets.common import (
     attempt_reporter,
     dropdown,
     guarded,
+    message_html,
     run_in_output,
     set_options,
     table_html,
@@ -321,8 +324,6 @@ def browse(
 
 
 def _bucket_url() -> str:
-    from augreg_nb.sources import bucket_url
-
     return bucket_url()
 
 
@@ -511,8 +512,6 @@ class IndexBrowser:
         state = dict(state or {})
         served = None
         if session.smoke_env is not None:
-            from augreg_nb.notebook import SMOKE_MODEL
-
             if state.get("model", ANY) == ANY:
                 state["model"] = SMOKE_MODEL
             if state.get("task", ANY) == ANY:
@@ -536,8 +535,6 @@ class IndexBrowser:
         return self.selection.value or None
 
     def _provenance_html(self) -> str:
-        from augreg_nb.widgets.common import message_html
-
         complete = index_lib.is_complete(self.df)
         return message_html(index_lib.describe_provenance(self.df),
                             "note" if complete else "warning", title="Data source")
@@ -679,7 +676,6 @@ class IndexBrowser:
         on_attempt = attempt_reporter(self.status)
         if self._fetcher is not None:
             return self._fetcher(name, progress=True, on_attempt=on_attempt)
-        from augreg_nb.sources import resolve_checkpoint
 
         return resolve_checkpoint(name, progress=True, on_attempt=on_attempt)
 

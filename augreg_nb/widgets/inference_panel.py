@@ -25,6 +25,11 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
+from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
+from augreg_nb.inference import predict
+from augreg_nb.names import parse_name
+from augreg_nb.resources import data_path
+from augreg_nb.sources import resolve_checkpoint
 from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
@@ -33,6 +38,7 @@ from augreg_nb.widgets.common import (
     run_in_output,
     show_figure,
 )
+from augreg_nb.widgets.index_browser import recommended_files
 
 SAMPLE_SIZE = 224
 
@@ -48,7 +54,6 @@ def sample_images(size: int | None = None) -> dict[str, np.ndarray]:
     to it (default: as shipped, about 300 x 448)."""
     from PIL import Image
 
-    from augreg_nb.resources import data_path
 
     out = {}
     for label, name in SAMPLE_PHOTOS.items():
@@ -124,7 +129,6 @@ def imagenet_finetunes(df) -> list[str]:
     """Fine-tuned ImageNet-1k checkpoints of an index table (recommended upstreams first)."""
     if df is None or len(df) == 0:
         return []
-    from augreg_nb.widgets.index_browser import recommended_files
 
     rec = recommended_files(df)
     rows = df[df["adapt_ds"].astype(object) == "imagenet2012"]
@@ -204,10 +208,6 @@ class InferencePanel:
 
     def _load(self, name: str):
         """Fetch ``name`` (saying which source is tried) and read it: (model name, params)."""
-        from augreg_nb.checkpoint import load_pretrained
-        from augreg_nb.names import parse_name
-        from augreg_nb.sources import resolve_checkpoint
-
         resolved = resolve_checkpoint(name, on_attempt=attempt_reporter(self.status))
         self.status.value = ""
         try:
@@ -219,8 +219,6 @@ class InferencePanel:
     def _on_load(self, _button=None) -> None:
         @guarded(self.messages, "Loading the checkpoint")
         def run():
-            from augreg_nb.checkpoint import checkpoint_resolution
-
             name = self.checkpoint.value.strip()
             self.forget_model()
             if not name:
@@ -245,8 +243,6 @@ class InferencePanel:
     def _on_classify(self, _button=None) -> None:
         @guarded(self.messages, "Classifying")
         def run():
-            from augreg_nb.inference import predict
-
             if self.params is None:
                 raise RuntimeError("no checkpoint loaded yet: press Load first")
             images = self.images()

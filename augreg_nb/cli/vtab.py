@@ -1,60 +1,11 @@
-"""The ``augreg-nb`` command: the notebooks' jobs, headless.
-
-Each sub-command lives next to the code it drives: a module that offers commands defines
-``register_cli(subparsers)`` and attaches a handler with ``parser.set_defaults(func=...)``.
-The handler takes the parsed ``argparse.Namespace`` and returns an exit code.
-
-    augreg-nb report --out augreg-report   # the offline main job: catalogue + paper figures
-    augreg-nb index --model B/16           # recommended checkpoints, filters
-    augreg-nb fetch NAME                   # resolve a checkpoint to a local file
-    augreg-nb figures --out DIR            # every reproducible paper figure as PNG/SVG/HTML
-    augreg-nb finetune --preset smoke      # the paper's fine-tuning recipe
-    augreg-nb vtab --checkpoint B/16       # the paper's VTAB-1k sweep; a Table 5 row
-"""
+"""``augreg-nb vtab``: the paper's VTAB-1k sweep of a checkpoint, one Table 5 row."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import logging
-import os
-import sys
-
-from augreg_nb import __version__
-
-#: Modules that contribute sub-commands, in the order they are listed in ``--help``.
-COMMAND_MODULES = (
-    "augreg_nb.report",
-    "augreg_nb.index",
-    "augreg_nb.sources",
-    "augreg_nb.figures",
-    "augreg_nb.train",
-    "augreg_nb.inference",
-    "augreg_nb.envinfo",
-)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="augreg-nb",
-        description="Choose, fetch, fine-tune and re-check the AugReg ViT checkpoints.",
-    )
-    parser.add_argument("--version", action="version", version=f"augreg-nb {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
-    _register_vtab(sub)
-    return parser
-
-
-def _register_vtab(sub) -> None:
+def register(sub) -> None:
     """``augreg-nb vtab``: the paper's VTAB sweep of a checkpoint (``augreg_nb.vtab_run``)."""
     p = sub.add_parser(
         "vtab", help="run the paper's VTAB-1k sweep of a checkpoint; Table 5 row",
@@ -89,7 +40,7 @@ def _register_vtab(sub) -> None:
     p.set_defaults(func=_cmd_vtab)
 
 
-def _cmd_vtab(args) -> int:
+def _cmd_vtab(args: argparse.Namespace) -> int:
     from augreg_nb import vtab_run
 
     names = vtab_run.select_tasks(args.tasks, args.group)
@@ -131,39 +82,3 @@ def _cmd_vtab(args) -> int:
     print(f"Table 5 and Figure 3 with this row: augreg-nb figures --out DIR --own "
           f"{result.workdir / vtab_run.RESULTS_FILE}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    try:
-        code = int(func(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-        return code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader went away (`augreg-nb index | head -1`): not an error. Point stdout at
-        # devnull so that the interpreter's final flush does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except (ValueError, RuntimeError, OSError) as err:
-        # Expected, explained failures: print the message (which names the fix), no traceback.
-        if args.verbose:
-            raise
-        print(f"augreg-nb {args.command}: error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -12,7 +12,6 @@ network unless ``--index`` names a URL.
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
 import os
@@ -20,7 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from augreg_nb import resources
+from augreg_nb.figures import write_all
+from augreg_nb.figures.registry import FIGURES
+from augreg_nb.index import describe_provenance, load_index
+from augreg_nb.index_queries import grid_summary, is_complete, recommended_table
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,6 @@ def build_report(out_dir: str | os.PathLike, *, index: str | None = "catalogue",
     first. When the table is complete, the figures are derived from it; otherwise they show
     the paper's printed numbers. ``own``: own fine-tune result rows drawn on the figures.
     """
-    from augreg_nb.figures import write_all
-    from augreg_nb.index import describe_provenance, load_index
-    from augreg_nb.index_queries import grid_summary, is_complete, recommended_table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = load_index(index)
@@ -60,7 +58,7 @@ def _page(provenance: str, rec: pd.DataFrame, counts: dict, figures: dict,
     shown["final_val"] = shown["final_val"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["imagenet_top1"] = shown["imagenet_top1"].map(
         lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-    figs = sorted(p.name for p in figures.values() if p.suffix == ".png")
+    figs = [f"{e.stem}.png" for e in FIGURES.values() if f"{e.stem}.png" in figures]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         "<title>augreg_nb report</title>",
@@ -86,23 +84,3 @@ def _page(provenance: str, rec: pd.DataFrame, counts: dict, figures: dict,
     parts += [f"<a href='figures/{n}'><img src='figures/{n}' alt='{n}'></a>" for n in figs]
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    index = args.index or os.environ.get(resources.ENV_INDEX) or "catalogue"
-    path = build_report(args.out, index=index)
-    print(f"report written: open {path}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "report",
-        help="catalogue + paper figures as an HTML page (offline by default)",
-        description="Write the checkpoint catalogue (recommended checkpoints, availability, "
-        "grids) and every reproducible paper figure to OUT/index.html.",
-    )
-    p.add_argument("--out", default="augreg-report", help="output folder (default: %(default)s)")
-    p.add_argument("--index", help="index.csv path or URL (default: $AUGREG_NB_INDEX, else "
-                   "the shipped catalogue)")
-    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,115 @@
+"""``augreg-nb finetune``, ``sweep`` and ``reproduce``: the paper's fine-tuning recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_SETS = {"action": "append", "metavar": "KEY=VALUE",
+         "help": "override a config field (repeatable), e.g. --set micro_batches=16"}
+
+
+def register(sub) -> None:
+    """``augreg-nb finetune``, ``augreg-nb sweep`` and ``augreg-nb reproduce``."""
+    p = sub.add_parser(
+        "finetune", help="fine-tune a checkpoint with the paper's recipe (resumable)",
+        description="Fine-tune with the paper's recipe. Presets: 'smoke' or "
+        "'<task>-<steps>-<lr>-<resolution>' (e.g. cifar100-2500-0.01-384). Rerun the same "
+        "command to resume an interrupted run.")
+    p.add_argument("--preset", default="smoke", help="config preset (default: smoke)")
+    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
+    p.add_argument("--set", **_SETS)
+    p.add_argument("--workdir", help="run folder (state, history, export)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser(
+        "sweep", help="run the paper's fine-tuning grid for a task; choose by val",
+        description="Learning rates x lengths x resolutions of the published sweep, run by "
+        "run (resumable); prints the table and the run chosen by val accuracy.")
+    p.add_argument("--preset", default="smoke", help="base config (default: smoke)")
+    p.add_argument("--task", help="task (default: the preset's)")
+    p.add_argument("--checkpoint", help="model name, checkpoint name or file")
+    p.add_argument("--lr", type=float, nargs="+", help="learning rates (default: the task's)")
+    p.add_argument("--steps", type=int, nargs="+", help="run lengths (default: the task's)")
+    p.add_argument("--resolution", type=int, nargs="+", help="resolutions (default: 224 384)")
+    p.add_argument("--set", **_SETS)
+    p.add_argument("--root", help="folder of the sweep's runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "reproduce", help="re-run a published fine-tune; compare with its index row",
+        description="Build the exact config of an adapt_filename, run it, and print own "
+        "val/test accuracy next to the published ones.")
+    p.add_argument("adapt_filename", help="a fine-tuned checkpoint name from the index")
+    p.add_argument("--set", **_SETS)
+    p.add_argument("--workdir", help="run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from augreg_nb import config as config_lib
+
+    config = config_lib.get_config(args.preset)
+    if getattr(args, "checkpoint", None):
+        config.checkpoint = args.checkpoint
+    config_lib.apply_overrides(config, args.set or [])
+    if getattr(args, "workdir", None):
+        config.workdir = args.workdir
+    return config
+
+
+def _print_row(row: dict) -> None:
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def _progress(args: argparse.Namespace) -> list:
+    from augreg_nb.callbacks import ProgressBar
+
+    return [] if args.no_progress else [ProgressBar()]
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from augreg_nb.train import finetune
+
+    config = _config_from_args(args)
+    result = finetune(config, callbacks=_progress(args))
+    _print_row(result.result_row)
+    print(f"workdir: {result.workdir}")
+    if result.export_path:
+        print(f"exported: {result.export_path}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from augreg_nb.config import default_sweep_root
+    from augreg_nb.sweep import SWEEP_TABLE, sweep
+
+    config = _config_from_args(args)
+    if args.task:
+        config.task = args.task
+    root = Path(args.root) if args.root else default_sweep_root(config)
+    result = sweep(
+        config, root=root,
+        learning_rates=args.lr, lengths=args.steps, resolutions=args.resolution,
+        callbacks=None if args.no_progress else (lambda c: _progress(args)),
+    )
+    cols = ["adapt_steps", "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test"]
+    print(result.table[cols].to_string(index=False))
+    print(f"best by val: {result.best['adapt_filename']} val {result.best['adapt_final_val']:.4f}"
+          f" test {result.best['adapt_final_test']:.4f}")
+    print(f"table: {root / SWEEP_TABLE}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from augreg_nb.sweep import reproduce
+
+    out = reproduce(args.adapt_filename, workdir=args.workdir, overrides=args.set or [],
+                    callbacks=_progress(args))
+    _print_row(out)
+    return 0
