@@ -151,13 +151,19 @@ def get_model_config(name: str) -> ModelConfig:
 
 
 def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype: Any = None,
-                 dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0):
+                 dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
+                 stochastic_depth: float = 0.0):
     """A Linen module for model ``name`` with a ``num_classes``-way head.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` on accelerators) and
     ``param_dtype`` the dtype of the parameters; both default to float32, the published
-    numerics. Dropout rates default to 0 (the fine-tuning protocol's value).
+    numerics. Dropout rates and ``stochastic_depth`` (the drop probability of the last
+    block, see :func:`drop_path_rates`) default to 0, the fine-tuning protocol's value;
+    AugReg's ``do`` and ``sd`` are ``dropout_rate`` and ``stochastic_depth``. They act only
+    with ``train=True`` and a ``"dropout"`` rng, and add no parameters.
     """
+    if not 0.0 <= float(stochastic_depth) < 1.0:
+        raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
     config = get_model_config(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -168,6 +174,7 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
         param_dtype=param_dtype or jnp.float32,
         dropout_rate=dropout_rate,
         attention_dropout_rate=attention_dropout_rate,
+        stochastic_depth=float(stochastic_depth),
     )
 
 
@@ -397,8 +404,36 @@ class MlpBlock(nn.Module):
         return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
+def drop_path_rates(num_layers: int, stochastic_depth: float) -> tuple[float, ...]:
+    """Drop probability of each encoder block: rising linearly from 0 (first block) to
+    ``stochastic_depth`` (last block).
+
+    The paper uses stochastic depth "with linearly increasing probability of dropping
+    layers" and a maximal probability of 0.1; the rule ``i / (num_layers - 1) * sd`` is the
+    one the authors' public code applies (big_vision's Mixer blocks)."""
+    if num_layers <= 1:
+        return (0.0,) * num_layers
+    return tuple(i / (num_layers - 1) * float(stochastic_depth) for i in range(num_layers))
+
+
+def drop_path(x, rate: float, rng):
+    """Zero the whole residual branch ``x`` of each example with probability ``rate``.
+
+    One Bernoulli draw per example (leading axis), shared by all its tokens and features.
+    Kept branches are *not* rescaled, as in the authors' code, so evaluation (no drop)
+    computes exactly the deterministic model."""
+    if rate == 0:
+        return x
+    keep = 1.0 - jax.random.bernoulli(rng, rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * keep.astype(x.dtype)
+
+
 class EncoderBlock(nn.Module):
-    """Pre-LayerNorm transformer block with the published (old) sub-module numbering."""
+    """Pre-LayerNorm transformer block with the published (old) sub-module numbering.
+
+    Regularisation (training only): dropout on the attention output and after both MLP
+    dense layers (vit_jax's placement), and stochastic depth (:func:`drop_path`) on each of
+    the two residual branches with independent draws, at ``drop_path_rate``."""
 
     num_heads: int
     mlp_dim: int
@@ -406,6 +441,7 @@ class EncoderBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
@@ -414,11 +450,17 @@ class EncoderBlock(nn.Module):
         y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                                name="MultiHeadDotProductAttention_1", **kw)(
             y, deterministic=deterministic)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        x = x + self._drop_path(y, deterministic)
         y = LayerNorm(epsilon=1e-6, name="LayerNorm_2", **kw)(x)
         y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, name="MlpBlock_3", **kw)(
             y, deterministic=deterministic)
-        return x + y
+        return x + self._drop_path(y, deterministic)
+
+    def _drop_path(self, y, deterministic: bool):
+        if deterministic or self.drop_path_rate == 0:
+            return y
+        return drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
 
 
 class PositionEmbedding(nn.Module):
@@ -452,14 +494,16 @@ class Encoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = PositionEmbedding(self.param_dtype, name="posembed_input")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        rates = drop_path_rates(self.num_layers, self.stochastic_depth)
         for i in range(self.num_layers):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
-                             self.dropout_rate, self.attention_dropout_rate,
+                             self.dropout_rate, self.attention_dropout_rate, rates[i],
                              name=f"encoderblock_{i}")(x, deterministic=not train)
         return LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="encoder_norm")(x)
@@ -571,6 +615,7 @@ class VisionTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -596,7 +641,8 @@ class VisionTransformer(nn.Module):
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
         x = Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.dtype, self.param_dtype,
-                    self.dropout_rate, self.attention_dropout_rate, name="Transformer")(
+                    self.dropout_rate, self.attention_dropout_rate, self.stochastic_depth,
+                    name="Transformer")(
             x, train=train)
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head",
                           **kw)(x[:, 0])
