@@ -53,7 +53,7 @@ from augreg_nb import callbacks as callbacks_lib
 from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
 from augreg_nb import input_pipeline as ip
-from augreg_nb import names
+from augreg_nb import names, upstream
 from augreg_nb import train_step as ts
 from augreg_nb.atomic import write_json_atomic
 from augreg_nb.download import cache_dir
@@ -69,14 +69,20 @@ from augreg_nb.train_state import TrainState, read_meta, restore_state, save_sta
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
+#: The ``filename`` of a run from random initialisation in its result row.
+SCRATCH_STEM = "scratch"
 RESULT_FILE = "result.json"
 #: Config fields that change the trained parameters: a workdir's state is only resumed when
 #: these match (micro_batches, devices and the eval/checkpoint intervals may differ).
 RECIPE_FIELDS = (
     "checkpoint", "model", "task", "resolution", "base_lr", "total_steps", "warmup_steps",
     "global_batch", "seed", "dtype", "momentum_dtype", "momentum", "grad_clip",
-    "train_preprocess",
+    "train_preprocess", "recipe", "aug", "wd", "do", "sd", "loss",
 )
+#: Values of the AugReg fields that mean "the transfer recipe as before": states saved
+#: before these fields existed resume as runs with these values.
+RECIPE_DEFAULTS = {"recipe": "transfer", "aug": "none", "wd": 0.0, "do": 0.0, "sd": 0.0,
+                   "loss": "auto"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,8 +156,38 @@ def _is_oom(err: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "OOM" in text
 
 
+def _field(config, name: str):
+    return config.get(name, RECIPE_DEFAULTS.get(name)) if name in RECIPE_DEFAULTS \
+        else config[name]
+
+
 def _recipe(config) -> dict:
-    return {k: config[k] for k in RECIPE_FIELDS}
+    return {k: _field(config, k) for k in RECIPE_FIELDS}
+
+
+def loss_name(config) -> str:
+    """The loss a config trains with: its ``loss``, or for "auto" softmax with the transfer
+    recipe and the upstream recipe's sigmoid (:data:`augreg_nb.upstream.LOSSES`) with augreg."""
+    loss = _field(config, "loss")
+    if loss != "auto":
+        return loss
+    return upstream.LOSSES["i1k"] if _field(config, "recipe") == "augreg" else "softmax"
+
+
+def optimizer_for(config):
+    """The optimiser of a config's recipe: the transfer recipe's SGD with momentum, or the
+    upstream recipe's Adam with decoupled weight decay ``wd`` on kernels (paper convention)."""
+    if _field(config, "recipe") == "augreg":
+        return upstream.make_upstream_optimizer(
+            config.total_steps, base_lr=config.base_lr, weight_decay=float(_field(config, "wd")),
+            warmup_steps=config.warmup_steps, grad_clip=config.grad_clip or None,
+            mu_dtype=config.momentum_dtype)
+    return ts.optimizer_from_config(config)
+
+
+def mixup_alpha(config) -> float:
+    """The Mixup alpha of the config's augmentation setting (0: no Mixup)."""
+    return names.AUGMENTATIONS[config_lib.index_aug(_field(config, "aug"))].mixup_alpha
 
 
 def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
@@ -187,7 +223,7 @@ def fit(
     workdir = Path(workdir)
     state_path = workdir / STATE_FILE
 
-    tx = ts.optimizer_from_config(config)
+    tx = optimizer_for(config)
     p_shard = ts.param_shardings(params, mesh, config.param_sharding)
     params = jax.device_put(params, p_shard)
     state = jax.jit(lambda p: TrainState.create(p, tx))(params)
@@ -199,10 +235,9 @@ def fit(
     records: dict[int, dict] = {}
     if state_path.exists():
         meta = read_meta(state_path)
-        if meta.get("recipe") != _recipe(config):
-            changed = sorted(
-                k for k in RECIPE_FIELDS if meta.get("recipe", {}).get(k) != config[k]
-            )
+        stored = {**RECIPE_DEFAULTS, **meta.get("recipe", {})}
+        if stored != _recipe(config):
+            changed = sorted(k for k in RECIPE_FIELDS if stored.get(k) != _field(config, k))
             raise ValueError(
                 f"{workdir} holds a run with a different recipe (fields {changed} differ); "
                 "use another workdir, or delete it to start over"
@@ -230,6 +265,7 @@ def fit(
         apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
         micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
         state_sharding=state_sharding, seed=config.seed,
+        mixup_alpha=mixup_alpha(config), loss=loss_name(config),
     )
     eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
 
@@ -359,7 +395,26 @@ def _upstream_checkpoint(config) -> str:
 
 
 def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
-    """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning."""
+    """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning.
+
+    ``checkpoint`` "" or "scratch": ``config.model`` randomly initialised (seed
+    ``config.seed``), stem "scratch". With the sigmoid loss the head's bias starts at
+    ``-log(classes)`` (the upstream configs' -6.9 for 1000 classes), so every class
+    starts at a probability of about 1/classes instead of 1/2.
+    """
+    model, params, stem = _start_params(config, num_classes, workdir)
+    if loss_name(config) == "sigmoid":
+        params = upstream.with_head_bias(params, -math.log(num_classes))
+    return model, params, stem
+
+
+def _start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
+    if config_lib.is_scratch(config.checkpoint):
+        module = create_model(config.model, num_classes)
+        image = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
+        variables = jax.jit(lambda k: module.init(k, image, train=False))(
+            jax.random.key(config.seed))
+        return config.model, jax.device_get(dict(variables["params"])), SCRATCH_STEM
     if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
         model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
         path = workdir / f"fake-{slug(model)}.npz"
@@ -379,15 +434,29 @@ def adapt_filename(stem: str, config) -> str:
     """The fine-tune's filename in the published naming (``{upstream}--{task}-steps_...``).
 
     Lengths without a published token (e.g. 60 steps) are written as the number of steps.
+    Runs of the augreg recipe end in their settings, ``-augreg-aug_medium2-wd_0.1-do_0.1-sd_0.1``
+    (from scratch the stem is ``scratch_<model prefix>``).
     """
+    if stem == SCRATCH_STEM:
+        stem = f"{SCRATCH_STEM}_{slug(config.model.replace('/', '_'))}"
     try:
-        return names.parse_name(stem).finetuned(
+        name = names.parse_name(stem).finetuned(
             config.task, config.total_steps, config.base_lr, config.resolution).filename
     except ValueError:
         steps = (names.steps_token(config.total_steps) if config.total_steps in
                  names.STEPS_TOKENS else str(config.total_steps))
-        return (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
+        name = (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
                 f"-res_{config.resolution}")
+    return name + settings_suffix(config)
+
+
+def settings_suffix(config) -> str:
+    """``-augreg-aug_<aug>-wd_<wd>-do_<do>-sd_<sd>`` for the augreg recipe, else ""."""
+    if _field(config, "recipe") != "augreg":
+        return ""
+    f = names.format_float
+    return (f"-augreg-aug_{config_lib.index_aug(config.aug)}-wd_{f(float(config.wd))}"
+            f"-do_{f(float(config.do))}-sd_{f(float(config.sd))}")
 
 
 def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
@@ -403,6 +472,9 @@ def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
             row.update({k: known[k] for k in ("best_val", "final_val", "final_test")})
     except ValueError:
         pass
+    if _field(config, "recipe") == "augreg":  # the run's own settings, by the index's names
+        row.update(aug=config_lib.index_aug(config.aug), wd=float(config.wd),
+                   do=float(config.do), sd=float(config.sd), lr=float(config.base_lr))
     row.update(
         adapt_ds=config.task, adapt_lr=float(config.base_lr),
         adapt_steps=int(config.total_steps), adapt_resolution=int(config.resolution),
@@ -430,7 +502,7 @@ def _index_upstream_row(filename: str) -> dict | None:
 def default_workdir(config) -> Path:
     """``<cache>/runs/<checkpoint>--<task>-<steps>-<lr>-<resolution>-seed_<seed>``."""
     name = (f"{slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
-            f"-{config.base_lr}-{config.resolution}-seed_{config.seed}")
+            f"-{config.base_lr}-{config.resolution}-seed_{config.seed}{settings_suffix(config)}")
     return cache_dir() / "runs" / name
 
 
@@ -446,7 +518,10 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     workdir.mkdir(parents=True, exist_ok=True)
     task = load_task(config)
     model_name, params, stem = load_start_params(config, task.num_classes, workdir)
-    model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype))
+    model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype),
+                         dropout_rate=float(_field(config, "do")),
+                         stochastic_depth=float(_field(config, "sd")))
+    aug = config_lib.index_aug(_field(config, "aug"))
     local_batch = ip.local_batch_size(config.global_batch, mesh)
 
     def train_batches(first_step: int) -> Iterator[dict]:
@@ -455,7 +530,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
             preprocess_mode=config.train_preprocess, shuffle_buffer=config.shuffle_buffer,
             # Batch k is the k-th element of a seeded stream; the skipped examples are
             # dropped while still encoded, so resuming late in a run costs no decoding.
-            start_batch=first_step - 1)
+            start_batch=first_step - 1, aug=aug)
         return ds.as_numpy_iterator()
 
     evals = {
