@@ -28,15 +28,18 @@ import ast
 import difflib
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import ml_collections
 from ml_collections import config_dict
 
-from augreg_nb.names import AUG_NAMES, paper_to_index_aug, unknown_value_error
-from augreg_nb.tasks import get_task, list_tasks, warmup_steps
+from augreg_nb import protocol
+from augreg_nb.download import cache_dir
+from augreg_nb.names import AUG_NAMES, format_float, paper_to_index_aug, unknown_value_error
+from augreg_nb.tasks import get_task, list_tasks
 
-#: Resolutions of the published sweep (its lengths and learning rates are in augreg_nb.tasks).
-SWEEP_RESOLUTIONS: tuple[int, ...] = (224, 384)
+#: Resolutions of the published sweep (the paper's facts live in augreg_nb.protocol).
+SWEEP_RESOLUTIONS = protocol.SWEEP_RESOLUTIONS
 
 #: Model used when ``checkpoint`` names no model ("B/16" = its recommended i21k upstream).
 DEFAULT_CHECKPOINT = "B/16"
@@ -75,9 +78,51 @@ def is_scratch(checkpoint) -> bool:
 def warmup_for(total_steps: int) -> int:
     """Warm-up steps the paper uses for a run of ``total_steps`` (Table 4).
 
-    See ``augreg_nb.tasks.warmup_steps`` for lengths outside the table.
+    See ``augreg_nb.protocol.warmup_steps`` for lengths outside the table.
     """
-    return warmup_steps(total_steps)
+    return protocol.warmup_steps(total_steps)
+
+
+def slug(text: str) -> str:
+    """``text`` with every character but letters, digits and ``._-`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def run_name(config) -> str:
+    """The one rule that names a run's folder, from the fields that make the run:
+
+    ``<checkpoint>--<task>-steps_<n>-lr_<lr>-res_<px>-seed_<seed>`` (checkpoint: its file
+    stem, or the model name, with path separators and other punctuation as ``_``;
+    ``scratch_<model>`` from random initialisation), followed by :func:`settings_suffix`
+    for the augreg recipe.
+    """
+    if is_scratch(config.checkpoint):
+        stem = f"scratch_{config.model}"
+    else:
+        stem = Path(str(config.checkpoint)).name.removesuffix(".npz").removesuffix(
+            ".safetensors")
+    return (f"{slug(stem)}--{config.task}-steps_{config.total_steps}-lr_{config.base_lr:g}"
+            f"-res_{config.resolution}-seed_{config.seed}{settings_suffix(config)}")
+
+
+def settings_suffix(config) -> str:
+    """``-augreg-aug_<aug>-wd_<wd>-do_<do>-sd_<sd>`` for the augreg recipe (the settings by
+    the names checkpoints carry, aug as its index name), else ""."""
+    if config.get("recipe", "transfer") != "augreg":
+        return ""
+    f = format_float
+    return (f"-augreg-aug_{index_aug(config.aug)}-wd_{f(float(config.wd))}"
+            f"-do_{f(float(config.do))}-sd_{f(float(config.sd))}")
+
+
+def default_workdir(config) -> Path:
+    """``<cache>/runs/<run_name>``: where a run goes when ``config.workdir`` is None."""
+    return cache_dir() / "runs" / run_name(config)
+
+
+def default_sweep_root(config) -> Path:
+    """``<cache>/runs/sweep-<checkpoint>--<task>``: where a sweep's runs go by default."""
+    return cache_dir() / "runs" / f"sweep-{slug(str(config.checkpoint))}--{config.task}"
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -101,7 +146,7 @@ def _base() -> ml_collections.ConfigDict:
     # Linear warm-up steps before the cosine decay (Table 4: 500->100, 2500->200, 10k->500).
     c.warmup_steps = 200
     # Images per optimiser step, summed over all devices, hosts and micro-batches (512).
-    c.global_batch = 512
+    c.global_batch = protocol.GLOBAL_BATCH
     # Gradient-accumulation steps per optimiser step: each device processes
     # global_batch / (devices * micro_batches) images at a time. Raise it to fit memory;
     # the result does not depend on it. global_batch must divide by devices * micro_batches.
@@ -121,11 +166,11 @@ def _base() -> ml_collections.ConfigDict:
     # Compute dtype of activations ("float32" or "bfloat16"); parameters stay float32.
     c.dtype = "float32"
     # Dtype of the SGD momentum buffer: "bfloat16" as in the reference, or "float32".
-    c.momentum_dtype = "bfloat16"
+    c.momentum_dtype = protocol.MOMENTUM_DTYPE
     # SGD momentum.
-    c.momentum = 0.9
+    c.momentum = protocol.MOMENTUM
     # Clip the (accumulated) gradient to this global L2 norm (0: no clipping).
-    c.grad_clip = 1.0
+    c.grad_clip = protocol.GRAD_CLIP
     # Parameter placement over the device mesh: "replicated" (data parallel) or "sharded"
     # (large arrays split over devices along their largest divisible axis, for models that
     # do not fit one device).

@@ -18,43 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augreg_nb import names
+from augreg_nb import names, protocol
+from augreg_nb.protocol import (  # noqa: F401 - re-exported with the validation
+    COLUMN_DOCS,
+    COLUMNS,
+    EXPECTED_ROWS,
+    EXPECTED_UPSTREAM,
+)
 
 log = logging.getLogger(__name__)
-
-#: The 21 columns of the published ``index.csv``, in its order, and what each means.
-COLUMN_DOCS: dict[str, str] = {
-    "name": "model as the paper names it: Ti/16, S/16, S/32, B/16, B/32, B/8, L/16, R+Ti/16, "
-    "R26+S/32, R50+L/32",
-    "ds": "pre-training set: i1k (ImageNet-1k, 300 epochs), i21k (ImageNet-21k, 300 epochs), "
-    "i21k_30 (ImageNet-21k, 30 epochs)",
-    "epochs": "pre-training epochs (300 or 30)",
-    "lr": "pre-training peak learning rate (0.001 for every checkpoint)",
-    "aug": "augmentation, index name (none, light0, light1, medium1, medium2, strong1, "
-    "strong2); light0/light1 are the paper's light1/light2, see names.AUGMENTATIONS",
-    "wd": "pre-training weight decay (0.03 or 0.1)",
-    "do": "pre-training dropout (0.0 or 0.1)",
-    "sd": "pre-training stochastic depth (0.0 or 0.1)",
-    "best_val": "best upstream validation accuracy during pre-training (fraction; minival "
-    "split for ImageNet)",
-    "final_val": "upstream validation accuracy at the end of pre-training (fraction); the "
-    "recommended checkpoint per model is the i21k row with the highest final_val",
-    "final_test": "upstream test accuracy at the end of pre-training (fraction; ImageNet's "
-    "validation set for i1k), empty where there is none",
-    "adapt_ds": "fine-tuning task (TFDS name): cifar100, imagenet2012, kitti, "
-    "oxford_iiit_pet, resisc45",
-    "adapt_lr": "fine-tuning learning rate (0.001, 0.003, 0.01, 0.03)",
-    "adapt_steps": "fine-tuning steps at batch 512 (500, 2500, 10000, 20000)",
-    "adapt_resolution": "fine-tuning image size in pixels (224 or 384)",
-    "adapt_final_val": "validation accuracy after fine-tuning (fraction): choose runs by this",
-    "adapt_final_test": "test accuracy after fine-tuning (fraction): report this",
-    "params": "parameter count of the fine-tuned model (empty for B/8)",
-    "infer_samples_per_sec": "inference throughput on a V100 at adapt_resolution, timm "
-    "implementation (empty for B/8)",
-    "filename": "upstream checkpoint file: {bucket}/{filename}.npz",
-    "adapt_filename": "fine-tuned checkpoint file: {bucket}/{adapt_filename}.npz",
-}
-COLUMNS: tuple[str, ...] = tuple(COLUMN_DOCS)
 
 #: Columns the shipped catalogue adds (provenance per row); allowed next to the 21.
 EXTRA_COLUMN_DOCS: dict[str, str] = {
@@ -98,14 +70,11 @@ DOMAINS: dict[str, tuple] = {
     "wd": (0.03, 0.1),
     "do": (0.0, 0.1),
     "sd": (0.0, 0.1),
-    "adapt_lr": (0.001, 0.003, 0.01, 0.03),
+    "adapt_lr": protocol.LEARNING_RATES,
     "adapt_steps": tuple(names.STEPS_TOKENS),
-    "adapt_resolution": (224, 384),
+    "adapt_resolution": protocol.SWEEP_RESOLUTIONS,
 }
 EPOCHS_BY_DS = {"i1k": 300, "i21k": 300, "i21k_30": 30}
-#: Shape of the complete published table.
-EXPECTED_ROWS = 51_509
-EXPECTED_UPSTREAM = 759
 
 
 class IndexValidationError(ValueError):

@@ -40,7 +40,6 @@ from augreg_nb.preprocess import import_tf
 from augreg_nb.tasks import (
     DatasetNotReadyError,
     Task,
-    kitti_distance_label,
     not_ready_message,
     tfds_builder,
 )
@@ -144,15 +143,23 @@ def _tfds_source(task: Task, split: str, *, shuffle_files: bool, seed: int):
         )
     except AssertionError as err:  # TFDS: "could not find data in ..."
         raise DatasetNotReadyError(not_ready_message(task)) from err
-    if task.label_fn == "kitti_distance":
+    if task.label_fn is not None:  # the task's rule, run inside tf.data (Task.label_fn)
+
         def label_of(ex):
-            return kitti_distance_label(ex["objects"])
+            return tf.cast(task.label_fn(ex), tf.int64)
+
     else:
 
         def label_of(ex):
             return tf.cast(ex[task.label_key], tf.int64)
 
     return ds.map(lambda ex: {"encoded": ex[task.image_key], "label": label_of(ex)})
+
+
+def _decode(task: Task, encoded):
+    """Encoded image -> uint8 (H, W, 3), then the task's own pixel rule (``Task.image_fn``)."""
+    image = preprocess.decode_image(encoded)
+    return image if task.image_fn is None else task.image_fn(image)
 
 
 def _folder_source(files, *, shuffle: bool, seed: int):
@@ -227,7 +234,7 @@ def make_train_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=pseed, reshuffle_each_iteration=True).repeat()
 
     def pp(index, ex):
-        image = preprocess.decode_image(ex["encoded"])
+        image = _decode(task, ex["encoded"])
         ex_seed = tf.stack([tf.constant(pseed % 2**31, tf.int32), tf.cast(index % 2**31, tf.int32)])
         if aug == "none":
             image = preprocess.train_preprocess(image, resolution, seed=ex_seed,
@@ -261,7 +268,7 @@ def make_eval_dataset(
         ds = _tfds_source(task, task.split(split), shuffle_files=False, seed=0).shard(n, p)
 
     def pp(ex):
-        image = preprocess.decode_image(ex["encoded"])
+        image = _decode(task, ex["encoded"])
         image = preprocess.eval_preprocess(image, resolution, preprocess_mode)
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 

@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augreg_nb import protocol
+
 #: The ten AugReg architectures, in the paper's order.
-AUGREG_MODELS = (
-    "Ti/16", "S/16", "S/32", "B/16", "B/32", "B/8", "L/16", "R+Ti/16", "R26+S/32", "R50+L/32",
-)
+AUGREG_MODELS = protocol.MODELS
 #: Tiny configurations for tests and the notebooks' smoke mode.
 TESTING_MODELS = ("testing", "testing-hybrid")
 

@@ -40,33 +40,15 @@ import difflib
 import re
 from dataclasses import dataclass
 
-#: The paper's model names, in the order the toolkit lists them (B/8 was published later).
-MODELS: tuple[str, ...] = (
-    "Ti/16",
-    "S/16",
-    "S/32",
-    "B/16",
-    "B/32",
-    "B/8",
-    "L/16",
-    "R+Ti/16",
-    "R26+S/32",
-    "R50+L/32",
+from augreg_nb.protocol import (  # noqa: F401 - the names' vocabulary, re-exported
+    ADAPT_DATASETS,
+    AUGMENTATIONS,
+    MODELS,
+    PAPER_MODELS,
+    PRETRAIN_DATASETS,
+    Augmentation,
 )
-#: The nine models of the paper's tables (all of MODELS but B/8).
-PAPER_MODELS: tuple[str, ...] = tuple(m for m in MODELS if m != "B/8")
 
-#: Pre-training datasets as the index names them: ImageNet-1k 300 epochs, ImageNet-21k 300
-#: epochs, ImageNet-21k 30 epochs.
-PRETRAIN_DATASETS: tuple[str, ...] = ("i1k", "i21k", "i21k_30")
-#: Fine-tuning datasets (TFDS names) of the published sweep.
-ADAPT_DATASETS: tuple[str, ...] = (
-    "cifar100",
-    "imagenet2012",
-    "kitti",
-    "oxford_iiit_pet",
-    "resisc45",
-)
 #: Fine-tuning lengths the published names can express, and their ``steps_`` token.
 STEPS_TOKENS: dict[int, str] = {500: "0k", 2500: "2k", 10000: "10k", 20000: "20k"}
 _TOKEN_STEPS = {v: k for k, v in STEPS_TOKENS.items()}
@@ -89,30 +71,6 @@ _TIMM_RESOLUTIONS: dict[str, tuple[int, ...]] = {m: (224, 384) for m in MODELS}
 _TIMM_RESOLUTIONS["B/8"] = (224,)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """One of the seven augmentation settings of the pre-training sweep."""
-
-    index_name: str  # as in index.csv and filenames: none, light0, light1, ...
-    paper_name: str  # as in the paper's text: none, light1, light2, ...
-    randaug_layers: int  # RandAugment number of layers l
-    randaug_magnitude: int  # RandAugment magnitude m
-    mixup_alpha: float  # Mixup alpha (0: no Mixup)
-
-
-#: Index augmentation name -> setting (paper section 3.3: (l, m, alpha)).
-AUGMENTATIONS: dict[str, Augmentation] = {
-    a.index_name: a
-    for a in (
-        Augmentation("none", "none", 0, 0, 0.0),
-        Augmentation("light0", "light1", 2, 0, 0.0),
-        Augmentation("light1", "light2", 2, 10, 0.2),
-        Augmentation("medium1", "medium1", 2, 15, 0.2),
-        Augmentation("medium2", "medium2", 2, 15, 0.5),
-        Augmentation("strong1", "strong1", 2, 20, 0.5),
-        Augmentation("strong2", "strong2", 2, 20, 0.8),
-    )
-}
 #: Index augmentation names in the sweep's order.
 AUG_NAMES: tuple[str, ...] = tuple(AUGMENTATIONS)
 #: Paper augmentation names in the same order.

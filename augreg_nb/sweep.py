@@ -41,10 +41,8 @@ from augreg_nb.train import (
     RECIPE_FIELDS,
     RESULT_FILE,
     STATE_FILE,
-    default_workdir,
     finetune,
     load_task,
-    slug,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,16 +89,6 @@ def sweep_configs(
     return out
 
 
-def run_name(config) -> str:
-    return f"steps_{config.total_steps}-lr_{config.base_lr}-res_{config.resolution}"
-
-
-def default_sweep_root(config) -> Path:
-    """``<cache>/runs/sweep-<checkpoint>--<task>``: where a sweep's runs go by default."""
-    return default_workdir(config).with_name(
-        f"sweep-{slug(config.checkpoint)}--{config.task}")
-
-
 def sweep(
     base,
     *,
@@ -120,7 +108,7 @@ def sweep(
     configs = sweep_configs(base, learning_rates=learning_rates, lengths=lengths,
                             resolutions=resolutions)
     for i, config in enumerate(configs, 1):
-        workdir = root / run_name(config)
+        workdir = root / config_lib.run_name(config)
         config.workdir = str(workdir)
         done = workdir / RESULT_FILE
         if done.exists() and (workdir / STATE_FILE).exists():

@@ -12,6 +12,10 @@ with their warm-ups, learning rates). Reading and batching live in ``input_pipel
     mine = folder_task("~/photos")            # photos/<class>/*.jpg, seeded 80/10/10 split
     prepare(get_task("cifar100"))             # download + prepare once (network)
 
+The 19 VTAB tasks are registered too, as ``vtab1k/<name>`` and ``vtab/<name>`` (VTAB-1k
+and full splits, see ``augreg_nb.vtab``); ``list_tasks()`` lists the paper's sweep tasks,
+``list_tasks("vtab1k")`` the VTAB ones.
+
 Nothing downloads implicitly: reading a dataset that is not prepared fails at once with the
 command that prepares it. Resisc45 and ImageNet need a manual download first; ``prepare``
 then says which file to fetch and where to put it.
@@ -25,34 +29,39 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from augreg_nb.preprocess import import_tf
+from augreg_nb import vtab
+from augreg_nb.protocol import (  # noqa: F401 - re-exported: the sweep's facts
+    IMAGENET_LEARNING_RATES,
+    LEARNING_RATES,
+    TRANSFER_SWEEP,
+    WARMUP_STEPS,
+    warmup_steps,
+)
 from augreg_nb.resources import ENV_OFFLINE, env_flag
+from augreg_nb.task_types import (  # noqa: F401 - re-exported: what a task is
+    KITTI_DISTANCE_NAMES,
+    KITTI_TFDS_VERSION,
+    RESISC45_MANUAL,
+    SPLIT_ALIASES,
+    ClosestVehicleDistance,
+    DatasetNotReadyError,
+    FolderSplits,
+    ManualDownload,
+    Task,
+    kitti_distance_label,
+    tfds_builder,
+    tfds_home,
+)
 
 log = logging.getLogger(__name__)
 
-#: The learning rates of the published fine-tuning sweep for the VTAB tasks (the index has
-#: all four for Pets; Table 4 of the paper reports the first three).
-LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
-#: ImageNet-1k's published fine-tunes use two learning rates only (index and Table 4).
-IMAGENET_LEARNING_RATES = (0.01, 0.03)
-#: The TFDS version of ``kitti`` that the VTAB task loads (task_adaptation's
-#: ``data/kitti.py`` builds "kitti:3.1.0"); TFDS's default is newer.
-KITTI_TFDS_VERSION = "3.1.0"
-#: Warm-up steps per run length (paper, Table 4).
-WARMUP_STEPS = {500: 100, 2500: 200, 10_000: 500, 20_000: 500}
-#: The names ``Task.split`` understands besides the canonical train/val/test.
-SPLIT_ALIASES = {"validation": "val", "minival": "val", "eval": "test"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-KITTI_DISTANCE_NAMES = ("0-8 m", "8-20 m", "20-999 m", "no vehicle")
 #: CIFAR-100 fine labels in label order (TFDS only knows them once the data is downloaded).
 CIFAR100_NAMES = tuple(
     """
@@ -68,99 +77,9 @@ CIFAR100_NAMES = tuple(
 )
 
 
-def warmup_steps(total_steps: int) -> int:
-    """Warm-up for a run of ``total_steps``: Table 4 of the paper for its run lengths.
-
-    Other lengths take the warm-up of the longest table entry not above them; runs shorter
-    than 500 steps warm up for a fifth of their length (as 500 -> 100 does).
-    """
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
-    shorter = [n for n in WARMUP_STEPS if n <= total_steps]
-    if not shorter:
-        return max(1, total_steps // 5)
-    return WARMUP_STEPS[max(shorter)]
-
-
-class DatasetNotReadyError(RuntimeError):
-    """A dataset is missing, unprepared or needs a manual download; the message says how."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ManualDownload:
-    """What a user must fetch by hand before TFDS can prepare a dataset."""
-
-    files: tuple[str, ...]  # names that must be in the manual dir (files or folders)
-    url: str  # where to get them
-    note: str = ""  # e.g. "extract the .rar so that NWPU-RESISC45/ is in the manual dir"
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderSplits:
-    """Image files of a folder dataset, split into train/val/test (built by folder_task)."""
-
-    root: str
-    class_names: tuple[str, ...]
-    files: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(repr=False)
-    # split -> ((path, label), ...)
-    on_error: str = "skip"  # what to do with unreadable images: "skip" or "raise"
-    layout: str = "flat"  # "flat" (root/class/*) or "split-folders" (root/train/class/*)
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One image classification task and the paper's sweep for it."""
-
-    name: str  # short name (registry key, TFDS name or folder name)
-    splits: Mapping[str, str]  # "train"/"val"/"test" -> TFDS split string or folder split
-    num_classes: int
-    tfds_name: str | None = None  # TFDS dataset ("name" or "name:version"); None for folders
-    data_dir: str | None = None  # TFDS data dir; None uses TFDS_DATA_DIR / ~/tensorflow_datasets
-    class_names: tuple[str, ...] | None = None  # None: read from the TFDS label feature
-    sweep_steps: tuple[int, ...] = (500, 2500)  # run lengths of the paper's sweep
-    learning_rates: tuple[float, ...] = LEARNING_RATES
-    image_key: str = "image"
-    label_key: str = "label"
-    label_fn: str | None = None  # "kitti_distance": label computed from the kitti objects
-    manual: ManualDownload | None = None
-    folder: FolderSplits | None = dataclasses.field(default=None, repr=False)
-    description: str = ""
-
-    @property
-    def sweep(self) -> tuple[tuple[int, int], ...]:
-        """((total_steps, warmup_steps), ...) of the paper's sweep for this task."""
-        return tuple((n, warmup_steps(n)) for n in self.sweep_steps)
-
-    def split(self, name: str) -> str:
-        """The split string for "train", "val" or "test" (or a raw TFDS split string)."""
-        key = SPLIT_ALIASES.get(name, name)
-        if key in self.splits:
-            return self.splits[key]
-        if self.folder is None and self.tfds_name is not None and name:
-            return name  # a raw TFDS split such as "test[:100]"
-        raise ValueError(
-            f"task {self.name!r} has no split {name!r}; use one of {sorted(self.splits)}"
-        )
-
-    @functools.cached_property
-    def label_names(self) -> tuple[str, ...]:
-        """Names of the classes, index = label (from the TFDS features when not given)."""
-        if self.class_names is not None:
-            return tuple(self.class_names)
-        feature = tfds_builder(self).info.features[self.label_key]
-        names = getattr(feature, "names", None)
-        if not names:
-            return tuple(str(i) for i in range(self.num_classes))
-        return tuple(names)
-
-
-def _tfds_home(data_dir: str | None) -> str:
-    return str(data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
-
-
 def default_manual_dir(task: Task) -> Path:
     """The TFDS manual-download folder for ``task``: <data_dir>/downloads/manual."""
-    return Path(_tfds_home(task.data_dir)).expanduser() / "downloads" / "manual"
+    return Path(tfds_home(task.data_dir)).expanduser() / "downloads" / "manual"
 
 
 _REGISTRY: dict[str, Task] = {
@@ -170,7 +89,7 @@ _REGISTRY: dict[str, Task] = {
         splits={"train": "train[:98%]", "val": "train[98%:]", "test": "test"},
         num_classes=100,
         class_names=CIFAR100_NAMES,
-        sweep_steps=(2500, 10_000),
+        sweep_steps=TRANSFER_SWEEP["cifar100"].steps,
         description="CIFAR-100: 32x32 natural images, 100 classes",
     ),
     "oxford_iiit_pet": Task(
@@ -178,7 +97,7 @@ _REGISTRY: dict[str, Task] = {
         tfds_name="oxford_iiit_pet",
         splits={"train": "train[:90%]", "val": "train[90%:]", "test": "test"},
         num_classes=37,
-        sweep_steps=(500, 2500),
+        sweep_steps=TRANSFER_SWEEP["oxford_iiit_pet"].steps,
         description="Oxford-IIIT Pets: 37 cat and dog breeds",
     ),
     "resisc45": Task(
@@ -186,13 +105,8 @@ _REGISTRY: dict[str, Task] = {
         tfds_name="resisc45",
         splits={"train": "train[:60%]", "val": "train[60%:80%]", "test": "train[80%:]"},
         num_classes=45,
-        sweep_steps=(2500, 10_000),
-        manual=ManualDownload(
-            files=("NWPU-RESISC45",),
-            url="https://1drv.ms/u/s!AmgKYzARBl5ca3HNaHIlzp_IXjs (NWPU-RESISC45.rar)",
-            note="extract NWPU-RESISC45.rar so that the folder NWPU-RESISC45/ (45 class "
-            "folders of .jpg) is inside the manual dir",
-        ),
+        sweep_steps=TRANSFER_SWEEP["resisc45"].steps,
+        manual=RESISC45_MANUAL,
         description="Resisc45: remote-sensing scenes, 45 classes (manual download)",
     ),
     "kitti": Task(
@@ -201,8 +115,8 @@ _REGISTRY: dict[str, Task] = {
         splits={"train": "train", "val": "validation", "test": "test"},
         num_classes=4,
         class_names=KITTI_DISTANCE_NAMES,
-        sweep_steps=(500, 2500),
-        label_fn="kitti_distance",
+        sweep_steps=TRANSFER_SWEEP["kitti"].steps,
+        label_fn=ClosestVehicleDistance(),
         description="KITTI-distance (VTAB): distance to the closest vehicle, 4 bins",
     ),
     "imagenet2012": Task(
@@ -210,8 +124,8 @@ _REGISTRY: dict[str, Task] = {
         tfds_name="imagenet2012",
         splits={"train": "train[:99%]", "val": "train[99%:]", "test": "validation"},
         num_classes=1000,
-        sweep_steps=(20_000,),
-        learning_rates=IMAGENET_LEARNING_RATES,
+        sweep_steps=TRANSFER_SWEEP["imagenet2012"].steps,
+        learning_rates=TRANSFER_SWEEP["imagenet2012"].learning_rates,
         manual=ManualDownload(
             files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
             url="https://image-net.org/download-images (registration required)",
@@ -230,9 +144,26 @@ _ALIASES = {
 }
 
 
-def list_tasks() -> tuple[str, ...]:
-    """Names of the registered tasks (the paper's four transfer tasks and ImageNet-1k)."""
-    return tuple(_REGISTRY)
+#: registry name -> suite: "paper" (the paper's sweep), "vtab" / "vtab1k" (augreg_nb.vtab).
+_SUITES: dict[str, str] = dict.fromkeys(_REGISTRY, "paper")
+
+
+def register_task(task: Task, *, suite: str) -> None:
+    """Add ``task`` to the registry under ``task.name`` (lower case), in ``suite``."""
+    key = task.name.lower()
+    if key in _SUITES and _SUITES[key] != suite:
+        raise ValueError(f"{key!r} is already registered in the {_SUITES[key]!r} tasks")
+    _REGISTRY[key] = task
+    _SUITES[key] = suite
+
+
+def list_tasks(suite: str | None = "paper") -> tuple[str, ...]:
+    """Names of the registered tasks of ``suite`` (None: all).
+
+    "paper": the paper's four transfer tasks and ImageNet-1k; "vtab" / "vtab1k": the 19
+    VTAB tasks with full / VTAB-1k splits (``augreg_nb.vtab``).
+    """
+    return tuple(n for n in _REGISTRY if suite is None or _SUITES[n] == suite)
 
 
 def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
@@ -250,7 +181,8 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     close = difflib.get_close_matches(key, [*_REGISTRY, *_ALIASES], n=2)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown task {name!r}.{hint} Registered: {', '.join(_REGISTRY)}. Any TFDS dataset "
+        f"unknown task {name!r}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
+        "tasks (vtab/<name>, vtab1k/<name>, see augreg_nb.vtab). Any TFDS dataset "
         "works with tfds_task(name, train=..., val=..., test=...), a folder of images with "
         "folder_task(path)."
     )
@@ -295,26 +227,10 @@ def tfds_task(
     return task
 
 
-def tfds_builder(task: Task):
-    """The TFDS builder of ``task``; raises DatasetNotReadyError for an unknown dataset."""
-    if task.tfds_name is None:
-        raise ValueError(f"task {task.name!r} is an image folder, not a TFDS dataset")
-    import tensorflow_datasets as tfds
-
-    try:
-        return tfds.builder(task.tfds_name, data_dir=task.data_dir)
-    except tfds.core.registered.DatasetNotFoundError as err:
-        raise DatasetNotReadyError(
-            f"TFDS dataset {task.tfds_name!r} is neither a registered TFDS dataset nor prepared "
-            f"in {_tfds_home(task.data_dir)}. Check the name (see `tfds.list_builders()`) or "
-            f"pass data_dir= where it was prepared. ({err})"
-        ) from err
-
-
 def _prepare_command(task: Task) -> str:
     manual = f" --manual_dir={default_manual_dir(task)}" if task.manual is not None else ""
     return (
-        f"tfds build {task.tfds_name} --data_dir={_tfds_home(task.data_dir)}{manual}   (or in "
+        f"tfds build {task.tfds_name} --data_dir={tfds_home(task.data_dir)}{manual}   (or in "
         "Python: augreg_nb.tasks.prepare(task))"
     )
 
@@ -326,7 +242,7 @@ def _missing_manual_files(task: Task, folder: Path) -> list[str]:
 
 def not_ready_message(task: Task, reason: str = "") -> str:
     """Explain how to make ``task``'s data readable (used when reading fails)."""
-    head = f"dataset {task.tfds_name!r} is not prepared in {_tfds_home(task.data_dir)}"
+    head = f"dataset {task.tfds_name!r} is not prepared in {tfds_home(task.data_dir)}"
     if reason:
         head += f" ({reason})"
     if task.manual is not None:
@@ -367,24 +283,8 @@ def prepare(task: Task, *, manual_dir: str | os.PathLike | None = None) -> None:
             f"{task.tfds_name} needs a download but {ENV_OFFLINE}=1 forbids network access; "
             f"unset it or prepare the dataset elsewhere and pass data_dir="
         )
-    log.info("preparing %s in %s", task.tfds_name, _tfds_home(task.data_dir))
+    log.info("preparing %s in %s", task.tfds_name, tfds_home(task.data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=mdir))
-
-
-def kitti_distance_label(objects: Mapping[str, Any]):
-    """KITTI-distance label (VTAB ``closest_vehicle_distance``) from TFDS ``kitti`` objects.
-
-    Among objects of type Car, Van or Truck (labels 0, 1, 2) take the smallest depth
-    ``location[:, 2]`` in metres, 1000 when there is none. Label 0: d <= 8, 1: 8 < d <= 20,
-    2: 20 < d <= 999, 3: otherwise (no vehicle). Works eagerly and inside tf.data.
-    """
-    tf = import_tf()
-    types = tf.convert_to_tensor(objects["type"])
-    depth = tf.reshape(tf.cast(tf.convert_to_tensor(objects["location"]), tf.float32), [-1, 3])
-    vehicle_depth = tf.boolean_mask(depth[:, 2], types < 3)
-    dist = tf.reduce_min(tf.concat([vehicle_depth, tf.constant([1000.0])], axis=0))
-    thresholds = tf.constant([8.0, 20.0, 999.0])
-    return tf.reduce_sum(tf.cast(thresholds < dist, tf.int64))
 
 
 # ----------------------------------------------------------------------------- folders
@@ -531,3 +431,9 @@ def folder_task(
         folder=FolderSplits(str(base), tuple(names), files, on_error, layout),
         description=f"image folder {base} ({layout})",
     )
+
+
+# The 19 VTAB tasks (augreg_nb.vtab), with VTAB-1k and full splits.
+for _spec in vtab.SPECS.values():
+    for _variant in (vtab.FULL, vtab.ONE_K):
+        register_task(_spec.task(_variant), suite=_variant)

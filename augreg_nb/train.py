@@ -56,7 +56,6 @@ from augreg_nb import input_pipeline as ip
 from augreg_nb import names, upstream
 from augreg_nb import train_step as ts
 from augreg_nb.atomic import write_json_atomic
-from augreg_nb.download import cache_dir
 from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
 from augreg_nb.models import create_model, param_count
 from augreg_nb.resources import ENV_INDEX
@@ -372,11 +371,6 @@ def fit(
 # ------------------------------------------------------------------------ finetune()
 
 
-def slug(text: str) -> str:
-    """``text`` with every character but letters, digits and ``._-`` replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
-
-
 def load_task(config):
     """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
     if config.task == config_lib.SMOKE_TASK:
@@ -417,7 +411,7 @@ def _start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, s
         return config.model, jax.device_get(dict(variables["params"])), SCRATCH_STEM
     if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
         model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
-        path = workdir / f"fake-{slug(model)}.npz"
+        path = workdir / f"fake-{config_lib.slug(model)}.npz"
         if not path.exists() and jax.process_index() == 0:
             write_fake_checkpoint(path, model, num_classes=1000, seed=config.seed)
         params = ckpt.load(path, model_name=config.model or model, num_classes=num_classes,
@@ -438,7 +432,7 @@ def adapt_filename(stem: str, config) -> str:
     (from scratch the stem is ``scratch_<model prefix>``).
     """
     if stem == SCRATCH_STEM:
-        stem = f"{SCRATCH_STEM}_{slug(config.model.replace('/', '_'))}"
+        stem = f"{SCRATCH_STEM}_{config_lib.slug(config.model.replace('/', '_'))}"
     try:
         name = names.parse_name(stem).finetuned(
             config.task, config.total_steps, config.base_lr, config.resolution).filename
@@ -447,16 +441,7 @@ def adapt_filename(stem: str, config) -> str:
                  names.STEPS_TOKENS else str(config.total_steps))
         name = (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
                 f"-res_{config.resolution}")
-    return name + settings_suffix(config)
-
-
-def settings_suffix(config) -> str:
-    """``-augreg-aug_<aug>-wd_<wd>-do_<do>-sd_<sd>`` for the augreg recipe, else ""."""
-    if _field(config, "recipe") != "augreg":
-        return ""
-    f = names.format_float
-    return (f"-augreg-aug_{config_lib.index_aug(config.aug)}-wd_{f(float(config.wd))}"
-            f"-do_{f(float(config.do))}-sd_{f(float(config.sd))}")
+    return name + config_lib.settings_suffix(config)
 
 
 def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
@@ -499,13 +484,6 @@ def _index_upstream_row(filename: str) -> dict | None:
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
-def default_workdir(config) -> Path:
-    """``<cache>/runs/<checkpoint>--<task>-<steps>-<lr>-<resolution>-seed_<seed>``."""
-    name = (f"{slug(Path(str(config.checkpoint)).name)}--{config.task}-{config.total_steps}"
-            f"-{config.base_lr}-{config.resolution}-seed_{config.seed}{settings_suffix(config)}")
-    return cache_dir() / "runs" / name
-
-
 def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     """Fine-tune ``config.checkpoint`` on ``config.task`` with the paper's recipe.
 
@@ -514,7 +492,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     """
     mesh = ts.make_mesh()
     config_lib.validate(config, mesh.devices.size)
-    workdir = Path(config.workdir) if config.workdir else default_workdir(config)
+    workdir = Path(config.workdir) if config.workdir else config_lib.default_workdir(config)
     workdir.mkdir(parents=True, exist_ok=True)
     task = load_task(config)
     model_name, params, stem = load_start_params(config, task.num_classes, workdir)

@@ -210,7 +210,7 @@ def test_make_config_uses_the_paper_recipe():
     assert (c.base_lr, c.resolution, c.micro_batches, c.task) == (0.003, 224, 16,
                                                                    "oxford_iiit_pet")
     assert c.checkpoint == TI16_UP and c.model is None
-    assert c.workdir == f"runs/{TI16_UP}--oxford_iiit_pet-500-0.003-224"
+    assert c.workdir == f"runs/{TI16_UP}--oxford_iiit_pet-steps_500-lr_0.003-res_224-seed_0"
     long = ftp.make_config(checkpoint=TI16_UP, task="cifar100", resolution=384, lr=0.01,
                            steps=10000)
     assert long.warmup_steps == 500

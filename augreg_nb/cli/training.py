@@ -86,7 +86,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from augreg_nb.sweep import SWEEP_TABLE, default_sweep_root, sweep
+    from augreg_nb.config import default_sweep_root
+    from augreg_nb.sweep import SWEEP_TABLE, sweep
 
     config = _config_from_args(args)
     if args.task:

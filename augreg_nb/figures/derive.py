@@ -20,15 +20,12 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from augreg_nb.protocol import COLUMNS
+
 logger = logging.getLogger(__name__)
 
 #: The 21 columns of the published index table.
-INDEX_COLUMNS = (
-    "name", "ds", "epochs", "lr", "aug", "wd", "do", "sd", "best_val", "final_val",
-    "final_test", "adapt_ds", "adapt_lr", "adapt_steps", "adapt_resolution",
-    "adapt_final_val", "adapt_final_test", "params", "infer_samples_per_sec", "filename",
-    "adapt_filename",
-)
+INDEX_COLUMNS = COLUMNS
 UPSTREAM_COLUMNS = (
     "name", "ds", "epochs", "lr", "aug", "wd", "do", "sd", "best_val", "final_val",
     "final_test", "params", "filename",

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from augreg_nb import protocol
 from augreg_nb.names import index_to_paper_aug
 from augreg_nb.resources import data_path
 
 #: The 9 models of the paper's figures, in the order of Figure 4's rows (by compute).
-PAPER_MODELS = (
-    "R+Ti/16", "Ti/16", "S/32", "S/16", "B/32", "R26+S/32", "B/16", "L/16", "R50+L/32",
-)
+PAPER_MODELS = protocol.MODELS_BY_COMPUTE
 #: Pre-training sets as the index spells them, in the paper's panel order.
 DATASETS = ("i1k", "i21k_30", "i21k")
 #: Panel titles of Figures 4 and 7.

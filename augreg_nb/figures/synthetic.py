@@ -27,6 +27,7 @@ import pandas as pd
 from augreg_nb.figures import paper
 from augreg_nb.figures.derive import INDEX_COLUMNS
 from augreg_nb.names import AUG_NAMES, CheckpointName, model_to_prefix
+from augreg_nb.protocol import SWEEP_RESOLUTIONS
 from augreg_nb.resources import data_path
 
 #: Pre-training learning rate and epochs per index ``ds``.
@@ -138,7 +139,7 @@ def _finetune_rows(ups: pd.DataFrame, fig5: pd.Series) -> list[dict]:
     t3 = paper.table3()
     rows = []
     for up in ups.itertuples():
-        for res in (224, 384):
+        for res in SWEEP_RESOLUTIONS:
             top = t3[paper.TABLE3_COLUMNS[(up.ds, res)]][up.name] / 100
             val, test = top + 0.04 - up.gap, top - up.gap
             delta = fig5.get((up.name, "ImageNet-1k (minival)"), 0.0)

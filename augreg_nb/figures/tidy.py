@@ -17,6 +17,7 @@ import pandas as pd
 
 from augreg_nb.figures import derive, paper
 from augreg_nb.names import PAPER_AUG_NAMES, index_to_paper_aug, paper_to_index_aug
+from augreg_nb.protocol import SWEEP_RESOLUTIONS
 
 #: The augmentations in the paper's column order (paper names).
 AUGS = PAPER_AUG_NAMES
@@ -55,7 +56,7 @@ def table3_data(index: pd.DataFrame | None = None) -> pd.DataFrame:
     models = _model_order(index["name"].dropna().unique())
     out = pd.DataFrame(index=pd.Index(models, name="model"), columns=paper.table3().columns)
     out = out.astype(float)
-    for res in (224, 384):
+    for res in SWEEP_RESOLUTIONS:
         out[f"img_sec_{res}"] = derive.throughput(index, res).reindex(models)
     for (ds, res), col in paper.TABLE3_COLUMNS.items():
         ups = derive.best_upstreams(index, ds)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,12 @@ DIGITS_NAME = "augreg_digits"
 
 
 @contextlib.contextmanager
-def mock_tfds(num_examples: int = 8, *, seed: int = 0) -> Iterator[None]:
+def mock_tfds(
+    num_examples: int = 8,
+    *,
+    seed: int = 0,
+    edit: Callable[[str, dict], dict] | None = None,
+) -> Iterator[None]:
     """``tfds.testing.mock_data``: random examples with each dataset's real features.
 
     Inside the context every TFDS dataset (cifar100, oxford_iiit_pet, resisc45, kitti,
@@ -35,6 +40,10 @@ def mock_tfds(num_examples: int = 8, *, seed: int = 0) -> Iterator[None]:
     undecoded (``tfds.decode.SkipDecoding``) come as real PNG bytes, as TFDS stores them.
     (TFDS's own encoded fakes cannot encode random bounding boxes, so the examples are
     generated decoded and only the images are encoded.)
+
+    ``edit(dataset_name, example) -> example`` may reshape each generated example (numpy
+    values, before encoding) into a more realistic one, e.g. 3 to 10 Clevr objects at
+    plausible depths instead of 10 objects at depths in [0, 1); it must be deterministic.
     """
     import tensorflow_datasets as tfds
     from tensorflow_datasets.testing.mocking import RandomFakeGenerator
@@ -46,10 +55,14 @@ def mock_tfds(num_examples: int = 8, *, seed: int = 0) -> Iterator[None]:
         del split, read_config, shuffle_files  # every split yields the same fakes
         features = self.info.features
         info = features.get_tensor_info()
-        ds = tf.data.Dataset.from_generator(
-            lambda: RandomFakeGenerator(
+        def examples():
+            fakes = RandomFakeGenerator(
                 features, num_examples, seed=seed, constant_dynamic_shape=True
-            ),
+            )
+            return fakes if edit is None else (edit(self.name, ex) for ex in fakes)
+
+        ds = tf.data.Dataset.from_generator(
+            examples,
             output_signature=tf.nest.map_structure(
                 lambda t: tf.TensorSpec(t.shape, t.dtype), info
             ),

@@ -24,30 +24,16 @@ import numpy as np
 import pandas as pd
 
 from augreg_nb.names import AUG_NAMES, PAPER_MODELS, CheckpointName
+from augreg_nb.protocol import COLUMNS, SWEEP_RESOLUTIONS, TRANSFER_SWEEP
 
-#: Fine-tuning grid of the published sweep: task -> its two lengths (steps).
-SWEEP_STEPS: dict[str, tuple[int, ...]] = {
-    "cifar100": (2500, 10000),
-    "imagenet2012": (20000,),
-    "kitti": (500, 2500),
-    "oxford_iiit_pet": (500, 2500),
-    "resisc45": (2500, 10000),
-}
-#: Learning rates per task (ImageNet runs only used 0.01 and 0.03).
+#: Fine-tuning grid of the published sweep: task -> its lengths (steps) and learning rates.
+SWEEP_STEPS: dict[str, tuple[int, ...]] = {t: s.steps for t, s in TRANSFER_SWEEP.items()}
 SWEEP_LRS: dict[str, tuple[float, ...]] = {
-    t: ((0.01, 0.03) if t == "imagenet2012" else (0.001, 0.003, 0.01, 0.03)) for t in SWEEP_STEPS
+    t: s.learning_rates for t, s in TRANSFER_SWEEP.items()
 }
 #: The three B/8 checkpoints of the synthetic table (aug, wd, do, sd). The first two names
 #: appear in public sources; the third is a stand-in so that the count is right.
 B8_SETTINGS = (("medium2", 0.1, 0.0, 0.0), ("medium1", 0.1, 0.0, 0.0), ("strong1", 0.1, 0.0, 0.0))
-
-COLUMNS = (
-    "name", "ds", "epochs", "lr", "aug", "wd", "do", "sd", "best_val", "final_val",
-    "final_test", "adapt_ds", "adapt_lr", "adapt_steps", "adapt_resolution",
-    "adapt_final_val", "adapt_final_test", "params", "infer_samples_per_sec", "filename",
-    "adapt_filename",
-)  # fmt: skip
-
 
 def upstream_grid() -> list[CheckpointName]:
     """The 759 upstream checkpoints: 9 models x {i1k, i21k, i21k_30} x 28, then 3 B/8."""
@@ -67,7 +53,7 @@ def finetune_grid() -> list[tuple[str, int, float, int]]:
     """The 68 fine-tuning runs (adapt_ds, adapt_steps, adapt_lr, adapt_resolution)."""
     return [
         (task, steps, lr, res)
-        for res in (224, 384)
+        for res in SWEEP_RESOLUTIONS
         for task, lengths in SWEEP_STEPS.items()
         for steps in lengths
         for lr in SWEEP_LRS[task]

@@ -131,15 +131,8 @@ def make_config(
     if not checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
         config.model = None  # read off the checkpoint
     if workdir is not None:
-        config.workdir = str(Path(workdir) / run_name(config))
+        config.workdir = str(Path(workdir) / config_lib.run_name(config))
     return config
-
-
-def run_name(config) -> str:
-    """Folder name of a run: checkpoint stem, task, steps, lr, resolution."""
-    stem = Path(str(config.checkpoint)).name.removesuffix(".npz").replace(":", "-")
-    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)
-    return f"{stem}--{config.task}-{config.total_steps}-{config.base_lr:g}-{config.resolution}"
 
 
 def published_result(df: pd.DataFrame | None, config) -> dict[str, Any] | None:
