@@ -291,13 +291,20 @@ def augreg_preset(
 
 def _augreg_smoke() -> ml_collections.ConfigDict:
     # A tiny ViT from scratch on the 8x8 digits (upscaled to 32 px) with medium2 (RandAugment
-    # 2 layers at magnitude 15, Mixup 0.5), dropout and stochastic depth 0.1, weight decay
-    # 0.1, sigmoid loss: measured on 2 CPU cores SMOKE_MEASURED (chance: 10%).
+    # 2 layers at magnitude 15, Mixup 0.5), dropout = stochastic depth = 0.1, weight decay
+    # 0.1. Measured on 2 shared CPU cores (300 steps of 64, about 60 s with the dataset
+    # already prepared): test accuracy 27% (val 24%; chance 10%); without augmentation and
+    # regularisation the same run reaches 71%. Softmax, not the upstream sigmoid: on 10
+    # classes from scratch the sigmoid loss learned far slower here (test 13% vs 27% at 300
+    # steps; 66% vs 71% without augmentation). RandAugment's translate and cutout sizes are
+    # absolute pixels (the authors' definition, made for 224 px), so at 32 px they can move
+    # or blank out the whole digit: medium2 is a hard setting for images this small.
     c = augreg_preset(SMOKE_TASK, checkpoint="scratch", model="testing", aug="medium2",
                       wd=0.1, do=0.1, sd=0.1, steps=300, lr=0.003, resolution=32, batch=64)
     c.unlock()
+    c.loss = "softmax"
     c.warmup_steps = 30
-    c.eval_every = c.checkpoint_every = 100
+    c.eval_every = c.checkpoint_every = 150
     c.train_preprocess = "resize_random_crop"  # a 5%-area crop of a 32 px digit is noise
     c.eval_batch = 128
     c.shuffle_buffer = 2000

@@ -166,8 +166,18 @@ def test_augreg_resumes_bitwise_with_augmentation_mixup_and_dropout(tmp_path):
                                      "-augreg-aug_medium2-wd_0.1-do_0.1-sd_0.1")
 
 
+@pytest.mark.slow
+def test_augreg_smoke_learns_above_chance(tmp_path):
+    result = finetune(augreg_smoke(tmp_path))
+    row = result.result_row
+    print(f"augreg-smoke: val {row['adapt_final_val']:.3f} test {row['adapt_final_test']:.3f}")
+    # Chance is 0.1; 180 test images give a standard error of about 0.022 at chance.
+    assert row["adapt_final_test"] > 0.18 and row["adapt_final_val"] > 0.15
+    assert result.history.loss.iloc[-1] < result.history.loss.iloc[0]
+
+
 def test_sigmoid_runs_start_with_the_head_bias_at_minus_log_classes(tmp_path):
-    result = finetune(augreg_smoke(tmp_path, "total_steps=1", "warmup_steps=0",
+    result = finetune(augreg_smoke(tmp_path, "loss=sigmoid", "total_steps=1", "warmup_steps=0",
                                    "eval_every=0", "export=False", "base_lr=1e-9"))
     np.testing.assert_allclose(np.asarray(result.params["head"]["bias"]),
                                -math.log(10), atol=1e-6)
