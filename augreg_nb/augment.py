@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import math
 
-from augreg_nb.names import AUG_NAMES, AUGMENTATIONS, unknown_value_error
+from augreg_nb.names import AUG_NAMES, unknown_value_error
 from augreg_nb.preprocess import _check_image, as_seed, import_tf
+from augreg_nb.protocol import AUGMENTATIONS
 
 #: The 16 RandAugment ops, in the reference's order (the order matters for the random choice).
 OPS: tuple[str, ...] = (

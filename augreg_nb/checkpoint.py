@@ -540,9 +540,16 @@ def load_pretrained(name_or_path: str | os.PathLike, *, model_name: str | None =
     ``on_attempt(k, n, description)`` is passed on to it (called before each source).
     """
     resolved = sources.resolve_checkpoint(name_or_path, offline=offline, on_attempt=on_attempt)
-    logger.info("loading %s from %s (%s)", resolved.name, resolved.path, resolved.source)
-    # The model named by the resolved checkpoint (None: inferred from the file's shapes).
-    name, flat = load_flat(resolved.path, model_name=model_name or resolved.model,
-                           num_classes=num_classes, resolution=resolution,
-                           layout=resolved.layout)
+    name, flat = load_resolved(resolved, model_name=model_name, num_classes=num_classes,
+                               resolution=resolution)
     return name, unflatten(flat)
+
+
+def load_resolved(resolved: sources.Resolved, *, model_name: str | None = None,
+                  num_classes: int | None = None, resolution: int | None = None
+                  ) -> tuple[str, dict[str, np.ndarray]]:
+    """``load_flat`` of a file the resolver found, in the layout it found (no second look
+    at the file) and for the model it names (None: read off the file's shapes)."""
+    logger.info("loading %s from %s (%s)", resolved.name, resolved.path, resolved.source)
+    return load_flat(resolved.path, model_name=model_name or resolved.model,
+                     num_classes=num_classes, resolution=resolution, layout=resolved.layout)

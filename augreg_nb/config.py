@@ -43,10 +43,11 @@ SWEEP_RESOLUTIONS = protocol.SWEEP_RESOLUTIONS
 
 #: Model used when ``checkpoint`` names no model ("B/16" = its recommended i21k upstream).
 DEFAULT_CHECKPOINT = "B/16"
-#: The special checkpoint value of the smoke preset: a fake checkpoint of the given model,
-#: written in the published layout by ``augreg_nb.testing.checkpoints`` into the workdir.
+#: The checkpoint names of fakes: "fake:<model>" is a fake upstream checkpoint of the model in
+#: the published layout, which the resolver writes on first use (the source is registered by
+#: ``augreg_nb.testing.checkpoints``); the smoke preset fine-tunes "fake:testing".
 FAKE_CHECKPOINT_PREFIX = "fake:"
-#: Name of the tiny real-image task used by the smoke preset (scikit-learn's digits).
+#: The tiny real-image task of the smoke preset (the digits shipped in augreg_nb.digits).
 SMOKE_TASK = "digits"
 #: Training recipes: the paper's fine-tuning ("transfer") and its pre-training ("augreg").
 RECIPES = ("transfer", "augreg")

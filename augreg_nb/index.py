@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from augreg_nb import catalog, resources, sources
+from augreg_nb import catalogue, resources, sources
 from augreg_nb.index_queries import (
     availability,
     best_finetune,
@@ -82,7 +82,7 @@ def _with_provenance(df: pd.DataFrame, **prov) -> pd.DataFrame:
 
 
 def _catalogue(strict: bool, attempts: list[str]) -> pd.DataFrame:
-    path = catalog.catalogue_path()
+    path = catalogue.catalogue_path()
     df = read_index_csv(path, strict=strict)
     if attempts:
         log.warning(

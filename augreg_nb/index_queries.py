@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augreg_nb import catalog, names, resources, sources
+from augreg_nb import catalogue, names, resources, sources
 from augreg_nb.index_validate import (
     COLUMNS,
     DOMAINS,
@@ -75,7 +75,7 @@ def shape_is_complete(df: pd.DataFrame) -> bool:
 
 
 def _published_picks() -> pd.DataFrame:
-    picks = pd.read_csv(resources.data_path("index", catalog.PICKS_FILE))
+    picks = pd.read_csv(resources.data_path("index", catalogue.PICKS_FILE))
     return picks[["name", "filename", "adapt_filename"]]
 
 

@@ -66,15 +66,15 @@ DOMAINS: dict[str, tuple] = {
     "ds": names.PRETRAIN_DATASETS,
     "aug": names.AUG_NAMES,
     "adapt_ds": names.ADAPT_DATASETS,
-    "lr": (0.001,),
-    "wd": (0.03, 0.1),
-    "do": (0.0, 0.1),
-    "sd": (0.0, 0.1),
+    "lr": (protocol.PRETRAIN_LR,),
+    "wd": tuple(sorted(protocol.PRETRAIN_WEIGHT_DECAYS)),
+    "do": protocol.PRETRAIN_REGULARISATION,
+    "sd": protocol.PRETRAIN_REGULARISATION,
     "adapt_lr": protocol.LEARNING_RATES,
     "adapt_steps": tuple(names.STEPS_TOKENS),
     "adapt_resolution": protocol.SWEEP_RESOLUTIONS,
 }
-EPOCHS_BY_DS = {"i1k": 300, "i21k": 300, "i21k_30": 30}
+EPOCHS_BY_DS = protocol.PRETRAIN_EPOCHS
 
 
 class IndexValidationError(ValueError):

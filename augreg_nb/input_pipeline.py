@@ -9,7 +9,7 @@
 
     for batch in ip.make_eval_iterator(task, "test", resolution=224, batch_size=512):
         logits = predict(params, batch["image"])          # jitted; padding rows are junk
-        correct, count = ip.count_correct(logits, batch["label"], batch["mask"])
+        # count only rows where batch["mask"] is True
 
 Training data: each process reads its own part of the split (TFDS with file shuffling),
 shuffles the *encoded* examples with a seed (small buffer memory), repeats, then decodes
@@ -315,13 +315,23 @@ def local_batch_size(global_batch: int, mesh) -> int:
     return local
 
 
-def _to_global(local: dict[str, np.ndarray], sharding, global_batch: int) -> dict[str, Any]:
+def put_batch(batch: dict, mesh) -> dict[str, Any]:
+    """The one way a batch becomes global: this process's rows (numpy) -> global
+    ``jax.Array``s split along the batch axis over ``mesh``.
+
+    On several hosts each passes its own rows (global batch / process count), in process
+    order; arrays that already are global on this mesh pass through unchanged.
+    """
     import jax
 
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_batch, *v.shape[1:]))
-        for k, v in local.items()
-    }
+    sharding = batch_sharding(mesh)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, jax.Array) and value.sharding == sharding:
+            out[key] = value
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    return out
 
 
 def _prefetched(iterator: Iterator, size: int) -> Iterator:
@@ -353,7 +363,6 @@ def make_train_iterator(
     """
     mesh = data_mesh() if mesh is None else mesh
     local = local_batch_size(global_batch, mesh)
-    sharding = batch_sharding(mesh)
     ds = make_train_dataset(
         task,
         resolution=resolution,
@@ -363,7 +372,7 @@ def make_train_iterator(
         shuffle_buffer=shuffle_buffer,
         start_batch=start_batch,
     )
-    batches = (_to_global(b, sharding, global_batch) for b in ds.as_numpy_iterator())
+    batches = (put_batch(b, mesh) for b in ds.as_numpy_iterator())
     return _prefetched(batches, prefetch)
 
 
@@ -415,8 +424,7 @@ class EvalIterator:
             }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        sharding = batch_sharding(self.mesh)
-        batches = (_to_global(x, sharding, self.global_batch) for x in self._local_batches())
+        batches = (put_batch(x, self.mesh) for x in self._local_batches())
         return _prefetched(batches, 2)
 
 
@@ -434,32 +442,3 @@ def make_eval_iterator(
         task, split, resolution=resolution, batch_size=batch_size, mesh=mesh,
         preprocess_mode=preprocess_mode,
     )
-
-
-def count_correct(logits, labels, mask):
-    """(number of correct predictions, number of real examples) over the mask; jit-able."""
-    import jax.numpy as jnp
-
-    hits = (jnp.argmax(logits, axis=-1) == labels) & mask.astype(bool)
-    return jnp.sum(hits, dtype=jnp.int32), jnp.sum(mask.astype(bool), dtype=jnp.int32)
-
-
-def split_microbatches(batch: dict[str, Any], num_microbatches: int) -> dict[str, Any]:
-    """Reshape each (B, ...) array to (num_microbatches, B / num_microbatches, ...).
-
-    Micro-batch m takes rows m, m + M, m + 2M, ... so that with the batch sharded over
-    devices every device holds an equal slice of every micro-batch (no data movement).
-    Use inside jit with ``jax.lax.scan`` over the leading axis for gradient accumulation.
-    """
-    import jax
-
-    def split(x):
-        if x.shape[0] % num_microbatches:
-            raise ValueError(
-                f"batch of {x.shape[0]} rows does not split into {num_microbatches} "
-                "micro-batches; choose a divisor of the batch size"
-            )
-        x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:])
-        return x.swapaxes(0, 1)
-
-    return jax.tree.map(split, batch)

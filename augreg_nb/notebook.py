@@ -23,7 +23,10 @@ Smoke mode (``AUGREG_NB_SMOKE=1``)
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
-    ``smoke`` preset (a tiny model on scikit-learn's digits).
+    ``smoke`` preset (a tiny model on the digits shipped with the package). The
+    :class:`SmokeEnvironment` that :func:`setup_smoke` returns owns the servers and the
+    environment variables it set: ``close()`` (or leaving ``with setup_smoke() as env:``)
+    stops the servers and restores every variable.
 """
 
 from __future__ import annotations
@@ -94,6 +97,12 @@ class SmokeEnvironment:
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
     owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
+
+    def __enter__(self) -> SmokeEnvironment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop the servers, restore the environment variables, remove a temporary root."""

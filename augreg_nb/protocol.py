@@ -70,6 +70,18 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     )
 }
 
+#: Pre-training epochs per pre-training set.
+PRETRAIN_EPOCHS: dict[str, int] = {"i1k": 300, "i21k": 300, "i21k_30": 30}
+#: The pre-training recipe: Adam peak learning rate, batch, warm-up, gradient clipping.
+PRETRAIN_LR = 0.001
+PRETRAIN_BATCH = 4096
+PRETRAIN_WARMUP_STEPS = 10_000
+PRETRAIN_GRAD_CLIP = 1.0
+#: The two weight decays of the pre-training sweep (multiplied by the learning rate).
+PRETRAIN_WEIGHT_DECAYS: tuple[float, ...] = (0.1, 0.03)
+#: Dropout = stochastic depth rates of the sweep: none, or 0.1 ("regularised").
+PRETRAIN_REGULARISATION: tuple[float, ...] = (0.0, 0.1)
+
 # -------------------------------------------------------------------------- transfer
 
 

@@ -56,6 +56,7 @@ HF_FILENAME = "model.safetensors"
 LOCAL, CACHE, BUCKET_HTTPS, BUCKET_GCS, HF_MIRROR = (
     "local", "cache", "bucket-https", "bucket-gcs", "hf-mirror")
 SOURCE_LABELS = {
+    "generated": "made on request (e.g. a fake checkpoint for the smoke preset)",
     LOCAL: "given file, folder or URL",
     CACHE: "cache",
     BUCKET_HTTPS: "bucket, public HTTPS URL",
@@ -92,14 +93,44 @@ class Resolved:
     layout: str
     name: str
     attempts: list = field(default_factory=list)
+    model_name: str | None = None  # the model, when the source knows it without a name
 
     @property
     def model(self) -> str | None:
-        """The model ``name`` belongs to ("B/16"), or None when it is not an AugReg name."""
+        """The model of the checkpoint ("B/16"): the source's, else the one ``name``
+        belongs to; None when neither says (then it is read off the file's shapes)."""
+        if self.model_name is not None:
+            return self.model_name
         try:
             return parse_name(self.name).model
         except ValueError:
             return None
+
+
+#: Checkpoints made on request instead of fetched, by name prefix: prefix -> write(model,
+#: path). ``augreg_nb.testing.checkpoints`` registers "fake:" (random weights of a model in
+#: the published layout), which the smoke preset fine-tunes.
+GENERATED = "generated"
+_GENERATORS: dict[str, Callable[[str, Path], object]] = {}
+
+
+def register_generator(prefix: str, write: Callable[[str, Path], object]) -> None:
+    """Make ``{prefix}{model}`` a checkpoint name: ``write(model, path)`` writes its .npz."""
+    _GENERATORS[prefix] = write
+
+
+def _generated(text: str) -> Resolved | None:
+    for prefix, write in _GENERATORS.items():
+        if text.startswith(prefix):
+            model = text[len(prefix):]
+            stem = f"{prefix.rstrip(':')}-" + "".join(
+                c if c.isalnum() or c in "._-" else "_" for c in model)
+            path = dl.cache_dir() / GENERATED / f"{stem}.npz"
+            if not path.is_file():
+                write(model, path)
+            return Resolved(path, GENERATED, "npz", stem,
+                            [Attempt(GENERATED, str(path), "ok", ok=True)], model_name=model)
+    return None
 
 
 class SourceError(RuntimeError):
@@ -412,6 +443,9 @@ def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None
     """
     offline = dl.is_offline() if offline is None else bool(offline)
     text = os.fspath(name_or_path)
+    generated = _generated(text)
+    if generated is not None:
+        return generated
     _check_name_length(text)
     explicit = Path(text).expanduser()
     if explicit.is_dir():

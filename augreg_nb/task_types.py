@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from augreg_nb.download import cache_dir
 from augreg_nb.preprocess import import_tf
 from augreg_nb.protocol import LEARNING_RATES, warmup_steps
 
@@ -74,6 +75,17 @@ class Task:
     manual: ManualDownload | None = None
     folder: FolderSplits | None = dataclasses.field(default=None, repr=False)
     description: str = ""
+    # How to make the data when the task ships it (e.g. the digits smoke task writes its
+    # arrays as a TFDS dataset): build(task), idempotent, called before the data is read.
+    # Such a task keeps its data in <augreg_nb cache>/tfds unless data_dir is set.
+    build: Callable[[Task], None] | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def tfds_dir(self) -> str | None:
+        """The TFDS data dir the task reads (None: TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+        if self.data_dir is None and self.build is not None:
+            return str(cache_dir() / "tfds")
+        return self.data_dir
 
     @property
     def sweep(self) -> tuple[tuple[int, int], ...]:
@@ -121,14 +133,16 @@ def tfds_builder(task: Task):
     """The TFDS builder of ``task``; raises DatasetNotReadyError for an unknown dataset."""
     if task.tfds_name is None:
         raise ValueError(f"task {task.name!r} is an image folder, not a TFDS dataset")
+    if task.build is not None:  # a task that ships its data writes it on first use
+        task.build(task)
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.builder(task.tfds_name, data_dir=task.data_dir)
+        return tfds.builder(task.tfds_name, data_dir=task.tfds_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DatasetNotReadyError(
             f"TFDS dataset {task.tfds_name!r} is neither a registered TFDS dataset nor prepared "
-            f"in {tfds_home(task.data_dir)}. Check the name (see `tfds.list_builders()`) or "
+            f"in {tfds_home(task.tfds_dir)}. Check the name (see `tfds.list_builders()`) or "
             f"pass data_dir= where it was prepared. ({err})"
         ) from err
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augreg_nb import vtab
+from augreg_nb import digits, vtab
 from augreg_nb.protocol import (  # noqa: F401 - re-exported: the sweep's facts
     IMAGENET_LEARNING_RATES,
     LEARNING_RATES,
@@ -433,6 +433,8 @@ def folder_task(
     )
 
 
+# The offline smoke task: digits shipped with the package (augreg_nb.digits).
+register_task(digits.digits_task(name="digits"), suite="smoke")
 # The 19 VTAB tasks (augreg_nb.vtab), with VTAB-1k and full splits.
 for _spec in vtab.SPECS.values():
     for _variant in (vtab.FULL, vtab.ONE_K):

@@ -35,7 +35,9 @@ writes the state and results).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -53,7 +55,7 @@ from augreg_nb import callbacks as callbacks_lib
 from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
 from augreg_nb import input_pipeline as ip
-from augreg_nb import names, upstream
+from augreg_nb import models, names, sources, upstream
 from augreg_nb import train_step as ts
 from augreg_nb.atomic import write_json_atomic
 from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
@@ -61,15 +63,12 @@ from augreg_nb.models import create_model, param_count
 from augreg_nb.resources import ENV_INDEX
 from augreg_nb.sources import index_cache_path
 from augreg_nb.tasks import get_task
-from augreg_nb.testing.checkpoints import write_fake_checkpoint
-from augreg_nb.testing.datasets import digits_task
+from augreg_nb.testing import checkpoints as _fakes  # noqa: F401 - the "fake:" source
 from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state, to_host
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
-#: The ``filename`` of a run from random initialisation in its result row.
-SCRATCH_STEM = "scratch"
 RESULT_FILE = "result.json"
 #: Config fields that change the trained parameters: a workdir's state is only resumed when
 #: these match (micro_batches, devices and the eval/checkpoint intervals may differ).
@@ -82,6 +81,8 @@ RECIPE_FIELDS = (
 #: before these fields existed resume as runs with these values.
 RECIPE_DEFAULTS = {"recipe": "transfer", "aug": "none", "wd": 0.0, "do": 0.0, "sd": 0.0,
                    "loss": "auto"}
+#: The ``filename`` of a run from random initialisation in its result row.
+SCRATCH_STEM = "scratch"
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,13 +156,29 @@ def _is_oom(err: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "OOM" in text
 
 
+@contextlib.contextmanager
+def explain_oom(advice: Callable[[], str]) -> Iterator[None]:
+    """Turn an accelerator out-of-memory error inside the block into a RuntimeError that says
+    what to change (``advice()``); other errors pass through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if _is_oom(err):
+            raise RuntimeError(advice()) from err
+        raise
+
+
 def _field(config, name: str):
-    return config.get(name, RECIPE_DEFAULTS.get(name)) if name in RECIPE_DEFAULTS \
+    return config.get(name, RECIPE_DEFAULTS[name]) if name in RECIPE_DEFAULTS \
         else config[name]
 
 
 def _recipe(config) -> dict:
     return {k: _field(config, k) for k in RECIPE_FIELDS}
+
+
+def _stored_recipe(meta: dict) -> dict:
+    return {**RECIPE_DEFAULTS, **meta.get("recipe", {})}
 
 
 def loss_name(config) -> str:
@@ -189,11 +206,36 @@ def mixup_alpha(config) -> float:
     return names.AUGMENTATIONS[config_lib.index_aug(_field(config, "aug"))].mixup_alpha
 
 
+class History:
+    """The run's metrics by step (loss, lr, speed, val/test results), saved with the state.
+
+    ``record(step, values)`` merges values into the row of that step, so a step that is
+    both logged and evaluated has one row.
+    """
+
+    def __init__(self, rows: Iterable[dict] = ()):
+        self._rows: dict[int, dict] = {int(r["step"]): dict(r) for r in rows}
+
+    def record(self, step: int, values: dict) -> None:
+        self._rows.setdefault(step, {"step": step}).update(values)
+
+    def get(self, step: int) -> dict:
+        return self._rows.get(step, {})
+
+    def rows(self) -> list[dict]:
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def frame(self):
+        """A pandas.DataFrame with one row per recorded step."""
+        frame = pd.DataFrame(self.rows())
+        return frame if len(frame) else pd.DataFrame(columns=["step"])
+
+
 def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
     """Accuracy and mean loss over every (unmasked) example of ``batches``."""
     correct = loss = count = 0
     for batch in batches:
-        c, l, n = eval_step(params, ts.put_batch(batch, mesh))
+        c, l, n = eval_step(params, ip.put_batch(batch, mesh))
         correct, loss, count = correct + c, loss + l, count + n
     count = int(count)
     if count == 0:
@@ -215,166 +257,193 @@ def fit(
 
     Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
     """
-    callbacks = list(callbacks)
-    mesh = mesh if mesh is not None else ts.make_mesh()
-    num_devices = mesh.devices.size
-    config_lib.validate(config, num_devices)
-    workdir = Path(workdir)
-    state_path = workdir / STATE_FILE
+    mesh = mesh if mesh is not None else ip.data_mesh()
+    config_lib.validate(config, mesh.devices.size)
+    return _Run(config, apply_fn, params, data, Path(workdir), list(callbacks), mesh).fit()
 
-    tx = optimizer_for(config)
-    p_shard = ts.param_shardings(params, mesh, config.param_sharding)
-    params = jax.device_put(params, p_shard)
-    state = jax.jit(lambda p: TrainState.create(p, tx))(params)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    state_sharding = state_sharding.replace(params=p_shard)
-    state = jax.device_put(state, state_sharding)
-    del params
 
-    records: dict[int, dict] = {}
-    if state_path.exists():
-        meta = read_meta(state_path)
-        stored = {**RECIPE_DEFAULTS, **meta.get("recipe", {})}
+class _Run:
+    """One call of :func:`fit`: the training state, its history, and the steps that change
+    them (train, log, evaluate, check, save). Not reused across runs."""
+
+    def __init__(self, config, apply_fn, params, data: TrainData, workdir: Path,
+                 callbacks: list, mesh, meta: dict | None = None):
+        self.config, self.data, self.workdir, self.callbacks, self.mesh = (
+            config, data, workdir, callbacks, mesh)
+        self.meta = meta or {}  # stored with the state (what finetune needs to answer later)
+        self.num_devices = mesh.devices.size
+        self.state_path = workdir / STATE_FILE
+        self.schedule = ts.schedule_from_config(config)
+        tx = optimizer_for(config)
+        p_shard = ts.param_shardings(params, mesh, config.param_sharding)
+        state = jax.jit(lambda p: TrainState.create(p, tx))(jax.device_put(params, p_shard))
+        sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
+        self.state = jax.device_put(state, sharding)
+        self.history = History()
+        if self.state_path.exists():
+            self._resume()
+        self.train_step = ts.make_train_step(
+            apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
+            micro_batches=config.micro_batches, lr_schedule=self.schedule,
+            state_sharding=sharding, seed=config.seed,
+            mixup_alpha=mixup_alpha(config), loss=loss_name(config),
+        )
+        self.eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
+        self.pending: list[tuple[int, dict]] = []  # step metrics not logged yet (on device)
+
+    def _resume(self) -> None:
+        config, path = self.config, self.state_path
+        meta = read_meta(path)
+        stored = _stored_recipe(meta)
         if stored != _recipe(config):
             changed = sorted(k for k in RECIPE_FIELDS if stored.get(k) != _field(config, k))
             raise ValueError(
-                f"{workdir} holds a run with a different recipe (fields {changed} differ); "
-                "use another workdir, or delete it to start over"
+                f"{self.workdir} holds a run with a different recipe (fields {changed} "
+                "differ); use another workdir, or delete it to start over"
             )
-        state, meta = restore_state(state_path, like=state)
-        records = {int(r["step"]): r for r in meta.get("history", [])}
-        logger.info("resuming from step %d of %d (%s)", int(state.step), config.total_steps,
-                    state_path)
+        self.state, meta = restore_state(path, like=self.state)
+        self.history = History(meta.get("history", []))
+        logger.info("resuming from step %d of %d (%s)", int(self.state.step),
+                    config.total_steps, path)
 
-    def history():
-        frame = pd.DataFrame([records[k] for k in sorted(records)])
-        return frame if len(frame) else pd.DataFrame(columns=["step"])
+    def fit(self) -> FitOutput:
+        config, start = self.config, int(self.state.step)
+        info = {"total_steps": config.total_steps, "start_step": start,
+                "workdir": str(self.workdir), "global_batch": config.global_batch,
+                "devices": self.num_devices}
+        callbacks_lib.dispatch(self.callbacks, "on_train_begin", info)
+        if start < config.total_steps:
+            final = self._train(start)
+        else:
+            final = self._final_results(start)
+        frame = self.history.frame()
+        callbacks_lib.dispatch(self.callbacks, "on_train_end", frame)
+        params = jax.tree.map(to_host, self.state.params)
+        return FitOutput(params=params, history=frame, final=final)
 
-    def save():
-        save_state(state_path, state, meta={
-            "recipe": _recipe(config),
-            "config": config.to_dict(),
-            "history": [records[k] for k in sorted(records)],
-        })
+    def _train(self, start: int) -> dict:
+        """Steps start+1 .. total_steps; returns the last evaluation."""
+        config, final = self.config, {}
+        batches = self.data.train_batches(start + 1)
+        clock = _Clock(start)
+        for step in range(start + 1, config.total_steps + 1):
+            batch = ip.put_batch(next(batches), self.mesh)
+            with explain_oom(lambda step=step: f"out of accelerator memory at step {step}: "
+                             f"{oom_advice(config, self.num_devices)}"):
+                self.state, metrics = self.train_step(self.state, batch)
+            self.pending.append((step, metrics))
+            if step == start + 1:  # first step includes compilation: time from its end
+                jax.block_until_ready(metrics)
+                clock.restart(step)
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
+                self._log(step, clock)
+            with clock.paused():
+                if (config.eval_every and step % config.eval_every == 0) or last:
+                    self._check_finite()
+                    final = self._evaluate(step)
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+                    self._check_finite()
+                    self._save()
+        return final
 
-    def record(step: int, values: dict):
-        records.setdefault(step, {"step": step}).update(values)
+    def _final_results(self, step: int) -> dict:
+        """The last evaluation of a finished run (evaluated now if it never was)."""
+        prefixes = tuple(f"{split}_" for split in self.data.eval_batches)
+        final = {k: v for k, v in self.history.get(step).items() if k.startswith(prefixes)}
+        if len(final) < 3 * len(prefixes):  # finished but not evaluated (e.g. diverged)
+            final = self._evaluate(step)
+        return final
 
-    train_step = ts.make_train_step(
-        apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
-        micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
-        state_sharding=state_sharding, seed=config.seed,
-        mixup_alpha=mixup_alpha(config), loss=loss_name(config),
-    )
-    eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
+    def _log(self, step: int, clock: _Clock) -> None:
+        self._check_finite()
+        host = jax.device_get([m for _, m in self.pending])
+        logged = {
+            "loss": float(np.mean([m["loss"] for m in host])),
+            "lr": float(host[-1]["lr"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
+            "img_per_sec": clock.speed(step, self.config.global_batch),
+        }
+        self.history.record(step, logged)
+        callbacks_lib.dispatch(self.callbacks, "on_log", step, logged)
+        self.pending.clear()
 
-    def run_evals(step: int) -> dict:
+    def _evaluate(self, step: int) -> dict:
+        config, n = self.config, self.num_devices
         out = {}
-        for split, make_batches in data.eval_batches.items():
-            try:
-                res = evaluate(eval_step, state.params, make_batches(), mesh)
-            except Exception as err:
-                if _is_oom(err):
-                    smaller = max(num_devices, config.eval_batch // (4 * num_devices)
-                                  * num_devices)
-                    raise RuntimeError(
-                        f"out of accelerator memory evaluating {split} with eval_batch="
-                        f"{config.eval_batch}; set a smaller eval_batch (a multiple of "
-                        f"{num_devices}), e.g. --set eval_batch={smaller}"
-                    ) from err
-                raise
+        for split, make_batches in self.data.eval_batches.items():
+            smaller = max(n, config.eval_batch // (4 * n) * n)
+            with explain_oom(lambda split=split, smaller=smaller: (
+                    f"out of accelerator memory evaluating {split} with eval_batch="
+                    f"{config.eval_batch}; set a smaller eval_batch (a multiple of {n}), "
+                    f"e.g. --set eval_batch={smaller}")):
+                res = evaluate(self.eval_step, self.state.params, make_batches(), self.mesh)
             out.update({f"{split}_{k}": v for k, v in res.items()})
-        record(step, out)
-        callbacks_lib.dispatch(callbacks, "on_eval", step, out)
+        self.history.record(step, out)
+        callbacks_lib.dispatch(self.callbacks, "on_eval", step, out)
         logger.info("step %d: %s", step, ", ".join(
             f"{k} {v:.4f}" for k, v in out.items() if k.endswith("accuracy")))
         return out
 
-    pending: list[tuple[int, dict]] = []
-
-    def check_finite():
-        bad = int(state.nonfinite_step)
+    def _check_finite(self) -> None:
+        """Raise TrainingDiverged (after saving the last good state) at a non-finite loss."""
+        bad = int(self.state.nonfinite_step)
         if not bad:
             return
-        losses = {s: float(m["loss"]) for s, m in pending}
-        loss = losses.get(bad, float("nan"))
-        record(bad, {"loss": loss, "lr": float(ts.schedule_from_config(config)(bad))})
-        save()
+        loss = {s: float(m["loss"]) for s, m in self.pending}.get(bad, float("nan"))
+        lr = float(self.schedule(bad))
+        self.history.record(bad, {"loss": loss, "lr": lr})
+        self._save()
         raise TrainingDiverged(
             f"training stopped at step {bad}: the loss became {loss} (base_lr="
-            f"{config.base_lr}, lr at that step {records[bad]['lr']:.3g}). The last good "
-            f"state (step {bad - 1}) is kept in {state_path}. Lower base_lr, check the "
-            "input data for NaN/inf, or use dtype=float32.",
-            step=bad, state_path=state_path,
+            f"{self.config.base_lr}, lr at that step {lr:.3g}). The last good state (step "
+            f"{bad - 1}) is kept in {self.state_path}. Lower base_lr, check the input data "
+            "for NaN/inf, or use dtype=float32.",
+            step=bad, state_path=self.state_path,
         )
 
-    start = int(state.step)
-    info = {"total_steps": config.total_steps, "start_step": start, "workdir": str(workdir),
-            "global_batch": config.global_batch, "devices": num_devices}
-    callbacks_lib.dispatch(callbacks, "on_train_begin", info)
-    final: dict = {}
-    if start < config.total_steps:
-        batches = data.train_batches(start + 1)
-        t_last, s_last = time.perf_counter(), start
-        for step in range(start + 1, config.total_steps + 1):
-            batch = ts.put_batch(next(batches), mesh)
-            try:
-                state, metrics = train_step(state, batch)
-            except Exception as err:
-                if _is_oom(err):
-                    raise RuntimeError(
-                        f"out of accelerator memory at step {step}: "
-                        f"{oom_advice(config, num_devices)}"
-                    ) from err
-                raise
-            pending.append((step, metrics))
-            if step == start + 1:  # first step includes compilation: time from its end
-                jax.block_until_ready(metrics)
-                t_last, s_last = time.perf_counter(), step
-            last = step == config.total_steps
-            if step % config.log_every == 0 or last:
-                check_finite()
-                host = jax.device_get([m for _, m in pending])
-                now = time.perf_counter()
-                speed = (config.global_batch * (step - s_last) / (now - t_last)
-                         if step > s_last else math.nan)
-                logged = {
-                    "loss": float(np.mean([m["loss"] for m in host])),
-                    "lr": float(host[-1]["lr"]),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
-                    "img_per_sec": speed,
-                }
-                record(step, logged)
-                callbacks_lib.dispatch(callbacks, "on_log", step, logged)
-                pending.clear()
-                t_last, s_last = now, step
-            paused = time.perf_counter()
-            if (config.eval_every and step % config.eval_every == 0) or last:
-                check_finite()
-                final = run_evals(step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
-                check_finite()
-                save()
-            t_last += time.perf_counter() - paused
-    else:
-        prefixes = tuple(f"{split}_" for split in data.eval_batches)
-        last = records.get(start, {})
-        final = {k: v for k, v in last.items() if k.startswith(prefixes)}
-        if len(final) < 3 * len(prefixes):  # finished but not evaluated (e.g. diverged)
-            final = run_evals(start)
-    frame = history()
-    callbacks_lib.dispatch(callbacks, "on_train_end", frame)
-    params = jax.tree.map(to_host, state.params)
-    return FitOutput(params=params, history=frame, final=final)
+    def _save(self) -> None:
+        save_state(self.state_path, self.state, meta={
+            **self.meta,
+            "recipe": _recipe(self.config),
+            "step": int(self.state.step),
+            "config": self.config.to_dict(),
+            "history": self.history.rows(),
+        })
+
+
+class _Clock:
+    """Training speed: wall time between logs, minus the time spent evaluating and saving."""
+
+    def __init__(self, step: int):
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.t, self.step = time.perf_counter(), step
+
+    def speed(self, step: int, global_batch: int) -> float:
+        """Images per second since the last call (or restart); restarts the clock."""
+        now = time.perf_counter()
+        value = (global_batch * (step - self.step) / (now - self.t)
+                 if step > self.step else math.nan)
+        self.t, self.step = now, step
+        return value
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t += time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------ finetune()
 
 
 def load_task(config):
-    """The task of a config: a registered/TFDS/folder task, or the offline digits task."""
-    if config.task == config_lib.SMOKE_TASK:
-        return digits_task(config.data_dir, size=32)
+    """The task of a config: a registered task (the smoke preset's ``digits`` too), or any
+    name :func:`augreg_nb.tasks.get_task` knows."""
     return get_task(config.task, data_dir=config.data_dir)
 
 
@@ -388,7 +457,7 @@ def _upstream_checkpoint(config) -> str:
     return config.checkpoint
 
 
-def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
+def load_start_params(config, num_classes: int) -> tuple[str, dict, str]:
     """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning.
 
     ``checkpoint`` "" or "scratch": ``config.model`` randomly initialised (seed
@@ -396,32 +465,23 @@ def load_start_params(config, num_classes: int, workdir: Path) -> tuple[str, dic
     ``-log(classes)`` (the upstream configs' -6.9 for 1000 classes), so every class
     starts at a probability of about 1/classes instead of 1/2.
     """
-    model, params, stem = _start_params(config, num_classes, workdir)
+    model, params, stem = _start_params(config, num_classes)
     if loss_name(config) == "sigmoid":
         params = upstream.with_head_bias(params, -math.log(num_classes))
     return model, params, stem
 
 
-def _start_params(config, num_classes: int, workdir: Path) -> tuple[str, dict, str]:
+def _start_params(config, num_classes: int) -> tuple[str, dict, str]:
     if config_lib.is_scratch(config.checkpoint):
         module = create_model(config.model, num_classes)
         image = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
         variables = jax.jit(lambda k: module.init(k, image, train=False))(
             jax.random.key(config.seed))
         return config.model, jax.device_get(dict(variables["params"])), SCRATCH_STEM
-    if config.checkpoint.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
-        model = config.checkpoint[len(config_lib.FAKE_CHECKPOINT_PREFIX):]
-        path = workdir / f"fake-{config_lib.slug(model)}.npz"
-        if not path.exists() and jax.process_index() == 0:
-            write_fake_checkpoint(path, model, num_classes=1000, seed=config.seed)
-        params = ckpt.load(path, model_name=config.model or model, num_classes=num_classes,
-                           resolution=config.resolution)
-        return config.model or model, params, path.stem
-    source = _upstream_checkpoint(config)
-    model, params = ckpt.load_pretrained(source, model_name=config.model,
-                                         num_classes=num_classes, resolution=config.resolution)
-    stem = Path(str(source)).name.removesuffix(".npz").removesuffix(".safetensors")
-    return model, params, stem
+    resolved = sources.resolve_checkpoint(_upstream_checkpoint(config))
+    model, flat = ckpt.load_resolved(resolved, model_name=config.model,
+                                     num_classes=num_classes, resolution=config.resolution)
+    return model, ckpt.unflatten(flat), resolved.name
 
 
 def adapt_filename(stem: str, config) -> str:
@@ -429,7 +489,7 @@ def adapt_filename(stem: str, config) -> str:
 
     Lengths without a published token (e.g. 60 steps) are written as the number of steps.
     Runs of the augreg recipe end in their settings, ``-augreg-aug_medium2-wd_0.1-do_0.1-sd_0.1``
-    (from scratch the stem is ``scratch_<model prefix>``).
+    (:func:`augreg_nb.config.settings_suffix`; from scratch the stem is ``scratch_<model>``).
     """
     if stem == SCRATCH_STEM:
         stem = f"{SCRATCH_STEM}_{config_lib.slug(config.model.replace('/', '_'))}"
@@ -484,18 +544,64 @@ def _index_upstream_row(filename: str) -> dict | None:
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
+def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mesh=None
+                    ) -> FinetuneResult | None:
+    """The saved result of a run of ``config`` that finished in ``workdir``, or None.
+
+    Read from ``state.npz`` and ``result.json`` alone: no checkpoint is resolved and no
+    dataset is built. None when the folder holds no finished run of the same recipe (or
+    one written before its state recorded the model), and when an export is asked for
+    that the folder does not hold: then :func:`finetune` takes its usual path.
+    """
+    state_path, result_path = workdir / STATE_FILE, workdir / RESULT_FILE
+    if not (state_path.is_file() and result_path.is_file()):
+        return None
+    meta = read_meta(state_path)
+    if (_stored_recipe(meta) != _recipe(config) or meta.get("step") != config.total_steps
+            or "model" not in meta):
+        return None
+    saved = json.loads(result_path.read_text())
+    row = saved["result_row"]
+    export_path = workdir / f"{row['adapt_filename']}.npz" if config.export else None
+    if export_path is not None and not export_path.is_file():
+        return None
+    abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
+    tx = optimizer_for(config)
+    like = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract)
+    try:
+        state, _ = restore_state(state_path, like=like)
+    except ValueError as err:  # another tree than this config builds: train as usual
+        logger.debug("%s: not reusable as a finished run (%s)", state_path, err)
+        return None
+    history = History(meta.get("history", [])).frame()
+    mesh = mesh if mesh is not None else ip.data_mesh()
+    callbacks = list(callbacks)
+    callbacks_lib.dispatch(callbacks, "on_train_begin", {
+        "total_steps": config.total_steps, "start_step": config.total_steps,
+        "workdir": str(workdir), "global_batch": config.global_batch,
+        "devices": mesh.devices.size})
+    callbacks_lib.dispatch(callbacks, "on_train_end", history)
+    logger.info("%s: finished before; val %.4f, test %.4f", row["adapt_filename"],
+                row["adapt_final_val"], row["adapt_final_test"])
+    return FinetuneResult(params=jax.tree.map(to_host, state.params), history=history,
+                          result_row=row, export_path=export_path, workdir=workdir)
+
+
 def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     """Fine-tune ``config.checkpoint`` on ``config.task`` with the paper's recipe.
 
     Resumes from ``config.workdir`` when it holds a state of the same recipe; a finished
     run returns its saved result without training. See the module docstring.
     """
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
     workdir = Path(config.workdir) if config.workdir else config_lib.default_workdir(config)
     workdir.mkdir(parents=True, exist_ok=True)
+    done = finished_result(config, workdir, callbacks=callbacks, mesh=mesh)
+    if done is not None:
+        return done
     task = load_task(config)
-    model_name, params, stem = load_start_params(config, task.num_classes, workdir)
+    model_name, params, stem = load_start_params(config, task.num_classes)
     model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype),
                          dropout_rate=float(_field(config, "do")),
                          stochastic_depth=float(_field(config, "sd")))
@@ -519,8 +625,9 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     }
     data = TrainData(task.num_classes, train_batches,
                      {split: (lambda it=it: it) for split, it in evals.items()})
-    out = fit(config, apply_fn=model.apply, params=params, data=data, workdir=workdir,
-              callbacks=callbacks, mesh=mesh)
+    # What a later call needs to answer from the saved state alone (finished_result).
+    meta = {"model": model_name, "num_classes": task.num_classes, "stem": stem}
+    out = _Run(config, model.apply, params, data, workdir, list(callbacks), mesh, meta).fit()
     row = result_row(config, stem=stem, model=model_name, params=out.params, final=out.final)
     export_path = None
     if config.export:

@@ -1,15 +1,16 @@
 """The pieces of one fine-tuning step: schedule, optimiser, device mesh, train and eval steps.
 
-    from augreg_nb.train_step import (learning_rate, make_optimizer, make_mesh,
-                                      make_train_step, make_eval_step)
+    from augreg_nb.input_pipeline import data_mesh, put_batch
+    from augreg_nb.train_step import (learning_rate, make_optimizer, make_train_step,
+                                      make_eval_step)
     lr = learning_rate(1, base_lr=0.01, total_steps=2500, warmup_steps=200)  # 5e-05
     rates = applied_learning_rates(base_lr=0.01, total_steps=2500, warmup_steps=200)
     # rates[k - 1]: the rate update k applies; rates[0] == 0.0, rates[-1] ~ 5e-09
-    mesh = make_mesh()                          # all devices of all hosts, one "data" axis
+    mesh = data_mesh()                          # all devices of all hosts, one "data" axis
     tx = make_optimizer(base_lr=0.01, total_steps=2500, warmup_steps=200)
     train_step = make_train_step(model.apply, tx, mesh=mesh, num_classes=100,
                                  micro_batches=8, state_sharding=..., seed=0)
-    state, metrics = train_step(state, {"image": images, "label": labels})
+    state, metrics = train_step(state, put_batch({"image": images, "label": labels}, mesh))
 
 The recipe (identical for every task): SGD with momentum 0.9 (momentum buffer in bfloat16
 by default), gradients clipped at global norm 1.0, no weight decay, softmax cross-entropy
@@ -41,13 +42,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from augreg_nb.input_pipeline import batch_sharding as pipeline_batch_sharding
-from augreg_nb.input_pipeline import data_mesh
+from augreg_nb.input_pipeline import DATA_AXIS, batch_sharding
 from augreg_nb.mixup import mixup
 from augreg_nb.train_state import TrainState
-
-#: Name of the mesh axis over which batches are split.
-DATA_AXIS = "data"
 
 
 def learning_rate(step, *, base_lr: float, total_steps: int, warmup_steps: int):
@@ -139,19 +136,6 @@ def sigmoid_cross_entropy(logits, onehot):
                     + (1.0 - onehot) * jax.nn.log_sigmoid(-logits), axis=-1)
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh with axis "data" over ``devices`` (default: every device of every host).
-
-    The same mesh the input pipeline shards its batches over.
-    """
-    return data_mesh(devices)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh's "data" axis (as the input pipeline does)."""
-    return pipeline_batch_sharding(mesh)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -174,22 +158,6 @@ def param_shardings(params, mesh: Mesh, mode: str = "replicated", min_size: int 
     if mode not in ("replicated", "sharded"):
         raise ValueError(f"param_sharding={mode!r} must be 'replicated' or 'sharded'")
     return jax.tree.map(one, params)
-
-
-def put_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host-local numpy batch -> global jax.Arrays split over the "data" axis.
-
-    On several hosts each passes its own slice (global batch / process count); arrays that
-    already are global jax.Arrays on this mesh are passed through.
-    """
-    sharding = batch_sharding(mesh)
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, jax.Array) and value.sharding == sharding:
-            out[key] = value
-        else:
-            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
-    return out
 
 
 def _onehot(labels, num_classes: int):

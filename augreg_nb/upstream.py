@@ -38,18 +38,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from augreg_nb import protocol
 from augreg_nb.train_step import learning_rate as cosine_learning_rate
 from augreg_nb.train_step import sigmoid_cross_entropy, softmax_cross_entropy
 
 #: The paper's pre-training constants.
-BASE_LR = 0.001
-WARMUP_STEPS = 10_000
+BASE_LR = protocol.PRETRAIN_LR
+WARMUP_STEPS = protocol.PRETRAIN_WARMUP_STEPS
 ADAM_B1 = 0.9
 ADAM_B2 = 0.999
-GRAD_CLIP = 1.0
-BATCH_SIZE = 4096
+GRAD_CLIP = protocol.PRETRAIN_GRAD_CLIP
+BATCH_SIZE = protocol.PRETRAIN_BATCH
 #: The two weight decays of the sweep (paper convention: multiplied by the learning rate).
-WEIGHT_DECAYS = (0.1, 0.03)
+WEIGHT_DECAYS = protocol.PRETRAIN_WEIGHT_DECAYS
 #: Loss and initial head bias per pre-training set (index names), from the authors' configs.
 LOSSES = {"i21k": "sigmoid", "i21k_30": "sigmoid", "i1k": "sigmoid"}
 HEAD_BIAS_INIT = {"i21k": -10.0, "i21k_30": -10.0, "i1k": -6.9}

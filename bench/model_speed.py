@@ -73,6 +73,7 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
     """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``."""
     import jax
 
+    from augreg_nb import input_pipeline as ip
     from augreg_nb import train_step as ts
     from augreg_nb.config import get_config
     from augreg_nb.models import create_model
@@ -80,7 +81,7 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
 
     config = get_config(RECIPE_PRESET)
     model = create_model(name, TRAIN_CLASSES)
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     tx = ts.optimizer_from_config(config)
     params = _params(name, TRAIN_CLASSES, resolution)
     p_shard = ts.param_shardings(params, mesh, "replicated")
@@ -91,7 +92,7 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
                               micro_batches=1, lr_schedule=ts.schedule_from_config(config),
                               state_sharding=state_sharding, seed=0)
     images, labels = _inputs(batch, resolution, TRAIN_CLASSES)
-    device_batch = ts.put_batch({"image": images, "label": labels}, mesh)
+    device_batch = ip.put_batch({"image": images, "label": labels}, mesh)
     holder = {"state": jax.device_put(state, state_sharding)}
 
     def run():

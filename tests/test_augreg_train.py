@@ -14,9 +14,10 @@ from augreg_nb import cli, preprocess
 from augreg_nb.augment import randaugment_setting
 from augreg_nb.config import apply_overrides, get_config, index_aug, validate
 from augreg_nb.index import COLUMNS
+from augreg_nb.input_pipeline import data_mesh as make_mesh
 from augreg_nb.train import finetune, mixup_alpha
 from augreg_nb.train_state import TrainState
-from augreg_nb.train_step import make_mesh, make_train_step
+from augreg_nb.train_step import make_train_step
 from tests.test_train import _Interrupt
 
 

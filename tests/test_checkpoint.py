@@ -210,12 +210,12 @@ def test_load_pretrained_uses_the_resolver(tmp_path, monkeypatch):
     calls = []
 
     def fake_resolve(name_or_path, *, offline=None, on_attempt=None):
-        calls.append((name_or_path, offline))
+        calls.append((name_or_path, offline, on_attempt))
         return sources.Resolved(path=path, source="local", layout="npz", name=name)
 
     monkeypatch.setattr(sources, "resolve_checkpoint", fake_resolve)
     model_name, params = ck.load_pretrained(name, num_classes=5, offline=True)
-    assert calls == [(name, True)]
+    assert calls == [(name, True, None)]
     assert model_name == "Ti/16"
     assert params["head"]["kernel"].shape == (192, 5)
     assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 192)

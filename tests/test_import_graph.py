@@ -142,3 +142,16 @@ def test_no_dunder_import_calls():
                     if isinstance(node, ast.Call) and getattr(node.func, "id", None)
                     == "__import__"})
     assert calls == []
+
+
+def test_building_the_command_line_loads_no_domain_module():
+    """``augreg-nb --help`` stays fast: handlers import what they drive when they run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from augreg_nb.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('jax', 'pandas', 'tensorflow', 'augreg_nb.train', "
+            "'augreg_nb.index') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

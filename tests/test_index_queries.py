@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from augreg_nb import catalog, index, index_queries, names
+from augreg_nb import catalogue, index, index_queries, names
 from augreg_nb.resources import data_path
 from augreg_nb.testing.synthetic_index import make_synthetic_index
 
@@ -28,9 +28,9 @@ def cat():
 
 
 def test_shipped_catalogue_is_up_to_date(tmp_path):
-    rebuilt = catalog.write_catalogue(tmp_path / "augreg_catalogue.csv")
-    assert rebuilt.read_text() == catalog.catalogue_path().read_text(), (
-        "data/catalog/augreg_catalogue.csv is stale: run `python -m augreg_nb.catalog`"
+    rebuilt = catalogue.write_catalogue(tmp_path / "augreg_catalogue.csv")
+    assert rebuilt.read_text() == catalogue.catalogue_path().read_text(), (
+        "data/catalog/augreg_catalogue.csv is stale: run `python -m augreg_nb.catalogue`"
     )
 
 

@@ -101,3 +101,16 @@ def test_one_rule_names_run_folders(preset):
                          f"-seed_{c.seed}")
     assert "/" not in name and ":" not in name
     assert config.default_workdir(c).name == name
+
+
+def test_the_pretraining_recipe_is_the_protocols():
+    from augreg_nb import index_validate, upstream
+
+    assert (upstream.BASE_LR, upstream.BATCH_SIZE, upstream.WARMUP_STEPS, upstream.GRAD_CLIP) == (
+        protocol.PRETRAIN_LR, protocol.PRETRAIN_BATCH, protocol.PRETRAIN_WARMUP_STEPS,
+        protocol.PRETRAIN_GRAD_CLIP)
+    assert set(upstream.WEIGHT_DECAYS) == set(index_validate.DOMAINS["wd"]) == {0.03, 0.1}
+    assert index_validate.EPOCHS_BY_DS == protocol.PRETRAIN_EPOCHS
+    df = synthetic_index.make_synthetic_index()
+    assert set(df["wd"]) == set(protocol.PRETRAIN_WEIGHT_DECAYS)
+    assert set(df["do"]) == set(df["sd"]) == set(protocol.PRETRAIN_REGULARISATION)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from augreg_nb.catalogue_page import build_report
 from augreg_nb.index_queries import recommended_table
 from augreg_nb.names import MODELS
-from augreg_nb.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 

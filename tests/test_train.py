@@ -205,3 +205,36 @@ def test_finetune_on_eight_devices_matches_one(tmp_path):
     for i, a in enumerate(leaves(one.params)):
         np.testing.assert_allclose(eight[f"arr_{i}"], a, rtol=1e-4, atol=1e-5)
     assert float(test_acc) == pytest.approx(one.result_row["adapt_final_test"], abs=0.02)
+
+
+def test_a_finished_run_answers_before_its_checkpoint_or_data_are_loaded(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from augreg_nb import train
+
+    config = smoke(tmp_path, "total_steps=6", "warmup_steps=1", "eval_every=0")
+    first = finetune(config)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not resolve its checkpoint or build data")
+
+    monkeypatch.setattr(train, "load_task", refuse)
+    monkeypatch.setattr(train, "load_start_params", refuse)
+    seen = []
+
+    class Spy(Callback):
+        def on_train_begin(self, info):
+            seen.append(info["start_step"])
+
+    again = finetune(config, callbacks=[Spy()])
+    assert seen == [6]
+    assert json.dumps(again.result_row) == json.dumps(first.result_row)  # NaN-aware
+    assert again.export_path == first.export_path and again.export_path.is_file()
+    for a, b in zip(leaves(first.params), leaves(again.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(first.history, again.history, check_dtype=False)
+    # Another recipe in the same folder is still refused with the usual message.
+    other = smoke(tmp_path, "total_steps=7", "warmup_steps=1", "eval_every=0")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="different recipe"):
+        finetune(other)

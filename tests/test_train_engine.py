@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from augreg_nb import input_pipeline as ip
 from augreg_nb.callbacks import Callback, LivePlot
 from augreg_nb.config import get_config
 from augreg_nb.train import TrainData, TrainingDiverged, evaluate, fit, oom_advice
@@ -126,7 +127,7 @@ def test_history_records_the_rate_each_update_applies_and_the_first_is_zero(tmp_
 def test_evaluation_counts_every_example_once():
     from augreg_nb import train_step as ts
 
-    mesh = ts.make_mesh()
+    mesh = ip.data_mesh()
     params = init_params(3)
     params["head"]["kernel"] = jnp.asarray(
         np.random.default_rng(0).normal(size=params["head"]["kernel"].shape), jnp.float32)
@@ -158,12 +159,12 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
         from augreg_nb import train_step as ts
         from tests.test_train_engine import run, small_config, leaves, init_params
         assert jax.device_count() == 8
-        mesh8, mesh1 = ts.make_mesh(), ts.make_mesh(jax.devices()[:1])
+        mesh8, mesh1 = ip.data_mesh(), ip.data_mesh(jax.devices()[:1])
         a = run(small_config(total_steps=12, micro_batches=1), tempfile.mkdtemp(), mesh=mesh8)
         b = run(small_config(total_steps=12, micro_batches=4), tempfile.mkdtemp(), mesh=mesh1)
         diff = max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a.params),
                                                                  leaves(b.params)))
-        batch = ts.put_batch({"image": np.zeros((32, 8, 8, 3), np.float32)}, mesh8)["image"]
+        batch = ip.put_batch({"image": np.zeros((32, 8, 8, 3), np.float32)}, mesh8)["image"]
         params = jax.device_put(init_params(), ts.param_shardings(init_params(), mesh8))
         big = {"w": np.zeros((64, 4096), np.float32), "b": np.zeros(7, np.float32)}
         sharded = ts.param_shardings(big, mesh8, "sharded")

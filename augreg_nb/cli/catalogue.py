@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from augreg_nb.report import build_report
+    from augreg_nb.catalogue_page import build_report
     from augreg_nb.resources import ENV_INDEX
 
     index = args.index or os.environ.get(ENV_INDEX) or "catalogue"

@@ -19,14 +19,14 @@ why. The same page is written by ``augreg-nb figures --out DIR [--index PATH]``.
 
 from augreg_nb.figures.compare import compare_with_paper, style_comparison
 from augreg_nb.figures.heatmaps import plot_fig4, plot_fig5, plot_fig7
-from augreg_nb.figures.plots import plot_fig1, plot_fig3, plot_fig6
-from augreg_nb.figures.report import (
+from augreg_nb.figures.page import (
     CAPTIONS,
     NOT_REPRODUCIBLE,
     figures_for,
     read_own_results,
     write_all,
 )
+from augreg_nb.figures.plots import plot_fig1, plot_fig3, plot_fig6
 from augreg_nb.figures.tables import (
     compare_finetunes,
     plot_finetunes,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from augreg_nb import sources
 from augreg_nb.checkpoint import (
     GROUPNORM_PARAM,
     NEW_TO_OLD_NUMBERING,
@@ -27,6 +28,7 @@ from augreg_nb.checkpoint import (
     flatten,
     save,
 )
+from augreg_nb.config import FAKE_CHECKPOINT_PREFIX
 from augreg_nb.models import abstract_params
 from augreg_nb.timm_convert import flat_to_timm
 
@@ -115,3 +117,12 @@ def write_timm_safetensors(flat, path: str | os.PathLike) -> Path:
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()},
               str(path))
     return path
+
+
+def _write_fake_upstream(model_name: str, path: Path) -> None:
+    write_fake_checkpoint(path, model_name, num_classes=1000, seed=0)
+
+
+# "fake:<model>" names a fake upstream checkpoint (1000-class head, seed 0) that the
+# resolver writes into <cache>/generated/ on first use: the smoke preset's checkpoint.
+sources.register_generator(FAKE_CHECKPOINT_PREFIX, _write_fake_upstream)

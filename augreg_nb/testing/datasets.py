@@ -5,7 +5,7 @@
         batch = next(make_train_iterator(get_task("kitti"), resolution=32, global_batch=8))
     task = datasets.write_tfds_dataset(tmp / "tfds")  # a prepared TFDS dataset on disk
     info = datasets.write_image_folder(tmp / "imgs")  # JPEG + PNG class folders (+ a corrupt file)
-    digits = datasets.digits_task(tmp / "tfds")       # scikit-learn digits as a TFDS task, offline
+    digits = datasets.digits_task(tmp / "tfds")       # the shipped digits as a TFDS task
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from augreg_nb.download import cache_dir
+from augreg_nb.digits import DIGITS_NAME, digits_task  # noqa: F401 - the smoke task's data
 from augreg_nb.preprocess import import_tf
 from augreg_nb.tasks import Task, folder_task, tfds_task
-
-DIGITS_NAME = "augreg_digits"
 
 
 @contextlib.contextmanager
@@ -186,46 +184,3 @@ def image_folder_task(root: str | os.PathLike, **kwargs) -> Task:
     """Write an image folder (see write_image_folder) and return its folder_task."""
     write_image_folder(root, **kwargs)
     return folder_task(root)
-
-
-def digits_task(data_dir: str | os.PathLike | None = None, *, size: int = 32) -> Task:
-    """scikit-learn's 1797 handwritten digits as an offline 10-class TFDS task.
-
-    The 8x8 grey images (0..16) are scaled to 0..255, upscaled to ``size`` px (nearest)
-    and made RGB, then stored once as the prepared TFDS dataset ``augreg_digits{size}`` in
-    ``data_dir`` (default: <augreg_nb cache>/tfds). Splits: train[:80%] (1438),
-    train[80%:90%] (179), train[90%:] (180) after a fixed shuffle.
-    """
-    import tensorflow_datasets as tfds
-
-    if data_dir is None:
-        data_dir = cache_dir() / "tfds"
-    data_dir = Path(data_dir)
-    name = f"{DIGITS_NAME}{size}"
-    if not (data_dir / name / "1.0.0" / "dataset_info.json").is_file():
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        order = np.random.default_rng(0).permutation(len(digits.target))
-        grey = (digits.images[order] * (255.0 / 16.0)).round().astype(np.uint8)
-        scale = max(1, size // 8)
-        big = grey.repeat(scale, axis=1).repeat(scale, axis=2)
-        examples = [
-            {"image": np.repeat(img[..., None], 3, axis=-1), "label": int(t)}
-            for img, t in zip(big, digits.target[order], strict=True)
-        ]
-        features = tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(shape=(8 * scale, 8 * scale, 3)),
-                "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
-            }
-        )
-        _store(name, data_dir, features, {"train": examples})
-    return tfds_task(
-        name,
-        train="train[:80%]",
-        val="train[80%:90%]",
-        test="train[90%:]",
-        data_dir=data_dir,
-        sweep_steps=(20, 100),
-    )

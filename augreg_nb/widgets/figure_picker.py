@@ -28,27 +28,19 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from augreg_nb import names
+from augreg_nb import figures, names
+from augreg_nb.figures.registry import FIGURES
+from augreg_nb.figures.synthetic import paper_index
 from augreg_nb.widgets.common import MessageArea, message_html, show_figure
+from augreg_nb.widgets.finetune_panel import read_results
 
-#: Item -> label in the picker.
-ITEMS: dict[str, str] = {
-    "fig1": "Figure 1: AugReg vs more pre-training data",
-    "fig3": "Figure 3: VTAB-1k vs inference speed",
-    "fig4": "Figure 4: upstream accuracy per augmentation and regularisation",
-    "fig5": "Figure 5 (left): choosing checkpoints by upstream accuracy",
-    "fig6": "Figure 6: ImageNet-1k transfer vs inference speed",
-    "fig7": "Figure 7: regularisation minus no regularisation",
-    "table3": "Table 3: ImageNet-1k transfer",
-    "table5": "Table 5: VTAB-1k per task",
-    "comparison": "Comparison: index-derived numbers vs the paper's",
-    "own": "Own fine-tunes vs the published ones",
-}
+#: Item -> label in the picker: every entry of the figure registry.
+ITEMS: dict[str, str] = {key: e.label for key, e in FIGURES.items()}
 SOURCES = {"paper": "paper tables (shipped)", "index": "full index table"}
 #: Items that need a full index table.
-NEEDS_INDEX = ("fig1", "comparison")
-#: Items that draw own ImageNet results as an overlay.
-OVERLAY_ITEMS = ("fig1", "fig6")
+NEEDS_INDEX = tuple(key for key, e in FIGURES.items() if e.needs_index)
+#: Figures that draw own ImageNet results as an overlay.
+OVERLAY_ITEMS = tuple(key for key, e in FIGURES.items() if e.overlay and e.kind == "figure")
 
 
 @dataclasses.dataclass
@@ -77,8 +69,6 @@ def render(
     """The figure or table ``item`` from ``source`` with ``highlight`` models marked and
     ``own`` result rows overlaid where the item supports it. Raises ValueError with the fix
     when the choice cannot be drawn (e.g. Figure 1 without a full index)."""
-    from augreg_nb import figures
-
     if item not in ITEMS:
         raise ValueError(f"unknown item {item!r}; choose one of {list(ITEMS)}")
     if source not in SOURCES:
@@ -96,24 +86,23 @@ def render(
                 "or choose the paper tables as the data source"
             )
         data = index
+    entry = FIGURES[item]
     out = Rendered(item, caption=figures.CAPTIONS.get(item, ITEMS[item]))
-    if item == "table3":
-        out.html = figures.style_table3(figures.table3_data(data), highlight=highlight).to_html()
-    elif item == "table5":
-        out.html = figures.style_table5(figures.table5_data(), highlight=highlight).to_html()
-        if data is not None:
+    if entry.kind == "table":
+        out.html = entry.plot(entry.data(data), highlight=highlight).to_html()
+        if item == "table5" and data is not None:
             out.note = "Table 5 always shows the paper's numbers: the index holds no VTAB-1k runs."
-    elif item == "comparison":
-        table = figures.compare_with_paper(data)
-        out.html = figures.style_comparison(table).to_html()
+    elif entry.kind == "comparison":
+        table = entry.data(data)
+        out.html = entry.plot(table).to_html()
         out.caption = (f"{int(table['differs'].sum())} of {len(table)} numbers differ from the "
                        "paper beyond its rounding (shaded).")
-    elif item == "own":
+    elif entry.kind == "own":
         if own is None:
             raise ValueError("no own results yet: fine-tune in notebook 2 (02_finetune) and "
                              "press Export result; its rows are read from the results CSV")
-        comparison = figures.compare_finetunes(own)
-        out.figure = figures.plot_finetunes(comparison, highlight=highlight)
+        comparison = entry.data(own)
+        out.figure = entry.plot(comparison, highlight=highlight)
         out.html = comparison.to_html(index=False, float_format=lambda v: f"{v:.2f}",
                                       na_rep="-")
         unknown = int(comparison["published_test"].isna().sum())
@@ -121,15 +110,13 @@ def render(
             out.note = (f"{unknown} own run(s) have no published counterpart (no published row "
                         "with the same checkpoint, task, steps, learning rate and resolution).")
     else:
-        builder = getattr(figures, f"{item}_data")
-        plotter = getattr(figures, f"plot_{item}")
         kwargs: dict[str, Any] = {"highlight": highlight}
         if item in OVERLAY_ITEMS and own is not None:
             kwargs["overlay"] = own
             n = int((own["adapt_ds"] == "imagenet2012").sum())
             out.note = (f"{n} own ImageNet fine-tune(s) drawn as black stars." if n else
                         "Own results hold no ImageNet (imagenet2012) fine-tunes to draw here.")
-        out.figure = plotter(builder(data), **kwargs)
+        out.figure = entry.plot(entry.data(data), **kwargs)
     return out
 
 
@@ -175,8 +162,6 @@ class FigurePicker:
         the paper's numbers (:func:`augreg_nb.figures.synthetic.paper_index`), marked so."""
         index = session.index
         if session.smoke:
-            from augreg_nb.figures.synthetic import paper_index
-
             index = paper_index().copy()
             index.attrs["synthetic"] = True
             index.attrs["provenance"] = {
@@ -188,7 +173,6 @@ class FigurePicker:
         """Own result rows from ``results_csv`` (None when off or there are none)."""
         if not self.overlay.value or self.results_csv is None:
             return None
-        from augreg_nb.widgets.finetune_panel import read_results
 
         rows = read_results(self.results_csv)
         return rows if len(rows) else None

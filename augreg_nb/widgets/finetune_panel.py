@@ -18,7 +18,7 @@ The run is :func:`augreg_nb.train.finetune` with the paper's recipe
 momentum); ``micro_batches`` splits each step so it fits the accelerator's memory without
 changing the result. The run's folder keeps its state, so pressing Start again after an
 interruption resumes it. In smoke mode the choices are the ``smoke`` preset's: a tiny model
-from a fake checkpoint on scikit-learn's digits.
+from a fake checkpoint on the digits shipped with the package.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ import pandas as pd
 from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
+from augreg_nb.callbacks import LivePlot, ProgressBar
+from augreg_nb.index import COLUMNS
+from augreg_nb.train import finetune
 from augreg_nb.widgets.common import (
     MessageArea,
     dropdown,
@@ -46,6 +49,7 @@ from augreg_nb.widgets.common import (
     show_figure,
     table_html,
 )
+from augreg_nb.widgets.index_browser import recommended_files
 
 #: The tasks of the paper's sweep, with their run lengths (steps).
 PAPER_TASKS: dict[str, tuple[int, ...]] = {
@@ -62,7 +66,6 @@ def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[
         out.append(("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT))
     if df is None or len(df) == 0:
         return out
-    from augreg_nb.widgets.index_browser import recommended_files
 
     rec = recommended_files(df)
     ups = df.drop_duplicates("filename")
@@ -179,8 +182,6 @@ def comparison_text(result_row: Mapping[str, Any], published: Mapping[str, Any] 
 def export_result_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Append ``row`` (index schema) to the CSV at ``path`` (replacing an earlier row of the
     same ``adapt_filename``); the file is rewritten atomically. Returns the path."""
-    from augreg_nb.index import COLUMNS
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([{c: row.get(c, math.nan) for c in COLUMNS}])
@@ -196,8 +197,6 @@ def export_result_row(row: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Own result rows exported by the panel (empty DataFrame when there are none)."""
-    from augreg_nb.index import COLUMNS
-
     path = Path(path)
     if not path.is_file() or not path.stat().st_size:
         return pd.DataFrame(columns=list(COLUMNS))
@@ -326,9 +325,6 @@ class FinetunePanel:
     def _on_start(self, _button=None) -> None:
         @guarded(self.messages, "Fine-tuning")
         def run():
-            from augreg_nb.callbacks import LivePlot, ProgressBar
-            from augreg_nb.train import finetune
-
             config = self.config()
             self.start_button.disabled = True
             self.export_button.disabled = True

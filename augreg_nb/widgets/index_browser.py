@@ -33,11 +33,14 @@ import pandas as pd
 
 from augreg_nb import index as index_lib
 from augreg_nb import names
+from augreg_nb.notebook import SMOKE_MODEL
+from augreg_nb.sources import resolve_checkpoint
 from augreg_nb.widgets.common import (
     ANY,
     MessageArea,
     dropdown,
     guarded,
+    message_html,
     run_in_output,
     set_options,
     table_html,
@@ -337,8 +340,6 @@ class IndexBrowser:
         the filters start at the model whose fake checkpoints the loopback bucket serves."""
         state = dict(state or {})
         if session.smoke_env is not None:
-            from augreg_nb.notebook import SMOKE_MODEL
-
             state.update(model=SMOKE_MODEL, task="imagenet2012")
         return cls(session.index, state=state, limit=limit)
 
@@ -357,8 +358,6 @@ class IndexBrowser:
         return self.selection.value or None
 
     def _provenance_html(self) -> str:
-        from augreg_nb.widgets.common import message_html
-
         complete = index_lib.is_complete(self.df)
         return message_html(index_lib.describe_provenance(self.df),
                             "note" if complete else "warning", title="Data source")
@@ -409,7 +408,6 @@ class IndexBrowser:
     def _fetch(self, name: str):
         if self._fetcher is not None:
             return self._fetcher(name, progress=True)
-        from augreg_nb.sources import resolve_checkpoint
 
         return resolve_checkpoint(name, progress=True)
 

@@ -25,7 +25,10 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
+from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
+from augreg_nb.inference import predict
 from augreg_nb.widgets.common import MessageArea, guarded, run_in_output, show_figure
+from augreg_nb.widgets.index_browser import recommended_files
 
 SAMPLE_SIZE = 224
 
@@ -99,7 +102,6 @@ def imagenet_finetunes(df) -> list[str]:
     """Fine-tuned ImageNet-1k checkpoints of an index table (recommended upstreams first)."""
     if df is None or len(df) == 0:
         return []
-    from augreg_nb.widgets.index_browser import recommended_files
 
     rec = recommended_files(df)
     rows = df[df["adapt_ds"].astype(object) == "imagenet2012"]
@@ -170,8 +172,6 @@ class InferencePanel:
     def _on_load(self, _button=None) -> None:
         @guarded(self.messages, "Loading the checkpoint")
         def run():
-            from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
-
             name = self.checkpoint.value.strip()
             if not name:
                 raise ValueError("type a checkpoint name (or pick a suggestion) first")
@@ -195,8 +195,6 @@ class InferencePanel:
     def _on_classify(self, _button=None) -> None:
         @guarded(self.messages, "Classifying")
         def run():
-            from augreg_nb.inference import predict
-
             if self.params is None:
                 raise RuntimeError("no checkpoint loaded yet: press Load first")
             images = self.images()

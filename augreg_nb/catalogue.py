@@ -17,7 +17,7 @@ published values, and empty for checkpoints known by name only.
 
 Rebuild the shipped file after changing a source file::
 
-    python -m augreg_nb.catalog   # rewrites data/catalog/augreg_catalogue.csv
+    python -m augreg_nb.catalogue   # rewrites data/catalog/augreg_catalogue.csv
 """
 
 from __future__ import annotations

@@ -18,35 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from augreg_nb.figures import compare, derive, heatmaps, plots, tables, tidy
+from augreg_nb.figures import compare, derive
+from augreg_nb.figures.registry import CAPTIONS, FIG1_NEEDS_INDEX, FIGURES  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-CAPTIONS = {
-    "fig1": "Figure 1: ImageNet-1k top-1 after fine-tuning at 384 px of ViT-B/32, B/16 and "
-    "L/16 against the pre-training data, with AugReg (the best of the 28 augmentation and "
-    "regularisation settings by upstream validation accuracy, solid) and without (no "
-    "augmentation, no dropout or stochastic depth, dashed); stars: JFT-300M (Table 3).",
-    "fig3": "Figure 3: VTAB-1k top-1, averaged over the natural, specialized and structured "
-    "task groups, against inference speed at 224 px, for the three pre-training sets; grey "
-    "lines join each model's points.",
-    "fig4": "Figure 4: Upstream validation accuracy (%) of every model for the 7 augmentation "
-    "settings without and with regularisation (dropout = stochastic depth = 0.1), the best "
-    "over weight decay; colour: difference to the unaugmented, unregularised cell; thin "
-    "column: best regularised minus best unregularised setting.",
-    "fig5": "Figure 5 (left): ImageNet-21k 300ep checkpoints: test accuracy when the "
-    "checkpoint is chosen by its upstream validation accuracy minus when it is chosen by "
-    "the task's own validation accuracy over all 28 settings (percentage points).",
-    "fig6": "Figure 6: ImageNet-1k top-1 after fine-tuning against inference speed, for "
-    "every model, pre-training set and resolution (left; S/16, B/16, L/16 joined), and a "
-    "larger patch (/32) against a thinner model (/16) at 224 px (right).",
-    "fig7": "Figure 7: Upstream validation accuracy with regularisation minus without, per "
-    "augmentation setting (percentage points).",
-    "finetunes": "Own fine-tunes (black stars) beside the published fine-tune of the same "
-    "checkpoint, task, schedule and resolution (hollow circles): test accuracy (%).",
-    "table3": "Table 3: ImageNet-1k transfer.",
-    "table5": "Table 5: VTAB-1k results per task.",
-}
 #: Why two figures cannot be reproduced from public data (one sentence each).
 NOT_REPRODUCIBLE = {
     "Figure 2": "Figure 2 compares fine-tuning with training from scratch as a function of "
@@ -55,32 +31,23 @@ NOT_REPRODUCIBLE = {
     "its ImageNet validation and ImageNetV2 accuracy, and the published index holds no "
     "ImageNetV2 scores.",
 }
-FIG1_NEEDS_INDEX = (
-    "Figure 1 needs the full index table (the paper prints no runs without AugReg): run "
-    "`augreg-nb figures --index PATH` or set AUGREG_NB_INDEX to your copy of index.csv."
-)
-
-
 def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
                 overlay=None) -> dict:
-    """name -> matplotlib Figure for every figure the data allows (Figure 1 needs ``index``).
+    """stem -> matplotlib Figure for every figure of the registry the data allows.
 
-    ``overlay``: own fine-tune result rows (index schema), drawn on Figures 1 and 6 and,
-    beside the published rows of the same checkpoints, as the extra ``finetunes`` figure.
+    Figures that need the full index are left out without ``index``. ``overlay``: own
+    fine-tune result rows (index schema), drawn on the figures that take them and, beside
+    the published rows of the same checkpoints, as the ``finetunes`` figure.
     """
     out = {}
     overlay = None if overlay is None else derive.as_rows(overlay)
-    if index is not None:
-        out["fig1"] = plots.plot_fig1(tidy.fig1_data(index), highlight=highlight,
-                                      overlay=overlay)
-    out["fig3"] = plots.plot_fig3(tidy.fig3_data(index), highlight=highlight)
-    out["fig4"] = heatmaps.plot_fig4(tidy.fig4_data(index), highlight=highlight)
-    out["fig5"] = heatmaps.plot_fig5(tidy.fig5_data(index), highlight=highlight)
-    out["fig6"] = plots.plot_fig6(tidy.fig6_data(index), highlight=highlight, overlay=overlay)
-    out["fig7"] = heatmaps.plot_fig7(tidy.fig7_data(index), highlight=highlight)
-    if overlay is not None and len(overlay):
-        out["finetunes"] = tables.plot_finetunes(
-            tables.compare_finetunes(overlay, index), highlight=highlight)
+    has_own = overlay is not None and len(overlay) > 0
+    for entry in FIGURES.values():
+        if entry.kind == "figure" and (index is not None or not entry.needs_index):
+            kwargs = {"overlay": overlay} if entry.overlay else {}
+            out[entry.stem] = entry.plot(entry.data(index), highlight=highlight, **kwargs)
+        elif entry.kind == "own" and has_own:
+            out[entry.stem] = entry.plot(entry.data(overlay, index), highlight=highlight)
     return out
 
 
@@ -101,10 +68,8 @@ def write_all(out_dir, *, index: pd.DataFrame | None = None, highlight=None,
             path = out / f"{name}.{ext}"
             fig.savefig(path, dpi=dpi)
             written[f"{name}.{ext}"] = path
-    styled = {
-        "table3": tables.style_table3(tidy.table3_data(index), highlight=highlight),
-        "table5": tables.style_table5(tidy.table5_data(), highlight=highlight),
-    }
+    styled = {e.stem: e.plot(e.data(index), highlight=highlight)
+              for e in FIGURES.values() if e.kind == "table"}
     for name, styler in styled.items():
         written[f"{name}.html"] = _write(out / f"{name}.html", styler.to_html())
     comparison_html = ""
@@ -137,12 +102,15 @@ def _page(written: dict[str, Path], styled: dict, comparison_html: str, source: 
         "</head><body><h1>How to train your ViT? Figures and tables</h1>",
         f"<p>Numbers from {html.escape(source)}.</p>",
     ]
-    for name in ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "finetunes"):
+    for entry in FIGURES.values():
+        name = entry.stem
+        if entry.kind not in ("figure", "own"):
+            continue
         if f"{name}.png" in written:
             parts.append(f"<figure><img src='{name}.png' alt='{name}'>"
-                         f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>")
-        elif name == "fig1":
-            parts.append(f"<p><em>{html.escape(FIG1_NEEDS_INDEX)}</em></p>")
+                         f"<figcaption>{html.escape(entry.caption)}</figcaption></figure>")
+        elif entry.missing_note:
+            parts.append(f"<p><em>{html.escape(entry.missing_note)}</em></p>")
     for name, styler in styled.items():
         parts.append(f"<h2>{html.escape(CAPTIONS[name])}</h2>{styler.to_html()}")
     parts.append("<h2>Not reproducible from public data</h2><ul>")

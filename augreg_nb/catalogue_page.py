@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from augreg_nb.figures import write_all
+from augreg_nb.figures.registry import FIGURES
 from augreg_nb.index import describe_provenance, load_index
 from augreg_nb.index_queries import grid_summary, is_complete, recommended_table
 
@@ -57,7 +58,7 @@ def _page(provenance: str, rec: pd.DataFrame, counts: dict, figures: dict,
     shown["final_val"] = shown["final_val"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["imagenet_top1"] = shown["imagenet_top1"].map(
         lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-    figs = sorted(p.name for p in figures.values() if p.suffix == ".png")
+    figs = [f"{e.stem}.png" for e in FIGURES.values() if f"{e.stem}.png" in figures]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         "<title>augreg_nb report</title>",
