@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from augreg_nb import config as config_lib
+from augreg_nb import names
 from augreg_nb.callbacks import Callback
 from augreg_nb.index import COLUMNS
 from augreg_nb.train import finetune
@@ -159,10 +160,13 @@ def _result(rows, histories, *, stopped: bool) -> GridResult:
 
 
 def accuracy_table(rows: pd.DataFrame, measure: str = "adapt_final_test") -> pd.DataFrame:
-    """Accuracy (%) per start (rows) and (reg, aug) (columns), as the heat map shows it."""
+    """Accuracy (%) per start (rows) and setting (columns: the paper's augmentation name,
+    ", reg 0.1" for the regularised runs), as the heat map shows it."""
     if rows.empty:
         return pd.DataFrame()
-    table = rows.pivot_table(index="start", columns=["reg", "aug"], values=measure,
-                             aggfunc="mean") * 100
+    labelled = rows.assign(setting=[
+        f"{names.index_to_paper_aug(a)}{', reg 0.1' if r else ''}"
+        for a, r in zip(rows["aug"], rows["reg"], strict=True)])
+    table = labelled.pivot_table(index="start", columns="setting", values=measure,
+                                 aggfunc="mean", sort=False) * 100
     return table.round(1)
-

@@ -19,6 +19,7 @@ NOTEBOOKS = (
     "02_finetune.ipynb",
     "03_paper_figures.ipynb",
     "04_inference.ipynb",
+    "05_augreg.ipynb",
 )
 #: Cells that may not run headless (none).
 SKIP_HEADLESS: tuple[str, ...] = ()
@@ -260,3 +261,15 @@ def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkey
         env.close()
     assert dict(os.environ) == before
     assert not env.root.exists()
+
+
+@pytest.mark.slow
+def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
+    nb, seconds = _execute("05_augreg.ipynb", kernel_name, tmp_path, monkeypatch)
+    outputs = _check_common(nb, "05")
+    text = _text(outputs)
+    assert "finished 8 run(s)" in text
+    assert _pngs(outputs) >= 3  # own heat map, the paper's Figure 4, own Figure 2
+    rows = _code(nb)[-1].outputs[0]["data"]["text/html"]
+    assert "medium2" in rows and "scratch" in rows
+    assert any("augreg-table" in v and "scratch" in v for v in _html_values(nb))

@@ -40,6 +40,9 @@ from augreg_nb.widgets.finetune_panel import export_result_row, task_choices
 #: (preset for scratch runs, preset for runs from a checkpoint, checkpoint of those runs).
 SMOKE_PRESETS = ("augreg-smoke", "smoke", config_lib.FAKE_CHECKPOINT_PREFIX + "testing")
 FULL_PRESETS = ("augreg-pets-scratch", "augreg-pets-transfer", None)
+#: Steps of every run of the smoke grid: 8 runs (2 augmentations x 2 regularisations x 2
+#: starts) in under two minutes on 2 CPU cores.
+SMOKE_GRID_STEPS = 50
 #: Models offered (the smallest first; from a checkpoint: the model's recommended upstream).
 MODEL_CHOICES = ("Ti/16", "S/16", "B/32", "S/32", "B/16", "R26+S/32")
 
@@ -55,9 +58,10 @@ class AugregPanel:
     """Model, task, augmentations, regularisation, starts and steps; Start / Stop; results."""
 
     def __init__(self, *, model: str = "Ti/16", task: str = "oxford_iiit_pet",
-                 augs=("none", "light1", "medium2"), regs=(False, True),
-                 starts=("scratch", "checkpoint"), steps: int | None = None,
-                 workdir: str | os.PathLike = "augreg_runs",
+                 augs=("none", "light1", "medium2"), without_reg: bool = True,
+                 with_reg: bool = True, from_scratch: bool = True,
+                 from_checkpoint: bool = True, steps: int | None = None,
+                 transfer_steps: int | None = None, workdir: str | os.PathLike = "augreg_runs",
                  results_csv: str | os.PathLike | None = None, smoke: bool = False):
         self.smoke = smoke
         self.presets = SMOKE_PRESETS if smoke else FULL_PRESETS
@@ -71,19 +75,20 @@ class AugregPanel:
         self.model = dropdown("Model", models, "testing" if smoke else model)
         tasks = task_choices(smoke=smoke)
         self.task = dropdown("Task", tasks, config_lib.SMOKE_TASK if smoke else task)
+        if isinstance(augs, str):  # "none, light2, medium2"
+            augs = [a for a in augs.replace(" ", "").split(",") if a]
+        augs = [config_lib.index_aug(a) for a in augs]  # paper names too ("light2")
         self.augs = w.SelectMultiple(options=aug_options(), value=tuple(augs), rows=7,
                                      description="Augmentation",
                                      style={"description_width": "initial"})
-        self.reg_off = w.Checkbox(value=False in regs, description="no regularisation")
-        self.reg_on = w.Checkbox(value=True in regs, description="dropout = sd = 0.1")
-        self.scratch = w.Checkbox(value="scratch" in starts, description="from scratch")
-        self.transfer = w.Checkbox(value="checkpoint" in starts,
+        self.reg_off = w.Checkbox(value=without_reg, description="no regularisation")
+        self.reg_on = w.Checkbox(value=with_reg, description="dropout = sd = 0.1")
+        self.scratch = w.Checkbox(value=from_scratch, description="from scratch")
+        self.transfer = w.Checkbox(value=from_checkpoint,
                                    description="from an AugReg checkpoint")
-        default_steps = config_lib.get_config(self.presets[0]).total_steps
-        self.steps = w.BoundedIntText(value=steps or default_steps, min=1, max=10**7,
-                                      description="Steps from scratch",
-                                      style={"description_width": "initial"},
-                                      layout=w.Layout(width="auto"))
+        self.steps = self._steps_box("Steps from scratch", steps, self.presets[0])
+        self.transfer_steps = self._steps_box("Steps from a checkpoint", transfer_steps,
+                                              self.presets[1])
         self.plan = w.HTML()
         self.start_button = w.Button(description="Start grid", icon="play",
                                      button_style="success")
@@ -93,12 +98,13 @@ class AugregPanel:
         self.progress = w.Output()
         self.table = w.HTML()
         for widget in (self.model, self.task, self.augs, self.reg_off, self.reg_on,
-                       self.scratch, self.transfer, self.steps):
+                       self.scratch, self.transfer, self.steps, self.transfer_steps):
             widget.observe(self._on_change, names="value")
         self.start_button.on_click(self._on_start)
         self.stop_button.on_click(self._on_stop)
         self.widget = w.VBox([
-            w.HBox([self.model, self.task, self.steps], layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.model, self.task, self.steps, self.transfer_steps],
+                   layout=w.Layout(flex_flow="row wrap")),
             w.HBox([self.augs, w.VBox([self.reg_off, self.reg_on, self.scratch,
                                        self.transfer])]),
             self.plan,
@@ -107,9 +113,21 @@ class AugregPanel:
         ])
         self._on_change()
 
+    @staticmethod
+    def _steps_box(description: str, steps: int | None, preset: str) -> w.BoundedIntText:
+        value = steps or config_lib.get_config(preset).total_steps
+        return w.BoundedIntText(value=value, min=1, max=10**7, description=description,
+                                style={"description_width": "initial"},
+                                layout=w.Layout(width="auto"))
+
     @classmethod
     def for_session(cls, session, **choices) -> AugregPanel:
-        """The panel for a notebook Session: its run folder and results file, smoke mode."""
+        """The panel for a notebook Session: its run folder and results file. In smoke mode
+        the grid is none / medium2, without and with regularisation, from scratch and from
+        a fake checkpoint, :data:`SMOKE_GRID_STEPS` steps each (``choices`` are ignored)."""
+        if session.smoke:
+            choices = {"augs": ("none", "medium2"), "steps": SMOKE_GRID_STEPS,
+                       "transfer_steps": SMOKE_GRID_STEPS}
         return cls(workdir=Path(session.workdir) / "augreg_grid",
                    results_csv=session.results_csv, smoke=session.smoke, **choices)
 
@@ -128,10 +146,11 @@ class AugregPanel:
             scratch_preset, augs=self.augs.value, regs=regs, starts=starts,
             root=self.workdir, transfer_preset=transfer_preset, overrides=overrides)
         for c in configs:
-            if config_lib.is_scratch(c.checkpoint) and c.total_steps != self.steps.value:
-                c.total_steps = int(self.steps.value)
-                c.warmup_steps = min(c.warmup_steps, c.total_steps // 2)
-                c.eval_every = c.checkpoint_every = max(1, c.total_steps // 3)
+            box = self.steps if config_lib.is_scratch(c.checkpoint) else self.transfer_steps
+            if c.total_steps != box.value:
+                c.total_steps = int(box.value)
+                c.warmup_steps = min(c.warmup_steps, c.total_steps // 5)
+                c.eval_every = c.checkpoint_every = max(1, c.total_steps // 5)
                 c.workdir = str(self.workdir / config_lib.run_name(c))
         return configs
 
