@@ -106,13 +106,21 @@ def run_name(config) -> str:
             f"-res_{config.resolution}-seed_{config.seed}{settings_suffix(config)}")
 
 
+def uses_augreg(config) -> bool:
+    """Whether a run uses the upstream recipe or any AugReg setting (aug, do, sd)."""
+    return (config.get("recipe", "transfer") == "augreg" or config.get("aug", "none") != "none"
+            or bool(config.get("do", 0.0)) or bool(config.get("sd", 0.0)))
+
+
 def settings_suffix(config) -> str:
     """``-augreg-aug_<aug>-wd_<wd>-do_<do>-sd_<sd>`` for the augreg recipe (the settings by
-    the names checkpoints carry, aug as its index name), else ""."""
-    if config.get("recipe", "transfer") != "augreg":
+    the names checkpoints carry, aug as its index name), the same without ``-augreg`` for a
+    transfer run with augmentation or regularisation, else "" (plain fine-tuning)."""
+    if not uses_augreg(config):
         return ""
     f = format_float
-    return (f"-augreg-aug_{index_aug(config.aug)}-wd_{f(float(config.wd))}"
+    head = "-augreg" if config.get("recipe", "transfer") == "augreg" else ""
+    return (f"{head}-aug_{index_aug(config.aug)}-wd_{f(float(config.wd))}"
             f"-do_{f(float(config.do))}-sd_{f(float(config.sd))}")
 
 

@@ -94,7 +94,8 @@ def grid_configs(
 
 @dataclasses.dataclass
 class GridResult:
-    """The runs of a grid that finished: one index-schema row each, plus columns ``start``
+    """The runs of a grid that finished: one index-schema row each (``aug``, ``wd``,
+    ``do``, ``sd``: the run's own settings, from either start), plus columns ``start``
     ("scratch" or "checkpoint"), ``reg``, ``images_seen``, ``seconds`` and their histories
     (``histories[adapt_filename]``: the run's metrics per step, with ``images_seen``)."""
 
@@ -110,6 +111,9 @@ class GridResult:
 
 def _row(config, result, seconds: float) -> dict:
     row = dict(result.result_row)
+    # The run's own settings (a plain transfer run's row would describe its upstream).
+    row.update(aug=config_lib.index_aug(config.aug), wd=float(config.wd), do=float(config.do),
+               sd=float(config.sd))
     row["start"] = SCRATCH if config_lib.is_scratch(config.checkpoint) else "checkpoint"
     row["reg"] = bool(config.do or config.sd)
     row["images_seen"] = int(config.total_steps) * int(config.global_batch)

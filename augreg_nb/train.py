@@ -517,7 +517,7 @@ def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
             row.update({k: known[k] for k in ("best_val", "final_val", "final_test")})
     except ValueError:
         pass
-    if _field(config, "recipe") == "augreg":  # the run's own settings, by the index's names
+    if config_lib.uses_augreg(config):  # the run's own settings, by the index's names
         row.update(aug=config_lib.index_aug(config.aug), wd=float(config.wd),
                    do=float(config.do), sd=float(config.sd), lr=float(config.base_lr))
     row.update(

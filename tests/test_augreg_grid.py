@@ -16,7 +16,7 @@ from augreg_nb.widgets.augreg_panel import AugregPanel
 def test_grid_configs_cross_settings_and_starts(tmp_path):
     configs = grid_configs("augreg-smoke", augs=("none", "light2"), regs=(False, True),
                            starts=("scratch", "fake:testing"), root=tmp_path,
-                           transfer_preset="smoke", overrides=["total_steps=7"])
+                           transfer_preset="smoke", overrides=["total_steps=7", "warmup_steps=1"])
     assert len(configs) == 8
     scratch, transfer = configs[:4], configs[4:]
     assert {c.recipe for c in scratch} == {"augreg"} and {c.wd for c in scratch} == {0.1}
