@@ -64,10 +64,10 @@ def test_stop_ends_the_grid_and_start_continues(tmp_path):
 
 @pytest.mark.slow
 def test_the_panel_runs_a_smoke_grid_and_draws_its_figures(tmp_path):
-    panel = AugregPanel(augs="none, light2", with_reg=False, steps=5, transfer_steps=5,
+    panel = AugregPanel(augs="light2", steps=5, transfer_steps=5,
                         workdir=tmp_path / "runs", results_csv=tmp_path / "own.csv",
                         smoke=True)
-    assert [c.aug for c in panel.configs()] == ["none", "light1", "none", "light1"]
+    assert [(c.aug, c.do) for c in panel.configs()] == [("light1", 0.0), ("light1", 0.1)] * 2
     assert "4 runs on digits" in panel.plan.value
     panel.scratch.value = panel.transfer.value = False
     assert panel.start_button.disabled and "choose at least one" in panel.messages.text
@@ -77,7 +77,7 @@ def test_the_panel_runs_a_smoke_grid_and_draws_its_figures(tmp_path):
     assert not panel.thread.is_alive()
     assert "finished 4 run(s)" in panel.messages.text, panel.messages.text
     assert len(panel.rows) == 4 and set(panel.rows["start"]) == {"scratch", "checkpoint"}
-    assert "augreg-table" in panel.table.value and "light2" in panel.table.value
+    assert "augreg-table" in panel.table.value and "light2, reg 0.1" in panel.table.value
     own = (tmp_path / "own.csv").read_text().splitlines()
     assert len(own) == 5  # header + one row per finished run
     assert len(panel.heatmap().axes) >= 1 and len(panel.compute_plot().axes) == 1

@@ -268,7 +268,7 @@ def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
     nb, seconds = _execute("05_augreg.ipynb", kernel_name, tmp_path, monkeypatch)
     outputs = _check_common(nb, "05")
     text = _text(outputs)
-    assert "finished 8 run(s)" in text
+    assert "finished 4 run(s)" in text
     assert _pngs(outputs) >= 3  # own heat map, the paper's Figure 4, own Figure 2
     rows = _code(nb)[-1].outputs[0]["data"]["text/html"]
     assert "medium2" in rows and "scratch" in rows
