@@ -5,7 +5,8 @@
 
 A callback is any object with some of these methods (missing ones are skipped):
 
-- ``on_train_begin(info)``: ``info`` has total_steps, start_step, global_batch, workdir.
+- ``on_train_begin(info)``: ``info`` has total_steps, start_step, global_batch, workdir
+  and history (the metrics of the steps before ``start_step``, for a resumed run).
 - ``on_log(step, metrics)``: every ``log_every`` steps; loss, lr, grad_norm, img_per_sec.
 - ``on_eval(step, metrics)``: after each evaluation; ``val_accuracy``, ``test_accuracy``...
 - ``on_train_end(history)``: the metrics history DataFrame.
@@ -81,6 +82,28 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+#: Evaluation splits in the order plots and legends list them.
+SPLIT_ORDER = ("train", "val", "test")
+_SPLIT_COLORS = {"val": "C1", "test": "C2"}
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+class StopFlag(Callback):
+    """Ask a running :func:`augreg_nb.train.finetune` to stop: after :meth:`request` the run
+    ends when the current step is done, saves its state and raises
+    :class:`augreg_nb.train.TrainingStopped` (running it again resumes)."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.reason = ""
+
+    def request(self, reason: str = "stop requested") -> None:
+        self.stop_requested, self.reason = True, reason
+
+
 class LivePlot(Callback):
     """Training loss and val/test accuracy, redrawn in place in a notebook output cell.
 
@@ -110,6 +133,7 @@ class LivePlot(Callback):
         self.figure = Figure(figsize=self.figsize, layout="constrained")
         self.ax_loss, self.ax_acc = self.figure.subplots(1, 2)
         self.total_steps = info["total_steps"]
+        self._from_history(info.get("history"))  # a resumed run shows its earlier steps
         self._show()
 
     def on_log(self, step: int, metrics: dict) -> None:
@@ -125,9 +149,30 @@ class LivePlot(Callback):
         self._show()
 
     def on_train_end(self, history) -> None:
+        self._from_history(history)
         self._show()
 
+    def _from_history(self, history) -> None:
+        """Take the curves from the run's history (the record of every step, also those of
+        earlier sessions of a resumed or finished run)."""
+        if history is None or len(history) == 0 or "step" not in history:
+            return
+        if "loss" in history:
+            rows = history.dropna(subset=["loss"])
+            self.train = [(int(s), float(v)) for s, v in zip(rows["step"], rows["loss"],
+                                                               strict=True)]
+        evals: dict[str, list[tuple[int, float]]] = {}
+        for col in history.columns:
+            if col.endswith("_accuracy"):
+                rows = history.dropna(subset=[col])
+                evals[col[: -len("_accuracy")]] = [
+                    (int(s), float(v)) for s, v in zip(rows["step"], rows[col], strict=True)]
+        if evals:
+            self.evals = evals
+
     def _draw(self) -> None:
+        # The right margin keeps the markers of the last step (at total_steps) whole.
+        right = max(self.total_steps, 1) * 1.04
         ax = self.ax_loss
         ax.clear()
         if self.train:
@@ -135,16 +180,17 @@ class LivePlot(Callback):
             ax.plot(steps, losses, color="C0", label="train loss")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.set_xlim(0, max(self.total_steps, 1))
+        ax.set_xlim(0, right)
         ax.set_title("training loss")
         ax = self.ax_acc
         ax.clear()
-        for i, (split, points) in enumerate(sorted(self.evals.items())):
-            steps, accs = zip(*points, strict=True)
-            ax.plot(steps, accs, marker="o", color=f"C{i + 1}", label=split)
+        for split in sorted(self.evals, key=_split_order):
+            steps, accs = zip(*self.evals[split], strict=True)
+            ax.plot(steps, accs, marker="o", color=_SPLIT_COLORS.get(split, "C3"),
+                    label=split, clip_on=False)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
-        ax.set_xlim(0, max(self.total_steps, 1))
+        ax.set_xlim(0, right)
         ax.set_title("evaluation")
         if self.evals:
             ax.legend(loc="lower right")

@@ -47,6 +47,8 @@ DEFAULT_CHECKPOINT = "B/16"
 #: the published layout, which the resolver writes on first use (the source is registered by
 #: ``augreg_nb.testing.checkpoints``); the smoke preset fine-tunes "fake:testing".
 FAKE_CHECKPOINT_PREFIX = "fake:"
+#: The model whose fake checkpoints the notebooks' smoke mode serves (the smallest AugReg one).
+SMOKE_MODEL = "Ti/16"
 #: The tiny real-image task of the smoke preset (the digits shipped in augreg_nb.digits).
 SMOKE_TASK = "digits"
 #: Training recipes: the paper's fine-tuning ("transfer") and its pre-training ("augreg").

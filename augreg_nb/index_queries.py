@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from augreg_nb import catalogue, names, resources, sources
+from augreg_nb.download import gcloud_credentials_file
 from augreg_nb.index_validate import (
     COLUMNS,
     DOMAINS,
@@ -298,17 +299,53 @@ def _mirror_map() -> dict[str, str]:
 
 def _local_files() -> dict[str, str]:
     """Checkpoint files present locally: AUGREG_NB_CHECKPOINT_DIR and the cache."""
-    roots: list[Path] = []
+    folder, cached = _local_and_cached()
+    return {**cached, **folder}
+
+
+def _local_and_cached() -> tuple[dict[str, str], dict[str, str]]:
+    """(files in ``$AUGREG_NB_CHECKPOINT_DIR``, files in the cache): name -> path."""
+    found: list[dict[str, str]] = [{}, {}]
+    roots: list[tuple[int, Path]] = []
     folder = os.environ.get(resources.ENV_CHECKPOINT_DIR)
     if folder:
-        roots.append(Path(folder).expanduser())
-    roots.append(sources.checkpoint_cache_path("x").parent)
-    found: dict[str, str] = {}
-    for root in roots:
+        roots.append((0, Path(folder).expanduser()))
+    roots.append((1, sources.checkpoint_cache_path("x").parent))
+    for i, root in roots:
         if root.is_dir():
             for p in root.glob("*.npz"):
-                found.setdefault(p.stem, str(p))
-    return found
+                found[i].setdefault(p.stem, str(p))
+    return found[0], found[1]
+
+
+#: How the bucket answers this user, as far as can be known without opening a connection.
+BUCKET_OPEN, BUCKET_CREDENTIALS, BUCKET_REFUSED, OFFLINE = (
+    "open", "credentials", "refused", "offline")
+
+
+def bucket_access() -> str:
+    """How the checkpoint bucket will answer this user now, decided without a connection.
+
+    ``"offline"``: ``$AUGREG_NB_OFFLINE`` is set, no network source is tried.
+    ``"open"``: ``$AUGREG_NB_BUCKET_URL`` points at another server (a mirror you set up, a
+    test server); it is assumed to serve its files. ``"credentials"``: the public bucket,
+    with Google credentials on this machine (reads work if they grant access).
+    ``"refused"``: the public bucket without credentials, which has refused anonymous reads
+    since early 2026 (the documented state; no request is made to find out).
+    """
+    if resources.env_flag(resources.ENV_OFFLINE):
+        return OFFLINE
+    if sources.bucket_url() != sources.DEFAULT_BUCKET_URL.rstrip("/"):
+        return BUCKET_OPEN
+    return BUCKET_CREDENTIALS if gcloud_credentials_file() is not None else BUCKET_REFUSED
+
+
+#: Label of each way to get a file, best first; the flag says whether it works now.
+WHERE_LOCAL, WHERE_CACHED, WHERE_HF, WHERE_BUCKET = (
+    "local", "cached", "HF mirror (free)", "bucket")
+WHERE_BUCKET_CREDENTIALS = "bucket (your credentials)"
+WHERE_NEEDS_ACCESS = "bucket: needs access"
+WHERE_NEEDS_NETWORK = "needs network (offline)"
 
 
 def _lookup(files: pd.Series, table: dict[str, str]) -> pd.Series:
@@ -320,16 +357,26 @@ def _lookup(files: pd.Series, table: dict[str, str]) -> pd.Series:
     return out
 
 
-def availability(df: pd.DataFrame, *, include_upstream: bool = True) -> pd.DataFrame:
-    """Where each checkpoint of ``df`` can be obtained.
+def availability(df: pd.DataFrame, *, include_upstream: bool = True,
+                 access: str | None = None,
+                 bucket_files: Iterable[str] | None = None,
+                 hf_mirror: bool = True) -> pd.DataFrame:
+    """Where each checkpoint of ``df`` can be obtained, for this user now.
 
     One row per fine-tuned row of ``df`` and, unless ``include_upstream=False``, first one
     per distinct upstream checkpoint: ``filename``, ``kind``, ``model``, ``bucket_url`` (the
     bucket's public URL; anonymous reads may be refused), ``hf_repo`` (the Hugging Face repo
-    when timm re-hosts the file, else empty) and ``local_path`` (a copy in the cache or in
-    ``$AUGREG_NB_CHECKPOINT_DIR``, else empty).
+    when timm re-hosts the file, else empty), ``local_path`` (a copy in the cache or in
+    ``$AUGREG_NB_CHECKPOINT_DIR``, else empty), ``where`` (the best source now: ``local``,
+    ``cached``, ``HF mirror (free)``, ``bucket``, ``bucket (your credentials)``, else
+    ``bucket: needs access`` or, offline, ``needs network (offline)``) and ``fetchable``
+    (whether a fetch can succeed now). Nothing is downloaded and no connection is opened:
+    ``access`` defaults to :func:`bucket_access`; ``bucket_files``, when given, are the only
+    names the bucket serves (a test or demo server); ``hf_mirror=False``: the Hub endpoint
+    serves nothing (smoke mode's empty loopback Hub).
     """
     base = sources.bucket_url()
+    access = bucket_access() if access is None else access
     files = df["adapt_filename"].astype("str").reset_index(drop=True)
     models = df["name"].reset_index(drop=True)
     kinds = ["fine-tuned"] * len(files)
@@ -338,15 +385,35 @@ def availability(df: pd.DataFrame, *, include_upstream: bool = True) -> pd.DataF
         files = pd.concat([ups["filename"].astype("str"), files], ignore_index=True)
         models = pd.concat([ups["name"], models], ignore_index=True)
         kinds = ["upstream"] * len(ups) + kinds
+    folder, cached = _local_and_cached()
+    hf = _lookup(files, _mirror_map())
+    in_folder = (_lookup(files, folder) != "").to_numpy()
+    in_cache = (_lookup(files, cached) != "").to_numpy()
+    on_hf = (hf != "").to_numpy() & hf_mirror
+    online = access != OFFLINE
+    if access in (BUCKET_OPEN, BUCKET_CREDENTIALS):
+        in_bucket = (files.isin(list(bucket_files)).to_numpy() if bucket_files is not None
+                     else np.ones(len(files), dtype=bool))
+    else:
+        in_bucket = np.zeros(len(files), dtype=bool)
+    open_bucket = in_bucket & (access == BUCKET_OPEN)
+    fallback = WHERE_NEEDS_NETWORK if not online else WHERE_NEEDS_ACCESS
+    # In the order a fetch tries them; a bucket that needs credentials after the free mirror.
+    where = np.select(
+        [in_folder, in_cache, open_bucket, online & on_hf, in_bucket],
+        [WHERE_LOCAL, WHERE_CACHED, WHERE_BUCKET, WHERE_HF, WHERE_BUCKET_CREDENTIALS],
+        default=fallback)
     out = pd.DataFrame({
         "filename": files,
         "kind": pd.Categorical(kinds, categories=["upstream", "fine-tuned"]),
         "model": models,
         "bucket_url": base + "/" + files + ".npz",
-        "hf_repo": _lookup(files, _mirror_map()),
-        "local_path": _lookup(files, _local_files()),
+        "hf_repo": hf,
+        "local_path": _lookup(files, {**cached, **folder}),
+        "where": where.astype(object),
+        "fetchable": in_folder | in_cache | (online & (on_hf | in_bucket)),
     })  # fmt: skip
-    out.attrs = {"provenance": df.attrs.get("provenance", {})}
+    out.attrs = {"provenance": df.attrs.get("provenance", {}), "bucket_access": access}
     return out
 
 

@@ -110,8 +110,10 @@ def resolve_label_names(label_names: Any, num_classes: int) -> tuple[str, ...] |
 def _compiled_apply(model_name: str, num_classes: int):
     import jax
 
+    from augreg_nb import compile_cache
     from augreg_nb.models import create_model
 
+    compile_cache.enable()  # a kernel restart loads the compiled forward pass from disk
     model = create_model(model_name, num_classes)
     return jax.jit(lambda params, x: jax.nn.softmax(model.apply({"params": params}, x)))
 

@@ -25,7 +25,10 @@ layer, and for hybrids a ResNet-v2 stem with weight-standardised convolutions an
 reshape plus one matrix multiply (the same sum as the strided convolution), the query,
 key and value projections as one fused matrix multiply, and attention (head by head on
 column slices for models with few heads) and layer norms with hand-written backward passes
-(:func:`attend`, :func:`layer_norm`); bench/README.md has the measurements.
+(:func:`attend`, :func:`layer_norm`); bench/README.md has the measurements. On GPUs and TPUs
+attention goes through ``jax.nn.dot_product_attention`` instead (cuDNN's fused kernel for
+bfloat16/float16 on NVIDIA GPUs); ``attention_impl`` chooses explicitly
+(:func:`resolve_attention_impl`).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ def get_model_config(name: str) -> ModelConfig:
 
 def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype: Any = None,
                  dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
-                 stochastic_depth: float = 0.0):
+                 stochastic_depth: float = 0.0, attention_impl: str = "auto"):
     """A Linen module for model ``name`` with a ``num_classes``-way head.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` on accelerators) and
@@ -161,12 +164,15 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
     block, see :func:`drop_path_rates`) default to 0, the fine-tuning protocol's value;
     AugReg's ``do`` and ``sd`` are ``dropout_rate`` and ``stochastic_depth``. They act only
     with ``train=True`` and a ``"dropout"`` rng, and add no parameters.
+    ``attention_impl``: "auto" (the CPU path on CPU, ``jax.nn.dot_product_attention`` on
+    GPU/TPU), "cpu", "xla" or "cudnn"; see :func:`resolve_attention_impl`.
     """
     if not 0.0 <= float(stochastic_depth) < 1.0:
         raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
     config = get_model_config(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    _check_attention_impl(attention_impl)
     return VisionTransformer(
         config=config,
         num_classes=int(num_classes),
@@ -175,6 +181,7 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
         dropout_rate=dropout_rate,
         attention_dropout_rate=attention_dropout_rate,
         stochastic_depth=float(stochastic_depth),
+        attention_impl=attention_impl,
     )
 
 
@@ -272,6 +279,52 @@ def attend(q, k, v):
 attend.defvjp(_attend_forward, _attend_backward)
 
 
+#: Values of ``attention_impl`` (models, :class:`MultiHeadAttention`).
+ATTENTION_IMPLS = ("auto", "cpu", "xla", "cudnn")
+
+
+def _check_attention_impl(impl: str) -> None:
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"unknown attention_impl {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)} "
+            "(\"auto\" picks by JAX's backend)"
+        )
+
+
+def resolve_attention_impl(impl: str = "auto", dtype: Any = jnp.float32,
+                           backend: str | None = None) -> str:
+    """Which attention code runs: "cpu", "xla" or "cudnn".
+
+    - "cpu": :func:`attend` with its hand-written backward pass, head by head for models
+      with at most :data:`PER_HEAD_MAX_HEADS` heads, else batched over (batch, heads). The
+      fastest on CPUs (bench/README.md).
+    - "xla": ``jax.nn.dot_product_attention(..., implementation="xla")``, the same maths
+      as one XLA computation on (batch, tokens, heads, depth) arrays; runs everywhere.
+    - "cudnn": the same function with ``implementation="cudnn"``: cuDNN's fused (flash)
+      attention kernel, NVIDIA GPUs only, bfloat16 or float16 only.
+
+    "auto" resolves by ``backend`` (default ``jax.default_backend()``): "cpu" on CPU;
+    "cudnn" on a GPU for bfloat16/float16 (the model falls back to "xla" when cuDNN turns
+    the shapes or the device down); "xla" otherwise (TPUs, float32 on GPUs).
+    ``jax.nn.dot_product_attention``'s own default (``implementation=None``) is XLA's
+    version in jax 0.7 to 0.10, hence the explicit choice.
+    """
+    _check_attention_impl(impl)
+    backend = backend or jax.default_backend()
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if impl == "auto":
+        if backend == "cpu":
+            return "cpu"
+        return "cudnn" if backend == "gpu" and half else "xla"
+    if impl == "cudnn" and (backend != "gpu" or not half):
+        raise ValueError(
+            f"attention_impl='cudnn' needs an NVIDIA GPU and bfloat16/float16 activations "
+            f"(backend {backend!r}, dtype {jnp.dtype(dtype).name}); use attention_impl="
+            "'auto' or 'xla'"
+        )
+    return impl
+
+
 #: Up to this many heads, attention runs head by head (measured faster for Ti/16's 3 heads
 #: on CPU); with more heads, batched over (batch, heads) (faster for B's 12).
 PER_HEAD_MAX_HEADS = 4
@@ -284,6 +337,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
@@ -308,6 +362,18 @@ class MultiHeadAttention(nn.Module):
         w_out = out_kernel.reshape(heads * depth, width).astype(self.dtype)
         scale = jnp.asarray(1.0 / np.sqrt(depth), self.dtype)
         out_bias = out_bias.astype(self.dtype)
+        impl = resolve_attention_impl(self.attention_impl, self.dtype)
+        if impl != "cpu":
+            # (batch, tokens, heads, depth), the layout jax.nn.dot_product_attention takes:
+            # a reshape of the fused projection, no transposes.
+            q, k, v = (t.reshape(n, length, heads, depth)
+                       for t in (qkv[..., :width], qkv[..., width:2 * width],
+                                 qkv[..., 2 * width:]))
+            if not deterministic and self.dropout_rate > 0:
+                out = self._attend_with_dropout(q * scale, k, v)
+            else:
+                out = self._fused(q, k, v, impl, float(1.0 / np.sqrt(depth)))
+            return out.reshape(n, length, width) @ w_out + out_bias
         if heads > PER_HEAD_MAX_HEADS:
             # (3, batch, heads, tokens, depth): batched matrix multiplies over (batch, heads)
             # are several times faster on CPU than the equivalent einsum over "nqhd,nkhd".
@@ -324,6 +390,24 @@ class MultiHeadAttention(nn.Module):
             v = qkv[..., (2 * heads + h) * depth:(2 * heads + h + 1) * depth]
             out = out + self._attend(q, k, v, deterministic) @ w_out[h * depth:(h + 1) * depth]
         return out
+
+    def _fused(self, q, k, v, impl: str, scale: float):
+        if impl == "cudnn" and self.attention_impl == "auto":
+            try:
+                return jax.nn.dot_product_attention(q, k, v, scale=scale,
+                                                    implementation="cudnn")
+            except (NotImplementedError, RuntimeError, ValueError, TypeError):
+                # cuDNN missing or these shapes unsupported (checked while tracing): XLA.
+                impl = "xla"
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+
+    def _attend_with_dropout(self, q, k, v):
+        """Attention dropout (training with ``attention_dropout_rate`` > 0), on
+        (batch, tokens, heads, depth) arrays; the fused functions have no dropout."""
+        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
 
     def _attend(self, q, k, v, deterministic: bool):
         if deterministic or self.dropout_rate == 0:
@@ -442,12 +526,14 @@ class EncoderBlock(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         y = LayerNorm(epsilon=1e-6, name="LayerNorm_0", **kw)(x)
         y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                               attention_impl=self.attention_impl,
                                name="MultiHeadDotProductAttention_1", **kw)(
             y, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -495,6 +581,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -503,7 +590,8 @@ class Encoder(nn.Module):
         rates = drop_path_rates(self.num_layers, self.stochastic_depth)
         for i in range(self.num_layers):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
-                             self.dropout_rate, self.attention_dropout_rate, rates[i],
+                             self.dropout_rate, self.attention_dropout_rate,
+                             drop_path_rate=rates[i], attention_impl=self.attention_impl,
                              name=f"encoderblock_{i}")(x, deterministic=not train)
         return LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="encoder_norm")(x)
@@ -616,6 +704,8 @@ class VisionTransformer(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
+    #: "auto", "cpu", "xla" or "cudnn": see :func:`resolve_attention_impl`.
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -641,7 +731,8 @@ class VisionTransformer(nn.Module):
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
         x = Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.dtype, self.param_dtype,
-                    self.dropout_rate, self.attention_dropout_rate, self.stochastic_depth,
+                    self.dropout_rate, self.attention_dropout_rate,
+                    stochastic_depth=self.stochastic_depth, attention_impl=self.attention_impl,
                     name="Transformer")(
             x, train=train)
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head",

@@ -11,15 +11,19 @@ results and runs are written, and (in smoke mode) the fake sources. Nothing here
 anything or starts a training run.
 
 Colab
-    The notebooks' first cell installs the package only when ``google.colab`` is loaded,
-    without the ``tf`` extra (Colab ships TensorFlow; installing ``tensorflow-cpu`` next to
-    it would replace the same module), and turns on Colab's custom widget manager, which
-    ipywidgets 8 needs there: see :data:`COLAB_INSTALL` and :func:`enable_colab_widgets`.
+    The notebooks' first cell installs the package only when ``google.colab`` is loaded, at
+    the release :data:`COLAB_REF`, without extras (Colab ships TensorFlow; installing
+    ``tensorflow-cpu`` next to it would replace the same module), and says in one line
+    whether the session must restart (:mod:`augreg_nb.colab`). Colab's own versions satisfy
+    every requirement, so the install adds packages but changes none of Colab's (the check
+    in ``tests/colab/`` proves it). Colab renders ipywidgets 7 with its own widget manager;
+    only ipywidgets 8 needs the custom one: see :func:`enable_colab_widgets`.
 
 Smoke mode (``AUGREG_NB_SMOKE=1``)
     The notebooks run top to bottom offline in about a minute on two CPU cores: the index is
-    the shipped catalogue; the caches live in a temporary folder; the checkpoint bucket is a
-    loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
+    the shipped catalogue; the caches live in a temporary folder (own results go to one file
+    under the user's cache, so notebook 3 shows what notebook 2 exported); the checkpoint
+    bucket is a loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
@@ -41,19 +45,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, env_flag
+from augreg_nb import __version__, compile_cache
+from augreg_nb.config import SMOKE_MODEL
+from augreg_nb.download import cache_dir
+from augreg_nb.envinfo import describe_devices
+from augreg_nb.index import load_index as _load_index
+from augreg_nb.names import parse_name
+from augreg_nb.resources import ENV_CACHE, ENV_INDEX, ENV_OFFLINE, ENV_SMOKE, data_path, env_flag
+from augreg_nb.sources import ENV_BUCKET_URL
+from augreg_nb.widgets.common import quiet_libraries
 
 logger = logging.getLogger(__name__)
 
 #: The repository the notebooks are published from.
 REPOSITORY = "https://github.com/augreg-nb/augreg_nb"
-#: pip requirement the Colab cell installs: no ``tf`` extra, Colab has TensorFlow already.
-COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}"
+#: The git tag the Colab cell installs by default: this release (``AUGREG_NB_REF`` there).
+COLAB_REF = f"v{__version__}"
+#: pip requirement the Colab cell installs, no extras (Colab has TensorFlow already);
+#: IPython's ``%pip`` fills in the cell's ``AUGREG_NB_REF`` (a tag, a branch or a commit).
+COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}@{{AUGREG_NB_REF}}"
 #: Where Colab opens the notebooks from.
 COLAB_URL = "https://colab.research.google.com/github/augreg-nb/augreg_nb/blob/main/notebooks/"
 
-#: The model whose fake checkpoints smoke mode serves (the smallest AugReg model).
-SMOKE_MODEL = "Ti/16"
 
 
 def in_colab() -> bool:
@@ -70,8 +83,11 @@ def colab_badge(notebook: str) -> str:
 
 
 def enable_colab_widgets() -> bool:
-    """Turn on Colab's custom widget manager (ipywidgets 8 needs it); False outside Colab."""
-    if not in_colab():
+    """Turn on Colab's custom widget manager where ipywidgets 8 is installed (Colab renders
+    its own ipywidgets 7 without it); False outside Colab or with ipywidgets 7."""
+    from importlib.metadata import version
+
+    if not in_colab() or int(version("ipywidgets").split(".")[0]) < 8:
         return False
     from google.colab import output  # type: ignore[import-not-found]
 
@@ -97,6 +113,9 @@ class SmokeEnvironment:
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
     owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
+    #: own results of smoke runs: one file under the user's cache, shared by the notebooks
+    #: (notebook 2 exports into it, notebook 3 reads it), kept across sessions
+    results_csv: Path | None = None
 
     def __enter__(self) -> SmokeEnvironment:
         return self
@@ -128,9 +147,6 @@ def smoke_checkpoints(model: str = SMOKE_MODEL) -> dict[str, tuple[int, int]]:
     model's recommended upstream checkpoint and its ImageNet fine-tune at 384 px."""
     import pandas as pd
 
-    from augreg_nb.names import parse_name
-    from augreg_nb.resources import data_path
-
     rec = pd.read_csv(data_path("index", "recommended_checkpoints.csv"))
     row = rec[rec["model"] == model]
     if row.empty:
@@ -146,7 +162,6 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     global _SMOKE
     if _SMOKE is not None:
         return _SMOKE
-    from augreg_nb.sources import ENV_BUCKET_URL
     from augreg_nb.testing.checkpoints import write_fake_checkpoint
     from augreg_nb.testing.servers import FakeBucket, FakeHub
 
@@ -173,10 +188,13 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
         "CLOUDSDK_CONFIG": str(root / "gcloud"),
     }
     previous = {k: os.environ.get(k) for k in (*settings, ENV_INDEX, ENV_OFFLINE)}
+
+    results_csv = cache_dir() / "smoke" / "augreg_results.csv"  # before the cache moves
     os.environ.update(settings)
     os.environ.pop(ENV_INDEX, None)  # the shipped catalogue, whatever the user set
     os.environ.pop(ENV_OFFLINE, None)  # the loopback bucket is reachable
-    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root)
+    _SMOKE = SmokeEnvironment(root, bucket, hub, tuple(served), previous, owns_root,
+                              results_csv)
     atexit.register(_SMOKE.close)
     logger.info("smoke mode: fake bucket at %s serving %s", bucket.url, ", ".join(served))
     return _SMOKE
@@ -214,10 +232,17 @@ class Session:
         p.text(self.report)
 
 
+def show_tables_whole() -> None:
+    """Let pandas show file names and explanations whole in a notebook (its default cuts
+    every cell at 50 characters, which hides what tells checkpoints apart)."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.width", 200)
+
+
 def device_report() -> str:
     """One line: the accelerator JAX uses (TPU, GPU or CPU) and the number of devices."""
-    from augreg_nb.envinfo import describe_devices
-
     return str(describe_devices())
 
 
@@ -232,18 +257,21 @@ def start(
 
     ``index``: a path or URL of a full ``index.csv`` (default: ``$AUGREG_NB_INDEX``, the
     cache, the bucket, else the shipped catalogue; smoke mode always uses the catalogue).
-    ``workdir`` and ``results_csv`` are moved into the temporary folder in smoke mode.
+    In smoke mode ``workdir`` moves into the temporary folder and ``results_csv`` to
+``<cache>/smoke/augreg_results.csv``, one file that notebooks 2 and 3 share.
     """
     index = index or None  # "" (an empty notebook parameter) means: look it up
+    show_tables_whole()
+
+    quiet_libraries(tfds=False)  # before anything loads TensorFlow
     smoke_env = setup_smoke() if smoke_mode() else None
     if smoke_env is not None:
         workdir = smoke_env.root / "runs"
-        results_csv = smoke_env.root / "augreg_results.csv"
+        results_csv = smoke_env.results_csv or smoke_env.root / "augreg_results.csv"
         index = "catalogue"
+    compile_cache.enable()  # compiled programs survive kernel restarts (after smoke set-up)
     table = None
     if load_index:
-        from augreg_nb.index import load_index as _load_index
-
         table = _load_index(index)
     return Session(
         smoke=smoke_env is not None,

@@ -22,8 +22,10 @@ into ``micro_batches`` accumulated slices; every ``eval_every`` steps and at the
 val and test splits are evaluated (each example exactly once, the last batch padded and
 masked). The full training state is saved atomically every ``checkpoint_every`` steps; run
 the same command (same workdir) again after a crash and it continues to the same final
-parameters an uninterrupted run would reach. A non-finite loss stops the run and keeps the
-last good state; running out of accelerator memory names a ``micro_batches`` that fits.
+parameters an uninterrupted run would reach. A callback whose ``stop_requested`` is True,
+or a keyboard (kernel) interrupt, ends the run after the current step with its state saved
+(:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
+keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
 
 Several hosts (a TPU pod slice, GPU nodes): start the same command on every host after
 ``jax.distributed.initialize()`` (automatic on Cloud TPU; elsewhere pass
@@ -92,6 +94,23 @@ class TrainingDiverged(RuntimeError):
         super().__init__(message)
         self.step = step
         self.state_path = state_path
+
+
+class TrainingStopped(RuntimeError):
+    """The run was stopped on request (a callback's ``stop_requested``, or a keyboard or
+    kernel interrupt) at the end of step ``step``; its state is saved in ``state_path``, so
+    running the same config again resumes it."""
+
+    def __init__(self, step: int, state_path: Path | None, total_steps: int):
+        super().__init__(f"stopped at step {step} of {total_steps}; the state is saved in "
+                         f"{state_path}; Start (or the same command) resumes the run")
+        self.step = step
+        self.state_path = state_path
+        self.total_steps = total_steps
+
+
+def _stop_requested(callbacks) -> bool:
+    return any(getattr(cb, "stop_requested", False) for cb in callbacks)
 
 
 @dataclasses.dataclass
@@ -310,7 +329,8 @@ class _Run:
         config, start = self.config, int(self.state.step)
         info = {"total_steps": config.total_steps, "start_step": start,
                 "workdir": str(self.workdir), "global_batch": config.global_batch,
-                "devices": self.num_devices}
+                "devices": self.num_devices,
+                "history": self.history.frame()}  # of the earlier sessions of a resumed run
         callbacks_lib.dispatch(self.callbacks, "on_train_begin", info)
         if start < config.total_steps:
             final = self._train(start)
@@ -327,24 +347,35 @@ class _Run:
         batches = self.data.train_batches(start + 1)
         clock = _Clock(start)
         for step in range(start + 1, config.total_steps + 1):
-            batch = ip.put_batch(next(batches), self.mesh)
-            with explain_oom(lambda step=step: f"out of accelerator memory at step {step}: "
-                             f"{oom_advice(config, self.num_devices)}"):
-                self.state, metrics = self.train_step(self.state, batch)
+            try:
+                with explain_oom(lambda step=step: f"out of accelerator memory at step {step}: "
+                                 f"{oom_advice(config, self.num_devices)}"):
+                    batch = ip.put_batch(next(batches), self.mesh)
+                    self.state, metrics = self.train_step(self.state, batch)
+            except KeyboardInterrupt:  # the state of the last finished step is kept
+                self._save()
+                raise TrainingStopped(int(self.state.step), self.state_path,
+                                      config.total_steps) from None
             self.pending.append((step, metrics))
             if step == start + 1:  # first step includes compilation: time from its end
                 jax.block_until_ready(metrics)
                 clock.restart(step)
             last = step == config.total_steps
-            if step % config.log_every == 0 or last:
+            stop = not last and _stop_requested(self.callbacks)
+            if step % config.log_every == 0 or last or stop:  # a stop logs its last steps
                 self._log(step, clock)
+                stop = not last and _stop_requested(self.callbacks)  # asked for while logging
             with clock.paused():
                 if (config.eval_every and step % config.eval_every == 0) or last:
                     self._check_finite()
                     final = self._evaluate(step)
-                if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+                if ((config.checkpoint_every and step % config.checkpoint_every == 0) or last
+                        or stop):
                     self._check_finite()
                     self._save()
+                if stop:
+                    self.pending.clear()
+                    raise TrainingStopped(step, self.state_path, config.total_steps)
         return final
 
     def _final_results(self, step: int) -> dict:
@@ -579,7 +610,7 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
     callbacks_lib.dispatch(callbacks, "on_train_begin", {
         "total_steps": config.total_steps, "start_step": config.total_steps,
         "workdir": str(workdir), "global_batch": config.global_batch,
-        "devices": mesh.devices.size})
+        "devices": mesh.devices.size, "history": history})
     callbacks_lib.dispatch(callbacks, "on_train_end", history)
     logger.info("%s: finished before; val %.4f, test %.4f", row["adapt_filename"],
                 row["adapt_final_val"], row["adapt_final_test"])

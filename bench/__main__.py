@@ -12,6 +12,11 @@ Sections (``--only`` takes a comma-separated list):
 - ``train``: full fine-tuning step images/s (the recipe's optimiser, clip and schedule,
   through ``augreg_nb.train_step``) of Ti/16, S/32, B/32, R+Ti/16, with the same peers.
 - ``torch``: only the Ti/16 comparison of both (forward and train) with timm on PyTorch.
+- ``latency``: first prediction of Ti/16 and B/16 from a fresh interpreter, with the
+  persistent compilation cache off, cold (empty) and warm.
+- ``device``: the B/16 and L/16 fine-tuning step at 384 px in float32 and bfloat16 on the
+  accelerator JAX finds (img/s, model FLOPs utilisation, peak memory, timm alongside);
+  without one it says so.
 - ``input``: training input pipeline (decode, inception crop, flip) images/s.
 - ``index``: load + validate the 51,509-row synthetic index from the cache; each query.
 - ``checkpoint``: load a B/16-size file from the cache into device memory; peak memory.
@@ -19,8 +24,11 @@ Sections (``--only`` takes a comma-separated list):
 - ``notebooks``: each notebook run headless in smoke mode.
 
 Every number is the median of ``--repeats`` timed runs after a warm-up; peers are timed in
-interleaved rounds (see :mod:`bench.common`). Results go to ``bench/results.json`` with a
-description of the machine (CPU, cores, load, library versions, XLA flags).
+interleaved rounds (see :mod:`bench.common`). Before the ``model``, ``train`` and ``torch``
+sections the run measures the machine's float32 matmul peak, and each of their rows is also
+given as a fraction of that roofline (:mod:`bench.roofline`). Results go to
+``bench/results.json`` with a description of the machine (CPU, cores, load, library
+versions, XLA flags).
 """
 
 from __future__ import annotations
@@ -33,7 +41,10 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "notebooks")
+SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "latency",
+            "notebooks", "device")
+#: Sections whose rows are related to the measured matmul peak.
+ROOFLINE_SECTIONS = ("model", "train", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -42,6 +53,8 @@ def _csv(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from bench.device_speed import DEVICE_BATCH, DEVICE_DTYPES, DEVICE_MODELS, DEVICE_RESOLUTION
+    from bench.latency import LATENCY_MODELS
     from bench.model_speed import FORWARD_MODELS, TRAIN_MODELS
     from bench.torch_worker import DEFAULT_TORCH_PYTHON
 
@@ -55,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forward-models", type=_csv, default=list(FORWARD_MODELS))
     p.add_argument("--train-models", type=_csv, default=list(TRAIN_MODELS))
     p.add_argument("--peers", type=_csv, default=["reference", "timm", "gradient"],
-                   help="comparisons next to Ti/16: reference, timm, gradient (or none)")
+                   help="comparisons next to Ti/16: reference, timm, gradient (or none); "
+                        "also our attention variants batched-attention, "
+                        "head-by-head-attention, xla-attention")
     p.add_argument("--peer-model", default="Ti/16",
                    help="the model timed next to its peers (timm exists for Ti/16 only)")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
@@ -64,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-batches", type=int, default=10)
     p.add_argument("--smoke-steps", type=int, default=None,
                    help="shorten the smoke fine-tune (default: the preset's length)")
+    p.add_argument("--latency-models", type=_csv, default=list(LATENCY_MODELS))
+    p.add_argument("--device-models", type=_csv, default=list(DEVICE_MODELS))
+    p.add_argument("--device-dtypes", type=_csv, default=list(DEVICE_DTYPES))
+    p.add_argument("--device-resolution", type=int, default=DEVICE_RESOLUTION)
+    p.add_argument("--device-batch", type=int, default=DEVICE_BATCH,
+                   help="batch of the device section (halved while it does not fit)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.only) - set(SECTIONS))
     if unknown:
@@ -74,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     """Run the chosen sections; returns the JSON document (also written to ``args.out``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "device" in args.only:
+        # The device section measures in child interpreters; this one must not reserve
+        # most of a GPU's memory for itself when it starts JAX (machine_info below).
+        from bench.device_speed import keep_parent_memory_small
+
+        keep_parent_memory_small()
     from bench.common import format_table, machine_info
 
     doc = {"machine": machine_info(), "settings": {
@@ -81,11 +108,15 @@ def run(args: argparse.Namespace) -> dict:
         "rows": []}
     rows = []
     started = time.perf_counter()
+    peak = None
+    if set(args.only) & set(ROOFLINE_SECTIONS):
+        rows.append(_peak_row())
+        peak = rows[-1].extra["peak_flops"]
     for section in SECTIONS:
         if section not in args.only:
             continue
         t0 = time.perf_counter()
-        new = _run_section(section, args)
+        new = _run_section(section, args, peak)
         rows += new
         logging.getLogger("bench").info("%s: %.0f s", section, time.perf_counter() - t0)
         for row in new:
@@ -111,7 +142,18 @@ def _relate(rows) -> None:
                       f"({step.value:.1f} img/s)")
 
 
-def _run_section(section: str, args: argparse.Namespace):
+def _peak_row():
+    from bench.common import Row
+    from bench.roofline import PEAK_MATMUL_SIZE, matmul_peak
+
+    res = matmul_peak()
+    return Row("roofline", f"float32 matmul peak ({PEAK_MATMUL_SIZE}^2, jit, best of "
+               f"{len(res['seconds'])})", res["peak_flops"] / 1e9, "GFLOP/s",
+               f"median {res['median_flops'] / 1e9:.0f}; the model and train rows give "
+               "their share of it", res)
+
+
+def _run_section(section: str, args: argparse.Namespace, peak: float | None = None):
     peers = [p for p in args.peers if p != "none"]
     if section in ("model", "train"):
         from bench.model_speed import run_models
@@ -120,7 +162,7 @@ def _run_section(section: str, args: argparse.Namespace):
         return run_models("forward" if section == "model" else "train", models,
                           batch=args.batch, resolution=args.resolution,
                           repeats=args.repeats, peers=peers, torch_python=args.torch_python,
-                          peer_model=args.peer_model)
+                          peer_model=args.peer_model, peak_flops=peak)
     if section == "torch":
         from bench.model_speed import run_models
         from bench.torch_worker import start
@@ -132,10 +174,11 @@ def _run_section(section: str, args: argparse.Namespace):
             return [Row("torch", "timm ViT-Ti/16 comparison", None, "img/s", why)]
         worker.close()
         rows = []
+        variants = [p for p in peers if p.endswith("-attention")]
         for mode in ("forward", "train"):
             rows += run_models(mode, ["Ti/16"], batch=args.batch, resolution=args.resolution,
-                               repeats=args.repeats, peers=["reference", "timm"],
-                               torch_python=args.torch_python)
+                               repeats=args.repeats, peers=["reference", "timm", *variants],
+                               torch_python=args.torch_python, peak_flops=peak)
         for row in rows:
             row.section = "torch"
         return rows
@@ -160,6 +203,16 @@ def _run_section(section: str, args: argparse.Namespace):
         from bench.startup import run_smoke
 
         return run_smoke(total_steps=args.smoke_steps)
+    if section == "latency":
+        from bench.latency import run_latency
+
+        return run_latency(args.latency_models)
+    if section == "device":
+        from bench.device_speed import run_device
+
+        return run_device(args.device_models, args.device_dtypes,
+                          resolution=args.device_resolution, batch=args.device_batch,
+                          repeats=args.repeats, torch_python=args.torch_python)
     if section == "notebooks":
         from bench.startup import run_notebooks
 

@@ -40,6 +40,32 @@ PEER_GAP_S = 0.2
 FORWARD_CLASSES = 1000
 
 
+#: Variants of our model's attention that ``run_models`` can time as peers: the other CPU
+#: routing (all heads batched, or head by head) and ``jax.nn.dot_product_attention``'s XLA
+#: implementation (the accelerator path, run on the CPU).
+ATTENTION_VARIANTS = ("batched-attention", "head-by-head-attention", "xla-attention")
+
+
+def variant_fn(variant: str, mode: str, name: str, batch: int, resolution: int
+               ) -> Callable[[], None]:
+    """Our forward or train callable with one attention variant, compiled here (the CPU
+    routing is read while tracing, so the first call happens under the patched value)."""
+    from unittest import mock
+
+    from augreg_nb import models
+
+    make = forward_fn if mode == "forward" else train_fn
+    if variant == "xla-attention":
+        fn = make(name, batch, resolution, attention_impl="xla")
+        fn()
+        return fn
+    limit = {"batched-attention": 0, "head-by-head-attention": 10**6}[variant]
+    with mock.patch.object(models, "PER_HEAD_MAX_HEADS", limit):
+        fn = make(name, batch, resolution)
+        fn()
+    return fn
+
+
 def _inputs(batch: int, resolution: int, num_classes: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     images = rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
@@ -55,22 +81,25 @@ def _params(name: str, num_classes: int, resolution: int):
     return unflatten(fake_params(name, num_classes=num_classes, resolution=resolution))
 
 
-def forward_fn(name: str, batch: int, resolution: int, dtype=None) -> Callable[[], None]:
+def forward_fn(name: str, batch: int, resolution: int, dtype=None,
+               attention_impl: str = "auto") -> Callable[[], None]:
     """A callable that runs one forward pass of ``name`` on a device-resident batch."""
     import jax
     import jax.numpy as jnp
 
     from augreg_nb.models import create_model
 
-    model = create_model(name, FORWARD_CLASSES, dtype=dtype)
+    model = create_model(name, FORWARD_CLASSES, dtype=dtype, attention_impl=attention_impl)
     params = jax.device_put(_params(name, FORWARD_CLASSES, resolution))
     images = jax.device_put(jnp.asarray(_inputs(batch, resolution, FORWARD_CLASSES)[0]))
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     return lambda: apply(params, images).block_until_ready()
 
 
-def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
-    """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``."""
+def train_fn(name: str, batch: int, resolution: int, dtype=None,
+             attention_impl: str = "auto") -> Callable[[], None]:
+    """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``
+    (``dtype``: the model's compute dtype, float32 by default)."""
     import jax
 
     from augreg_nb import input_pipeline as ip
@@ -80,7 +109,7 @@ def train_fn(name: str, batch: int, resolution: int) -> Callable[[], None]:
     from augreg_nb.train_state import TrainState
 
     config = get_config(RECIPE_PRESET)
-    model = create_model(name, TRAIN_CLASSES)
+    model = create_model(name, TRAIN_CLASSES, dtype=dtype, attention_impl=attention_impl)
     mesh = ip.data_mesh()
     tx = ts.optimizer_from_config(config)
     params = _params(name, TRAIN_CLASSES, resolution)
@@ -156,10 +185,13 @@ def reference_fns(name: str, batch: int, resolution: int) -> tuple[Callable, Cal
 
 def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
                repeats: int, peers: Sequence[str] = ("reference", "timm", "gradient"),
-               torch_python: str | None = None, peer_model: str = "Ti/16") -> list[Row]:
+               torch_python: str | None = None, peer_model: str = "Ti/16",
+               peak_flops: float | None = None) -> list[Row]:
     """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
-    ``peer_model`` (timm only for Ti/16)."""
+    ``peer_model`` (timm only for Ti/16). With ``peak_flops`` (the machine's measured
+    matmul peak, FLOP/s) each row also gives its fraction of that roofline."""
     from bench import torch_worker
+    from bench.roofline import forward_flops, roofline_fraction, train_flops
 
     section = "model" if mode == "forward" else "train"
     rows: list[Row] = []
@@ -173,6 +205,9 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             fns["reference"] = ref_forward if mode == "forward" else ref_train
         if name == peer_model and mode == "train" and "gradient" in peers:
             fns["gradient only"] = gradient_fn(name, batch, resolution)
+        for variant in ATTENTION_VARIANTS:
+            if name == peer_model and variant in peers:
+                fns[variant] = variant_fn(variant, mode, name, batch, resolution)
         worker = None
         if name == peer_model == "Ti/16" and "timm" in peers:
             worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution)
@@ -189,14 +224,23 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         rate = {k: batch / median(v) for k, v in times.items()}
         best = {k: batch / min(v) for k, v in times.items()}
         label = f"{name} {mode}"
+        flops = (forward_flops(name, resolution, FORWARD_CLASSES) if mode == "forward"
+                 else train_flops(name, resolution, TRAIN_CLASSES))
+        roof = ({k: roofline_fraction(r, flops, peak_flops) for k, r in rate.items()}
+                if peak_flops else {})
         extra = {"batch": batch, "resolution": resolution, "dtype": "float32",
-                 "seconds": times["ours"], "best_img_per_s": best["ours"]}
+                 "seconds": times["ours"], "best_img_per_s": best["ours"],
+                 "model_flops_per_image": flops}
+        if roof:
+            extra["roofline_fraction"] = roof["ours"]
+            extra["matmul_peak_flops"] = peak_flops
+            notes.append(f"{roof['ours']:.0%} of roofline")
         if diff is not None:
             extra["max_abs_logit_diff_vs_reference"] = diff
         if "gradient only" in rate:
             extra["gradient_only_img_per_s"] = rate["gradient only"]
             notes.append(f"step/gradient {rate['ours'] / rate['gradient only']:.2f}")
-        for peer in ("reference", "timm"):
+        for peer in ("reference", "timm", *ATTENTION_VARIANTS):
             if peer in rate:
                 extra[f"{peer}_img_per_s"] = rate[peer]
                 extra[f"{peer}_best_img_per_s"] = best[peer]
@@ -208,9 +252,14 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             extra["torch"] = worker.versions
         notes.append(f"best {best['ours']:.1f}")
         rows.append(Row(section, label, rate["ours"], "img/s", "; ".join(notes), extra))
-        for peer in ("gradient only", "reference", "timm"):
+        for peer in ("gradient only", "reference", "timm", *ATTENTION_VARIANTS):
             if peer in rate:
+                peer_extra = {"seconds": times[peer], "best_img_per_s": best[peer]}
+                roof_note = ""
+                if roof:
+                    peer_extra["roofline_fraction"] = roof[peer]
+                    roof_note = f"; {roof[peer]:.0%} of roofline"
                 rows.append(Row(section, f"{name} {mode} [{peer}]", rate[peer], "img/s",
-                                f"best {best[peer]:.1f}; same rounds as the row above",
-                                {"seconds": times[peer], "best_img_per_s": best[peer]}))
+                                f"best {best[peer]:.1f}{roof_note}; same rounds as the row "
+                                "above", peer_extra))
     return rows

@@ -46,6 +46,15 @@ class Worker:
             raise RuntimeError(f"the torch worker exited: {self._stderr()}")
         return float(json.loads(line)["seconds"])
 
+    def peak_memory(self) -> int | None:
+        """Peak device memory in bytes the worker's PyTorch allocated (None on CPU)."""
+        self.proc.stdin.write("memory\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch worker exited: {self._stderr()}")
+        return json.loads(line)["peak_bytes"]
+
     def _stderr(self) -> str:
         try:
             with open(self._stderr_path) as f:
@@ -68,15 +77,21 @@ class Worker:
 
 
 def start(python: str | None = None, *, batch: int = 32, resolution: int = 224,
-          timeout: float = 300.0) -> tuple[Worker | None, str]:
-    """Start a worker; ``(None, reason)`` when the torch interpreter is missing or fails."""
+          timeout: float = 300.0, arch: str = ARCH, device: str = "cpu",
+          dtype: str = "float32") -> tuple[Worker | None, str]:
+    """Start a worker; ``(None, reason)`` when the torch interpreter is missing or fails.
+
+    ``arch``: a timm model name; ``device``: "cpu" or "cuda"; ``dtype``: "float32" or
+    "bfloat16" (autocast, parameters stay float32, as the JAX models' ``dtype``).
+    """
     python = python or DEFAULT_TORCH_PYTHON
     if not os.path.exists(python):
         return None, (f"timm skipped: no PyTorch interpreter at {python} (create it with "
                       "`python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install "
                       "torch==2.13.0 timm`, or pass --torch-python)")
     fd, stderr_path = tempfile.mkstemp(prefix="augreg-bench-torch-", suffix=".log")
-    args = json.dumps({"batch": batch, "resolution": resolution})
+    args = json.dumps({"batch": batch, "resolution": resolution, "arch": arch,
+                       "device": device, "dtype": dtype})
     proc = subprocess.Popen([python, os.path.abspath(__file__), args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=fd, text=True)
     os.close(fd)
@@ -116,12 +131,30 @@ def _import_timm():
     return timm
 
 
-def _serve(batch: int, resolution: int) -> None:  # runs inside the torch interpreter
+def _serve(batch: int, resolution: int, arch: str = ARCH, device: str = "cpu",
+           dtype: str = "float32") -> None:  # runs inside the torch interpreter
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     timm = _import_timm()
     torch.manual_seed(0)
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("this PyTorch has no CUDA device")
+        # JAX multiplies float32 on NVIDIA tensor cores as TF32 by default; let PyTorch too.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def autocast():
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
     base_lr, total, warmup = 0.01, 2500, 200
 
     def lr_factor(count: int) -> float:  # count from 0, the schedule's step = count + 1
@@ -129,20 +162,23 @@ def _serve(batch: int, resolution: int) -> None:  # runs inside the torch interp
         progress = min(max((step - warmup) / (total - warmup), 0.0), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress)) * min(1.0, step / warmup)
 
-    forward_model = timm.create_model(ARCH, pretrained=False, num_classes=1000).eval()
-    train_model = timm.create_model(ARCH, pretrained=False, num_classes=100).train()
+    kw = {"pretrained": False, "img_size": resolution}
+    forward_model = timm.create_model(arch, num_classes=1000, **kw).to(device).eval()
+    train_model = timm.create_model(arch, num_classes=100, **kw).to(device).train()
     opt = torch.optim.SGD(train_model.parameters(), lr=base_lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    images = torch.rand(batch, 3, resolution, resolution) * 2 - 1
-    labels = torch.randint(0, 100, (batch,))
+    images = (torch.rand(batch, 3, resolution, resolution) * 2 - 1).to(device)
+    labels = torch.randint(0, 100, (batch,)).to(device)
 
     def forward():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             forward_model(images)
+        sync()
 
     def train():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(train_model(images), labels)
+        with autocast():
+            loss = F.cross_entropy(train_model(images), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train_model.parameters(), 1.0)
         opt.step()
@@ -150,11 +186,15 @@ def _serve(batch: int, resolution: int) -> None:  # runs inside the torch interp
         float(loss)
 
     print(json.dumps({"torch": torch.__version__, "timm": timm.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "device": device}), flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
             break
+        if command == "memory":  # peak bytes of device memory so far (CUDA only)
+            peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+            print(json.dumps({"peak_bytes": peak}), flush=True)
+            continue
         fn = {"forward": forward, "train": train}[command]
         t0 = time.perf_counter()
         fn()
@@ -163,4 +203,6 @@ def _serve(batch: int, resolution: int) -> None:  # runs inside the torch interp
 
 if __name__ == "__main__":
     options = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    _serve(int(options.get("batch", 32)), int(options.get("resolution", 224)))
+    _serve(int(options.get("batch", 32)), int(options.get("resolution", 224)),
+           options.get("arch", ARCH), options.get("device", "cpu"),
+           options.get("dtype", "float32"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bench import __main__ as bench_main
+from bench import roofline as bench_roofline
 from bench.common import Row, format_table, time_interleaved
 
 
@@ -124,7 +125,8 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
     code = bench_main.main([
         "--only", "model,train,index", "--forward-models", "testing",
         "--train-models", "testing", "--peer-model", "testing", "--resolution", "32",
-        "--batch", "4", "--repeats", "2", "--peers", "reference,timm,gradient",
+        "--batch", "4", "--repeats", "2",
+        "--peers", "reference,timm,gradient,batched-attention,xla-attention",
         "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
     ])
     assert code == 0
@@ -141,12 +143,26 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
         forward["value"] / rows["testing forward [reference]"]["value"])
     assert rows["testing train"]["value"] > 0 and rows["testing train [reference]"]["value"] > 0
     assert rows["testing train [gradient only]"]["value"] > 0
+    for variant in ("batched-attention", "xla-attention"):
+        assert rows[f"testing forward [{variant}]"]["value"] > 0
+        assert rows["testing train"]["extra"][f"ratio_vs_{variant}"] == pytest.approx(
+            rows["testing train"]["value"] / rows[f"testing train [{variant}]"]["value"])
     assert "step/gradient" in rows["testing train"]["note"]
     load = next(r for r in doc["rows"] if r["name"].startswith("load_index from cache"))
     assert load["extra"]["rows"] == 51509 and load["unit"] == "s"
     queries = [r for r in doc["rows"] if r["section"] == "index" and r["unit"] == "ms"]
     assert len(queries) >= 6 and all(r["value"] > 0 for r in queries)
     assert "testing forward" in doc["table"]
+    # The matmul peak of the same run, and each model row's share of it.
+    peak = next(r for r in doc["rows"] if r["section"] == "roofline")
+    assert peak["unit"] == "GFLOP/s" and peak["value"] > 0
+    for name in ("testing forward", "testing train", "testing train [reference]"):
+        row = rows[name]
+        flops = (bench_roofline.forward_flops("testing", 32, 1000) if "forward" in name
+                 else bench_roofline.train_flops("testing", 32, 100))
+        assert row["extra"]["roofline_fraction"] == pytest.approx(
+            row["value"] * flops / (peak["value"] * 1e9))
+    assert "of roofline" in forward["note"]
 
 
 def test_missing_torch_interpreter_is_a_note_not_an_error(tmp_path):
@@ -161,3 +177,153 @@ def test_unknown_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_main.parse_args(["--only", "model,speed"])
     assert "unknown section" in capsys.readouterr().err
+
+
+# --- model FLOPs, roofline and the device section --------------------------------------------
+
+
+def _xla_flops_per_image(name, resolution, classes, train):
+    from augreg_nb.models import create_model
+    from bench.roofline import xla_flops
+
+    batch = 2
+    model = create_model(name, classes)
+    x = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)
+    p = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x)["params"], x)
+    if train:
+        fn = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply({"params": p}, x, train=True))))
+    else:
+        fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    return xla_flops(fn, p, x) / batch
+
+
+@pytest.mark.parametrize(("name", "resolution"), [
+    ("testing", 32), ("Ti/16", 224), ("testing-hybrid", 32), ("R+Ti/16", 224)])
+def test_forward_flops_formula_agrees_with_xla_cost_analysis(name, resolution):
+    from bench.roofline import forward_flops
+
+    # XLA also counts element-wise work (softmax, GELU, norms), which the model-FLOPs
+    # convention leaves out: its count is a little above the formula's, never below.
+    ratio = _xla_flops_per_image(name, resolution, 1000, False) / forward_flops(
+        name, resolution, 1000)
+    assert 1.0 <= ratio <= 1.12, ratio
+
+
+def test_train_flops_are_three_forward_passes_as_xla_counts_them():
+    from bench.roofline import forward_flops, train_flops
+
+    assert train_flops("Ti/16", 224, 100) == 3 * forward_flops("Ti/16", 224, 100)
+    ratio = _xla_flops_per_image("Ti/16", 224, 100, True) / train_flops("Ti/16", 224, 100)
+    assert 0.97 <= ratio <= 1.05, ratio
+
+
+def test_forward_flops_of_ti16_by_hand():
+    from bench.roofline import forward_flops
+
+    # 196 patches of 16*16*3 -> 192, 197 tokens, 12 blocks of width 192 and MLP 768.
+    t, d, m = 197, 192, 768
+    block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * m
+    want = 2 * 196 * 768 * d + 12 * block + 2 * d * 1000
+    assert forward_flops("Ti/16", 224, 1000) == want
+    # B/16 at 384 px: 577 tokens; about 3x its 224 px cost plus the longer attention.
+    assert 3.0 < forward_flops("B/16", 384) / forward_flops("B/16", 224) < 3.3
+
+
+def test_matmul_peak_and_roofline_fraction():
+    from bench.roofline import matmul_peak, roofline_fraction
+
+    res = matmul_peak(size=128, repeats=3)
+    assert res["peak_flops"] >= res["median_flops"] > 0 and len(res["seconds"]) == 3
+    assert roofline_fraction(50.0, 2e9, 200e9) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("kind", "dtype", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989), ("NVIDIA H100 PCIe", "bfloat16", 756),
+    ("NVIDIA H200", "float32", 495), ("NVIDIA A100-SXM4-40GB", "bfloat16", 312),
+    ("Tesla V100-SXM2-16GB", "float16", 125), ("Tesla T4", "float32", 8.1),
+    ("NVIDIA L4", "bfloat16", 121), ("TPU v4", "bfloat16", 275),
+    ("TPU v5 lite", "bfloat16", 197), ("TPU v5p", "float32", 459),
+    ("TPU v6 lite", "bfloat16", 918)])
+def test_device_peaks_by_device_kind(kind, dtype, tflops):
+    from bench.device_speed import device_peak_flops
+
+    assert device_peak_flops(kind, dtype) == pytest.approx(tflops * 1e12)
+
+
+def test_unknown_device_has_no_peak():
+    from bench.device_speed import device_peak_flops
+
+    assert device_peak_flops("cpu", "float32") is None
+    assert device_peak_flops("Some Future Accelerator", "bfloat16") is None
+
+
+def test_device_section_without_accelerator_says_so_and_exits_zero(tmp_path, capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("an accelerator is present")
+    out = tmp_path / "results.json"
+    assert bench_main.main(["--only", "device", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["section"] == "device" and row["value"] is None
+    assert "no accelerator" in row["note"]
+    assert "no accelerator" in capsys.readouterr().out
+
+
+def test_device_machinery_on_cpu_with_a_tiny_model():
+    from bench.device_speed import run_device
+    from bench.roofline import train_flops
+
+    rows = run_device(["testing"], ["float32", "bfloat16"], resolution=32, batch=4,
+                      repeats=2, allow_cpu=True)
+    assert [r.name for r in rows] == ["testing 32px float32 train step",
+                                      "testing 32px bfloat16 train step"]
+    for row in rows:
+        assert row.value > 0, row.note
+        assert row.extra["batch"] == 4 and len(row.extra["seconds"]) == 2
+        assert row.extra["train_flops_per_image"] == train_flops("testing", 32, 100)
+        assert row.extra["attention"] == "cpu"
+        assert row.extra["mfu"] is None and "MFU unknown" in row.note
+
+
+@pytest.mark.slow
+def test_latency_section_runs_three_fresh_interpreters_on_one_cache():
+    from bench.latency import run_latency
+
+    rows = run_latency(["testing"], resolution=32)
+    assert [r.name.rsplit(" ", 1)[-1] for r in rows] == ["off", "cold", "warm"]
+    off, cold, warm = (r.extra for r in rows)
+    for row, res in zip(rows, (off, cold, warm), strict=True):
+        assert row.value == pytest.approx(res["import_s"] + res["preprocess_s"]
+                                          + res["forward_s"])
+        assert res["forward_s"] > 0 and res["second_predict_s"] > 0
+    # The same prediction each time; with the cache off nothing is written.
+    assert off["top1"] == cold["top1"] == warm["top1"]
+    assert off["cache_files"] == 0
+    assert "shorter than cold" in rows[2].note
+
+
+def test_device_measurement_in_process_as_on_a_tpu_host():
+    from bench.device_speed import _run_ours
+
+    res = _run_ours("testing", "float32", 32, 4, 2, in_process=True)
+    assert res["img_per_s"] > 0 and res["batch"] == 4 and len(res["seconds"]) == 2
+    assert "cumulative" in res["peak_memory_note"]
+
+
+def test_bench_keeps_its_own_gpu_reservation_small_but_not_the_childrens():
+    import os
+    from unittest import mock
+
+    from bench import device_speed
+
+    with mock.patch.dict(os.environ):  # restores every variable afterwards
+        os.environ.pop(device_speed.PREALLOCATE_ENV, None)
+        os.environ.pop(device_speed.PREALLOCATE_SET_BY_BENCH, None)
+        device_speed.keep_parent_memory_small()
+        assert os.environ[device_speed.PREALLOCATE_ENV] == "false"
+        assert os.environ[device_speed.PREALLOCATE_SET_BY_BENCH] == "1"
+        # A user's own choice is left alone.
+        os.environ[device_speed.PREALLOCATE_ENV] = "true"
+        os.environ.pop(device_speed.PREALLOCATE_SET_BY_BENCH)
+        device_speed.keep_parent_memory_small()
+        assert os.environ[device_speed.PREALLOCATE_ENV] == "true"
+        assert device_speed.PREALLOCATE_SET_BY_BENCH not in os.environ

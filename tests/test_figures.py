@@ -40,9 +40,10 @@ def test_fig3_draws_three_groups_of_three_pretraining_sets():
     assert all(a.get_xscale() == "log" for a in axes)
     assert "Mean top-1" in axes[0].get_ylabel()
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
-    assert legend == ["ImageNet-1k, 300ep", "ImageNet-21k, 30ep", "ImageNet-21k, 300ep"]
+    assert legend == ["ImageNet-1k, 300ep", "ImageNet-21k, 30ep", "ImageNet-21k, 300ep",
+                      "highlighted: B/16"]
     series = [c for c in axes[0].collections if isinstance(c, PathCollection)
-              and c.get_label() in legend]
+              and c.get_label() in legend[:3]]
     assert [len(c.get_offsets()) for c in series] == [9, 9, 9]
     # B/16 on ImageNet-21k 300ep: Table 3's 659 img/s and Table 5's natural mean 91.8.
     points = {tuple(p) for p in np.asarray(series[2].get_offsets()).tolist()}
@@ -60,10 +61,12 @@ def test_fig4_heatmaps_have_models_by_augs_and_the_thin_column():
         values = _mesh(ax)
         assert values.shape == (9, 16)  # 14 cells, a gap, the thin column
         assert int(values.count()) == 9 * 15
-        ticks = [t.get_text() for t in ax.get_xticklabels()]
-        assert ticks[:7] == ticks[7:14] == ["none", "light1", "light2", "medium1", "medium2",
-                                             "strong1", "strong2"]
-        assert ticks[14] == "reg - noreg"
+    # The panels are stacked and share one row of augmentation names, at the bottom.
+    ticks = [t.get_text() for t in panels[-1].get_xticklabels()]
+    assert ticks[:7] == ticks[7:14] == ["none", "light1", "light2", "medium1", "medium2",
+                                         "strong1", "strong2"]
+    assert ticks[14] == "reg - noreg"
+    assert all(panels[-1].get_shared_x_axes().joined(panels[-1], ax) for ax in panels)
     i1k = panels[0]
     labels = i1k.get_yticklabels()
     assert [t.get_text() for t in labels] == MODELS9

@@ -49,7 +49,10 @@ def _imported(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
             base = ".".join([*parts, base] if base else parts)
         names = [base] + [f"{base}.{a.name}" for a in node.names]
     owners = {_owner(n) for n in names}
-    return {o for o in owners if o and o != module}
+    # Importing augreg_nb.widgets.common runs augreg_nb/widgets/__init__.py first.
+    parents = {".".join(o.split(".")[:i]) for o in owners if o
+               for i in range(2, len(o.split(".")))}
+    return {o for o in owners | parents if o and o != module}
 
 
 def _walk_imports():
@@ -63,10 +66,10 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for module, node in _walk_imports():
         if isinstance(node, ast.Import | ast.ImportFrom):
-            # A package and its own submodules import each other by construction (the
-            # package's __init__ re-exports them): not a dependency cycle between concepts.
+            # A submodule runs its own packages' __init__ by construction: those edges are
+            # no dependency (a package importing its submodules is one, and is kept).
             graph[module] |= {d for d in _imported(module, node)
-                              if not d.startswith(module + ".") and not module.startswith(d + ".")}
+                              if not module.startswith(d + ".")}
     return graph
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,28 @@ def test_guarded_handlers_show_a_message_not_a_traceback():
 # --------------------------------------------------------------------------- index browser
 
 
+@pytest.fixture
+def real_env(tmp_path, monkeypatch):
+    """A real user's set-up without network use: the public bucket (no credentials, so it
+    refuses), an empty cache, no checkpoint folder, online."""
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX",
+                "AUGREG_NB_BUCKET_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _mirrored_names() -> set[str]:
+    """Files timm re-hosts on the Hugging Face Hub, read from the shipped mirror list."""
+    mirror = pd.read_csv(data_path("mirror", "timm_augreg_checkpoints.csv"))
+    mirror = mirror.dropna(subset=["upstream_filename"])
+    full = mirror["upstream_filename"].where(
+        mirror["adapt_suffix"].isna(), mirror["upstream_filename"] + "--" + mirror["adapt_suffix"])
+    return set(full)
+
+
 def test_filter_options_show_paper_aug_names_and_keep_index_values(catalogue, raw_rows):
     opts = ib.filter_options(catalogue)
     aug = dict((v, lbl) for lbl, v in opts["aug"])
@@ -134,11 +157,18 @@ def test_recommended_checkpoints_are_marked(catalogue):
     marked = {f for f, m in zip(view.files, view.marked, strict=True) if m}
     assert expected <= set(view.files)  # the catalogue lists every recommended checkpoint
     assert marked == expected  # each is marked, and nothing else
-    assert all(view.table["★"][i] == ("★" if m else "") for i, m in enumerate(view.marked))
+    assert all(view.table["rec."][i] == ("★" if m else "") for i, m in enumerate(view.marked))
+    # "★" means one thing; the fine-tunes of a recommended checkpoint carry another mark.
+    ft = ib.browse(catalogue, {}, limit=1000)
+    assert "★" not in set(ft.table["rec."])
+    want = [up in expected for up in ft.upstreams]
+    assert ft.table["rec."].tolist() == ["☆" if m else "" for m in want]
+    assert any(want)
 
 
-def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows):
+def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows, real_env):
     browser = IndexBrowser(catalogue, limit=5)
+    browser.fetchable_only.value = False  # every row, fetchable now or not
     assert "shipped offline catalogue" in browser.provenance.value
     assert "incomplete" in browser.provenance.value
     assert len(browser.table) == 5
@@ -150,7 +180,7 @@ def test_browser_widget_follows_filters_and_shows_provenance(catalogue, raw_rows
     browser.filters["aug"].value = "light0"
     assert set(browser.table["aug (paper)"]) == {"light1"}
     assert browser.selected == browser.table["checkpoint"].iloc[0]
-    assert browser.selected in browser.table_html.value
+    assert browser.selected in browser.table_html.value.replace("<wbr>", "")
     browser.sort.value = "fine-tuned val accuracy"
     browser.descending.value = False
     vals = browser.table["val acc"].dropna().tolist()
@@ -173,7 +203,7 @@ def test_fetch_button_downloads_only_when_pressed(sources_env, tmp_path, catalog
     browser.filters["wd"].value = 0.03
     assert bucket.requests == []  # building and filtering never downloads
     assert browser.selected == TI16_FT
-    assert browser.table["available"].iloc[0] == "HF mirror · bucket"
+    assert browser.table["available"].iloc[0] == "bucket"  # the loopback bucket serves it
     browser.fetch_button.click()
     assert browser.messages.kind == "info", browser.messages.text
     cached = tmp_path / "cache" / "checkpoints" / f"{TI16_FT}.npz"
@@ -181,7 +211,7 @@ def test_fetch_button_downloads_only_when_pressed(sources_env, tmp_path, catalog
     assert str(cached) in browser.messages.text
     assert browser.last_fetch.source == "bucket-https"
     assert [r.path for r in bucket.requests if r.method == "GET"] == [f"/{TI16_FT}.npz"]
-    assert browser.table["available"].iloc[0].startswith("local")
+    assert browser.table["available"].iloc[0] == "cached"
     assert not browser.fetch_button.disabled
 
 
@@ -257,19 +287,23 @@ def test_panel_does_nothing_until_start_and_reports_errors(tmp_path, monkeypatch
     monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
     monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("AUGREG_NB_CHECKPOINT_DIR", raising=False)
-    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+    smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
                           results_csv=tmp_path / "own.csv")
-    assert panel.checkpoint.value == ftp.SMOKE_CHECKPOINT
-    assert (panel.task.value, panel.steps.value) == ("digits", ftp.default_steps("digits"))
+    assert smoke.checkpoint.value == ftp.SMOKE_CHECKPOINT
+    assert (smoke.task.value, smoke.steps.value) == ("digits", ftp.default_steps("digits"))
+    # Smoke mode offers only what runs offline.
+    assert [v for _, v in smoke.checkpoint.options] == [ftp.SMOKE_CHECKPOINT]
+    assert list(smoke.task.options) == ["digits"]
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs",
+                          results_csv=tmp_path / "own.csv", checkpoint=TI16_UP)
+    assert "digits" not in panel.task.options
     panel.task.value = "oxford_iiit_pet"
-    assert list(panel.steps.options) == [500, 2500] and panel.steps.value == 500
+    assert list(panel.steps.options) == [500, 2500]
     assert list(panel.resolution.options) == [224, 384]
-    panel.checkpoint.value = TI16_UP
-    panel.task.value = "digits"
-    panel.steps.value = 20
     assert not (tmp_path / "runs").exists()  # nothing ran
     panel.export_button.click()  # disabled in a browser; from code it explains itself
     panel.start_button.click()
+    panel.wait(60)
     assert panel.messages.kind == "error"
     assert "offline" in panel.messages.text.lower() and "Traceback" not in panel.messages.text
     assert panel.result is None and not panel.start_button.disabled
@@ -281,7 +315,11 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
                           results_csv=tmp_path / "own.csv", steps=20)
     panel.start_button.click()
+    panel.wait(120)
     assert panel.messages.kind == "info", panel.messages.text
+    assert panel.bar.value == panel.bar.max == 20 and panel.bar.bar_style == "success"
+    assert panel.bar_label.value.startswith("done: 20 steps · last loss ")
+    assert panel.plot.value[:4] == b"\x89PNG"
     result = panel.result
     hist = result.history
     assert hist["step"].max() == 20 and hist["val_accuracy"].notna().any()
@@ -296,6 +334,78 @@ def test_panel_runs_the_smoke_preset_with_live_plot_and_exports(tmp_path, monkey
     rows = ftp.read_results(tmp_path / "own.csv")
     assert rows["adapt_filename"].tolist() == [result.result_row["adapt_filename"]]
     assert result.export_path.is_file() and str(result.export_path) in panel.messages.text
+
+
+def test_stop_saves_the_run_and_start_resumes_it(tmp_path, monkeypatch, catalogue):
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    assert panel.stop_button.disabled  # nothing to stop yet
+    panel.start_button.click()
+    assert panel.running and not panel.stop_button.disabled
+    assert panel.start_button.disabled
+    panel.stop_button.click()  # before the first step is done: it ends after step 1
+    panel.wait(120)
+    assert panel.messages.kind == "warning", panel.messages.text
+    assert panel.messages.text.startswith("stopped at step 1 of 20; Start resumes")
+    assert panel.stopped.state_path.is_file() and panel.result is None
+    assert panel.export_button.disabled and not panel.start_button.disabled
+    # Library chatter of the run stays out of the notebook, in a collapsed details block.
+    assert "Traceback" not in panel.library_output
+    seen = []
+    panel.plot.observe(lambda change: seen.append(panel.figure.axes[0].lines[0].get_xdata()
+                                                  if panel.figure.axes[0].lines else []),
+                       names="value")
+    panel.start_button.click()
+    panel.wait(120)
+    assert panel.messages.kind == "info", panel.messages.text
+    hist = panel.result.history
+    assert hist["step"].max() == 20 and hist["step"].min() <= 10  # one history, both parts
+    # The resumed run's first drawing already holds the steps logged before the stop.
+    before = hist[hist["step"] <= 1].dropna(subset=["loss"])["step"].tolist()
+    assert before == [1] and list(seen[0]) == before
+
+
+def test_start_on_a_finished_run_shows_it_and_another_run_clears_it(tmp_path, monkeypatch,
+                                                                     catalogue):
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    panel.start_button.click()
+    panel.wait(120)
+    first = panel.result.history
+    logged = first.dropna(subset=["loss"])
+    # A new panel (a new session) on the same run: Start trains nothing and shows it all.
+    again = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True,
+                          results_csv=tmp_path / "own.csv", steps=20)
+    again.start_button.click()
+    again.wait(120)
+    assert again.messages.kind == "info", again.messages.text
+    loss_line = again.figure.axes[0].lines[0]
+    np.testing.assert_allclose(loss_line.get_ydata(), logged["loss"].to_numpy())
+    acc = again.figure.axes[1]
+    assert [line.get_label() for line in acc.lines] == ["val", "test"]  # legend order
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["val", "test"]
+    # The last evaluation (at the last step) lies inside the axes, not on the clipped edge.
+    assert acc.get_xlim()[1] > 20
+    assert "Your run: test accuracy" in again.summary.value
+    # Another configuration: the previous curves and result go before it starts.
+    shown_before = again.plot.value
+    again.steps.value = 100
+    again.start_button.click()
+    assert again.summary.value == "" and again.result is None  # cleared at once
+    assert again.export_button.disabled
+    again.stop_button.click()
+    again.wait(120)
+    assert again.messages.kind == "warning" and "stopped at step 1 of 100" in again.messages.text
+    assert again.plot.value != shown_before  # the new run's (empty) curves, not the old ones
+
+
+def test_format_duration():
+    assert ftp.format_duration(42) == "42 s"
+    assert ftp.format_duration(20 * 60) == "20 min"
+    assert ftp.format_duration(3 * 3600 + 20 * 60) == "3 h 20 min"
+    assert ftp.format_duration(3 * 86400) == "3.0 days"
 
 
 # --------------------------------------------------------------------------- figures
@@ -350,27 +460,76 @@ def test_picker_widget_redraws_and_explains(tmp_path):
                            "adapt_filename": "fake--digits"}, own_csv)
     picker.reload_button.click()
     assert picker.shown.item == "own" and "no published counterpart" in picker.shown.note
+    assert "1 own result row(s) read from" in picker.own_status.value
     picker.item.value = "table5"
     assert "<table" in picker.shown.html
+
+
+def test_comparison_offers_only_differences_in_a_bounded_view_and_says_what_data_it_is():
+    from types import SimpleNamespace
+
+    from augreg_nb import figures
+
+    session = SimpleNamespace(index=None, smoke=True, results_csv=None)
+    picker = FigurePicker.for_session(session, item="comparison", source="index")
+    assert picker.messages.kind is None, picker.messages.text
+    # Smoke mode's "full index" is built from the paper's own numbers: the screen says so.
+    assert fp.SYNTHETIC_NOTE in picker.caption.value.replace("&#x27;", "'")
+    table = figures.compare_with_paper(picker.index)
+    differ = int(table["differs"].sum())
+    assert picker.only_differences.value
+    html_rows = picker.shown.html.count("<tr") - 1  # the header row
+    assert html_rows == max(differ, 0) and html_rows < len(table)
+    assert "max-height" in picker.shown.html and "overflow:auto" in picker.shown.html
+    picker.only_differences.value = False
+    assert picker.shown.html.count("<tr") - 1 == len(table)
+    picker.item.value = "fig4"
+    assert fp.SYNTHETIC_NOTE in picker.caption.value.replace("&#x27;", "'")
+    # Figures from the paper's printed tables carry no such note.
+    picker.source.value = "paper"
+    assert fp.SYNTHETIC_NOTE not in picker.caption.value.replace("&#x27;", "'")
 
 
 # --------------------------------------------------------------------------- inference
 
 
-def test_sample_and_uploaded_images():
+def test_sample_photographs_and_uploaded_images():
     from PIL import Image
 
-    samples = ip.sample_images(64)
-    assert list(samples) == ["red ball", "stripes", "checkerboard"]
-    for img in samples.values():
-        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
-    assert len({img.tobytes() for img in samples.values()}) == 3
+    samples = ip.sample_images()
+    assert list(samples) == ["cat", "coffee cup", "rocket launch"]
+    for name, img in samples.items():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        assert min(img.shape[:2]) >= 224, name  # real photographs, big enough to classify
+        assert img.std() > 20, name  # not a flat placeholder
+        shipped = data_path("samples", ip.SAMPLE_PHOTOS[name])
+        assert shipped.stat().st_size <= 60_000
+        np.testing.assert_array_equal(np.asarray(Image.open(shipped).convert("RGB")), img)
+    small = ip.sample_images(64)
+    assert all(min(img.shape[:2]) == 64 for img in small.values())
     buf = io.BytesIO()
-    Image.fromarray(samples["stripes"]).save(buf, format="PNG")
+    Image.fromarray(small["cat"]).save(buf, format="PNG")
     got = ip.uploaded_images(({"name": "a.png", "content": memoryview(buf.getvalue())},))
-    np.testing.assert_array_equal(np.asarray(got["a.png"]), samples["stripes"])
+    np.testing.assert_array_equal(np.asarray(got["a.png"]), small["cat"])
     with pytest.raises(ValueError, match="b.jpg is not an image"):
         ip.uploaded_images([{"name": "b.jpg", "content": b"not an image"}])
+
+
+def test_probability_axis_scales_to_the_largest_bar():
+    from augreg_nb.inference import Prediction
+
+    images = ip.sample_images(32)
+    low = [[Prediction(i, f"class {i}", p) for i, p in enumerate([0.012, 0.008, 0.005])]
+           for _ in images]
+    fig = ip.plot_predictions(images, low)
+    assert fig.axes[1].get_xlim() == pytest.approx((0, 1.5))  # 1.2 % fills most of the axis
+    assert ip.probability_axis_limit([90.0, 5.0]) == 100.0
+    assert ip.probability_axis_limit([0.1]) == 1.0
+    # Every label of the chart is at least 9 pt.
+    texts = [t for ax in fig.axes for t in (*ax.texts, *ax.get_yticklabels(),
+                                             *ax.get_xticklabels(), ax.xaxis.label)
+             if t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= 9
 
 
 def test_plot_predictions_draws_the_probabilities():
@@ -400,13 +559,13 @@ def test_inference_panel_loads_and_classifies(tmp_path):
     panel.load_button.click()
     assert panel.messages.kind == "info", panel.messages.text
     assert "10 classes, 32 px" in panel.info.value
-    panel.use_samples.value = ("red ball", "checkerboard")
+    panel.use_samples.value = ("cat", "rocket launch")
     panel.classify_button.click()
     assert panel.messages.kind == "info", panel.messages.text
     assert len(panel.predictions) == 2 and all(len(p) == 5 for p in panel.predictions)
     # Independent forward pass: softmax of the model's logits on the same pre-processing.
     params = load(path, model_name="testing")
-    x = prepare_images([panel.samples["red ball"], panel.samples["checkerboard"]], 32)
+    x = prepare_images([panel.samples["cat"], panel.samples["rocket launch"]], 32)
     logits = np.asarray(create_model("testing", 10).apply({"params": params}, x, train=False))
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -427,7 +586,7 @@ def test_inference_panel_bad_checkpoint_is_a_message(tmp_path, monkeypatch):
     assert panel.params is None and not panel.load_button.disabled
 
 
-def test_browser_on_a_complete_table_marks_the_rule_pick():
+def test_browser_on_a_complete_table_marks_the_rule_pick(real_env):
     from augreg_nb.testing.synthetic_index import make_synthetic_index
 
     df = make_synthetic_index(seed=1)
@@ -436,6 +595,7 @@ def test_browser_on_a_complete_table_marks_the_rule_pick():
     i21k = df[df["ds"] == "i21k"]
     best = i21k.loc[i21k.groupby("name")["final_val"].idxmax(), "filename"]
     browser = IndexBrowser(df, state={"model": "B/16"}, limit=10)
+    browser.fetchable_only.value = False
     browser.view_toggle.value = "upstream checkpoints"
     assert "the complete published table" in browser.provenance.value
     assert browser.view.total == df["filename"].nunique()
@@ -466,3 +626,247 @@ def test_panels_for_a_notebook_session_take_the_parameters(tmp_path, catalogue, 
     assert sorted(suggestions) == sorted(set(imagenet))
     first_upstreams = {s.split("--")[0] for s in suggestions[:5]}
     assert first_upstreams <= ib.recommended_files(catalogue)  # recommended models first
+
+
+# --------------------------------------------------------------------------- what can be had
+
+
+def test_availability_says_where_each_file_comes_from_for_this_user(catalogue, real_env,
+                                                                    monkeypatch):
+    from augreg_nb import index_queries as iq
+
+    mirrored = _mirrored_names()
+    assert iq.bucket_access() == iq.BUCKET_REFUSED  # public bucket, no credentials
+    av = iq.availability(catalogue).set_index("filename")
+    for name, row in av.iterrows():
+        want = "HF mirror (free)" if name in mirrored else "bucket: needs access"
+        assert (row["where"], bool(row["fetchable"])) == (want, name in mirrored), name
+    # A cached copy and a file in the checkpoint folder come first.
+    other = next(f for f in av.index if f not in mirrored)
+    cache = real_env / "cache" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / f"{other}.npz").write_bytes(b"x")
+    folder = real_env / "mine"
+    folder.mkdir()
+    (folder / f"{TI16_UP}.npz").write_bytes(b"x")
+    monkeypatch.setenv("AUGREG_NB_CHECKPOINT_DIR", str(folder))
+    av = iq.availability(catalogue).set_index("filename")
+    assert (av.loc[other, "where"], av.loc[other, "fetchable"]) == ("cached", True)
+    assert av.loc[TI16_UP, "where"] == "local"
+    # Offline: only what is here.
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    assert iq.bucket_access() == iq.OFFLINE
+    av = iq.availability(catalogue).set_index("filename")
+    assert set(av.index[av["fetchable"].to_numpy()]) == {other, TI16_UP}
+    assert av.loc[TI16_FT, "where"] == "needs network (offline)"
+    # Credentials on this machine: the bucket may serve everything.
+    monkeypatch.delenv("AUGREG_NB_OFFLINE")
+    creds = real_env / "creds.json"
+    creds.write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    assert iq.bucket_access() == iq.BUCKET_CREDENTIALS
+    av = iq.availability(catalogue).set_index("filename")
+    assert av["fetchable"].all()
+    assert av.loc[next(f for f in av.index if f not in mirrored | {other, TI16_UP}),
+                  "where"] == "bucket (your credentials)"
+
+
+def test_browser_starts_on_rows_that_can_be_fetched_when_the_bucket_refuses(catalogue,
+                                                                            real_env):
+    mirrored = _mirrored_names()
+    browser = IndexBrowser(catalogue)
+    assert browser.fetchable_only.value  # on by default: the bucket refuses
+    assert len(browser.table) > 0
+    assert set(browser.view.files) <= mirrored
+    assert set(browser.table["available"]) == {"HF mirror (free)"}
+    assert browser.selected in mirrored
+    assert "refuses anonymous" in browser.access_note.value
+    n_all = len(catalogue)
+    n_fetchable = int(catalogue["adapt_filename"].astype(str).isin(mirrored).sum())
+    assert f"<b>{n_fetchable}</b> of {n_all} rows" in browser.count.value
+    assert f"{n_all - n_fetchable} more need access" in browser.count.value
+    # Without the filter, the default selection is still a row that can be fetched.
+    browser.fetchable_only.value = False
+    assert "bucket: needs access" in set(browser.table["available"])
+    assert browser.selected in mirrored
+    # A task whose rows all need access (no Pets fine-tune is mirrored): an explanation.
+    pets = catalogue[catalogue["adapt_ds"] == "oxford_iiit_pet"]
+    assert len(pets) and not pets["adapt_filename"].astype(str).isin(mirrored).any()
+    browser.fetchable_only.value = True
+    browser.filters["task"].value = "oxford_iiit_pet"
+    assert browser.table.empty
+    assert f"None of the {len(pets)} matching rows" in browser.table_html.value
+    assert "can be fetched now" in browser.table_html.value
+
+
+def test_accuracies_are_ranked_within_each_task_never_across(catalogue, real_env):
+    view = ib.browse(catalogue, {}, limit=12)
+    tasks = view.table["task"].tolist()
+    assert view.grouped_by_task and len(set(tasks)) == 2
+    # Each task's rows are contiguous, and sorted best first within it.
+    runs = [t for i, t in enumerate(tasks) if i == 0 or tasks[i - 1] != t]
+    assert len(runs) == len(set(runs))
+    for task in set(tasks):
+        vals = view.table.loc[view.table["task"] == task, "val acc"].dropna().tolist()
+        assert vals == sorted(vals, reverse=True)
+        best = catalogue[catalogue["adapt_ds"] == task]["adapt_final_val"].max()
+        assert vals[0] == pytest.approx(best)  # each task's best row is shown
+    one = ib.browse(catalogue, {"task": "oxford_iiit_pet"}, limit=5)
+    assert not one.grouped_by_task
+
+
+def test_parameter_values_the_table_lacks_are_reported(catalogue, real_env):
+    browser = IndexBrowser(catalogue, state={"task": "cifar100", "model": "B/16"})
+    assert browser.notices.kind == "warning"
+    assert "Task = 'cifar100'" in browser.notices.text
+    assert "imagenet2012" in browser.notices.text  # the tasks the table has
+    assert "Model" not in browser.notices.text  # B/16 is there
+    assert browser.filters["task"].value == ANY
+    assert IndexBrowser(catalogue, state={"task": "kitti"}).notices.kind == "warning"
+    assert IndexBrowser(catalogue, state={"task": "oxford_iiit_pet"}).notices.kind is None
+
+
+def test_a_filter_change_clears_the_previous_fetch_result(sources_env, catalogue):
+    bucket = sources_env
+    write_fake_checkpoint(bucket.root / f"{TI16_FT}.npz", "testing", num_classes=10,
+                          resolution=32)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    browser.fetch_button.click()
+    assert browser.messages.kind == "info"
+    browser.filters["model"].value = "S/16"
+    assert browser.messages.kind is None and browser.messages.widget.value == ""
+    assert browser.progress.outputs == ()
+
+
+def test_checkpoint_names_wrap_in_the_table_and_copy_whole(catalogue, real_env):
+    browser = IndexBrowser(catalogue)
+    page = browser.table_html.value
+    name = browser.view.files[0]
+    assert "-<wbr>" in page and "white-space:nowrap" in page
+    assert name.replace("-", "-<wbr>").replace("_", "_<wbr>") in page
+    import re
+
+    assert name in re.sub("<wbr>", "", page)
+
+
+# --------------------------------------------------------------------------- fetch feedback
+
+
+def _closed_port_url() -> str:
+    """A loopback URL where nothing listens: connections are refused, as without network."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_fetch_says_which_source_it_is_trying(sources_env, catalogue):
+    bucket = sources_env
+    write_fake_checkpoint(bucket.root / f"{TI16_FT}.npz", "testing", num_classes=10,
+                          resolution=32)
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    seen = []
+    browser.status.observe(lambda change: seen.append(change["new"]), names="value")
+    browser.fetch_button.click()
+    assert browser.messages.kind == "info", browser.messages.text
+    trying = [v for v in seen if "trying source" in v]
+    # cache, then the bucket, which serves it: two sources of four, in that order.
+    assert [v.split("trying source ")[1].split(":")[0] for v in trying] == ["1 of 4", "2 of 4"]
+    assert "public bucket URL" in trying[-1]
+    assert browser.status.value == ""  # gone once the fetch is over
+
+
+def test_fetch_without_network_fails_fast_with_one_message(sources_env, catalogue,
+                                                           monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_BUCKET_URL", _closed_port_url())
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
+    browser = IndexBrowser(catalogue, state={"model": "Ti/16", "task": "imagenet2012",
+                                             "resolution": 384, "wd": 0.03})
+    assert browser.selected == TI16_FT  # mirrored on the Hub: the long case before
+    start = time.monotonic()
+    browser.fetch_button.click()
+    assert time.monotonic() - start < 5
+    assert browser.messages.kind == "error"
+    assert "no network" in browser.messages.text
+    assert "Traceback" not in browser.messages.text
+    shown = "".join(str(o) for o in browser.progress.outputs)
+    assert "Retrying" not in shown
+    assert browser.status.value == ""
+
+
+def test_a_failed_load_clears_the_previous_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    path = write_fake_checkpoint(tmp_path / "fake.npz", "testing", num_classes=10,
+                                 resolution=32, seed=3)
+    panel = InferencePanel(str(path))
+    seen = []
+    panel.status.observe(lambda change: seen.append(change["new"]), names="value")
+    panel.load_button.click()
+    assert any("trying source 1 of" in v for v in seen)
+    panel.classify_button.click()
+    assert panel.figure is not None and "10 classes" in panel.info.value
+    panel.checkpoint.value = str(tmp_path / "missing.npz")
+    panel.load_button.click()
+    assert panel.messages.kind == "error"
+    assert panel.params is None and panel.figure is None and panel.predictions is None
+    assert panel.info.value == "" and panel.output.outputs == ()
+    panel.classify_button.click()
+    assert "press Load" in panel.messages.text
+
+
+def test_a_long_cpu_run_is_paused_after_a_measured_step_to_say_how_long(tmp_path,
+                                                                       catalogue):
+    from augreg_nb.callbacks import StopFlag
+
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", checkpoint=TI16_UP,
+                          task="oxford_iiit_pet", steps=500)
+    progress = ftp._ProgressWidgets(panel.bar, panel.bar_label,
+                                    on_estimate=panel._on_estimate)
+    panel._stop, panel._measuring = StopFlag(), True
+    progress.on_train_begin({"total_steps": 500, "start_step": 0, "global_batch": 512})
+    # Step 2 measured at 64 img/s: 8 s per step, 498 steps left.
+    progress.on_log(2, {"loss": 3.6, "lr": 1e-4, "img_per_sec": 64.0})
+    assert panel.estimate == (2, 8.0, 498 * 8.0)
+    assert panel._stop.stop_requested and panel._stop.reason == "estimate"
+    assert "about 66 min left" in panel.bar_label.value
+    # A short run is not paused.
+    panel._stop, panel._measuring = StopFlag(), True
+    progress.on_log(2, {"loss": 3.6, "lr": 1e-4, "img_per_sec": 5120.0})
+    assert not panel._stop.stop_requested
+
+
+def test_a_folder_of_images_is_a_task_with_the_paper_recipe(tmp_path, catalogue):
+    from PIL import Image
+
+    folder = tmp_path / "flowers"
+    for k, cls in enumerate(("daisy", "roses")):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * k, 40 * i, 90)).save(folder / cls / f"{i}.jpg")
+    panel = FinetunePanel(catalogue, workdir=tmp_path / "runs", checkpoint=TI16_UP)
+    assert panel.folder.layout.display != "none"
+    panel.folder.value = str(folder)
+    panel.steps.value = 500
+    c = panel.config()
+    assert c.task == str(folder) and panel.task_name == str(folder)
+    assert list(panel.steps.options) == [500, 2500, 10000, 20000]
+    assert list(panel.resolution.options) == [224, 384]
+    assert (c.global_batch, c.total_steps, c.warmup_steps) == (512, 500, 100)  # Table 4
+    assert not panel.start_button.disabled
+    from augreg_nb.train import load_task
+
+    task = load_task(c)  # the same task the Python API builds from the folder
+    assert task.num_classes == 2 and task.folder is not None
+    panel.folder.value = str(tmp_path / "missing")
+    assert panel.start_button.disabled and "is not a folder" in panel.messages.text
+    panel.folder.value = ""
+    assert panel.config().task == panel.task.value and not panel.start_button.disabled
+    # Smoke mode hides it: a folder task needs a real checkpoint, a download.
+    smoke = FinetunePanel(catalogue, workdir=tmp_path / "runs", smoke=True)
+    assert smoke.folder.layout.display == "none"

@@ -22,7 +22,11 @@ from augreg_nb.figures import paper
 from augreg_nb.figures.tidy import AUGS
 
 CMAP = "RdYlGn"
-FONT = 6.5
+#: Font size (pt) of every label: figures are at most 9 inches wide (900 px at 100 dpi, the
+#: width of a notebook's output area), so 9 pt stays 9 pt on screen.
+FONT = 9
+#: Outline colours of highlighted rows, one per highlighted model, in order.
+HIGHLIGHT_COLORS = ("black", "#d81b60", "#1e88e5", "#8e24aa", "#00897b", "#f4511e")
 
 
 class NotebookFigure(Figure):
@@ -38,11 +42,14 @@ class NotebookFigure(Figure):
         return buf.getvalue()
 
 
-def panel_axes(ax, n: int, figsize: tuple[float, float], **subplot_kw) -> list:
-    """``n`` Axes: the ones given (one Axes or a sequence) or a new Figure's row of panels."""
+def panel_axes(ax, n: int, figsize: tuple[float, float], *, stacked: bool = False,
+               **subplot_kw) -> list:
+    """``n`` Axes: the ones given (one Axes or a sequence) or a new Figure's row of panels
+    (``stacked=True``: a column of panels, for wide panels)."""
     if ax is None:
         fig = NotebookFigure(figsize=figsize, layout="constrained")
-        axes = fig.subplots(1, n, squeeze=False, **subplot_kw)[0]
+        shape = (n, 1) if stacked else (1, n)
+        axes = fig.subplots(*shape, squeeze=False, **subplot_kw).ravel()
         return list(axes)
     axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
     if len(axes) != n:
@@ -50,10 +57,11 @@ def panel_axes(ax, n: int, figsize: tuple[float, float], **subplot_kw) -> list:
     return axes
 
 
-def _highlights(highlight) -> set[str]:
+def _highlights(highlight) -> list[str]:
+    """Highlighted models in the order given (each gets its own colour and marker)."""
     if highlight is None:
-        return set()
-    return {highlight} if isinstance(highlight, str) else set(highlight)
+        return []
+    return [highlight] if isinstance(highlight, str) else list(dict.fromkeys(highlight))
 
 
 def _text_color(cmap, norm, value) -> str:
@@ -79,14 +87,16 @@ def _draw_grid(ax, values, labels, x_edges, rows, norm, highlight, *, cmap=CMAP)
     ax.set_ylim(len(rows), 0)
     ax.set_xlim(x_edges[0], x_edges[-1])
     ax.set_yticks(np.arange(len(rows)) + 0.5, rows)
+    colors = {m: HIGHLIGHT_COLORS[k % len(HIGHLIGHT_COLORS)] for k, m in enumerate(highlight)}
     for tick in ax.get_yticklabels():
-        if tick.get_text() in highlight:
+        if tick.get_text() in colors:
             tick.set_fontweight("bold")
+            tick.set_color(colors[tick.get_text()])
     for i, model in enumerate(rows):
-        if model in highlight:
+        if model in colors:
             ax.add_patch(Rectangle((x_edges[0], i), x_edges[-1] - x_edges[0], 1, fill=False,
-                                   edgecolor="black", linewidth=1.5, clip_on=False))
-    ax.tick_params(length=0, labelsize=FONT + 1)
+                                   edgecolor=colors[model], linewidth=1.8, clip_on=False))
+    ax.tick_params(length=0, labelsize=FONT)
     for spine in ax.spines.values():
         spine.set_visible(False)
     return mesh
@@ -99,7 +109,7 @@ def plot_fig4(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     stochastic depth = 0.1), then the thin "reg - noreg" column. Cells show the accuracy
     (%); colour is its difference to the model's unaugmented, unregularised cell.
     """
-    axes = panel_axes(ax, 3, (13, 4.3), sharey=True)
+    axes = panel_axes(ax, 3, (9, 10.5), stacked=True, sharex=True)
     highlight = _highlights(highlight)
     cells = tidy[tidy["measure"] == "val_acc"]
     thin = tidy[tidy["measure"] == "reg_minus_noreg"]
@@ -127,22 +137,22 @@ def plot_fig4(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
         panel_ax.set_xticks(ticks, [*AUGS, *AUGS, "reg - noreg"], rotation=90)
         panel_ax.axvline(7, color="black", linewidth=1.0)
         for x, text in ((3.5, "no reg"), (10.5, "reg 0.1")):
-            panel_ax.text(x, -0.15, text, ha="center", va="bottom", fontsize=FONT + 1,
+            panel_ax.text(x, -0.15, text, ha="center", va="bottom", fontsize=FONT,
                           style="italic")
-        panel_ax.set_title(paper.DS_LABELS[ds], pad=16, fontsize=FONT + 3)
-        if k:
-            panel_ax.tick_params(labelleft=False)
+        panel_ax.set_title(paper.DS_LABELS[ds], pad=16, fontsize=FONT + 2)
+        if k < len(axes) - 1 and ax is None:  # one row of augmentation names, at the bottom
+            panel_ax.tick_params(labelbottom=False)
     fig = axes[0].figure
     if ax is None:
-        bar = fig.colorbar(mesh, ax=axes, shrink=0.8, pad=0.01)
-        bar.set_label("difference to none / no reg (%)", fontsize=FONT + 1)
+        bar = fig.colorbar(mesh, ax=axes, shrink=0.5, pad=0.01)
+        bar.set_label("difference to none / no reg (%)", fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT)
     return fig
 
 
 def plot_fig7(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     """Figure 7: regularised minus unregularised upstream accuracy per augmentation."""
-    axes = panel_axes(ax, 3, (10, 3.8), sharey=True)
+    axes = panel_axes(ax, 3, (9, 4.4), sharey=True)
     highlight = _highlights(highlight)
     rows = [m for m in paper.PAPER_MODELS if m in set(tidy["model"])]
     vmax = max(2.0, float(np.nanmax(np.abs(tidy["value"]))))
@@ -154,13 +164,13 @@ def plot_fig7(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
         labels = [[_fmt(v, "{:+.0f}") for v in row] for row in values]
         mesh = _draw_grid(panel_ax, values, labels, np.arange(8), rows, norm, highlight)
         panel_ax.set_xticks(np.arange(7) + 0.5, AUGS, rotation=90)
-        panel_ax.set_title(paper.DS_LABELS[ds], fontsize=FONT + 3)
+        panel_ax.set_title(paper.DS_LABELS[ds], fontsize=FONT + 1)
         if k:
             panel_ax.tick_params(labelleft=False)
     fig = axes[0].figure
     if ax is None:
         bar = fig.colorbar(mesh, ax=axes, shrink=0.8, pad=0.01)
-        bar.set_label("reg - noreg (%)", fontsize=FONT + 1)
+        bar.set_label("reg - noreg (%)", fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT)
     return fig
 
@@ -168,7 +178,7 @@ def plot_fig7(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
 def plot_fig5(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
     """Figure 5 (left): test accuracy when the checkpoint is chosen by upstream validation
     minus when chosen by the task's own validation (percentage points); NaN shows "n/a"."""
-    (panel_ax,) = panel_axes(ax, 1, (5.5, 4.2))
+    (panel_ax,) = panel_axes(ax, 1, (7, 4.6))
     highlight = _highlights(highlight)
     rows = [m for m in paper.PAPER_MODELS if m in set(tidy["model"])]
     rows += sorted(set(tidy["model"]) - set(rows))
@@ -183,11 +193,11 @@ def plot_fig5(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
                       highlight)
     panel_ax.set_xticks(np.arange(len(tasks)) + 0.5, tasks, rotation=30, ha="right")
     panel_ax.set_title("Choosing by upstream instead of downstream validation",
-                       fontsize=FONT + 3)
+                       fontsize=FONT + 1)
     fig = panel_ax.figure
     if ax is None:
         bar = fig.colorbar(mesh, ax=panel_ax, shrink=0.8, pad=0.02)
-        bar.set_label("test accuracy difference (%)", fontsize=FONT + 1)
+        bar.set_label("test accuracy difference (%)", fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT)
     return fig
 

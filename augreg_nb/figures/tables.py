@@ -132,7 +132,7 @@ def plot_finetunes(comparison: pd.DataFrame, ax=None, *, highlight=None) -> Figu
                edgecolors="tab:blue", linewidths=1.5, label="published", zorder=3)
     ax.scatter(comparison["own_test"], y, marker="*", s=120, color="black", label="own",
                zorder=4)
-    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_yticks(y, labels, fontsize=9)
     marks = set([highlight] if isinstance(highlight, str) else highlight or [])
     for tick, model in zip(ax.get_yticklabels(), comparison["model"], strict=True):
         if model in marks:
@@ -140,6 +140,6 @@ def plot_finetunes(comparison: pd.DataFrame, ax=None, *, highlight=None) -> Figu
     ax.invert_yaxis()
     ax.set_xlabel("Test accuracy (%)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=9, loc="best")
     ax.set_title("Own fine-tunes vs the published ones", fontsize=10)
     return ax.figure

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 #: Dropdown value meaning "no filter".
 ANY = "(any)"
+#: Width of a widget that spans its panel: 100 % less the margins widgets get, so that it
+#: never makes the panel wider than the notebook (a horizontal scrollbar).
+FULL_WIDTH = "calc(100% - 8px)"
 
 _STYLES = {
     "error": "color:#8a1f11;background:#fdecea;border-left:4px solid #d93025;",
@@ -38,7 +41,7 @@ def message_html(text: str, kind: str = "info", title: str | None = None) -> str
     body = html.escape(str(text))
     return (
         f'<div class="augreg-{kind}" style="{_STYLES[kind]}padding:6px 10px;margin:4px 0;'
-        f'white-space:pre-wrap;font-family:var(--jp-ui-font-family,sans-serif);">'
+        f'white-space:pre-wrap;line-height:1.4;font-family:var(--jp-ui-font-family,sans-serif);">'
         f"{head}{body}</div>"
     )
 
@@ -101,23 +104,35 @@ def table_html(
     marked: Iterable[bool] | None = None,
     float_format: str = "{:.4g}",
     max_height: str = "26em",
+    wrap_columns: Iterable[str] = (),
 ) -> str:
-    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold."""
+    """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold.
+
+    Cells of ``wrap_columns`` (long names) may break after each ``-`` or ``_`` so the table
+    fits the notebook's width; the break points are not characters, so a copied name is
+    whole. Other cells stay on one line.
+    """
     marked = list(marked) if marked is not None else [False] * len(df)
+    wrap = [c in set(wrap_columns) for c in df.columns]
     head = "".join(f"<th style='text-align:left;padding:2px 6px'>{html.escape(str(c))}</th>"
                    for c in df.columns)
     rows = []
     for flag, values in zip(marked, df.itertuples(index=False), strict=True):
-        cells = "".join(
-            f"<td style='padding:1px 6px;white-space:nowrap'>{html.escape(_fmt(v, float_format))}"
-            "</td>"
-            for v in values
-        )
+        cells = []
+        for wraps, v in zip(wrap, values, strict=True):
+            text = html.escape(_fmt(v, float_format))
+            if wraps:
+                text = text.replace("-", "-<wbr>").replace("_", "_<wbr>")
+                style = "padding:1px 6px;min-width:7em;overflow-wrap:anywhere"
+            else:
+                style = "padding:1px 6px;white-space:nowrap"
+            cells.append(f"<td style='{style}'>{text}</td>")
         style = " style='font-weight:bold;background:#fff8e1'" if flag else ""
-        rows.append(f"<tr{style}>{cells}</tr>")
+        rows.append(f"<tr{style}>{''.join(cells)}</tr>")
     return (
-        f"<div style='max-height:{max_height};overflow:auto'>"
-        "<table class='augreg-table' style='border-collapse:collapse;font-size:12px'>"
+        f"<div style='max-height:{max_height};overflow-y:auto;overflow-x:auto;max-width:100%'>"
+        "<table class='augreg-table' style='border-collapse:collapse;font-size:12px;"
+        "line-height:1.35;width:100%'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
@@ -160,6 +175,17 @@ def set_options(widget: w.Dropdown, options: list, keep: Any = None) -> None:
         widget.value = keep if keep in values else values[0]
 
 
+def attempt_reporter(status: w.HTML) -> Callable[[int, int, str], None]:
+    """An ``on_attempt(k, n, description)`` for :func:`augreg_nb.sources.resolve_checkpoint`
+    that shows "trying source k of n: ..." in ``status`` while a fetch runs."""
+
+    def report(k: int, n: int, description: str) -> None:
+        status.value = (f"<span class='augreg-trying' style='color:#555'>trying source {k} of "
+                        f"{n}: {html.escape(str(description))}</span>")
+
+    return report
+
+
 def figure_png(figure, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib Figure (no pyplot, no backend needed)."""
     import io
@@ -192,3 +218,113 @@ def run_in_output(output: w.Output, fn: Callable[..., Any], *args, **kwargs) -> 
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def quiet_libraries(*, tfds: bool = True) -> None:
+    """Keep TensorFlow's, absl's and TFDS's log lines out of the panels.
+
+    TensorFlow's C++ notices (oneDNN, CPU features) are silenced when this runs before
+    TensorFlow is imported (``TF_CPP_MIN_LOG_LEVEL``, unless the user set it); absl's
+    Python log drops below warnings; TFDS draws no progress bars of its own (``tfds=False``
+    leaves TFDS alone: importing it loads TensorFlow, seconds a notebook's first cell should
+    not spend). What still
+    gets printed while a panel runs goes to its collapsed *library messages*.
+    """
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        absl_logging = None
+    if absl_logging is not None:
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    if tfds and ("tensorflow_datasets" in sys.modules or _importable("tensorflow_datasets")):
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+class ThreadOutput:
+    """While installed, what one thread writes to ``sys.stdout``/``sys.stderr`` is kept
+    here (``text``) instead of reaching the notebook; other threads print as before.
+
+    A panel that runs work in a background thread installs it, so library chatter from
+    that work never lands in whichever cell happens to be running.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.thread: Any = None
+        self.parts: list[str] = []
+        self._lock = threading.Lock()
+        self._saved: dict[str, Any] = {}
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self.parts)
+
+    def install(self, thread) -> None:
+        import sys
+
+        self.thread = thread
+        for name in ("stdout", "stderr"):
+            original = getattr(sys, name)
+            self._saved[name] = original
+            setattr(sys, name, _Routed(original, self))
+
+    def uninstall(self) -> None:
+        import sys
+
+        for name, original in self._saved.items():
+            current = getattr(sys, name)
+            if isinstance(current, _Routed) and current.owner is self:
+                setattr(sys, name, original)
+        self._saved.clear()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.parts.append(text)
+
+
+class _Routed:
+    """A stream that sends the owner's thread's writes to the owner, others on."""
+
+    def __init__(self, original, owner: ThreadOutput):
+        self.original = original
+        self.owner = owner
+
+    def write(self, text: str) -> int:
+        import threading
+
+        if threading.current_thread() is self.owner.thread:
+            self.owner.write(text)
+            return len(text)
+        return self.original.write(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+def details_html(text: str, title: str) -> str:
+    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text)."""
+    text = text.strip()
+    if not text:
+        return ""
+    lines = text.count("\n") + 1
+    return (f"<details style='margin:4px 0'><summary style='color:#555'>{html.escape(title)} "
+            f"({lines} line{'s' if lines != 1 else ''})</summary><pre style='white-space:"
+            f"pre-wrap;font-size:11px;max-height:14em;overflow:auto'>{html.escape(text)}"
+            "</pre></details>")

@@ -21,6 +21,7 @@ of the same configuration in "own fine-tunes vs published".
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,11 @@ def render(
     index: pd.DataFrame | None = None,
     highlight=None,
     own: pd.DataFrame | None = None,
+    only_differences: bool = False,
 ) -> Rendered:
     """The figure or table ``item`` from ``source`` with ``highlight`` models marked and
-    ``own`` result rows overlaid where the item supports it. Raises ValueError with the fix
+    ``own`` result rows overlaid where the item supports it; ``only_differences``: the
+    comparison lists only the numbers that differ from the paper. Raises ValueError with the fix
     when the choice cannot be drawn (e.g. Figure 1 without a full index)."""
     if item not in ITEMS:
         raise ValueError(f"unknown item {item!r}; choose one of {list(ITEMS)}")
@@ -94,17 +97,21 @@ def render(
             out.note = "Table 5 always shows the paper's numbers: the index holds no VTAB-1k runs."
     elif entry.kind == "comparison":
         table = entry.data(data)
-        out.html = entry.plot(table).to_html()
-        out.caption = (f"{int(table['differs'].sum())} of {len(table)} numbers differ from the "
-                       "paper beyond its rounding (shaded).")
+        differ = int(table["differs"].sum())
+        out.caption = (f"{differ} of {len(table)} numbers differ from the paper beyond its "
+                       "rounding (shaded).")
+        if only_differences:
+            table = table[table["differs"].astype(bool)]
+            out.caption += f" Showing only those {differ}."
+        out.html = scrolling(entry.plot(table).to_html())
     elif entry.kind == "own":
         if own is None:
             raise ValueError("no own results yet: fine-tune in notebook 2 (02_finetune) and "
                              "press Export result; its rows are read from the results CSV")
         comparison = entry.data(own)
         out.figure = entry.plot(comparison, highlight=highlight)
-        out.html = comparison.to_html(index=False, float_format=lambda v: f"{v:.2f}",
-                                      na_rep="-")
+        out.html = scrolling(comparison.to_html(index=False, na_rep="-",
+                                                float_format=lambda v: f"{v:.2f}"))
         unknown = int(comparison["published_test"].isna().sum())
         if unknown:
             out.note = (f"{unknown} own run(s) have no published counterpart (no published row "
@@ -117,7 +124,20 @@ def render(
             out.note = (f"{n} own ImageNet fine-tune(s) drawn as black stars." if n else
                         "Own results hold no ImageNet (imagenet2012) fine-tunes to draw here.")
         out.figure = entry.plot(entry.data(data), **kwargs)
+    if data is not None and data.attrs.get("synthetic"):
+        out.caption = (f"{SYNTHETIC_NOTE} {out.caption}")
     return out
+
+
+#: Said on screen whenever the "full index" is smoke mode's table made from the paper.
+SYNTHETIC_NOTE = ("Built from the paper's own numbers (smoke mode's stand-in for the full "
+                  "index), not from a published index.csv.")
+
+
+def scrolling(html_text: str, max_height: str = "32em") -> str:
+    """``html_text`` in a box of at most ``max_height`` that scrolls (long tables)."""
+    return (f"<div class='augreg-scroll' style='max-height:{max_height};overflow:auto;"
+            f"max-width:100%'>{html_text}</div>")
 
 
 class FigurePicker:
@@ -143,16 +163,23 @@ class FigurePicker:
         self.overlay = w.Checkbox(value=True, description="overlay own results", indent=False)
         self.reload_button = w.Button(description="Reload own results", icon="refresh",
                                       layout=w.Layout(width="auto"))
+        self.only_differences = w.Checkbox(value=True, indent=False,
+                                           description="comparison: only differences")
+        self.own_status = w.HTML()
         self.caption = w.HTML()
-        self.output = w.Output()
-        for widget in (self.item, self.source, self.highlight, self.overlay):
+        self.output = w.Output(layout=w.Layout(max_width="100%", overflow="auto"))
+        for widget in (self.item, self.source, self.highlight, self.overlay,
+                       self.only_differences):
             widget.observe(self._on_change, names="value")
-        self.reload_button.on_click(self._on_change)
+        self.reload_button.on_click(self._on_reload)
+        wrap = w.Layout(flex_flow="row wrap", max_width="100%")
         self.widget = w.VBox([
-            w.HBox([self.item, self.source], layout=w.Layout(flex_flow="row wrap")),
-            w.HBox([self.highlight, w.VBox([self.overlay, self.reload_button])]),
+            w.HBox([self.item, self.source], layout=wrap),
+            w.HBox([self.highlight, w.VBox([self.overlay, self.reload_button,
+                                            self.only_differences, self.own_status])],
+                   layout=wrap),
             self.messages.widget, self.caption, self.output,
-        ])
+        ], layout=w.Layout(max_width="100%"))
         self.refresh()
 
     @classmethod
@@ -175,7 +202,12 @@ class FigurePicker:
             return None
 
         rows = read_results(self.results_csv)
+        self.own_status.value = (f"<small>{len(rows)} own result row(s) read from "
+                                 f"{html.escape(str(self.results_csv))}</small>")
         return rows if len(rows) else None
+
+    def _on_reload(self, _button=None) -> None:
+        self.refresh()
 
     def _on_change(self, _change=None) -> None:
         self.refresh()
@@ -187,7 +219,8 @@ class FigurePicker:
         self.caption.value = ""
         try:
             shown = render(self.item.value, source=self.source.value, index=self.index,
-                           highlight=self.highlight.value, own=self.own_results())
+                           highlight=self.highlight.value, own=self.own_results(),
+                           only_differences=self.only_differences.value)
         except Exception as err:  # shown as a message, never a traceback
             self.shown = None
             self.messages.error(err, f"Drawing {ITEMS[self.item.value]}")

@@ -10,7 +10,9 @@ The pure functions build what the panel runs and shows::
 
     panel = FinetunePanel(index_df, workdir="runs", results_csv="augreg_results.csv")
     panel                                  # displays it; nothing runs until Start is pressed
-    panel.start_button.click()             # fine-tunes with a progress bar and a live plot
+    panel.start_button.click()             # fine-tunes (in the background): progress, live plot
+    panel.stop_button.click()              # ends it after the current step; Start resumes
+    panel.wait()                           # until the run is over (scripts and tests)
     panel.export_button.click()            # appends the result row to results_csv
 
 The run is :func:`augreg_nb.train.finetune` with the paper's recipe
@@ -36,17 +38,20 @@ import pandas as pd
 from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
-from augreg_nb.callbacks import LivePlot, ProgressBar
+from augreg_nb.callbacks import LivePlot, StopFlag
 from augreg_nb.index import COLUMNS
-from augreg_nb.train import finetune
+from augreg_nb.train import TrainingStopped, finetune
 from augreg_nb.widgets.common import (
+    FULL_WIDTH,
     MessageArea,
+    ThreadOutput,
+    details_html,
     dropdown,
+    figure_png,
     guarded,
     message_html,
-    run_in_output,
+    quiet_libraries,
     set_options,
-    show_figure,
     table_html,
 )
 from augreg_nb.widgets.index_browser import recommended_files
@@ -56,14 +61,18 @@ PAPER_TASKS: dict[str, tuple[int, ...]] = {
     name: tasks_lib.get_task(name).sweep_steps for name in tasks_lib.list_tasks()
 }
 SMOKE_CHECKPOINT = config_lib.FAKE_CHECKPOINT_PREFIX + "testing"
+#: A run expected to take longer than this (seconds) on a CPU is paused after its first
+#: measured step, to say how long it would take.
+LONG_RUN_S = 600
 
 
 def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[tuple[str, str]]:
     """(label, checkpoint) choices: the recommended upstream of each model (★), then the
-    other upstream checkpoints of the table; in smoke mode the fake test model first."""
+    other upstream checkpoints of the table; in smoke mode only the fake test model, the
+    one that runs offline."""
     out: list[tuple[str, str]] = []
-    if smoke:
-        out.append(("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT))
+    if smoke:  # offline: only the fake model (a real checkpoint needs a download)
+        return [("fake tiny test model (smoke mode)", SMOKE_CHECKPOINT)]
     if df is None or len(df) == 0:
         return out
 
@@ -79,14 +88,30 @@ def checkpoint_choices(df: pd.DataFrame | None, *, smoke: bool = False) -> list[
 
 
 def task_choices(*, smoke: bool = False) -> list[str]:
-    """Tasks offered: the paper's sweep; in smoke mode the offline digits task first."""
-    return ([config_lib.SMOKE_TASK] if smoke else []) + list(PAPER_TASKS)
+    """Tasks offered: the paper's sweep; in smoke mode only the offline digits task (the
+    sweep's datasets need downloads)."""
+    return [config_lib.SMOKE_TASK] if smoke else list(PAPER_TASKS)
+
+
+def is_folder_task(task: str) -> bool:
+    """``task`` names a folder of images (one sub-folder per class), not a registered task:
+    a path (it has a separator) or an existing folder."""
+    if task in PAPER_TASKS or task == config_lib.SMOKE_TASK:
+        return False
+    return "/" in task or os.sep in task or Path(task).expanduser().is_dir()
+
+
+def _paper_recipe(task: str) -> bool:
+    return task in PAPER_TASKS or is_folder_task(task)
 
 
 def steps_choices(task: str) -> list[int]:
-    """Run lengths offered for ``task``: the paper's two (Table 4), or the smoke preset's."""
+    """Run lengths offered for ``task``: the paper's two (Table 4), the four of Table 4 for
+    a folder of images, or the smoke preset's."""
     if task in PAPER_TASKS:
         return list(PAPER_TASKS[task])
+    if is_folder_task(task):
+        return sorted(tasks_lib.WARMUP_STEPS)
     smoke = config_lib.get_config("smoke").total_steps
     return sorted({20, smoke, 100})
 
@@ -95,12 +120,14 @@ def default_steps(task: str) -> int:
     """The shorter paper length of a sweep task; the smoke preset's length otherwise."""
     if task in PAPER_TASKS:
         return PAPER_TASKS[task][0]
+    if is_folder_task(task):
+        return min(tasks_lib.WARMUP_STEPS)
     return config_lib.get_config("smoke").total_steps
 
 
 def resolution_choices(task: str) -> list[int]:
-    return [config_lib.get_config("smoke").resolution] if task not in PAPER_TASKS else \
-        list(config_lib.SWEEP_RESOLUTIONS)
+    return list(config_lib.SWEEP_RESOLUTIONS) if _paper_recipe(task) else \
+        [config_lib.get_config("smoke").resolution]
 
 
 def make_config(
@@ -113,10 +140,11 @@ def make_config(
     micro_batches: int | None = None,
     workdir: str | os.PathLike | None = None,
 ):
-    """The locked config of one run: the paper's preset for a sweep task, the ``smoke``
-    preset (with these choices) for the offline digits task. ``workdir``: the folder
-    under which the run gets its own sub-folder (named after the run)."""
-    if task in PAPER_TASKS:
+    """The locked config of one run: the paper's preset for a sweep task or a folder of
+    images (``task`` is then its path), the ``smoke`` preset (with these choices) for the
+    offline digits task. ``workdir``: the folder under which the run gets its own
+    sub-folder (named after the run)."""
+    if _paper_recipe(task):
         config = config_lib.preset_for(task, steps, lr, resolution, checkpoint=checkpoint,
                                        micro_batches=micro_batches or 8)
     else:
@@ -203,8 +231,86 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+class _ProgressWidgets:
+    """A callback drawing the run's progress into panel widgets (safe from a thread):
+    a bar over the steps and a line with loss, speed and the time left at that speed."""
+
+    def __init__(self, bar: w.IntProgress, label: w.HTML, on_estimate=None):
+        self.bar, self.label = bar, label
+        self.on_estimate = on_estimate  # called (step, seconds per step, seconds left)
+        self.global_batch = 1
+        self.total = 1
+        self.seconds_per_step = math.nan
+        self.last_loss = math.nan
+        self.finished_before = False
+
+    def on_train_begin(self, info: dict) -> None:
+        self.total, self.global_batch = info["total_steps"], info["global_batch"]
+        self.bar.max = max(1, self.total)
+        self.bar.value = info["start_step"]
+        self.bar.bar_style = ""
+        start = info["start_step"]
+        self.finished_before = start >= self.total
+        self.label.value = (
+            f"this run finished earlier: its {self.total:,} steps, curves and result"
+            if start >= self.total else
+            f"step {start:,} of {self.total:,}" + (" (resumed)" if start else ""))
+
+    def on_log(self, step: int, metrics: dict) -> None:
+        self.bar.value = step
+        self.last_loss = float(metrics["loss"])
+        speed = metrics.get("img_per_sec", math.nan)
+        text = f"step {step:,} of {self.total:,} · loss {metrics['loss']:.4f}"
+        if math.isfinite(speed) and speed > 0:
+            self.seconds_per_step = self.global_batch / speed
+            left = (self.total - step) * self.seconds_per_step
+            text += f" · {speed:.1f} img/s · about {format_duration(left)} left"
+            if self.on_estimate is not None:
+                self.on_estimate(step, self.seconds_per_step, left)
+        self.label.value = text
+
+    def on_eval(self, step: int, metrics: dict) -> None:
+        if "val_accuracy" in metrics:
+            self.label.value += f" · val {metrics['val_accuracy']:.4f}"
+
+    def on_train_end(self, history) -> None:
+        self.bar.value = self.bar.max
+        self.bar.bar_style = "success"
+        if not self.finished_before:
+            loss = f" · last loss {self.last_loss:.4f}" if math.isfinite(self.last_loss) else ""
+            self.label.value = f"done: {self.total:,} steps{loss}"
+
+
+def _on_cpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a readable duration: ``45 s``, ``12 min``, ``3 h 20 min``, ``2.5 days``."""
+    if not math.isfinite(seconds):
+        return "unknown time"
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        h, m = divmod(round(seconds / 60), 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 class FinetunePanel:
-    """Checkpoint, task, resolution, learning rate and steps; Start; live plot; Export."""
+    """Checkpoint, task, resolution, learning rate and steps; Start and Stop; live plot;
+    Export.
+
+    Start runs :func:`augreg_nb.train.finetune` in a background thread, so the notebook
+    stays responsive and Stop (or interrupting the kernel) can end the run after the current
+    step, with its state saved: pressing Start again resumes it. Pressing Start on a finished
+    run shows its curves and result; choosing another configuration clears them first.
+    ``panel.wait()`` blocks until the run is over (scripts and tests).
+    """
 
     def __init__(self, df: pd.DataFrame | None, *, workdir: str | os.PathLike = "augreg_runs",
                  results_csv: str | os.PathLike = "augreg_results.csv", smoke: bool = False,
@@ -216,15 +322,23 @@ class FinetunePanel:
         self.results_csv = Path(results_csv)
         self.smoke = smoke
         self.result: Any = None
+        self.stopped: Any = None  #: the TrainingStopped of the last run, if it was stopped
         self.published: dict | None = None
         self.figure: Any = None
+        self.library_output = ""  #: what the libraries printed during the last run
+        self._thread: Any = None
+        self._stop: Any = None
+        self._shown_run: str | None = None  # workdir whose curves/result are on show
+        self._measured: set[str] = set()  # runs whose duration was already announced
+        self._measuring = False
+        self.estimate: tuple[int, float, float] | None = None  #: (step, s/step, s left)
         self.messages = MessageArea()
         ckpts = checkpoint_choices(df, smoke=smoke)
         if checkpoint and checkpoint not in [c[1] for c in ckpts]:
             ckpts.insert(0, (checkpoint, checkpoint))
         tasks = task_choices(smoke=smoke)
         self.checkpoint = dropdown("Checkpoint", ckpts, checkpoint or ckpts[0][1],
-                                   width="100%")
+                                   width=FULL_WIDTH)
         self.task = dropdown("Task", tasks, task or tasks[0])
         self.resolution = dropdown("Resolution", resolution_choices(self.task.value),
                                    resolution)
@@ -238,28 +352,43 @@ class FinetunePanel:
                                               description="Micro-batches",
                                               style={"description_width": "initial"},
                                               layout=w.Layout(width="auto"))
+        self.folder = w.Text(value="", description="or a folder of images",
+                             placeholder="path/to/images with one sub-folder per class",
+                             style={"description_width": "initial"},
+                             layout=w.Layout(width=FULL_WIDTH,
+                                             display="none" if smoke else None))
         self.preset = w.HTML()
         self.start_button = w.Button(description="Start fine-tuning", icon="play",
                                      button_style="success")
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
+                                    disabled=True,
+                                    tooltip="stop after the current step; Start resumes")
         self.export_button = w.Button(description="Export result", icon="save",
                                       disabled=True)
-        self.progress = w.Output()
-        self.plot = w.Output()
+        self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width=FULL_WIDTH))
+        self.bar_label = w.HTML()
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.summary = w.HTML()
+        self.details = w.HTML()
         self.task.observe(self._on_task, names="value")
+        self.folder.observe(self._on_task, names="value")
         for widget in (self.checkpoint, self.resolution, self.lr, self.steps,
                        self.micro_batches):
             widget.observe(self._on_change, names="value")
         self.start_button.on_click(self._on_start)
+        self.stop_button.on_click(self._on_stop)
         self.export_button.on_click(self._on_export)
+        wrap = w.Layout(flex_flow="row wrap", max_width="100%")
         self.widget = w.VBox([
             self.checkpoint,
             w.HBox([self.task, self.resolution, self.lr, self.steps, self.micro_batches],
-                   layout=w.Layout(flex_flow="row wrap")),
+                   layout=wrap),
+            self.folder,
             self.preset,
-            w.HBox([self.start_button, self.export_button]),
-            self.progress, self.plot, self.summary, self.messages.widget,
-        ])
+            w.HBox([self.start_button, self.stop_button, self.export_button], layout=wrap),
+            self.bar, self.bar_label, self.plot, self.summary, self.messages.widget,
+            self.details,
+        ], layout=w.Layout(max_width="100%"))
         self._on_change()
 
     @classmethod
@@ -274,12 +403,27 @@ class FinetunePanel:
         return cls(session.index, **kwargs)
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        """The task a run uses: the image folder when one is given, else the chosen task."""
+        folder = self.folder.value.strip()
+        return str(Path(folder).expanduser()) if folder else self.task.value
+
     def config(self):
         """The config the Start button runs now."""
-        return make_config(checkpoint=self.checkpoint.value, task=self.task.value,
+        folder = self.folder.value.strip()
+        if folder and not Path(folder).expanduser().is_dir():
+            raise ValueError(f"{folder!r} is not a folder: give a folder of images with one "
+                             "sub-folder per class (e.g. flowers/daisy/*.jpg, "
+                             "flowers/roses/*.jpg), or clear the field to use the Task")
+        return make_config(checkpoint=self.checkpoint.value, task=self.task_name,
                            resolution=self.resolution.value, lr=self.lr.value,
                            steps=self.steps.value, micro_batches=self.micro_batches.value,
                            workdir=self.workdir)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def history(self) -> pd.DataFrame:
@@ -289,7 +433,9 @@ class FinetunePanel:
         return self.result.history
 
     def _on_task(self, change=None) -> None:
-        task = self.task.value
+        folder = self.folder.value.strip()
+        task = (str(Path(folder).expanduser()) if folder and Path(folder).expanduser().is_dir()
+                else self.task.value)
         steps, res = steps_choices(task), resolution_choices(task)
         set_options(self.steps, steps,
                     keep=self.steps.value if self.steps.value in steps else default_steps(task))
@@ -304,8 +450,9 @@ class FinetunePanel:
             self.messages.error(err, "Setting up the run")
             self.start_button.disabled = True
             return
-        self.messages.clear()
-        self.start_button.disabled = False
+        if not self.running:
+            self.messages.clear()
+            self.start_button.disabled = False
         self.published = published_result(self.df, c)
         pub = (f"published test accuracy of this run: {self.published['adapt_final_test']:.2%}"
                if self.published else "no published number for this run")
@@ -318,34 +465,152 @@ class FinetunePanel:
     # -- actions -------------------------------------------------------------------------
     def _show_figure(self, figure) -> None:
         self.figure = figure
-        with self.plot:
-            self.plot.clear_output(wait=True)
-            show_figure(figure)
+        self.plot.value = figure_png(figure)
+
+    def clear_run(self) -> None:
+        """Remove the shown run's curves, progress and result (another run comes next)."""
+        self.result = self.stopped = self.figure = None
+        self.plot.value = b""
+        self.summary.value = self.bar_label.value = self.details.value = ""
+        self.bar.value, self.bar.bar_style = 0, ""
+        self.export_button.disabled = True
+        self._shown_run = None
 
     def _on_start(self, _button=None) -> None:
         @guarded(self.messages, "Fine-tuning")
-        def run():
-            config = self.config()
-            self.start_button.disabled = True
-            self.export_button.disabled = True
-            self.summary.value = ""
-            self.messages.show(f"fine-tuning {config.checkpoint} on {config.task} ...", "note")
-            try:
-                self.progress.clear_output()
-                result = run_in_output(self.progress, finetune, config, callbacks=[
-                    ProgressBar(), LivePlot(display=self._show_figure)])
-            finally:
-                self.start_button.disabled = False
-            self.result = result
-            self.published = published_result(self.df, config)
-            self.messages.show(f"finished: {result.workdir}", "info")
-            last = result.history.tail(1).dropna(axis=1, how="all")
-            self.summary.value = message_html(
-                comparison_text(result.result_row, self.published), "info",
-                title="Final accuracy") + table_html(last)
-            self.export_button.disabled = False
+        def start():
+            import threading
 
-        run()
+            if self.running:
+                raise RuntimeError("a run is going on: wait for it, or press Stop")
+            config = self.config()
+            config_lib.validate(config)
+            if self._shown_run != config.workdir:
+                self.clear_run()
+            self.summary.value = self.details.value = ""
+            quiet_libraries()
+            self._stop = StopFlag()
+            # On a CPU a paper run takes hours: measure a step first and say how long.
+            self._measuring = (_paper_recipe(config.task) and _on_cpu()
+                               and config.workdir not in self._measured)
+            if self._measuring:
+                config.log_every = 1  # a measured step as early as possible
+                self.messages.show("measuring a step on this CPU before the run goes on ...",
+                                   "note")
+            else:
+                self.messages.show(f"fine-tuning {config.checkpoint} on {config.task} ...",
+                                   "note")
+            self.start_button.disabled = self.export_button.disabled = True
+            self.stop_button.disabled = False
+            captured = ThreadOutput()
+            self._thread = threading.Thread(target=self._run, args=(config, captured),
+                                            name="augreg-finetune", daemon=True)
+            captured.install(self._thread)
+            self._interrupts_stop_the_run()
+            self._thread.start()
+
+        start()
+
+    def _run(self, config, captured) -> None:
+        """The run itself (in the background thread)."""
+        self._shown_run = config.workdir
+        try:
+            result = finetune(config, callbacks=[
+                _ProgressWidgets(self.bar, self.bar_label, on_estimate=self._on_estimate),
+                LivePlot(display=self._show_figure), self._stop])
+        except TrainingStopped as stop:
+            self.stopped = stop
+            self.bar.bar_style = "warning"
+            if self._stop.reason == "estimate" and self.estimate is not None:
+                self._measured.add(config.workdir)
+                _, per_step, left = self.estimate
+                self.messages.show(
+                    f"On this CPU one step takes {format_duration(per_step)}: the whole run "
+                    f"needs about {format_duration(left)} more. Start continues it from step "
+                    f"{stop.step:,} (the state is saved); a GPU or TPU runtime is much "
+                    "faster.", "warning", title="How long this run takes here")
+            else:
+                self.messages.show(
+                    f"stopped at step {stop.step:,} of {stop.total_steps:,}; Start resumes "
+                    f"(the state is saved in {stop.state_path})", "warning", title="Stopped")
+        except Exception as err:  # shown in the panel; the thread has no caller to tell
+            self.bar.bar_style = "danger"
+            self.messages.error(err, "Fine-tuning")
+        else:
+            self._finished(config, result)
+        finally:
+            captured.uninstall()
+            self.library_output = captured.text
+            self.details.value = details_html(captured.text, "library messages")
+            self.start_button.disabled = False
+            self.stop_button.disabled = True
+
+    def _finished(self, config, result) -> None:
+        self.result = result
+        self.published = published_result(self.df, config)
+        self.messages.show(f"finished: {result.workdir}", "info")
+        last = result.history.tail(1).dropna(axis=1, how="all")
+        self.summary.value = message_html(
+            comparison_text(result.result_row, self.published), "info",
+            title="Final accuracy") + table_html(last)
+        self.export_button.disabled = False
+
+    def _on_estimate(self, step: int, per_step: float, left: float) -> None:
+        """After the first measured step of a CPU run: stop it, to say how long it takes."""
+        if self._measuring and self._stop is not None and not self._stop.stop_requested:
+            self.estimate = (step, per_step, left)
+            self._measuring = False
+            if left > LONG_RUN_S:  # a short run just goes on
+                self._stop.request("estimate")
+
+    def stop(self, reason: str = "Stop pressed") -> None:
+        """End the running run after its current step (its state is saved)."""
+        if self.running and self._stop is not None:
+            self._stop.request(reason)
+            self.stop_button.disabled = True
+            self.bar_label.value += " · stopping after this step ..."
+
+    def _on_stop(self, _button=None) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run is over. An interrupt (Ctrl-C, the kernel's stop button)
+        while waiting stops the run after its current step instead of raising."""
+        if self._thread is None:
+            return
+        try:
+            self._thread.join(timeout)
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+            self._thread.join()
+
+    def _interrupts_stop_the_run(self) -> None:
+        """In a Jupyter kernel: interrupting the kernel while it is idle (the run is in
+        the background) stops the run, ending in the panel's "stopped" message.
+
+        The kernel ignores interrupts while idle and restores its idle handler after each
+        request; that handler is replaced by one that stops a running run first.
+        """
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        kernel = getattr(get_ipython(), "kernel", None)
+        if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
+            return
+        previous = kernel.saved_sigint_handler
+        if getattr(previous, "_augreg_panel", None) is self:
+            return
+        panel = self
+
+        def on_interrupt(signum, frame):
+            if panel.running:
+                panel.stop("kernel interrupted")
+            elif callable(previous):
+                previous(signum, frame)
+
+        on_interrupt._augreg_panel = self  # type: ignore[attr-defined]
+        kernel.saved_sigint_handler = on_interrupt
 
     def _on_export(self, _button=None) -> None:
         @guarded(self.messages, "Exporting")

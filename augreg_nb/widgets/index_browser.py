@@ -25,19 +25,23 @@ Nothing downloads until the Fetch button is pressed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import html
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
 import pandas as pd
 
 from augreg_nb import index as index_lib
-from augreg_nb import names
-from augreg_nb.notebook import SMOKE_MODEL
-from augreg_nb.sources import resolve_checkpoint
+from augreg_nb import index_queries, names
+from augreg_nb.config import SMOKE_MODEL
+from augreg_nb.sources import bucket_url, resolve_checkpoint
 from augreg_nb.widgets.common import (
     ANY,
+    FULL_WIDTH,
     MessageArea,
+    attempt_reporter,
     dropdown,
     guarded,
     message_html,
@@ -158,6 +162,13 @@ def _parse_reg(value: Any) -> tuple[float, float]:
         ) from None
 
 
+#: Marks in the table's first column: one meaning each.
+MARK_RECOMMENDED = "★"  #: the recommended upstream checkpoint of its model
+MARK_FINETUNE_OF_RECOMMENDED = "☆"  #: a fine-tune of a recommended upstream checkpoint
+#: Sorts whose numbers are only comparable within one task (rows are grouped by task then).
+PER_TASK_SORTS = ("fine-tuned val accuracy", "fine-tuned test accuracy")
+
+
 @dataclasses.dataclass
 class BrowserView:
     """What the browser shows for one state."""
@@ -168,24 +179,34 @@ class BrowserView:
     marked: list[bool]  #: row's upstream is the recommended one of its model
     matching: int  #: rows (or upstream checkpoints) matching the filters
     total: int  #: rows (or upstream checkpoints) in the table
+    fetchable: list[bool] = dataclasses.field(default_factory=list)  #: per shown row
+    #: rows matching the filters before "can be fetched now" dropped the others
+    matching_any_source: int = 0
+    grouped_by_task: bool = False  #: accuracies ranked within each task, tasks in turn
 
 
-def availability_labels(df: pd.DataFrame, *, kind: str = "fine-tuned") -> dict[str, str]:
-    """Filename -> where it can be obtained: ``local`` (cache or checkpoint folder),
-    ``HF mirror`` (timm's copy on the Hugging Face Hub), ``bucket`` (the public bucket,
-    which may refuse anonymous reads)."""
-    avail = index_lib.availability(df, include_upstream=kind == "upstream")
-    avail = avail[avail["kind"] == kind]
-    labels = {}
-    for row in avail.itertuples(index=False):
-        parts = []
-        if row.local_path:
-            parts.append("local")
-        if row.hf_repo:
-            parts.append("HF mirror")
-        parts.append("bucket")
-        labels[row.filename] = " · ".join(parts)
-    return labels
+def availability_labels(df: pd.DataFrame, *, kind: str = "fine-tuned",
+                        access: str | None = None,
+                        bucket_files: set[str] | None = None) -> dict[str, str]:
+    """Filename -> where it can be obtained by this user now: ``local``
+    (``$AUGREG_NB_CHECKPOINT_DIR``), ``cached``, ``HF mirror (free)`` (timm's copy on the
+    Hugging Face Hub), ``bucket`` (a bucket that serves it), ``bucket: needs access`` (the
+    public bucket, which refuses anonymous reads); see :func:`augreg_nb.index_queries.
+    availability`."""
+    avail = _availability(df, kind, access, bucket_files)
+    return dict(zip(avail["filename"], avail["where"], strict=True))
+
+
+def _availability(df, kind, access, bucket_files, hf_mirror=True) -> pd.DataFrame:
+    avail = index_queries.availability(df, include_upstream=kind == "upstream",
+                                       access=access, bucket_files=bucket_files,
+                                       hf_mirror=hf_mirror)
+    return avail[(avail["kind"] == kind).to_numpy()]
+
+
+def _task_order(rows: pd.DataFrame) -> pd.Series:
+    order = {t: i for i, t in enumerate(names.ADAPT_DATASETS)}
+    return rows["adapt_ds"].astype(object).map(order).fillna(len(order))
 
 
 def browse(
@@ -197,10 +218,19 @@ def browse(
     descending: bool = True,
     limit: int = 25,
     recommended: set[str] | None = None,
+    fetchable_only: bool = False,
+    access: str | None = None,
+    bucket_files: set[str] | None = None,
+    hf_mirror: bool = True,
 ) -> BrowserView:
     """The browser's table for ``state`` (filter key -> value), sorted and cut to ``limit``.
 
     ``recommended``: upstream filenames to mark (default: the recommended checkpoints).
+    ``fetchable_only``: keep the rows this user can fetch now (``access`` and
+    ``bucket_files``, ``hf_mirror`` as in :func:`augreg_nb.index_queries.availability`). Fine-tuned
+    accuracies of different tasks are never ranked against each other: with no task filter
+    the rows are grouped by task and ranked within each, every task getting its share of
+    ``limit``.
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, not {view!r}")
@@ -208,8 +238,10 @@ def browse(
         raise ValueError(f"sort_by must be one of {list(SORTS)}, not {sort_by!r}")
     if recommended is None:
         recommended = recommended_files(df)
+    access = index_queries.bucket_access() if access is None else access
     rows = index_lib.filter_index(df, **criteria_from_state(state or {}))
     upstream = view == VIEWS[1]
+    kind = "upstream" if upstream else "fine-tuned"
     if upstream:
         counts = rows.groupby(rows["filename"].astype(object), sort=False).size()
         rows = rows.drop_duplicates("filename")
@@ -218,22 +250,37 @@ def browse(
             sort_by = "upstream val accuracy"
     else:
         total = len(df)
+    matching_any = len(rows)
+    avail = _availability(rows, kind, access, bucket_files, hf_mirror)
+    can = avail["fetchable"].to_numpy(dtype=bool)
+    where_all = avail["where"].to_numpy()
+    if fetchable_only:
+        rows, can, where_all = rows.iloc[np.flatnonzero(can)], can[can], where_all[can]
+    rows = rows.assign(_fetchable=can, _where=where_all)
     matching = len(rows)
     order = {m: i for i, m in enumerate(names.MODELS)}
     key = SORTS[sort_by]
     if key == "_model_order":
         rows = rows.assign(_model_order=rows["name"].astype(object).map(order))
-    rows = index_lib.sort_checkpoints(rows, key, ascending=not descending).head(limit)
+    rows = index_lib.sort_checkpoints(rows, key, ascending=not descending)
+    grouped = (not upstream and sort_by in PER_TASK_SORTS
+               and rows["adapt_ds"].astype(object).nunique() > 1)
+    if grouped:
+        tasks = _task_order(rows)
+        share = max(3, -(-limit // max(1, tasks.nunique())))
+        rank = rows.groupby(tasks.to_numpy(), sort=False).cumcount().to_numpy()
+        rows = rows.iloc[np.flatnonzero(rank < share)]
+        rows = rows.assign(_task=_task_order(rows)).sort_values("_task", kind="stable")
+    rows = rows.head(limit)
     ups = rows["filename"].astype(object).tolist()
     files = ups if upstream else rows["adapt_filename"].astype(object).tolist()
-    where = availability_labels(rows, kind="upstream" if upstream else "fine-tuned")
     marked = [u in recommended for u in ups]
+    mark = MARK_RECOMMENDED if upstream else MARK_FINETUNE_OF_RECOMMENDED
     table = pd.DataFrame({
-        "★": ["★" if m else "" for m in marked],
+        "rec.": [mark if m else "" for m in marked],
         "model": rows["name"].astype(object).to_numpy(),
         "pre-training": rows["ds"].astype(object).to_numpy(),
         "aug (paper)": [names.index_to_paper_aug(a) for a in rows["aug"].astype(object)],
-        "aug (index)": rows["aug"].astype(object).to_numpy(),
         "wd": rows["wd"].to_numpy(),
         "do/sd": [f"{d:g}/{s:g}" for d, s in zip(rows["do"], rows["sd"], strict=True)],
     })
@@ -247,9 +294,15 @@ def browse(
         table["steps"] = _ints(rows["adapt_steps"])
         table["val acc"] = rows["adapt_final_val"].to_numpy()
         table["test acc"] = rows["adapt_final_test"].to_numpy()
-    table["available"] = [where.get(f, "bucket") for f in files]
+    table["available"] = rows["_where"].to_numpy()
     table["checkpoint"] = files
-    return BrowserView(table, files, ups, marked, matching, total)
+    return BrowserView(table, files, ups, marked, matching, total,
+                       fetchable=rows["_fetchable"].astype(bool).tolist(),
+                       matching_any_source=matching_any, grouped_by_task=grouped)
+
+
+def _bucket_url() -> str:
+    return bucket_url()
 
 
 def _ints(s: pd.Series) -> list:
@@ -279,19 +332,29 @@ def file_to_fetch(view: BrowserView, selected: str | None, kind: str) -> str:
 class IndexBrowser:
     """Filters, a sortable table, the provenance line and a fetch button over an index table.
 
-    ``fetcher(name, progress=True)`` resolves a checkpoint name to a local file (default:
-    :func:`augreg_nb.sources.resolve_checkpoint`, with its progress bar).
+    ``fetcher(name, progress=True, on_attempt=...)`` resolves a checkpoint name to a local
+    file (default: :func:`augreg_nb.sources.resolve_checkpoint`, with its progress bar; while
+    it runs, the panel says which source it is trying). ``bucket_files``:
+    the only names the bucket serves (smoke mode's loopback bucket), else every name;
+    ``hf_mirror=False``: the Hugging Face endpoint serves nothing (smoke mode).
+    *can be fetched now* starts on whenever some rows cannot be fetched by this user
+    (:func:`augreg_nb.index_queries.bucket_access` says the bucket refuses, or offline).
     """
 
     def __init__(self, df: pd.DataFrame, *, limit: int = 25,
                  state: Mapping[str, Any] | None = None,
-                 fetcher: Callable[..., Any] | None = None):
+                 fetcher: Callable[..., Any] | None = None,
+                 bucket_files: Iterable[str] | None = None, hf_mirror: bool = True):
         self.df = df
         self.limit = limit
         self.recommended = recommended_files(df)
         self._fetcher = fetcher
+        self.bucket_files = set(bucket_files) if bucket_files is not None else None
+        self.hf_mirror = hf_mirror
+        self.access = index_queries.bucket_access()
         self.last_fetch: Any = None
         self.messages = MessageArea()
+        self.notices = MessageArea()  # parameters that could not be applied
         self.provenance = w.HTML(value=self._provenance_html())
         options = filter_options(df)
         state = dict(state or {})
@@ -299,49 +362,72 @@ class IndexBrowser:
             key: dropdown(FILTERS[key][0], options[key], state.get(key, ANY))
             for key in FILTERS
         }
+        self._report_unavailable(state, options)
         self.view_toggle = w.ToggleButtons(options=list(VIEWS), value=VIEWS[0],
                                            description="Show", style={"button_width": "auto"})
         self.sort = dropdown("Sort by", list(SORTS), "fine-tuned val accuracy")
         self.descending = w.Checkbox(value=True, description="best first", indent=False,
                                      layout=w.Layout(width="auto"))
+        restricted = (self.access not in (index_queries.BUCKET_OPEN,
+                                          index_queries.BUCKET_CREDENTIALS)
+                      or self.bucket_files is not None)
+        self.fetchable_only = w.Checkbox(
+            value=restricted, description="can be fetched now", indent=False,
+            layout=w.Layout(width="auto"))
+        self.access_note = w.HTML(value=self._access_html())
         self.count = w.HTML()
-        self.table_html = w.HTML()
-        self.selection = dropdown("Checkpoint", [("", "")], "", width="100%")
+        self.table_html = w.HTML(layout=w.Layout(width=FULL_WIDTH))
+        self.selection = dropdown("Checkpoint", [("", "")], "", width=FULL_WIDTH)
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
                                     description="Fetch", style={"button_width": "auto"})
         self.fetch_button = w.Button(description="Fetch", icon="download",
                                      button_style="primary",
                                      tooltip="download the selected checkpoint into the cache")
-        self.progress = w.Output()
+        self.status = w.HTML()  # what a running fetch is doing now
+        self.progress = w.Output(layout=w.Layout(max_width="100%", overflow="hidden"))
         self.view: BrowserView | None = None
         self._refreshing = False
-        for widget in (*self.filters.values(), self.view_toggle, self.sort, self.descending):
+        for widget in (*self.filters.values(), self.view_toggle, self.sort, self.descending,
+                       self.fetchable_only):
             widget.observe(self._on_change, names="value")
+        self.kind.observe(self._on_change, names="value")
+        self.selection.observe(self._on_select, names="value")
         self.fetch_button.on_click(self._on_fetch)
+        wrap = w.Layout(flex_flow="row wrap", max_width="100%")
         self.widget = w.VBox([
             self.provenance,
-            w.HBox(list(self.filters.values())[:5], layout=w.Layout(flex_flow="row wrap")),
-            w.HBox(list(self.filters.values())[5:], layout=w.Layout(flex_flow="row wrap")),
-            w.HBox([self.view_toggle, self.sort, self.descending],
-                   layout=w.Layout(flex_flow="row wrap")),
+            self.notices.widget,
+            w.HBox(list(self.filters.values())[:5], layout=wrap),
+            w.HBox(list(self.filters.values())[5:], layout=wrap),
+            w.HBox([self.view_toggle, self.sort, self.descending, self.fetchable_only],
+                   layout=wrap),
+            self.access_note,
             self.count,
             self.table_html,
             self.selection,
-            w.HBox([self.kind, self.fetch_button]),
+            w.HBox([self.kind, self.fetch_button], layout=wrap),
+            self.status,
             self.progress,
             self.messages.widget,
-        ])
+        ], layout=w.Layout(max_width="100%"))
         self.refresh()
 
     @classmethod
     def for_session(cls, session, *, state: Mapping[str, Any] | None = None,
                     limit: int = 25) -> IndexBrowser:
         """The browser for a notebook :class:`~augreg_nb.notebook.Session`; in smoke mode
-        the filters start at the model whose fake checkpoints the loopback bucket serves."""
+        the filters start at the model whose fake checkpoints the loopback bucket serves,
+        and the bucket serves only those."""
         state = dict(state or {})
+        served = None
         if session.smoke_env is not None:
-            state.update(model=SMOKE_MODEL, task="imagenet2012")
-        return cls(session.index, state=state, limit=limit)
+            if state.get("model", ANY) == ANY:
+                state["model"] = SMOKE_MODEL
+            if state.get("task", ANY) == ANY:
+                state["task"] = "imagenet2012"
+            served = session.smoke_env.checkpoints
+        return cls(session.index, state=state, limit=limit, bucket_files=served,
+                   hf_mirror=served is None)
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -362,10 +448,56 @@ class IndexBrowser:
         return message_html(index_lib.describe_provenance(self.df),
                             "note" if complete else "warning", title="Data source")
 
+    def _access_html(self) -> str:
+        text = {
+            index_queries.BUCKET_REFUSED: (
+                "The bucket refuses anonymous downloads and no Google credentials were found: "
+                "files marked 'bucket: needs access' cannot be fetched; the Hugging Face "
+                "mirror (free) holds the recommended checkpoints and their ImageNet "
+                "fine-tunes."),
+            index_queries.BUCKET_CREDENTIALS: (
+                "Google credentials were found: the bucket serves its files if they grant "
+                "read access."),
+            index_queries.OFFLINE: (
+                "Offline mode: only local and cached files can be fetched."),
+            index_queries.BUCKET_OPEN: (
+                "Smoke mode: the loopback bucket serves only its fake checkpoints; the "
+                "Hugging Face mirror is an empty loopback server."
+                if self.bucket_files is not None else
+                f"The bucket URL is set to {_bucket_url()}; its files are assumed to be "
+                "there."),
+        }[self.access]
+        return f"<div style='color:#555;font-size:12px;line-height:1.35'>{html.escape(text)}</div>"
+
+    def _report_unavailable(self, state: Mapping[str, Any], options) -> None:
+        """Say which given filter values the table does not have (they fall back to any)."""
+        problems = []
+        for key, value in state.items():
+            if key not in FILTERS or value in (None, ANY):
+                continue
+            values = [v for _, v in options[key]]
+            if value not in values:
+                have = ", ".join(str(v) for v in values[1:]) or "none"
+                problems.append(f"{FILTERS[key][0]} = {value!r}: no such rows in this table "
+                                f"(it has: {have}); showing {ANY} instead.")
+        if problems:
+            self.notices.show("\n".join(problems), "warning", title="Not available")
+
     # -- updates -------------------------------------------------------------------------
     def _on_change(self, change=None) -> None:
         if not self._refreshing:
+            self.clear_result()
             self.refresh()
+
+    def _on_select(self, change=None) -> None:
+        if not self._refreshing:
+            self.clear_result()
+
+    def clear_result(self) -> None:
+        """Forget the last fetch's output: it belongs to a selection no longer shown."""
+        self.progress.clear_output()
+        self.status.value = ""
+        self.messages.clear()
 
     def refresh(self) -> None:
         """Recompute the table from the widgets' values."""
@@ -383,7 +515,9 @@ class IndexBrowser:
         try:
             view = browse(self.df, self.state, view=self.view_toggle.value,
                           sort_by=self.sort.value, descending=self.descending.value,
-                          limit=self.limit, recommended=self.recommended)
+                          limit=self.limit, recommended=self.recommended,
+                          fetchable_only=self.fetchable_only.value, access=self.access,
+                          bucket_files=self.bucket_files, hf_mirror=self.hf_mirror)
         except ValueError as err:
             self.messages.error(err, "Filtering")
             return
@@ -392,24 +526,44 @@ class IndexBrowser:
         shown = len(view.table)
         # The table first, then the count line: whoever waits for the count sees the table.
         if shown:
-            self.table_html.value = table_html(view.table, marked=view.marked)
+            self.table_html.value = table_html(view.table, marked=view.marked,
+                                               wrap_columns=("available", "checkpoint"))
+        elif self.fetchable_only.value and view.matching_any_source:
+            self.table_html.value = (
+                f"<i>None of the {view.matching_any_source:,} matching {what} can be fetched "
+                "now; untick 'can be fetched now' to see them.</i>")
         else:
             self.table_html.value = "<i>No checkpoint matches these filters; set one to (any).</i>"
-        self.count.value = (
-            f"<b>{view.matching:,}</b> of {view.total:,} {what} match"
-            + (f"; showing the first {shown}" if shown < view.matching else "")
-            + ("; ★ = recommended checkpoint of its model" if any(view.marked) else "")
-        )
-        labels = [(f"{'★ ' if m else ''}{f}", f)
+        parts = [f"<b>{view.matching:,}</b> of {view.total:,} {what} match"]
+        if self.fetchable_only.value and view.matching < view.matching_any_source:
+            parts.append(f"{view.matching_any_source - view.matching:,} more need access "
+                         "(untick 'can be fetched now')")
+        if shown < view.matching:
+            parts.append(f"showing {shown}")
+        if view.grouped_by_task:
+            parts.append("grouped by task, best first within each (accuracies of different "
+                         "tasks are not comparable)")
+        if any(view.marked):
+            parts.append(f"{MARK_RECOMMENDED} = recommended upstream checkpoint of its model"
+                         if upstream else
+                         f"{MARK_FINETUNE_OF_RECOMMENDED} = fine-tune of a recommended "
+                         f"upstream checkpoint")
+        self.count.value = "; ".join(parts)
+        mark = MARK_RECOMMENDED if upstream else MARK_FINETUNE_OF_RECOMMENDED
+        labels = [(f"{mark + ' ' if m else ''}{f}", f)
                   for f, m in zip(view.files, view.marked, strict=True)]
-        set_options(self.selection, labels or [("", "")])
+        default = next((f for f, ok in zip(view.files, view.fetchable, strict=True) if ok),
+                       view.files[0] if view.files else "")
+        keep = self.selection.value if self.selection.value in view.files else default
+        set_options(self.selection, labels or [("", "")], keep=keep or "")
 
     # -- fetching ------------------------------------------------------------------------
     def _fetch(self, name: str):
+        on_attempt = attempt_reporter(self.status)
         if self._fetcher is not None:
-            return self._fetcher(name, progress=True)
+            return self._fetcher(name, progress=True, on_attempt=on_attempt)
 
-        return resolve_checkpoint(name, progress=True)
+        return resolve_checkpoint(name, progress=True, on_attempt=on_attempt)
 
     def _on_fetch(self, _button=None) -> None:
         @guarded(self.messages, "Fetching the checkpoint")
@@ -424,6 +578,7 @@ class IndexBrowser:
                 resolved = run_in_output(self.progress, self._fetch, name)
             finally:
                 self.fetch_button.disabled = False
+                self.status.value = ""
             self.last_fetch = resolved
             size = resolved.path.stat().st_size / 2**20
             self.messages.show(

@@ -1,6 +1,6 @@
 """The inference panel of notebook 4: load a checkpoint, classify images, show the top 5.
 
-Pure parts: :func:`sample_images` (procedurally drawn test images, no files needed),
+Pure parts: :func:`sample_images` (three shipped public-domain photographs),
 :func:`uploaded_images` (the FileUpload widget's value -> images) and
 :func:`plot_predictions` (images and their top-5 classes -> one matplotlib Figure)::
 
@@ -27,27 +27,45 @@ import numpy as np
 
 from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
 from augreg_nb.inference import predict
-from augreg_nb.widgets.common import MessageArea, guarded, run_in_output, show_figure
+from augreg_nb.names import parse_name
+from augreg_nb.resources import data_path
+from augreg_nb.sources import resolve_checkpoint
+from augreg_nb.widgets.common import (
+    FULL_WIDTH,
+    MessageArea,
+    attempt_reporter,
+    guarded,
+    run_in_output,
+    show_figure,
+)
 from augreg_nb.widgets.index_browser import recommended_files
 
 SAMPLE_SIZE = 224
 
 
-def sample_images(size: int = SAMPLE_SIZE) -> dict[str, np.ndarray]:
-    """A few images drawn with numpy (uint8, size x size x 3): a disc against the sky,
-    stripes, a checkerboard. They need no download and carry no licence."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    sky = np.stack([0.45 + 0.3 * y, 0.65 + 0.2 * y, 0.95 - 0.1 * y], axis=-1)
-    disc = ((x - 0.5) ** 2 + (y - 0.45) ** 2) < 0.08
-    ball = np.where(disc[..., None], np.array([0.9, 0.25, 0.1]), sky)
-    ball[y > 0.8] = (0.2, 0.55, 0.2)  # grass
-    stripes = np.where((np.sin(2 * np.pi * 9 * (x + 0.3 * y)) > 0)[..., None], 0.95, 0.08)
-    stripes = np.broadcast_to(stripes, (size, size, 3))
-    checks = ((np.floor(x * 8) + np.floor(y * 8)) % 2)[..., None]
-    board = np.where(checks > 0, np.array([0.92, 0.88, 0.75]), np.array([0.35, 0.2, 0.1]))
-    return {name: (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-            for name, img in (("red ball", ball), ("stripes", stripes),
-                              ("checkerboard", board))}
+#: The sample photographs shipped in ``data/samples`` (public domain / CC0, see
+#: ``data/SOURCES.md``): label -> file.
+SAMPLE_PHOTOS = {"cat": "cat.jpg", "coffee cup": "coffee.jpg", "rocket launch": "rocket.jpg"}
+
+
+def sample_images(size: int | None = None) -> dict[str, np.ndarray]:
+    """The shipped sample photographs as RGB uint8 arrays (a cat, a coffee cup, a rocket
+    launch; scikit-image's public-domain test photos). ``size``: resize the shorter side
+    to it (default: as shipped, about 300 x 448)."""
+    from PIL import Image
+
+
+    out = {}
+    for label, name in SAMPLE_PHOTOS.items():
+        with Image.open(data_path("samples", name)) as image:
+            image = image.convert("RGB")
+            if size is not None:
+                scale = size / min(image.size)
+                image = image.resize((max(1, round(image.width * scale)),
+                                      max(1, round(image.height * scale))),
+                                     Image.Resampling.BICUBIC)
+            out[label] = np.asarray(image, dtype=np.uint8)
+    return out
 
 
 def uploaded_images(value: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
@@ -89,13 +107,22 @@ def plot_predictions(images: Mapping[str, Any], predictions: Sequence[Sequence[A
         probs = [100 * p.prob for p in preds]
         ypos = np.arange(len(preds))
         ax_bar.barh(ypos, probs, color="tab:blue")
-        ax_bar.set_yticks(ypos, [lbl[:38] for lbl in labels], fontsize=8)
+        ax_bar.set_yticks(ypos, [lbl[:38] for lbl in labels], fontsize=9)
         ax_bar.invert_yaxis()
-        ax_bar.set_xlim(0, 100)
-        ax_bar.set_xlabel("probability (%)", fontsize=8)
+        right = probability_axis_limit(probs)
+        ax_bar.set_xlim(0, right)
+        ax_bar.set_xlabel("probability (%)", fontsize=9)
+        ax_bar.tick_params(axis="x", labelsize=9)
         for yy, pr in zip(ypos, probs, strict=True):
-            ax_bar.text(min(pr + 1, 88), yy, f"{pr:.1f}%", va="center", fontsize=7)
+            ax_bar.text(pr + right * 0.01, yy, f"{pr:.1f}%", va="center", fontsize=9)
     return fig
+
+
+def probability_axis_limit(probs_percent: Sequence[float]) -> float:
+    """Right end of the probability axis (%): room for the largest bar and its label, so a
+    top-5 at 1 % is as readable as one at 90 % (never beyond 100 %, never below 1 %)."""
+    top = max([float(p) for p in probs_percent] or [0.0])
+    return float(min(100.0, max(1.0, top * 1.25)))
 
 
 def imagenet_finetunes(df) -> list[str]:
@@ -127,13 +154,14 @@ class InferencePanel:
         self.checkpoint = w.Combobox(value=checkpoint, options=list(suggestions),
                                      ensure_option=False, description="Checkpoint",
                                      placeholder="checkpoint name, timm name or file path",
-                                     layout=w.Layout(width="100%"))
+                                     layout=w.Layout(width=FULL_WIDTH))
         self.labels = w.Text(value=labels, description="Class names",
                              placeholder="default: ImageNet names for 1000 classes; or a task "
                                          "name, e.g. oxford_iiit_pet",
-                             layout=w.Layout(width="100%"))
+                             layout=w.Layout(width=FULL_WIDTH))
         self.load_button = w.Button(description="Load", icon="download", button_style="primary")
         self.info = w.HTML()
+        self.status = w.HTML()  # which source a running Load is trying
         self.use_samples = w.SelectMultiple(options=list(self.samples),
                                             value=tuple(self.samples), description="Samples",
                                             rows=len(self.samples))
@@ -146,7 +174,8 @@ class InferencePanel:
         self.load_button.on_click(self._on_load)
         self.classify_button.on_click(self._on_classify)
         self.widget = w.VBox([
-            self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.progress,
+            self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.status,
+            self.progress,
             w.HBox([self.use_samples, self.upload, self.classify_button]),
             self.messages.widget, self.output,
         ])
@@ -169,20 +198,39 @@ class InferencePanel:
         out.update(uploaded_images(self.upload.value))
         return out
 
+    def forget_model(self) -> None:
+        """Drop the loaded model, its description and its charts (before a new Load, so a
+        failed one never leaves the previous model on show)."""
+        self.model_name = self.params = self.loaded = None
+        self.predictions = self.figure = None
+        self.info.value = ""
+        self.output.clear_output()
+
+    def _load(self, name: str):
+        """Fetch ``name`` (saying which source is tried) and read it: (model name, params)."""
+        resolved = resolve_checkpoint(name, on_attempt=attempt_reporter(self.status))
+        self.status.value = ""
+        try:
+            model = parse_name(resolved.name).model
+        except ValueError:
+            model = None  # read off the file's shapes
+        return load_pretrained(resolved.path, model_name=model)
+
     def _on_load(self, _button=None) -> None:
         @guarded(self.messages, "Loading the checkpoint")
         def run():
             name = self.checkpoint.value.strip()
+            self.forget_model()
             if not name:
                 raise ValueError("type a checkpoint name (or pick a suggestion) first")
             self.messages.show(f"loading {name} ...", "note")
             self.load_button.disabled = True
             try:
                 self.progress.clear_output()
-                self.model_name, self.params = run_in_output(self.progress, load_pretrained,
-                                                             name)
+                self.model_name, self.params = run_in_output(self.progress, self._load, name)
             finally:
                 self.load_button.disabled = False
+                self.status.value = ""
             self.loaded = name
             classes = int(np.shape(self.params["head"]["bias"])[0])
             res = checkpoint_resolution(self.model_name, self.params)

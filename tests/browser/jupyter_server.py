@@ -17,7 +17,9 @@ What "isolated" and "offline" mean here:
   port, so any stray request for the outside world fails at once instead of hanging, while
   loopback servers (``no_proxy``) keep working. pytest-socket cannot see child processes, so
   this is what keeps them off the network.
-- The kernel runs the notebooks' offline smoke mode (``AUGREG_NB_SMOKE=1``) on CPU.
+- The kernel runs the notebooks' offline smoke mode (``AUGREG_NB_SMOKE=1``) on CPU, or
+  with ``smoke=False`` a real user's set-up (the public bucket and the Hub, no credentials)
+  where every request for the outside world fails at once, as without a network.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class JupyterLabError(RuntimeError):
 class JupyterLab:
     """Start ``python -m jupyterlab`` on 127.0.0.1 with a random token; stop it on exit."""
 
-    def __init__(self, root_dir: Path, state_dir: Path, *, startup_timeout: float = 120.0):
+    def __init__(self, root_dir: Path, state_dir: Path, *, startup_timeout: float = 120.0,
+                 smoke: bool = True):
+        self.smoke = smoke  # False: the real user's path (public bucket, Hub; no network)
         self.root_dir = Path(root_dir)
         self.state_dir = Path(state_dir)
         self.startup_timeout = startup_timeout
@@ -128,7 +132,14 @@ class JupyterLab:
         # The test process uses the Agg backend; the kernel must use the inline one
         # (ipykernel selects it only when MPLBACKEND is unset).
         env.pop("MPLBACKEND", None)
-        env[ENV_SMOKE] = "1"
+        if self.smoke:
+            env[ENV_SMOKE] = "1"
+        else:  # a real user's set-up: default bucket and Hub, no credentials, no network
+            for key in [k for k in env if k.startswith("AUGREG_NB_")]:
+                env.pop(key)
+            for key in ("HF_ENDPOINT", "HF_HOME", "GOOGLE_APPLICATION_CREDENTIALS",
+                        "CLOUDSDK_CONFIG"):
+                env.pop(key, None)
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -138,6 +138,16 @@ def _wait_for_count(nb, area, matching: int, model: str, timeout: float = 30) ->
         nb.page.wait_for_timeout(200)
 
 
+def _assert_fits(area, what: str) -> None:
+    """No element inside ``area`` is wider than its box (no horizontal scrollbar)."""
+    wide = area.evaluate("""a => [a, ...a.querySelectorAll('*')]
+      .filter(e => { const s = getComputedStyle(e);
+                     return e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+                       && ['auto', 'scroll'].includes(s.overflowX); })
+      .map(e => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)""")
+    assert not wide, f"{what} overflows horizontally: {wide[:5]}"
+
+
 def test_choose_checkpoint_notebook(lab_page):
     nb = lab_page
     nb.open(NOTEBOOK_1)
@@ -154,12 +164,26 @@ def test_choose_checkpoint_notebook(lab_page):
     area.locator("table.augreg-table").wait_for()
     assert "Data source" in area.inner_text(), "the provenance line is missing"
 
-    # Smoke mode starts the browser at the model whose fake checkpoints are served.
+    # Smoke mode starts the browser at the model whose fake checkpoints are served, showing
+    # only what can be fetched now: the fine-tune the loopback bucket serves.
     start = _read_browser(area)
-    expected, total = _catalogue_count(name=SMOKE_MODEL, adapt_ds="imagenet2012")
-    assert (start["matching"], start["total"]) == (expected, total)
-    assert {r["model"] for r in start["rows"]} == {SMOKE_MODEL}
+    served = list(smoke_checkpoints())
+    _, total = _catalogue_count()
+    assert (start["matching"], start["total"]) == (1, total)
+    assert [r["checkpoint"] for r in start["rows"]] == [n for n in served if "--" in n]
+    assert start["rows"][0]["available"] == "bucket"
     nb.shot("browser-start", area)
+    _assert_fits(area, "the index browser")
+
+    # Every row: untick "can be fetched now".
+    area.get_by_label("can be fetched now").uncheck()
+    expected, total = _catalogue_count(name=SMOKE_MODEL, adapt_ds="imagenet2012")
+    start = _wait_for_count(nb, area, expected, SMOKE_MODEL)
+    deadline = time.monotonic() + 30
+    while "bucket: needs access" not in {r["available"] for r in start["rows"]}:
+        assert time.monotonic() < deadline, f"no row needs access: {start['rows']}"
+        nb.page.wait_for_timeout(200)
+        start = _read_browser(area)
 
     # A filter change updates the table.
     model = area.get_by_label("Model", exact=True)
@@ -174,7 +198,6 @@ def test_choose_checkpoint_notebook(lab_page):
     # Back to the served model; fetch the upstream checkpoint of the served fine-tune.
     model.select_option(label=SMOKE_MODEL)
     _wait_for_count(nb, area, start["matching"], SMOKE_MODEL)
-    served = list(smoke_checkpoints())
     upstream = next(n for n in served if "--" not in n)
     finetune = next(n for n in served if "--" in n)
     checkpoint = area.get_by_label("Checkpoint", exact=True)
@@ -201,6 +224,7 @@ def test_choose_checkpoint_notebook(lab_page):
     row = area.locator(".widget-hbox", has=nb.page.locator(".widget-hprogress")).inner_text()
     assert f"{upstream}.npz: 100%" in " ".join(row.split()), row
     nb.shot("fetched", area)
+    nb.shot("final")
     nb.assert_no_page_errors()
 
 
@@ -267,4 +291,134 @@ def test_paper_figures_notebook(lab_page):
     assert area.locator(".jp-RenderedImage img").count() == 0
     assert area.locator(".jp-RenderedHTMLCommon table tbody tr").count() > 0
     nb.shot("table3", area)
+    _assert_fits(area, "the figure picker")
+    nb.shot("final")
+    nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- real user's path
+
+
+def test_real_mode_offers_what_can_be_fetched_and_fails_fast_without_network(lab_page_real):
+    """A real user's set-up (public bucket refusing anonymous reads, the Hub mirror) on a
+    machine without network: the browser starts on files that can be fetched, and Fetch
+    fails within seconds with one message instead of minutes of retries."""
+    nb = lab_page_real
+    nb.open(NOTEBOOK_1)
+    nb.run_all()
+    nb.wait_until_executed(timeout=240)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    area = nb.outputs(next(c["index"] for c in nb.cells()
+                           if c["widgets"] and "IndexBrowser" in c["source"]))
+    area.locator("table.augreg-table").wait_for()
+    assert area.get_by_label("can be fetched now").is_checked()
+    shown = _read_browser(area)
+    assert shown["rows"] and {r["available"] for r in shown["rows"]} == {"HF mirror (free)"}
+    tasks = [r["task"] for r in shown["rows"]]
+    assert tasks == sorted(tasks, key=tasks.index)  # grouped by task, never interleaved
+    _assert_fits(area, "the index browser (real mode)")
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    start = time.monotonic()
+    fetch.click()
+    error = area.locator(".augreg-error")
+    error.wait_for(timeout=30_000)
+    seconds = time.monotonic() - start
+    text = error.inner_text()
+    nb.shot("fetch-failed", area)
+    assert seconds < 5, f"the failed fetch took {seconds:.1f} s"
+    assert error.count() == 1 and "no network" in text, text
+    assert "Retrying" not in area.inner_text() and "Traceback" not in area.inner_text()
+    print(f"real mode, no network: Fetch failed after {seconds:.2f} s")
+    nb.shot("final")
+    nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- notebooks 2 -> 3
+
+NOTEBOOK_2 = "notebooks/02_finetune.ipynb"
+
+
+def _button(area, label: str):
+    return area.locator("button.widget-button", has_text=re.compile(rf"^\s*{label}\s*$"))
+
+
+def test_finetune_stop_resume_export_shows_in_notebook_3(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_2)
+    nb.run_all()
+    nb.wait_until_executed(timeout=240)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    area = nb.outputs(next(c["index"] for c in nb.cells()
+                           if c["widgets"] and "FinetunePanel" in c["source"]))
+    _button(area, "Start fine-tuning").click()
+    _button(area, "Stop").click()
+    stopped = area.locator(".augreg-warning", has_text="Start resumes")
+    stopped.wait_for(timeout=120_000)
+    assert re.search(r"stopped at step \d+ of [\d,]+; Start resumes", stopped.inner_text())
+    nb.shot("stopped", area)
+    # Start resumes; interrupting the kernel (the run goes on in the background while the
+    # kernel is idle) ends it the same way, with the message and no traceback.
+    _button(area, "Start fine-tuning").click()
+    area.get_by_text(re.compile(r"step \d+ of [\d,]+ · loss")).wait_for(timeout=120_000)
+    nb.page.evaluate("() => window.jupyterapp.shell.currentWidget"
+                     ".sessionContext.session.kernel.interrupt()")
+    again = area.locator(".augreg-warning", has_text="Start resumes")
+    again.wait_for(timeout=120_000)
+    assert "Traceback" not in area.inner_text() and "KeyboardInterrupt" not in area.inner_text()
+    nb.assert_no_errors()
+    nb.shot("interrupted", area)
+    start = time.monotonic()
+    _button(area, "Start fine-tuning").click()
+    area.locator(".augreg-info", has_text="Your run: test accuracy").wait_for(timeout=240_000)
+    print(f"notebook 2: smoke run resumed and finished in {time.monotonic() - start:.1f} s")
+    assert area.locator("img").count() >= 1  # the curves
+    _button(area, "Export result").click()
+    area.locator(".augreg-info", has_text="result row appended to").wait_for(timeout=30_000)
+    _assert_fits(area, "the fine-tuning panel")
+    text = area.inner_text()
+    assert "Downloading and preparing" not in text and "oneDNN" not in text
+    nb.shot("final")
+    nb.assert_no_page_errors()
+    nb.shutdown_kernel()
+
+    # Notebook 3 in a new kernel reads the exported row.
+    nb.open(NOTEBOOK_3)
+    nb.run_all()
+    nb.wait_until_executed(timeout=180)
+    nb.assert_no_errors()
+    picker = nb.outputs(next(c["index"] for c in nb.cells()
+                             if c["widgets"] and "FigurePicker" in c["source"]))
+    status = picker.get_by_text(re.compile(r"\d+ own result row\(s\) read from"))
+    status.wait_for(timeout=30_000)
+    assert not status.inner_text().startswith("0 ")
+    item = picker.get_by_label("Show", exact=True)
+    own = next(t for t in item.locator("option").all_inner_texts() if t.startswith("Own"))
+    item.select_option(label=own)
+    _shown_image(nb, picker, None, own)
+    _assert_fits(picker, "the figure picker")
+    nb.shot("notebook3-own-results", picker)
+    nb.assert_no_page_errors()
+
+
+NOTEBOOK_4 = "notebooks/04_inference.ipynb"
+
+
+def test_inference_notebook(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_4)
+    nb.run_all()
+    nb.wait_until_executed(timeout=180)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    area = nb.outputs(next(c["index"] for c in nb.cells()
+                           if c["widgets"] and "InferencePanel" in c["source"]))
+    _button(area, "Load").click()
+    area.locator(".augreg-info", has_text="is loaded").wait_for(timeout=120_000)
+    _button(area, "Classify").click()
+    area.locator(".augreg-info", has_text="classified").wait_for(timeout=120_000)
+    _shown_image(nb, area, None, "the top-5 chart")
+    _assert_fits(area, "the inference panel")
+    nb.shot("final")
     nb.assert_no_page_errors()

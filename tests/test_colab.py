@@ -1,0 +1,174 @@
+"""The Colab install cell: its restart note, and the pieces of the Colab-like check.
+
+The check itself (``tests/colab/check.py``: Colab's versions on Python 3.13, the install
+cell, the unit tests and notebooks there) runs from ``.ci/run``; these tests cover its logic
+and the facts it relies on, in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from augreg_nb import colab
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_check():
+    spec = importlib.util.spec_from_file_location("colab_check", REPO / "tests/colab/check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_check()
+
+
+# --------------------------------------------------------------------------- restart note
+
+
+def test_changes_compare_canonical_names():
+    before = {"Jupyter_Core": "5.9.1", "ipywidgets": "7.7.1", "gone": "1.0"}
+    after = {"jupyter-core": "5.9.1", "IPyWidgets": "8.1.9", "augreg_nb": "0.1.0"}
+    assert [str(c) for c in colab.changes(before, after)] == [
+        "augreg-nb (none) -> 0.1.0", "gone 1.0 -> (removed)", "ipywidgets 7.7.1 -> 8.1.9"]
+
+
+def test_only_changed_imported_distributions_need_a_restart():
+    # numpy is installed here, so packages_distributions() maps the module to it.
+    before = {"numpy": "1.0", "pandas": "2.0", "augreg_nb": "0.0.9"}
+    after = {"numpy": "2.0", "pandas": "2.1", "augreg-nb": "0.1.0", "new-dist": "1.0"}
+    stale = colab.stale_imports(before, after, modules=["numpy.linalg", "json"])
+    assert [str(c) for c in stale] == ["numpy 1.0 -> 2.0"]  # pandas: not imported
+    note = colab.restart_note(before, after, modules=["numpy.linalg"])
+    assert note.startswith(f"Restart the session ({colab.RESTART_MENU})")
+    assert "numpy 1.0 -> 2.0" in note and "pandas" not in note and "\n" not in note
+    quiet = colab.restart_note(before, {**after, "numpy": "1.0"}, modules=["numpy", "json"])
+    assert quiet == "augreg_nb 0.1.0: no package this kernel has imported changed, " \
+                    "no restart needed."
+
+
+def _write_dist(root: Path, version: str) -> None:
+    """A minimal installed distribution ``fake-widgets`` (module ``fake_widgets``)."""
+    for old in root.glob("fake_widgets-*.dist-info"):
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    info = root / f"fake_widgets-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-widgets\n"
+                                   f"Version: {version}\n")
+    (info / "top_level.txt").write_text("fake_widgets\n")
+    (root / "fake_widgets").mkdir(exist_ok=True)
+    (root / "fake_widgets" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+
+
+def test_restart_note_sees_an_upgrade_of_an_imported_module_on_disk(tmp_path, monkeypatch):
+    _write_dist(tmp_path, "7.7.1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fake_widgets", raising=False)
+    before = colab.installed_versions()
+    assert before["fake-widgets"] == "7.7.1"
+    importlib.import_module("fake_widgets")
+    assert "no restart needed" in colab.restart_note(before)
+    _write_dist(tmp_path, "8.1.9")  # what pip does: new files, new dist-info
+    importlib.invalidate_caches()
+    assert colab.installed_versions()["fake-widgets"] == "8.1.9"
+    note = colab.restart_note(before)
+    assert "Restart the session" in note and "fake-widgets 7.7.1 -> 8.1.9" in note
+    # Not imported yet: the new version is what the kernel will import, no restart.
+    sys.modules.pop("fake_widgets")
+    assert "no restart needed" in colab.restart_note(before)
+
+
+def test_installed_versions_match_the_imported_modules():
+    import numpy
+
+    versions = colab.installed_versions()
+    assert versions["numpy"] == numpy.__version__
+    assert "numpy" in colab.imported_distributions()
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def test_install_cell_is_the_same_everywhere_and_pip_installs_without_upgrades():
+    cell = check.install_cell()
+    args = check.pip_install_args(cell)
+    assert args[0] == "install"
+    assert not {"-U", "--upgrade", "--force-reinstall", "--no-deps"} & set(args)
+    (req,) = [a for a in args if not a.startswith("-") and a != "install"]
+    assert req.startswith("augreg_nb @ git+https://") and "[" not in req
+    local = check.local_cell(cell, REPO)
+    assert f'"augreg_nb @ {REPO.as_uri()}"' in local
+    assert local.replace(REPO.as_uri(), "") == check.GIT_ADDRESS.sub("", cell)
+
+
+def test_freeze_diff_fails_on_changed_preinstalled_packages_only():
+    before = check.parse_freeze("ipywidgets==7.7.1\nJupyter_Core==5.9.1\nkeep==1\n")
+    after = check.parse_freeze("ipywidgets==8.1.9\njupyter-core==5.9.1\n"
+                               "augreg_nb @ file:///src/augreg_nb\nml-collections==1.1.0\n")
+    changed, ok, added = check.freeze_diff(before, after, allowed={"keep": "a reason"})
+    assert changed == ["! ipywidgets 7.7.1 -> 8.1.9"]
+    assert ok == ["~ keep 1 -> (removed)   (a reason)"]
+    assert added == ["+ augreg-nb file:///src/augreg_nb", "+ ml-collections 1.1.0"]
+    assert all(reason.strip() for reason in check.ALLOWED_CHANGES.values())
+
+
+def _colab_versions() -> dict[str, str]:
+    text = check.version_list().read_text()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert any("googlecolab/backend-info" in line for line in header)  # the source
+    assert any(re.search(r"\d{4}-\d{2}-\d{2}", line) for line in header)  # and its date
+    return check.parse_freeze(text)
+
+
+def test_colab_versions_satisfy_every_dependency():
+    """Installing into Colab has no reason to move Colab's packages: each core requirement
+    that Colab ships is met by Colab's version (the check proves the rest by installing)."""
+    colab_versions = _colab_versions()
+    assert colab_versions["jax"] == "0.7.2" and colab_versions["ipywidgets"] == "7.7.1"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    met = []
+    for dep in map(Requirement, deps):
+        version = colab_versions.get(check.canonical(dep.name))
+        if version is not None:
+            assert dep.specifier.contains(version), f"{dep} excludes Colab's {version}"
+            met.append(dep.name)
+    assert {"jax", "flax", "optax", "ipywidgets", "tensorflow-datasets"} <= set(met)
+    assert not any(Requirement(d).name == "jupyterlab" for d in deps)
+
+
+@pytest.mark.parametrize("name", ["jax", "flax", "optax"])
+def test_lower_bounds_are_the_tested_colab_versions(name):
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (dep,) = [Requirement(d) for d in deps if Requirement(d).name == name]
+    assert str(dep.specifier) == f">={_colab_versions()[name]}"
+
+
+def test_uploads_in_the_ipywidgets_7_format_colab_has():
+    """ipywidgets 7's FileUpload value is ``{name: {"metadata": {...}, "content": bytes}}``
+    (8's: a tuple of dicts with ``name``); the inference panel reads both."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from augreg_nb.widgets import inference_panel as ip
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :4] = 255
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    meta = {"name": "half.png", "type": "image/png", "size": len(buf.getvalue()),
+            "lastModified": 0}
+    got = ip.uploaded_images({"half.png": {"metadata": meta, "content": buf.getvalue()}})
+    np.testing.assert_array_equal(np.asarray(got["half.png"]), image)
