@@ -46,6 +46,7 @@ FULL_PRESETS = ("augreg-pets-scratch", "augreg-pets-transfer", None)
 SMOKE_GRID = {"augs": ("none", "medium2"), "without_reg": True, "with_reg": False,
               "from_scratch": True, "from_checkpoint": True, "steps": 30,
               "transfer_steps": 30}
+NO_RUNS_YET = "No finished run yet: press Start grid, then run this cell again."
 #: Models offered (the smallest first; from a checkpoint: the model's recommended upstream).
 MODEL_CHOICES = ("Ti/16", "S/16", "B/32", "S/32", "B/16", "R26+S/32")
 
@@ -221,12 +222,25 @@ class AugregPanel:
         self.stop_event.set()
         self.messages.show("stopping after the current log step ...", "note")
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a grid started with the Start button has ended."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
     def heatmap(self):
-        """Your Figure-4-style heat map of the finished runs (test accuracy)."""
+        """Your Figure-4-style heat map of the finished runs (test accuracy); before the
+        first finished run, a note saying so (None)."""
+        if self.rows.empty:
+            print(NO_RUNS_YET)
+            return None
         return plot_grid_heatmap(self.rows)
 
     def compute_plot(self):
-        """Your Figure-2-style plot: accuracy against training images seen, per run."""
+        """Your Figure-2-style plot: accuracy against training images seen, per run (None
+        and a note before the first finished run)."""
+        if self.rows.empty:
+            print(NO_RUNS_YET)
+            return None
         return plot_compute(self.rows, self.result.histories)
 
     def _ipython_display_(self) -> None:
