@@ -155,6 +155,7 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
     out = run_python(
         """
         import json, tempfile, jax, numpy as np
+        from augreg_nb import input_pipeline as ip
         from augreg_nb import train_step as ts
         from tests.test_train_engine import run, small_config, leaves, init_params
         assert jax.device_count() == 8
