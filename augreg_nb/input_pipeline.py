@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from augreg_nb import preprocess
+from augreg_nb import augment, preprocess
 from augreg_nb.preprocess import import_tf
 from augreg_nb.tasks import (
     DatasetNotReadyError,
@@ -203,8 +203,13 @@ def make_train_dataset(
     preprocess_mode: str = "inception_crop",
     shuffle_buffer: int = 50_000,
     start_batch: int = 0,
+    aug: str = "none",
 ):
     """This process's endless training stream of numpy-ready batches (a tf.data.Dataset).
+
+    ``aug`` names an AugReg augmentation setting (index name); its RandAugment is applied
+    per image after crop and flip (:func:`augreg_nb.preprocess.train_preprocess`); its
+    Mixup acts on whole batches in the training step.
 
     Elements: {"image": float32 (batch_size, r, r, 3) in [-1, 1], "label": int32}.
     The stream is a function of ``seed``: ``start_batch=k`` yields exactly the batches
@@ -231,7 +236,17 @@ def make_train_dataset(
     def pp(index, ex):
         image = _decode(task, ex["encoded"])
         ex_seed = tf.stack([tf.constant(pseed % 2**31, tf.int32), tf.cast(index % 2**31, tf.int32)])
-        image = preprocess.train_preprocess(image, resolution, seed=ex_seed, mode=preprocess_mode)
+        if aug == "none":
+            image = preprocess.train_preprocess(image, resolution, seed=ex_seed,
+                                                mode=preprocess_mode)
+        else:  # RandAugment on the uint8 crop, then the value range (the authors' order)
+            image = preprocess.train_crop_flip(image, resolution, seed=ex_seed,
+                                               mode=preprocess_mode)
+            if image.dtype != tf.uint8:  # "random_crop" resizes in float
+                image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            aug_seed = tf.random.experimental.stateless_fold_in(ex_seed, 1)
+            image = preprocess.value_range(augment.randaugment_setting(image, aug,
+                                                                       seed=aug_seed))
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
     if start_batch < 0:

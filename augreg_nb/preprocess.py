@@ -149,7 +149,15 @@ def value_range(image):
 
 
 def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "inception_crop"):
-    """Training augmentation for one uint8 image (H, W, 3) -> float32 (r, r, 3) in [-1, 1].
+    """Training augmentation for one uint8 image (H, W, 3) -> float32 (r, r, 3) in [-1, 1]:
+    :func:`train_crop_flip`, then the value range."""
+    return value_range(train_crop_flip(image_uint8, resolution, seed=seed, mode=mode))
+
+
+def train_crop_flip(image_uint8, resolution: int, *, seed, mode: str = "inception_crop"):
+    """The random crop and flip of training, before the value range: (r, r, 3) pixels in
+    [0, 255] (uint8, or float for ``mode="random_crop"``). Pixel-level augmentation such as
+    RandAugment goes between this and :func:`value_range`.
 
     ``seed`` is an int or a pair of ints (a tensor inside tf.data); the same seed gives the
     same crop and flip eagerly and in a pipeline. ``mode`` is ``"inception_crop"`` (paper,
@@ -171,8 +179,7 @@ def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "incepti
     else:  # vit_jax: float resize, no return to uint8
         crop = _random_area_crop(image, crop_seed)
         image = tf.image.resize(crop, size, method="bilinear", antialias=False)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return value_range(image)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
 def eval_preprocess(image_uint8, resolution: int, mode: str = "resize_crop"):

@@ -57,7 +57,7 @@ from augreg_nb import callbacks as callbacks_lib
 from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
 from augreg_nb import input_pipeline as ip
-from augreg_nb import models, names, sources
+from augreg_nb import models, names, sources, upstream
 from augreg_nb import train_step as ts
 from augreg_nb.atomic import write_json_atomic
 from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
@@ -77,8 +77,14 @@ RESULT_FILE = "result.json"
 RECIPE_FIELDS = (
     "checkpoint", "model", "task", "resolution", "base_lr", "total_steps", "warmup_steps",
     "global_batch", "seed", "dtype", "momentum_dtype", "momentum", "grad_clip",
-    "train_preprocess",
+    "train_preprocess", "recipe", "aug", "wd", "do", "sd", "loss",
 )
+#: Values of the AugReg fields that mean "the transfer recipe as before": states saved
+#: before these fields existed resume as runs with these values.
+RECIPE_DEFAULTS = {"recipe": "transfer", "aug": "none", "wd": 0.0, "do": 0.0, "sd": 0.0,
+                   "loss": "auto"}
+#: The ``filename`` of a run from random initialisation in its result row.
+SCRATCH_STEM = "scratch"
 
 
 class TrainingDiverged(RuntimeError):
@@ -181,8 +187,42 @@ def explain_oom(advice: Callable[[], str]) -> Iterator[None]:
         raise
 
 
+def _field(config, name: str):
+    return config.get(name, RECIPE_DEFAULTS[name]) if name in RECIPE_DEFAULTS \
+        else config[name]
+
+
 def _recipe(config) -> dict:
-    return {k: config[k] for k in RECIPE_FIELDS}
+    return {k: _field(config, k) for k in RECIPE_FIELDS}
+
+
+def _stored_recipe(meta: dict) -> dict:
+    return {**RECIPE_DEFAULTS, **meta.get("recipe", {})}
+
+
+def loss_name(config) -> str:
+    """The loss a config trains with: its ``loss``, or for "auto" softmax with the transfer
+    recipe and the upstream recipe's sigmoid (:data:`augreg_nb.upstream.LOSSES`) with augreg."""
+    loss = _field(config, "loss")
+    if loss != "auto":
+        return loss
+    return upstream.LOSSES["i1k"] if _field(config, "recipe") == "augreg" else "softmax"
+
+
+def optimizer_for(config):
+    """The optimiser of a config's recipe: the transfer recipe's SGD with momentum, or the
+    upstream recipe's Adam with decoupled weight decay ``wd`` on kernels (paper convention)."""
+    if _field(config, "recipe") == "augreg":
+        return upstream.make_upstream_optimizer(
+            config.total_steps, base_lr=config.base_lr, weight_decay=float(_field(config, "wd")),
+            warmup_steps=config.warmup_steps, grad_clip=config.grad_clip or None,
+            mu_dtype=config.momentum_dtype)
+    return ts.optimizer_from_config(config)
+
+
+def mixup_alpha(config) -> float:
+    """The Mixup alpha of the config's augmentation setting (0: no Mixup)."""
+    return names.AUGMENTATIONS[config_lib.index_aug(_field(config, "aug"))].mixup_alpha
 
 
 class History:
@@ -253,7 +293,7 @@ class _Run:
         self.num_devices = mesh.devices.size
         self.state_path = workdir / STATE_FILE
         self.schedule = ts.schedule_from_config(config)
-        tx = ts.optimizer_from_config(config)
+        tx = optimizer_for(config)
         p_shard = ts.param_shardings(params, mesh, config.param_sharding)
         state = jax.jit(lambda p: TrainState.create(p, tx))(jax.device_put(params, p_shard))
         sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
@@ -265,6 +305,7 @@ class _Run:
             apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
             micro_batches=config.micro_batches, lr_schedule=self.schedule,
             state_sharding=sharding, seed=config.seed,
+            mixup_alpha=mixup_alpha(config), loss=loss_name(config),
         )
         self.eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
         self.pending: list[tuple[int, dict]] = []  # step metrics not logged yet (on device)
@@ -272,10 +313,9 @@ class _Run:
     def _resume(self) -> None:
         config, path = self.config, self.state_path
         meta = read_meta(path)
-        if meta.get("recipe") != _recipe(config):
-            changed = sorted(
-                k for k in RECIPE_FIELDS if meta.get("recipe", {}).get(k) != config[k]
-            )
+        stored = _stored_recipe(meta)
+        if stored != _recipe(config):
+            changed = sorted(k for k in RECIPE_FIELDS if stored.get(k) != _field(config, k))
             raise ValueError(
                 f"{self.workdir} holds a run with a different recipe (fields {changed} "
                 "differ); use another workdir, or delete it to start over"
@@ -449,7 +489,26 @@ def _upstream_checkpoint(config) -> str:
 
 
 def load_start_params(config, num_classes: int) -> tuple[str, dict, str]:
-    """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning."""
+    """(model name, adapted parameters, checkpoint stem) for the start of fine-tuning.
+
+    ``checkpoint`` "" or "scratch": ``config.model`` randomly initialised (seed
+    ``config.seed``), stem "scratch". With the sigmoid loss the head's bias starts at
+    ``-log(classes)`` (the upstream configs' -6.9 for 1000 classes), so every class
+    starts at a probability of about 1/classes instead of 1/2.
+    """
+    model, params, stem = _start_params(config, num_classes)
+    if loss_name(config) == "sigmoid":
+        params = upstream.with_head_bias(params, -math.log(num_classes))
+    return model, params, stem
+
+
+def _start_params(config, num_classes: int) -> tuple[str, dict, str]:
+    if config_lib.is_scratch(config.checkpoint):
+        module = create_model(config.model, num_classes)
+        image = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
+        variables = jax.jit(lambda k: module.init(k, image, train=False))(
+            jax.random.key(config.seed))
+        return config.model, jax.device_get(dict(variables["params"])), SCRATCH_STEM
     resolved = sources.resolve_checkpoint(_upstream_checkpoint(config))
     model, flat = ckpt.load_resolved(resolved, model_name=config.model,
                                      num_classes=num_classes, resolution=config.resolution)
@@ -460,15 +519,20 @@ def adapt_filename(stem: str, config) -> str:
     """The fine-tune's filename in the published naming (``{upstream}--{task}-steps_...``).
 
     Lengths without a published token (e.g. 60 steps) are written as the number of steps.
+    Runs of the augreg recipe end in their settings, ``-augreg-aug_medium2-wd_0.1-do_0.1-sd_0.1``
+    (:func:`augreg_nb.config.settings_suffix`; from scratch the stem is ``scratch_<model>``).
     """
+    if stem == SCRATCH_STEM:
+        stem = f"{SCRATCH_STEM}_{config_lib.slug(config.model.replace('/', '_'))}"
     try:
-        return names.parse_name(stem).finetuned(
+        name = names.parse_name(stem).finetuned(
             config.task, config.total_steps, config.base_lr, config.resolution).filename
     except ValueError:
         steps = (names.steps_token(config.total_steps) if config.total_steps in
                  names.STEPS_TOKENS else str(config.total_steps))
-        return (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
+        name = (f"{stem}--{config.task}-steps_{steps}-lr_{names.format_float(config.base_lr)}"
                 f"-res_{config.resolution}")
+    return name + config_lib.settings_suffix(config)
 
 
 def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
@@ -484,6 +548,9 @@ def result_row(config, *, stem: str, model: str, params, final: dict) -> dict:
             row.update({k: known[k] for k in ("best_val", "final_val", "final_test")})
     except ValueError:
         pass
+    if config_lib.uses_augreg(config):  # the run's own settings, by the index's names
+        row.update(aug=config_lib.index_aug(config.aug), wd=float(config.wd),
+                   do=float(config.do), sd=float(config.sd), lr=float(config.base_lr))
     row.update(
         adapt_ds=config.task, adapt_lr=float(config.base_lr),
         adapt_steps=int(config.total_steps), adapt_resolution=int(config.resolution),
@@ -521,7 +588,7 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
     if not (state_path.is_file() and result_path.is_file()):
         return None
     meta = read_meta(state_path)
-    if (meta.get("recipe") != _recipe(config) or meta.get("step") != config.total_steps
+    if (_stored_recipe(meta) != _recipe(config) or meta.get("step") != config.total_steps
             or "model" not in meta):
         return None
     saved = json.loads(result_path.read_text())
@@ -530,7 +597,7 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
     if export_path is not None and not export_path.is_file():
         return None
     abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
-    tx = ts.optimizer_from_config(config)
+    tx = optimizer_for(config)
     like = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract)
     try:
         state, _ = restore_state(state_path, like=like)
@@ -566,7 +633,10 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
         return done
     task = load_task(config)
     model_name, params, stem = load_start_params(config, task.num_classes)
-    model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype))
+    model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype),
+                         dropout_rate=float(_field(config, "do")),
+                         stochastic_depth=float(_field(config, "sd")))
+    aug = config_lib.index_aug(_field(config, "aug"))
     local_batch = ip.local_batch_size(config.global_batch, mesh)
 
     def train_batches(first_step: int) -> Iterator[dict]:
@@ -575,7 +645,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
             preprocess_mode=config.train_preprocess, shuffle_buffer=config.shuffle_buffer,
             # Batch k is the k-th element of a seeded stream; the skipped examples are
             # dropped while still encoded, so resuming late in a run costs no decoding.
-            start_batch=first_step - 1)
+            start_batch=first_step - 1, aug=aug)
         return ds.as_numpy_iterator()
 
     evals = {

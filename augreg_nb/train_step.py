@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from augreg_nb.input_pipeline import DATA_AXIS, batch_sharding
+from augreg_nb.mixup import mixup
 from augreg_nb.train_state import TrainState
 
 
@@ -128,6 +129,13 @@ def softmax_cross_entropy(logits, onehot):
     return -jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
+def sigmoid_cross_entropy(logits, onehot):
+    """Per-example sum over classes of the binary cross-entropy of ``sigmoid(logits)``."""
+    logits = logits.astype(jnp.float32)
+    return -jnp.sum(onehot * jax.nn.log_sigmoid(logits)
+                    + (1.0 - onehot) * jax.nn.log_sigmoid(-logits), axis=-1)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -169,8 +177,19 @@ def make_train_step(
     state_sharding=None,
     seed: int = 0,
     donate: bool = True,
+    mixup_alpha: float = 0.0,
+    loss: str = "softmax",
 ):
     """A jitted ``step(state, batch) -> (state, metrics)`` over ``mesh``.
+
+    ``loss`` is "softmax" (the transfer recipe) or "sigmoid" (the upstream recipe, see
+    :mod:`augreg_nb.upstream`). ``mixup_alpha`` > 0 mixes the whole global batch with itself
+    rolled by one example (:func:`augreg_nb.mixup.mixup`, one weight per step, its key
+    ``fold_in(fold_in(key(seed), 0), update)``, apart from the dropout keys) before it is split
+    into micro-batches, so the update still does not depend on devices or micro-batches (the
+    authors mix each device's slice on its own; this is the one-device case of theirs).
+    The dropout / stochastic-depth key of update k is ``fold_in(key(seed), k)`` (micro-batch
+    i: ``fold_in`` of that with i); models without dropout ignore it.
 
     ``batch`` holds "image" (N, H, W, 3) and "label" (N,) ints or (N, C) one-hot, with N
     the global batch split over the "data" axis. The N images are processed in
@@ -188,9 +207,13 @@ def make_train_step(
     key0 = jax.random.key(seed)
     lr_of = lr_schedule or (lambda step: jnp.full((), jnp.nan, jnp.float32))
 
+    if loss not in ("softmax", "sigmoid"):
+        raise ValueError(f"unknown loss {loss!r}; use 'softmax' or 'sigmoid'")
+    per_example = softmax_cross_entropy if loss == "softmax" else sigmoid_cross_entropy
+
     def loss_fn(params, images, onehot, rng):
         logits = apply_fn({"params": params}, images, train=True, rngs={"dropout": rng})
-        return jnp.mean(softmax_cross_entropy(logits, onehot))
+        return jnp.mean(per_example(logits, onehot))
 
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -198,6 +221,9 @@ def make_train_step(
         images = batch["image"]
         onehot = _onehot(batch["label"], num_classes)
         rng = jax.random.fold_in(key0, state.step + 1)
+        if mixup_alpha:
+            mix_key = jax.random.fold_in(jax.random.fold_in(key0, 0), state.step + 1)
+            images, onehot, _ = mixup(mix_key, images, onehot, mixup_alpha)
         if micro_batches == 1:
             loss, grads = grad_fn(state.params, images, onehot, rng)
         else:

@@ -40,6 +40,7 @@ import optax
 
 from augreg_nb import protocol
 from augreg_nb.train_step import learning_rate as cosine_learning_rate
+from augreg_nb.train_step import sigmoid_cross_entropy, softmax_cross_entropy
 
 #: The paper's pre-training constants.
 BASE_LR = protocol.PRETRAIN_LR
@@ -131,18 +132,6 @@ def make_upstream_optimizer(
         parts.append(optax.add_decayed_weights(float(weight_decay), mask=weight_decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts)
-
-
-def sigmoid_cross_entropy(logits, labels):
-    """Per-example sum over classes of the binary cross-entropy of ``sigmoid(logits)``."""
-    logits = logits.astype(jnp.float32)
-    return -jnp.sum(labels * jax.nn.log_sigmoid(logits)
-                    + (1.0 - labels) * jax.nn.log_sigmoid(-logits), axis=-1)
-
-
-def softmax_cross_entropy(logits, labels):
-    """Per-example softmax cross-entropy with (soft) one-hot labels."""
-    return -jnp.sum(labels * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
 def upstream_loss(logits, labels, loss: str = "sigmoid"):

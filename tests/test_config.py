@@ -89,6 +89,10 @@ def test_presets_list_the_published_sweep():
     names = config_lib.presets()
     assert "smoke" in names and "cifar100-10000-0.03-384" in names
     assert "oxford_iiit_pet-500-0.001-224" in names and "imagenet2012-20000-0.01-384" in names
+    augreg = list(config_lib.AUGREG_PRESETS)
+    assert names[1:1 + len(augreg)] == augreg == [
+        "augreg-smoke", "augreg-pets-scratch", "augreg-pets-transfer"]
+    names = [n for n in names if n not in augreg]
     assert len(names) == 1 + 4 * 2 * 4 * 2 + 2 * 2  # 4 tasks x 2 lengths x 4 lrs; ImageNet 2 lrs
     for name in names[1:6]:
         assert get_config(name).total_steps in (500, 2500, 10000, 20000)

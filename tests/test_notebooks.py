@@ -19,6 +19,7 @@ NOTEBOOKS = (
     "02_finetune.ipynb",
     "03_paper_figures.ipynb",
     "04_inference.ipynb",
+    "05_augreg.ipynb",
 )
 #: Cells that may not run headless (none).
 SKIP_HEADLESS: tuple[str, ...] = ()
@@ -300,3 +301,20 @@ def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkey
         env.close()
     assert dict(os.environ) == before
     assert not env.root.exists()
+
+
+@pytest.mark.slow
+def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
+    nb, _ = _execute("05_augreg.ipynb", kernel_name, tmp_path, monkeypatch, press=(
+        "panel.start_button.click()\npanel.wait()\nprint(panel.messages.text)\n"
+        "display(panel.heatmap())\ndisplay(panel.compute_plot())\n"
+        "panel.rows[['filename', 'aug', 'adapt_final_test', 'seconds']]"))
+    outputs = _check_common(nb, "05")
+    text = _text(outputs)
+    assert "No finished run yet" in text  # the figure cells before Start say so
+    assert "finished 4 run(s)" in text
+    assert _pngs(outputs) >= 3  # the paper's Figure 4, own heat map, own Figure 2
+    rows = next(o for o in _code(nb)[-1].outputs
+                if o.get("output_type") == "execute_result")["data"]["text/html"]
+    assert "medium2" in rows and "scratch" in rows
+    assert any("augreg-table" in v and "scratch" in v for v in _html_values(nb))
