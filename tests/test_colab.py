@@ -172,3 +172,10 @@ def test_uploads_in_the_ipywidgets_7_format_colab_has():
             "lastModified": 0}
     got = ip.uploaded_images({"half.png": {"metadata": meta, "content": buf.getvalue()}})
     np.testing.assert_array_equal(np.asarray(got["half.png"]), image)
+
+
+def test_the_colab_check_runs_test_files_that_exist():
+    """A renamed or removed test file must not silently drop out of the Colab check."""
+    missing = [name for name in check.COLAB_TESTS if not (REPO / "tests" / name).is_file()]
+    assert not missing, f"tests/colab/check.py names test files that do not exist: {missing}"
+    assert "test_notebooks.py" in check.COLAB_TESTS
