@@ -45,7 +45,7 @@ SWEEP_RESOLUTIONS = protocol.SWEEP_RESOLUTIONS
 DEFAULT_CHECKPOINT = "B/16"
 #: The checkpoint names of fakes: "fake:<model>" is a fake upstream checkpoint of the model in
 #: the published layout, which the resolver writes on first use (the source is registered by
-#: ``augreg_nb.testing.checkpoints``); the smoke preset fine-tunes "fake:testing".
+#: ``augreg_nb.random_checkpoints``); the smoke preset fine-tunes "fake:testing".
 FAKE_CHECKPOINT_PREFIX = "fake:"
 #: The model whose fake checkpoints the notebooks' smoke mode serves (the smallest AugReg one).
 SMOKE_MODEL = "Ti/16"

@@ -24,7 +24,7 @@ Smoke mode (``AUGREG_NB_SMOKE=1``)
     the shipped catalogue; the caches live in a temporary folder (own results go to one file
     under the user's cache, so notebook 3 shows what notebook 2 exported); the checkpoint
     bucket is a loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
-    checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.testing.checkpoints`)
+    checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.random_checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
     ``smoke`` preset (a tiny model on the digits shipped with the package). The
@@ -162,7 +162,7 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     global _SMOKE
     if _SMOKE is not None:
         return _SMOKE
-    from augreg_nb.testing.checkpoints import write_fake_checkpoint
+    from augreg_nb.random_checkpoints import write_fake_checkpoint
     from augreg_nb.testing.servers import FakeBucket, FakeHub
 
     owns_root = root is None

@@ -108,7 +108,7 @@ class Resolved:
 
 
 #: Checkpoints made on request instead of fetched, by name prefix: prefix -> write(model,
-#: path). ``augreg_nb.testing.checkpoints`` registers "fake:" (random weights of a model in
+#: path). ``augreg_nb.random_checkpoints`` registers "fake:" (random weights of a model in
 #: the published layout), which the smoke preset fine-tunes.
 GENERATED = "generated"
 _GENERATORS: dict[str, Callable[[str, Path], object]] = {}

@@ -57,7 +57,13 @@ from augreg_nb import callbacks as callbacks_lib
 from augreg_nb import checkpoint as ckpt
 from augreg_nb import config as config_lib
 from augreg_nb import input_pipeline as ip
-from augreg_nb import models, names, sources, upstream
+from augreg_nb import (
+    models,
+    names,
+    random_checkpoints,  # noqa: F401 - registers the "fake:" source
+    sources,
+    upstream,
+)
 from augreg_nb import train_step as ts
 from augreg_nb.atomic import write_json_atomic
 from augreg_nb.index import COLUMNS, load_index, recommended_checkpoints
@@ -65,7 +71,6 @@ from augreg_nb.models import create_model, param_count
 from augreg_nb.resources import ENV_INDEX
 from augreg_nb.sources import index_cache_path
 from augreg_nb.tasks import get_task
-from augreg_nb.testing import checkpoints as _fakes  # noqa: F401 - the "fake:" source
 from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state, to_host
 
 logger = logging.getLogger(__name__)

@@ -86,7 +86,10 @@ def test_the_config_presets_are_the_protocols_sweep():
     want = ["smoke"] + [
         f"{t}-{n}-{lr}-{res}" for t, s in protocol.TRANSFER_SWEEP.items()
         for n in s.steps for lr in s.learning_rates for res in protocol.SWEEP_RESOLUTIONS]
-    assert sorted(config.presets()) == sorted(want)
+    # Besides the published sweep: the AugReg training presets, all named "augreg-*".
+    augreg = [name for name in config.presets() if name.startswith("augreg-")]
+    assert augreg == list(config.AUGREG_PRESETS)
+    assert sorted(config.presets()) == sorted(want + augreg)
     c = config.get_config("imagenet2012-20000-0.03-384")
     assert (c.global_batch, c.momentum, c.momentum_dtype, c.grad_clip) == (
         protocol.GLOBAL_BATCH, protocol.MOMENTUM, protocol.MOMENTUM_DTYPE, protocol.GRAD_CLIP)
