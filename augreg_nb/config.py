@@ -53,6 +53,8 @@ SMOKE_MODEL = "Ti/16"
 SMOKE_TASK = "digits"
 #: Training recipes: the paper's fine-tuning ("transfer") and its pre-training ("augreg").
 RECIPES = ("transfer", "augreg")
+#: The losses a run can use ("auto": softmax for transfer, sigmoid for augreg).
+LOSSES = ("auto", "softmax", "sigmoid")
 #: ``checkpoint`` values that mean "random initialisation" (train from scratch).
 SCRATCH_CHECKPOINTS = ("", "scratch")
 
@@ -422,8 +424,13 @@ def _text_or_none(v) -> bool:
 
 #: What each field must be: (test of its value, the rule in words for the message).
 FIELD_RULES = {
-    "checkpoint": (lambda v: isinstance(v, str),
+    "checkpoint": (lambda v: isinstance(v, str) and (v == "" or v.strip() != ""),
                    "a model name, checkpoint name or file, e.g. 'B/16', or '' / 'scratch'"),
+    "recipe": (lambda v: v in RECIPES, f"one of {RECIPES}"),
+    "aug": (lambda v: isinstance(v, str) and v.strip() != "",
+            "an augmentation name: none, light0, light1, medium1, medium2, strong1, strong2 "
+            "(index names) or a paper name light2, heavy1, heavy2, paper:light1"),
+    "loss": (lambda v: v in LOSSES, f"one of {LOSSES}"),
     "model": (_text_or_none, "None or a model name such as 'B/16'"),
     "task": (lambda v: isinstance(v, str) and v.strip() != "", "a task name, e.g. 'cifar100'"),
     "resolution": (lambda v: _is_int(v) and 16 <= v <= 4096,
@@ -488,8 +495,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         ("param_sharding", ("replicated", "sharded")),
         ("train_preprocess", ("inception_crop", "resize_random_crop", "random_crop")),
         ("eval_preprocess", ("resize_crop", "resize")),
-        ("recipe", RECIPES),
-        ("loss", ("auto", "softmax", "sigmoid")),
     ):
         if config[field] not in allowed:
             raise ValueError(f"{field}={config[field]!r} is not one of {allowed}")
