@@ -81,3 +81,26 @@ def test_the_panel_runs_a_smoke_grid_and_draws_its_figures(tmp_path):
     own = (tmp_path / "own.csv").read_text().splitlines()
     assert len(own) == 5  # header + one row per finished run
     assert len(panel.heatmap().axes) >= 1 and len(panel.compute_plot().axes) == 1
+
+
+def test_own_figure_2_tells_every_run_apart():
+    """Start (colour), regularisation (line style) and augmentation (marker) together tell
+    each run's line apart, and the legend names all three."""
+    import pandas as pd
+
+    from augreg_nb.figures.own_runs import plot_compute
+
+    rows, histories = [], {}
+    for start in ("scratch", "checkpoint"):
+        for aug in ("none", "medium2"):
+            name = f"{start}-{aug}"
+            rows.append({"start": start, "aug": aug, "reg": False, "adapt_ds": "digits",
+                         "adapt_filename": name})
+            histories[name] = pd.DataFrame({"images_seen": [640, 1280],
+                                            "test_accuracy": [0.2, 0.4]})
+    fig = plot_compute(pd.DataFrame(rows), histories)
+    lines = fig.axes[0].get_lines()
+    styles = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(lines) == len(styles) == 4
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert sorted(labels) == sorted(f"{r['start']}, {r['aug']}" for r in rows)

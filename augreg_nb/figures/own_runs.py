@@ -24,6 +24,8 @@ from augreg_nb.names import index_to_paper_aug
 
 #: Colour of each start in :func:`plot_compute`.
 START_COLORS = {"scratch": "tab:orange", "checkpoint": "tab:blue"}
+#: Marker of each augmentation (the paper's names) in :func:`plot_compute`.
+AUG_MARKERS = dict(zip(AUGS, "osD^v<>", strict=False))
 
 
 def plot_grid_heatmap(rows: pd.DataFrame, ax=None, *,
@@ -31,7 +33,7 @@ def plot_grid_heatmap(rows: pd.DataFrame, ax=None, *,
     """Heat map of a grid's runs: one row per start, columns the augmentations (the paper's
     names and order) without and with regularisation; cells show the accuracy (%), colour
     its difference to the row's none / no-reg cell (as in the paper's Figure 4)."""
-    (axis,) = panel_axes(ax, 1, (6.5, 1.2 + 0.45 * max(1, rows["start"].nunique())))
+    (axis,) = panel_axes(ax, 1, (6.5, 1.8 + 0.45 * max(1, rows["start"].nunique())))
     if rows.empty:
         raise ValueError("no finished runs to plot: run the grid first")
     rows = rows.assign(aug=rows["aug"].map(index_to_paper_aug))
@@ -56,11 +58,11 @@ def plot_grid_heatmap(rows: pd.DataFrame, ax=None, *,
                   ha="center", va="bottom", fontsize=FONT + 1, style="italic")
     task = ", ".join(sorted(set(rows["adapt_ds"].astype(str))))
     axis.set_title(f"Your runs on {task}: {measure.replace('adapt_final_', '')} accuracy (%)",
-                   pad=16, fontsize=FONT + 3)
+                   pad=26, fontsize=FONT + 3)
     fig = axis.figure
     if ax is None:
         bar = fig.colorbar(mesh, ax=axis, shrink=0.8, pad=0.01)
-        bar.set_label("difference to none / no reg (%)", fontsize=FONT + 1)
+        bar.set_label("vs none, no reg (%)", fontsize=FONT + 1)
         bar.ax.tick_params(labelsize=FONT)
     return fig
 
@@ -68,8 +70,8 @@ def plot_grid_heatmap(rows: pd.DataFrame, ax=None, *,
 def plot_compute(rows: pd.DataFrame, histories: dict[str, pd.DataFrame], ax=None, *,
                  split: str = "test") -> Figure:
     """Accuracy against training images seen for every run: each evaluation of a run is a
-    point, from scratch in orange, from a checkpoint in blue, regularised runs dashed; the
-    label names the augmentation. Log x axis, as in the paper's Figure 2."""
+    point, from scratch in orange, from a checkpoint in blue, regularised runs dashed, one
+    marker per augmentation; the label names all three. Log x axis, as in the paper's Figure 2."""
     (axis,) = panel_axes(ax, 1, (6.0, 4.0))
     if rows.empty:
         raise ValueError("no finished runs to plot: run the grid first")
@@ -80,10 +82,12 @@ def plot_compute(rows: pd.DataFrame, histories: dict[str, pd.DataFrame], ax=None
             continue
         h = h.dropna(subset=[column])
         reg = ", reg" if row["reg"] else ""
-        axis.plot(h["images_seen"], 100 * h[column], marker="o", markersize=3,
+        aug = index_to_paper_aug(row["aug"])
+        axis.plot(h["images_seen"], 100 * h[column], marker=AUG_MARKERS.get(aug, "o"),
+                  markersize=5,
                   color=START_COLORS.get(row["start"], "gray"),
                   linestyle="--" if row["reg"] else "-",
-                  label=f"{row['start']}, {index_to_paper_aug(row['aug'])}{reg}")
+                  label=f"{row['start']}, {aug}{reg}")
     axis.set_xscale("log")
     axis.set_xlabel("training images seen on the task (steps x batch)")
     axis.set_ylabel(f"{split} accuracy (%)")

@@ -444,3 +444,79 @@ def test_inference_notebook(lab_page):
     _assert_fits(area, "the inference panel")
     nb.shot("final")
     nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- notebook 5
+
+NOTEBOOK_5 = "notebooks/05_augreg.ipynb"
+
+
+def _rerun_cell(nb, index: int, timeout: float = 60) -> dict:
+    """Run cell ``index`` again as a user does (click it, Shift+Enter); wait until the kernel
+    gave it a new execution count and is idle; returns the cell's model summary."""
+    before = next(c["count"] for c in nb.cells() if c["index"] == index)
+    nb.cell(index).locator(".jp-InputArea-editor").click()
+    nb.page.keyboard.press("Shift+Enter")
+    deadline = time.monotonic() + timeout
+    while True:
+        cell = next(c for c in nb.cells() if c["index"] == index)
+        if cell["count"] not in (None, before) and nb.page.evaluate(
+                "() => window.jupyterapp.shell.currentWidget"
+                ".sessionContext.session.kernel.status === 'idle'"):
+            return cell
+        assert time.monotonic() < deadline, f"cell {index} did not run again in {timeout} s"
+        nb.page.wait_for_timeout(250)
+
+
+def test_augreg_notebook_runs_the_smoke_grid(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_5)
+    nb.run_all()
+    nb.wait_until_executed(timeout=180)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    cells = nb.cells()
+    panel_cell = next(c["index"] for c in cells if c["widgets"] and "AugregPanel" in c["source"])
+    area = nb.outputs(panel_cell)
+    for label in ("Start grid", "Stop"):
+        assert _button(area, label).is_visible(), f"no {label} button in the panel"
+    for label in ("Model", "Task", "Augmentation", "Steps from scratch",
+                  "Steps from a checkpoint"):
+        assert area.get_by_label(label, exact=True).is_visible(), f"no {label} control"
+    for label in ("no regularisation", "from scratch", "from an AugReg checkpoint"):
+        assert area.get_by_label(label, exact=True).is_checked(), f"{label} is not ticked"
+    assert "4 runs on" in area.inner_text(), area.inner_text()[:500]
+    _assert_fits(area, "the AugReg panel before Start")
+    nb.shot("panel", area)
+
+    # Start runs the smoke grid (4 runs of 30 steps) in the background; the panel ends with
+    # the message and the accuracy table of the finished runs.
+    start = time.monotonic()
+    _button(area, "Start grid").click()
+    done = area.locator(".augreg-info", has_text="finished 4 run(s)")
+    done.wait_for(timeout=240_000)
+    print(f"notebook 5: smoke grid of 4 runs finished in {time.monotonic() - start:.1f} s")
+    assert area.locator(".widget-hprogress .progress-bar").first.evaluate(
+        "e => e.style.width") == "100%"
+    table = area.locator("table").first
+    assert table.is_visible() and table.locator("tbody tr").count() >= 1
+    assert "Traceback" not in area.inner_text()
+    assert _button(area, "Start grid").is_enabled() and not _button(area, "Stop").is_enabled()
+    _assert_fits(area, "the AugReg panel after the grid")
+    nb.shot("grid-finished", area)
+
+    # Run again the cells of the own Figure 4 heat map and Figure 2 plot: decoded images.
+    for source, what in (("panel.heatmap()", "the Figure-4 heat map"),
+                         ("panel.compute_plot()", "the Figure-2 plot")):
+        index = next(c["index"] for c in cells if c["source"].strip() == source)
+        cell = _rerun_cell(nb, index)
+        assert not cell["errors"], f"{what}: {cell['errors']}"
+        assert cell["images"] >= 1, f"{what}: no image output"
+        out = nb.outputs(index)
+        assert "No finished run yet" not in out.inner_text()
+        image = _shown_image(nb, out, None, what)
+        assert image[0] > 200 and image[1] > 150, f"{what}: image of {image[:2]} px"
+        nb.shot(what.split()[-2].lower(), out)
+    nb.assert_no_errors()
+    nb.shot("final")
+    nb.assert_no_page_errors()
