@@ -104,12 +104,12 @@ def _refuse(route) -> None:
     route.abort("blockedbyclient")
 
 
-@pytest.fixture
-def lab_page(request, chromium, jupyter_lab, e2e_artifacts):
-    """A new tab; at the end its kernel is shut down and the tab closed."""
+def _tab(request, chromium, lab, e2e_artifacts):
+    """A new tab on ``lab``; at the end its console log is kept, its kernel shut down and the
+    tab closed."""
     page = chromium.new_page()
     page.set_default_timeout(60_000)
-    nb = LabPage(page, jupyter_lab, e2e_artifacts, name=request.node.name)
+    nb = LabPage(page, lab, e2e_artifacts, name=request.node.name)
     request.node._lab_page = nb
     yield nb
     e2e_artifacts.write_text(f"{nb.name}-console.log", "\n".join(nb.console) + "\n")
@@ -118,22 +118,18 @@ def lab_page(request, chromium, jupyter_lab, e2e_artifacts):
     except Exception:  # the tab may be broken after a failure; the server stops kernels too
         pass
     page.close()
+
+
+@pytest.fixture
+def lab_page(request, chromium, jupyter_lab, e2e_artifacts):
+    """A new tab on the smoke-mode JupyterLab; closed (kernel shut down) at the end."""
+    yield from _tab(request, chromium, jupyter_lab, e2e_artifacts)
 
 
 @pytest.fixture
 def lab_page_real(request, chromium, jupyter_lab_real, e2e_artifacts):
     """A new tab on the real-mode JupyterLab; closed (kernel shut down) at the end."""
-    page = chromium.new_page()
-    page.set_default_timeout(60_000)
-    nb = LabPage(page, jupyter_lab_real, e2e_artifacts, name=request.node.name)
-    request.node._lab_page = nb
-    yield nb
-    e2e_artifacts.write_text(f"{nb.name}-console.log", "\n".join(nb.console) + "\n")
-    try:
-        nb.shutdown_kernel()
-    except Exception:  # the tab may be broken after a failure; the server stops kernels too
-        pass
-    page.close()
+    yield from _tab(request, chromium, jupyter_lab_real, e2e_artifacts)
 
 
 @pytest.hookimpl(wrapper=True)
