@@ -23,7 +23,7 @@ Smoke mode (``AUGREG_NB_SMOKE=1``)
     The notebooks run top to bottom offline in about a minute on two CPU cores: the index is
     the shipped catalogue; the caches live in a temporary folder (own results go to one file
     under the user's cache, so notebook 3 shows what notebook 2 exported); the checkpoint
-    bucket is a loopback server (:class:`augreg_nb.testing.servers.FakeBucket`) that serves fake
+    bucket is a loopback server (:class:`augreg_nb.loopback.FakeBucket`) that serves fake
     checkpoints written in the published ``.npz`` layout (:mod:`augreg_nb.random_checkpoints`)
     under their real names; Google credentials are hidden and the Hugging Face endpoint is a
     loopback server with no repositories, so nothing leaves the machine; fine-tuning uses the
@@ -108,8 +108,8 @@ class SmokeEnvironment:
     """The fake sources smoke mode runs against (a temporary folder and loopback servers)."""
 
     root: Path  #: temporary folder holding the cache, the bucket's files and the runs
-    bucket: Any  #: the running :class:`~augreg_nb.testing.servers.FakeBucket`
-    hub: Any  #: the running :class:`~augreg_nb.testing.servers.FakeHub` (no repositories)
+    bucket: Any  #: the running :class:`~augreg_nb.loopback.FakeBucket`
+    hub: Any  #: the running :class:`~augreg_nb.loopback.FakeHub` (no repositories)
     checkpoints: tuple[str, ...]  #: checkpoint names the fake bucket serves
     previous_env: dict[str, str | None]  #: environment variables before smoke mode set them
     owns_root: bool = False  #: the folder was made by :func:`setup_smoke` (removed on close)
@@ -162,8 +162,8 @@ def setup_smoke(root: str | os.PathLike | None = None) -> SmokeEnvironment:
     global _SMOKE
     if _SMOKE is not None:
         return _SMOKE
+    from augreg_nb.loopback import FakeBucket, FakeHub
     from augreg_nb.random_checkpoints import write_fake_checkpoint
-    from augreg_nb.testing.servers import FakeBucket, FakeHub
 
     owns_root = root is None
     root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="augreg_nb_smoke_"))

@@ -17,8 +17,8 @@ import pytest
 from pytest_socket import disable_socket, enable_socket
 
 from augreg_nb import download as dl
+from augreg_nb.loopback import FakeBucket
 from augreg_nb.resources import data_path
-from augreg_nb.testing.servers import FakeBucket
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0"

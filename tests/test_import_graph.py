@@ -5,7 +5,10 @@ only run inside functions. Rules:
 
 - no cycle between augreg_nb's modules, counting function-local imports too;
 - only ``augreg_nb.cli`` (the top floor) imports argparse; nothing below it imports the cli;
-- no ``__import__`` calls: a module that needs a sibling imports it.
+- no ``__import__`` calls: a module that needs a sibling imports it;
+- the product never imports ``augreg_nb.testing`` (the fakes the tests write): fake
+  checkpoints are the ``fake:`` source, the digits an ordinary task, and smoke mode's
+  loopback bucket lives in ``augreg_nb.loopback``.
 """
 
 from __future__ import annotations
@@ -138,6 +141,16 @@ def test_nothing_below_the_command_line_imports_it():
                        and any(d == "augreg_nb.cli" or d.startswith("augreg_nb.cli.")
                                for d in deps))
     assert importers == []
+
+
+def test_the_product_never_imports_the_test_fakes():
+    graph = _graph()
+    assert graph["augreg_nb.testing.checkpoints"]  # the graph sees the package's own edges
+    importers = sorted(m for m, deps in graph.items()
+                       if not m.startswith("augreg_nb.testing")
+                       and any(d == "augreg_nb.testing" or d.startswith("augreg_nb.testing.")
+                               for d in deps))
+    assert importers == [], f"modules of the product import augreg_nb.testing: {importers}"
 
 
 def test_no_dunder_import_calls():

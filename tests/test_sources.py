@@ -9,8 +9,8 @@ import pytest
 from augreg_nb import download as dl
 from augreg_nb import sources
 from augreg_nb.cli import main as cli_main
+from augreg_nb.loopback import FakeBucket, FakeHub
 from augreg_nb.names import parse_name
-from augreg_nb.testing.servers import FakeBucket, FakeHub
 from tests.test_download import NAME, no_sockets, write_partial_ti16_npz
 
 # Mirrored on the Hub as timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k.

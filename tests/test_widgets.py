@@ -11,9 +11,9 @@ import pytest
 
 from augreg_nb import index as index_lib
 from augreg_nb import names
+from augreg_nb.loopback import FakeBucket, FakeHub
 from augreg_nb.resources import data_path
 from augreg_nb.testing.checkpoints import write_fake_checkpoint
-from augreg_nb.testing.servers import FakeBucket, FakeHub
 from augreg_nb.widgets import FigurePicker, FinetunePanel, IndexBrowser, InferencePanel
 from augreg_nb.widgets import figure_picker as fp
 from augreg_nb.widgets import finetune_panel as ftp

@@ -4,7 +4,7 @@ Both listen on ``127.0.0.1`` on a free port, run in a background thread, log eve
 and can be told to misbehave per path. Tests use them, and so does the notebooks' offline
 smoke mode::
 
-    from augreg_nb.testing.servers import FakeBucket, FakeHub
+    from augreg_nb.loopback import FakeBucket, FakeHub
 
     with FakeBucket(folder) as bucket:                   # serves folder/<name> at bucket.url
         os.environ["AUGREG_NB_BUCKET_URL"] = bucket.url
