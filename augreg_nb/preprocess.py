@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,36 @@ def import_tf():
         except (RuntimeError, ValueError) as err:  # devices already initialised / no such kind
             log.debug("could not hide %s devices from TensorFlow: %s", kind, err)
     return tf
+
+
+_warm_up_lock = threading.Lock()
+_warm_up_thread: threading.Thread | None = None
+
+
+def warm_up() -> threading.Thread:
+    """Import TensorFlow and run the evaluation pre-processing once, in a background thread.
+
+    The first pre-processing call of a kernel pays for importing TensorFlow (2-3 s on an idle
+    2-core machine, much more under load). The inference panel calls this when it is built,
+    so the import overlaps with the user loading a checkpoint and choosing images. A real
+    call made before the warm-up ends simply waits for the import (Python's import lock)
+    and raises any error itself, so a failure here is only logged. Idempotent; returns the
+    thread (``join()`` it to wait).
+    """
+    global _warm_up_thread
+    with _warm_up_lock:
+        if _warm_up_thread is None:
+            _warm_up_thread = threading.Thread(target=_warm_up, name="augreg_nb-tf-warm-up",
+                                               daemon=True)
+            _warm_up_thread.start()
+        return _warm_up_thread
+
+
+def _warm_up() -> None:
+    try:
+        eval_preprocess(np.zeros((8, 8, 3), np.uint8), 4)
+    except Exception as err:  # the real call reports it (e.g. TensorFlow is missing)
+        log.debug("pre-processing warm-up failed: %s", err)
 
 
 def eval_resize_size(resolution: int) -> int:

@@ -289,16 +289,17 @@ def test_latency_section_runs_three_fresh_interpreters_on_one_cache():
     from bench.latency import run_latency
 
     rows = run_latency(["testing"], resolution=32)
-    assert [r.name.rsplit(" ", 1)[-1] for r in rows] == ["off", "cold", "warm"]
-    off, cold, warm = (r.extra for r in rows)
-    for row, res in zip(rows, (off, cold, warm), strict=True):
+    assert [r.name.rsplit(" ", 1)[-1] for r in rows] == ["off", "cold", "warm", "panel"]
+    off, cold, warm, panel = (r.extra for r in rows)
+    for row, res in zip(rows, (off, cold, warm, panel), strict=True):
         assert row.value == pytest.approx(res["import_s"] + res["preprocess_s"]
                                           + res["forward_s"])
         assert res["forward_s"] > 0 and res["second_predict_s"] > 0
     # The same prediction each time; with the cache off nothing is written.
-    assert off["top1"] == cold["top1"] == warm["top1"]
+    assert off["top1"] == cold["top1"] == warm["top1"] == panel["top1"]
     assert off["cache_files"] == 0
     assert "shorter than cold" in rows[2].note
+    assert "warmed up in the background" in rows[3].note
 
 
 def test_device_measurement_in_process_as_on_a_tpu_host():

@@ -312,3 +312,31 @@ def test_config_modes_are_the_preprocess_modes_and_smoke_uses_a_true_name():
         with pytest.raises(ValueError, match=field):
             validate(config)
         config[field] = modes[0]
+
+
+def test_warm_up_imports_tensorflow_in_the_background_once(python_runner):
+    out = python_runner("""
+        import sys, threading
+        from augreg_nb import preprocess
+        assert "tensorflow" not in sys.modules
+        first = preprocess.warm_up()
+        assert preprocess.warm_up() is first and first is not threading.current_thread()
+        first.join(300)
+        print("tensorflow" in sys.modules, first.is_alive())
+    """)
+    assert out.split() == ["True", "False"]
+
+
+def test_a_failed_warm_up_leaves_the_error_to_the_real_call(python_runner):
+    out = python_runner("""
+        import sys
+        sys.modules["tensorflow"] = None  # TensorFlow not installed
+        import numpy as np
+        from augreg_nb import preprocess
+        preprocess.warm_up().join(60)
+        try:
+            preprocess.prepare_images(np.zeros((8, 8, 3), np.uint8), 4)
+        except ImportError as err:
+            print(err)
+    """)
+    assert "pip install 'augreg_nb[tf]'" in out

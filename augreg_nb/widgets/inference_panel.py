@@ -25,6 +25,7 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
+from augreg_nb import preprocess
 from augreg_nb.checkpoint import checkpoint_resolution, load_pretrained
 from augreg_nb.inference import predict
 from augreg_nb.names import parse_name
@@ -149,6 +150,7 @@ class InferencePanel:
         self.predictions: list | None = None
         self.figure: Any = None
         self.top_k = top_k
+        preprocess.warm_up()  # TensorFlow's import overlaps with Load and choosing images
         self.samples = sample_images()
         self.messages = MessageArea()
         self.checkpoint = w.Combobox(value=checkpoint, options=list(suggestions),
