@@ -318,7 +318,7 @@ class VtabPanel:
     """
 
     def __init__(self, df: pd.DataFrame | None = None, *, checkpoint: str | None = None,
-                 group: str = "all", tasks: Iterable[str] | None = None,
+                 group: str = "all", tasks: Iterable[str] | str | None = None,
                  grid: str = "paper", resolution: int | None = None,
                  micro_batches: int = 16, workdir: str | os.PathLike = "augreg_runs",
                  smoke: bool = False, data_dir: str | None = None):
@@ -350,6 +350,8 @@ class VtabPanel:
             [(f"{model}, {pretrain}", f"{pretrain}|{model}") for pretrain, model in
              paper_rows()],
             "|".join(paper_row_for(self.checkpoint.value, smoke=smoke)))
+        if isinstance(tasks, str):  # "dtd, svhn" (a notebook parameter); "" for none
+            tasks = [t for t in tasks.replace(" ", "").split(",") if t] or None
         task_options = [(f"{vtab.SPECS[n].column} ({vtab.SPECS[n].group})", n)
                         for n in vtab.names()]
         chosen = (SMOKE_TASKS if smoke else
