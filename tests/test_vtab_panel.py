@@ -156,6 +156,8 @@ def test_smoke_sweep_fills_the_table_stops_and_resumes(tmp_path, monkeypatch):
     assert panel.messages.kind == "warning", panel.messages.text
     assert panel.messages.text.startswith("stopped at ") and "Start resumes" in panel.messages.text
     assert len(panel.results) < 3 and panel.result.stopped
+    assert not panel.start_button.disabled and panel.stop_button.disabled
+    assert panel.stopped_at and panel.messages.text.startswith(f"stopped at {panel.stopped_at}")
     assert "Traceback" not in panel.library_output
     first = sorted((panel.workdir / "dtd").glob("*/result.json"))
     assert len(first) == 2
@@ -165,6 +167,7 @@ def test_smoke_sweep_fills_the_table_stops_and_resumes(tmp_path, monkeypatch):
     panel.wait(180)
     assert panel.messages.kind == "info", panel.messages.text
     assert panel.messages.text.startswith("finished: 3 task(s)")
+    assert not panel.start_button.disabled and panel.stop_button.disabled
     assert [p.stat().st_mtime_ns for p in first] == stamps  # read back, not trained again
     assert "3 of 3 task(s) finished · 6 of 6 runs" in panel.overall_label.value
     assert panel.overall_bar.value == panel.overall_bar.max == 6

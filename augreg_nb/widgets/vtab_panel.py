@@ -335,6 +335,7 @@ class VtabPanel:
         self.library_output = ""  #: what the libraries printed during the last sweep
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._busy = False
         self._results_dir: Path | None = None  # the sweep self.results belong to
         self.messages = MessageArea()
 
@@ -442,7 +443,8 @@ class VtabPanel:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """A sweep is going on (until its thread has shown how it ended)."""
+        return self._busy
 
     @property
     def grid_values(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
@@ -473,7 +475,10 @@ class VtabPanel:
     @property
     def own_rows(self) -> pd.DataFrame:
         """The finished tasks' result rows (index schema plus vtab_run's extra columns)."""
-        return pd.DataFrame([self.results[n] for n in self.names if n in self.results])
+        from augreg_nb.index import COLUMNS
+
+        rows = [self.results[n] for n in self.names if n in self.results]
+        return pd.DataFrame(rows, columns=[*COLUMNS, *vtab_run.EXTRA_COLUMNS])
 
     def _task_status(self) -> dict[str, str]:
         p = self.progress
@@ -593,6 +598,7 @@ class VtabPanel:
             self.progress = Progress(tasks=self.names, runs_per_task=len(lrs) * len(lengths),
                                      done=tuple(n for n in self.names if n in self.results))
             self._show_progress()
+            self._busy = True
             self.start_button.disabled = True
             self.stop_button.disabled = False
             self.task_bar.bar_style = self.overall_bar.bar_style = ""
@@ -634,6 +640,7 @@ class VtabPanel:
         kwargs = dict(tasks=self.names, workdir=self.workdir, learning_rates=lrs,
                       lengths=lengths, callbacks=self._callbacks, on_task=self._on_task,
                       should_stop=self._stop.is_set)
+        result = error = None
         try:
             if self.smoke:
                 with smoke_data():
@@ -647,17 +654,20 @@ class VtabPanel:
                                            resolution=self.resolution.value,
                                            overrides=overrides, **kwargs)
         except Exception as err:  # shown in the panel; the thread has no caller to tell
-            self.task_bar.bar_style = "danger"
-            self.messages.error(err, "The VTAB sweep")
-        else:
-            self._finished(result)
+            error = err
         finally:
             captured.uninstall()
             self.library_output = captured.text
             self.details.value = details_html(captured.text, "library messages")
-            self.start_button.disabled = False
+            self._busy = False
             self.stop_button.disabled = True
-            self._on_change()
+            self._on_change()  # Start comes back on
+        # The closing message last: whoever waits for it finds the buttons as they stay.
+        if error is not None:
+            self.task_bar.bar_style = "danger"
+            self.messages.error(error, "The VTAB sweep")
+        elif result is not None:
+            self._finished(result)
 
     def _finished(self, result: vtab_run.VtabResult) -> None:
         self.result = result
@@ -681,6 +691,7 @@ class VtabPanel:
                 f"finished: {done} task(s); results in {result.workdir / vtab_run.RESULTS_FILE}"
                 " — Table 5 and Figure 3 below show them next to the paper's", "info",
                 title="VTAB sweep finished")
+        self._show_table()
 
     def stop(self, reason: str = "Stop pressed") -> None:
         """End the sweep at the current run's next log step (finished runs are kept)."""
