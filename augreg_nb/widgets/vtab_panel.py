@@ -376,15 +376,16 @@ class VtabPanel:
         self.plan = w.HTML()
         self.datasets = w.HTML()
         self.start_button = w.Button(description="Start VTAB sweep", icon="play",
-                                     button_style="success")
+                                     button_style="success", layout=w.Layout(width="13em"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
                                     disabled=True,
                                     tooltip="stop at the next log step; Start continues")
+        # The bars appear with the first Start (the "Now" bar only while a run trains).
         self.overall_bar = w.IntProgress(value=0, min=0, max=1,
-                                         layout=w.Layout(width=FULL_WIDTH))
+                                         layout=w.Layout(width=FULL_WIDTH, display="none"))
         self.overall_label = w.HTML()
         self.task_bar = w.IntProgress(value=0, min=0, max=1,
-                                      layout=w.Layout(width=FULL_WIDTH))
+                                      layout=w.Layout(width=FULL_WIDTH, display="none"))
         self.task_label = w.HTML()
         self.table = w.HTML()
         self.means = w.HTML()
@@ -565,9 +566,11 @@ class VtabPanel:
         self.overall_bar.max = max(1, p.runs_total)
         self.overall_bar.value = min(p.runs_done, self.overall_bar.max)
         self.overall_label.value = f"<b>Overall</b>: {html.escape(overall)}"
+        self.overall_bar.layout.display = ""
         self.task_bar.max = max(1, p.steps)
         self.task_bar.value = min(p.step, self.task_bar.max)
         self.task_label.value = f"<b>Now</b>: {html.escape(current)}" if current else ""
+        self.task_bar.layout.display = "" if current else "none"
 
     def _show_table(self) -> None:
         table = self.table_rows
@@ -764,7 +767,7 @@ class VtabPanel:
             print("No own point yet: a group's mean is drawn once every task of the group "
                   f"has finished (now: {done or 'nothing run'}), for a model with a "
                   "published speed (Table 3).")
-        return figures.plot_fig3(data)
+        return figures.plot_fig3(data, highlight=self.compare.value.split("|", 1)[1])
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -553,6 +553,16 @@ def test_vtab_notebook_runs_the_smoke_sweep(lab_page):
     area.get_by_text(re.compile(r"task \d of 3: .* · run \d of 2")).first.wait_for(
         timeout=120_000)
     nb.shot("running", area)
+    # Interrupting the idle kernel (the sweep runs in the background) stops the sweep with
+    # the panel's message; Start continues it.
+    nb.page.evaluate("() => window.jupyterapp.shell.currentWidget"
+                     ".sessionContext.session.kernel.interrupt()")
+    stopped = area.locator(".augreg-warning", has_text="Start resumes")
+    stopped.wait_for(timeout=120_000)
+    assert "stopped at " in stopped.inner_text()
+    assert "Traceback" not in area.inner_text() and "KeyboardInterrupt" not in area.inner_text()
+    nb.shot("stopped", area)
+    _button(area, "Start VTAB sweep").click()
     done = area.locator(".augreg-info", has_text="finished: 3 task(s)")
     done.wait_for(timeout=240_000)
     print(f"notebook 6: smoke sweep of 3 tasks finished in {time.monotonic() - start:.1f} s")
