@@ -190,3 +190,12 @@ def test_smoke_sweep_fills_the_table_stops_and_resumes(tmp_path, monkeypatch):
     assert "Own: unknown data" in html and "testing" in html
     fig = panel.figure3()
     assert len(fig.axes) >= 3
+
+
+def test_shown_table_prints_one_decimal_like_table5():
+    table = vp.task_table(["dtd", "svhn"], {"svhn": row("svhn", 0.96, val=0.935, lr=0.003)},
+                          {"dtd": 79.1, "svhn": 97.0})
+    shown = vp.shown_table(table)
+    assert shown.iloc[1][["lr", "val %", "test %", "paper %", "diff"]].tolist() == [
+        "0.003", "93.5", "96.0", "97.0", "-1.0"]
+    assert shown.iloc[0][["lr", "test %", "paper %", "diff"]].tolist() == ["", "", "79.1", ""]

@@ -163,6 +163,20 @@ def task_table(names: Sequence[str], results: Mapping[str, Mapping[str, Any]],
     return table
 
 
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`task_table` as the panel prints it: accuracies with one decimal as Table 5
+    has them, the difference with its sign, learning rates as written (0.003)."""
+    def fmt(spec):
+        return lambda v: "" if pd.isna(v) else format(float(v), spec)
+
+    out = table.astype(object)
+    for column in ("val %", "test %", "paper %"):
+        out[column] = table[column].map(fmt(".1f"))
+    out["diff"] = table["diff"].map(fmt("+.1f"))
+    out["lr"] = table["lr"].map(fmt("g"))
+    return out
+
+
 def group_means(names: Sequence[str], results: Mapping[str, Mapping[str, Any]],
                 paper: Mapping[str, float]) -> pd.DataFrame:
     """Per group with a chosen task: how many of its tasks have finished, the mean own test
@@ -578,7 +592,7 @@ class VtabPanel:
         self.table.value = (
             f"<b>Per task</b> (paper: Table 5, {html.escape(self.compare.label)}; diff: "
             "yours minus the paper's, points)" + table_html(
-                table, marked=list(done), float_format="{:.4g}", max_height="34em"))
+                shown_table(table), marked=list(done), max_height="34em"))
         means = group_means(self.names, self.results, self.paper)
         self.means.value = ("<b>Group means</b> (Table 5's mean is over the whole group; "
                             "the own mean is Table 5's once a group is complete)"
