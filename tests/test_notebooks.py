@@ -20,6 +20,7 @@ NOTEBOOKS = (
     "03_paper_figures.ipynb",
     "04_inference.ipynb",
     "05_augreg.ipynb",
+    "06_vtab.ipynb",
 )
 #: Cells that may not run headless (none).
 SKIP_HEADLESS: tuple[str, ...] = ()
@@ -318,3 +319,24 @@ def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
                 if o.get("output_type") == "execute_result")["data"]["text/html"]
     assert "medium2" in rows and "scratch" in rows
     assert any("augreg-table" in v and "scratch" in v for v in _html_values(nb))
+
+
+@pytest.mark.slow
+def test_06_vtab_runs(kernel_name, tmp_path, monkeypatch):
+    nb, _ = _execute("06_vtab.ipynb", kernel_name, tmp_path, monkeypatch, press=(
+        "panel.start_button.click()\npanel.wait()\nprint(panel.messages.text)\n"
+        "print(panel.overall_label.value)\ndisplay(panel.table5())\n"
+        "display(panel.figure3())\npanel.own_rows[['vtab_task', 'adapt_final_test', 'runs']]"))
+    outputs = _check_common(nb, "06")
+    text = _text(outputs)
+    assert "finished: 3 task(s)" in text
+    assert "3 of 3 task(s) finished · 6 of 6 runs" in text
+    htmls = _html_values(nb)
+    assert any("Smoke data" in v and "TFDS mock data" in v for v in htmls)
+    assert any("augreg-table" in v and "Clevr-Count" in v and "done" in v for v in htmls)
+    assert _pngs(outputs) >= 2  # Figure 3 before Start and after the sweep
+    rows = next(o for o in _code(nb)[-1].outputs
+                if o.get("output_type") == "execute_result")["data"]["text/html"]
+    assert "clevr_count" in rows and "eurosat" in rows
+    assert any("Own: unknown data" in o.get("data", {}).get("text/html", "")
+               for o in _code(nb)[-1].outputs + outputs)

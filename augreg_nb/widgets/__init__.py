@@ -1,7 +1,7 @@
 """ipywidgets views for the notebooks: one module per notebook, pure functions underneath.
 
     from augreg_nb.widgets import (IndexBrowser, FinetunePanel, FigurePicker, InferencePanel,
-                                   AugregPanel)
+                                   AugregPanel, VtabPanel)
 
 Every panel computes what it shows with plain functions of its state (``browse``,
 ``make_config``, ``render``, ``plot_predictions``, ...), so tests drive them without a
@@ -15,5 +15,7 @@ from augreg_nb.widgets.figure_picker import FigurePicker
 from augreg_nb.widgets.finetune_panel import FinetunePanel
 from augreg_nb.widgets.index_browser import IndexBrowser
 from augreg_nb.widgets.inference_panel import InferencePanel
+from augreg_nb.widgets.vtab_panel import VtabPanel
 
-__all__ = ["AugregPanel", "FigurePicker", "FinetunePanel", "IndexBrowser", "InferencePanel"]
+__all__ = ["AugregPanel", "FigurePicker", "FinetunePanel", "IndexBrowser", "InferencePanel",
+           "VtabPanel"]

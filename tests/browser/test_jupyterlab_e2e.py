@@ -520,3 +520,74 @@ def test_augreg_notebook_runs_the_smoke_grid(lab_page):
     nb.assert_no_errors()
     nb.shot("final")
     nb.assert_no_page_errors()
+
+
+# --------------------------------------------------------------------------- notebook 6
+
+NOTEBOOK_6 = "notebooks/06_vtab.ipynb"
+
+
+def test_vtab_notebook_runs_the_smoke_sweep(lab_page):
+    nb = lab_page
+    nb.open(NOTEBOOK_6)
+    nb.run_all()
+    nb.wait_until_executed(timeout=180)
+    nb.assert_no_errors()
+    nb.assert_widgets_rendered()
+    cells = nb.cells()
+    panel_cell = next(c["index"] for c in cells if c["widgets"] and "VtabPanel" in c["source"])
+    area = nb.outputs(panel_cell)
+    for label in ("Start VTAB sweep", "Stop"):
+        assert _button(area, label).is_visible(), f"no {label} button in the panel"
+    for label in ("Checkpoint", "Tasks", "Sweep", "Resolution", "Paper's row to compare with"):
+        assert area.get_by_label(label, exact=True).is_visible(), f"no {label} control"
+    text = " ".join(area.inner_text().split())  # widget labels space with &nbsp;
+    assert "TFDS mock data" in text and "NOT the paper's" in text, text[:500]
+    assert "3 task(s) x 2 runs = 6 runs" in text
+    _assert_fits(area, "the VTAB panel before Start")
+    nb.shot("panel", area)
+
+    # Start runs the smoke sweep (3 tasks x 2 runs of 2 steps); the table fills in.
+    start = time.monotonic()
+    _button(area, "Start VTAB sweep").click()
+    area.get_by_text(re.compile(r"task \d of 3: .* · run \d of 2")).first.wait_for(
+        timeout=120_000)
+    nb.shot("running", area)
+    # Interrupting the idle kernel (the sweep runs in the background) stops the sweep with
+    # the panel's message; Start continues it.
+    nb.page.evaluate("() => window.jupyterapp.shell.currentWidget"
+                     ".sessionContext.session.kernel.interrupt()")
+    stopped = area.locator(".augreg-warning", has_text="Start resumes")
+    stopped.wait_for(timeout=120_000)
+    assert "stopped at " in stopped.inner_text()
+    assert "Traceback" not in area.inner_text() and "KeyboardInterrupt" not in area.inner_text()
+    nb.shot("stopped", area)
+    _button(area, "Start VTAB sweep").click()
+    done = area.locator(".augreg-info", has_text="finished: 3 task(s)")
+    done.wait_for(timeout=240_000)
+    print(f"notebook 6: smoke sweep of 3 tasks finished in {time.monotonic() - start:.1f} s")
+    table = area.locator("table").first
+    assert table.locator("tbody tr").count() == 3
+    assert table.inner_text().count("done") == 3
+    assert "3 of 3 task(s) finished · 6 of 6 runs" in " ".join(area.inner_text().split())
+    assert "Traceback" not in area.inner_text()
+    assert _button(area, "Start VTAB sweep").is_enabled()
+    assert not _button(area, "Stop").is_enabled()
+    _assert_fits(area, "the VTAB panel after the sweep")
+    nb.shot("sweep-finished", area)
+
+    # Run again the Table 5 and Figure 3 cells: the own row, the figure as an image.
+    index = next(c["index"] for c in cells if c["source"].strip() == "panel.table5()")
+    cell = _rerun_cell(nb, index)
+    assert not cell["errors"], cell["errors"]
+    out = nb.outputs(index)
+    assert "Own: unknown data" in out.inner_text()
+    nb.shot("table5", out)
+    index = next(c["index"] for c in cells if c["source"].strip() == "panel.figure3()")
+    cell = _rerun_cell(nb, index)
+    assert not cell["errors"] and cell["images"] >= 1, cell
+    _shown_image(nb, nb.outputs(index), None, "Figure 3")
+    nb.shot("figure3", nb.outputs(index))
+    nb.assert_no_errors()
+    nb.shot("final")
+    nb.assert_no_page_errors()

@@ -72,11 +72,11 @@ COLAB_TESTS = (
     "test_train_engine.py", "test_train.py", "test_schedule.py", "test_upstream_recipe.py",
     "test_augreg_train.py", "test_config.py", "test_preprocess.py", "test_augment.py",
     "test_input_pipeline.py", "test_tasks.py", "test_vtab_tasks.py", "test_widgets.py",
-    "test_notebooks.py", "test_figures.py", "test_figures_readability.py", "test_index.py",
-    "test_index_queries.py", "test_colab.py",
+    "test_vtab_panel.py", "test_notebooks.py", "test_figures.py",
+    "test_figures_readability.py", "test_index.py", "test_index_queries.py", "test_colab.py",
 )
-#: Of those, the tests that are not slow, and every notebook test (the execution of 02, 04
-#: and 05 is marked slow).
+#: Of those, the tests that are not slow, and every notebook test (the execution of 02, 04,
+#: 05 and 06 is marked slow).
 PYTEST_ARGS = (*(f"tests/{name}" for name in COLAB_TESTS),
                "-m", "not browser", "-k", "not slow or test_notebooks",
                "-p", "no:cacheprovider", "--dist", "loadfile",
