@@ -990,3 +990,37 @@ def test_sort_after_click_is_a_pure_rule():
     with pytest.raises(ValueError, match="no header"):
         ib.sort_after_click("model", False, "checkpoint")
     assert ib.header_labels("upstream checkpoints") == ["model", "upstream val"]
+
+
+def test_a_kernel_interrupt_stops_a_running_panel_and_otherwise_reaches_the_kernel(monkeypatch):
+    import types
+
+    import IPython
+
+    from augreg_nb.widgets.augreg_panel import AugregPanel
+    from augreg_nb.widgets.common import stop_on_kernel_interrupt
+
+    calls = []
+    kernel = types.SimpleNamespace(saved_sigint_handler=lambda s, f: calls.append("kernel"))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=kernel))
+
+    class Panel:
+        running = True
+
+        def stop(self, reason):
+            calls.append(reason)
+
+    panel = Panel()
+    stop_on_kernel_interrupt(panel)
+    handler = kernel.saved_sigint_handler
+    stop_on_kernel_interrupt(panel)  # once per panel: no handler wrapped twice
+    assert kernel.saved_sigint_handler is handler
+    handler(2, None)
+    panel.running = False
+    handler(2, None)
+    assert calls == ["kernel interrupted", "kernel"]
+
+    grid = AugregPanel(smoke=True)
+    assert not grid.running
+    grid.stop("kernel interrupted")
+    assert grid.stop_event.is_set() and "kernel interrupted" in grid.messages.widget.value

@@ -33,6 +33,7 @@ from augreg_nb.widgets.common import (
     MessageArea,
     dropdown,
     guarded,
+    stop_on_kernel_interrupt,
     table_html,
 )
 from augreg_nb.widgets.finetune_panel import export_result_row, task_choices
@@ -214,18 +215,34 @@ class AugregPanel:
         def start():
             self.thread = threading.Thread(target=guarded(self.messages, "The grid")(self.run),
                                            daemon=True)
+            stop_on_kernel_interrupt(self)
             self.thread.start()
 
         start()
 
-    def _on_stop(self, _button=None) -> None:
+    @property
+    def running(self) -> bool:
+        """A grid started with the Start button is still running."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def stop(self, reason: str = "stopping") -> None:
+        """End the grid at the current run's next log step (Start continues it)."""
         self.stop_event.set()
-        self.messages.show("stopping after the current log step ...", "note")
+        self.messages.show(f"{reason}: stopping after the current log step ...", "note")
+
+    def _on_stop(self, _button=None) -> None:
+        self.stop()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until a grid started with the Start button has ended."""
-        if self.thread is not None:
+        """Block until a grid started with the Start button has ended. An interrupt
+        (Ctrl-C, the kernel's stop button) while waiting stops the grid instead of raising."""
+        if self.thread is None:
+            return
+        try:
             self.thread.join(timeout)
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+            self.thread.join()
 
     def heatmap(self):
         """Your Figure-4-style heat map of the finished runs (test accuracy); before the

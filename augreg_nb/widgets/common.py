@@ -335,3 +335,34 @@ def details_html(text: str, title: str) -> str:
             f"({lines} line{'s' if lines != 1 else ''})</summary><pre style='white-space:"
             f"pre-wrap;font-size:11px;max-height:14em;overflow:auto'>{html.escape(text)}"
             "</pre></details>")
+
+
+def stop_on_kernel_interrupt(panel) -> None:
+    """In a Jupyter kernel: interrupting the kernel while it is idle (the panel's work runs
+    in a background thread) calls ``panel.stop("kernel interrupted")``, so the run ends in
+    the panel's "stopped" message; when the panel is not running the kernel's own handler
+    runs. ``panel`` has a ``running`` flag and a ``stop(reason)`` method.
+
+    The kernel ignores interrupts while idle and restores its idle handler after each
+    request; that handler is replaced by one that stops a running panel first. Calling
+    this again for the same panel changes nothing; outside a kernel it does nothing.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
+        return
+    previous = kernel.saved_sigint_handler
+    if getattr(previous, "_augreg_panel", None) is panel:
+        return
+
+    def on_interrupt(signum, frame):
+        if panel.running:
+            panel.stop("kernel interrupted")
+        elif callable(previous):
+            previous(signum, frame)
+
+    on_interrupt._augreg_panel = panel  # type: ignore[attr-defined]
+    kernel.saved_sigint_handler = on_interrupt

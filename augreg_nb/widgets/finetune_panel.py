@@ -55,6 +55,7 @@ from augreg_nb.widgets.common import (
     message_html,
     quiet_libraries,
     set_options,
+    stop_on_kernel_interrupt,
     table_html,
 )
 from augreg_nb.widgets.index_browser import recommended_files
@@ -542,7 +543,7 @@ class FinetunePanel:
             self._thread = threading.Thread(target=self._run, args=(config, captured),
                                             name="augreg-finetune", daemon=True)
             captured.install(self._thread)
-            self._interrupts_stop_the_run()
+            stop_on_kernel_interrupt(self)
             self._thread.start()
 
         start()
@@ -619,34 +620,6 @@ class FinetunePanel:
         except KeyboardInterrupt:
             self.stop("interrupted")
             self._thread.join()
-
-    def _interrupts_stop_the_run(self) -> None:
-        """In a Jupyter kernel: interrupting the kernel while it is idle (the run is in
-        the background) stops the run, ending in the panel's "stopped" message.
-
-        The kernel ignores interrupts while idle and restores its idle handler after each
-        request; that handler is replaced by one that stops a running run first.
-        """
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        kernel = getattr(get_ipython(), "kernel", None)
-        if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
-            return
-        previous = kernel.saved_sigint_handler
-        if getattr(previous, "_augreg_panel", None) is self:
-            return
-        panel = self
-
-        def on_interrupt(signum, frame):
-            if panel.running:
-                panel.stop("kernel interrupted")
-            elif callable(previous):
-                previous(signum, frame)
-
-        on_interrupt._augreg_panel = self  # type: ignore[attr-defined]
-        kernel.saved_sigint_handler = on_interrupt
 
     def _on_export(self, _button=None) -> None:
         @guarded(self.messages, "Exporting")

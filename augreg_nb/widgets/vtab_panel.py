@@ -53,6 +53,7 @@ from augreg_nb.widgets.common import (
     guarded,
     message_html,
     quiet_libraries,
+    stop_on_kernel_interrupt,
     table_html,
 )
 from augreg_nb.widgets.finetune_panel import checkpoint_choices
@@ -625,7 +626,7 @@ class VtabPanel:
             self._thread = threading.Thread(target=self._run, args=(captured,),
                                             name="augreg-vtab", daemon=True)
             captured.install(self._thread)
-            self._interrupts_stop_the_sweep()
+            stop_on_kernel_interrupt(self)
             self._thread.start()
 
         start()
@@ -730,30 +731,6 @@ class VtabPanel:
         except KeyboardInterrupt:
             self.stop("interrupted")
             self._thread.join()
-
-    def _interrupts_stop_the_sweep(self) -> None:
-        """In a Jupyter kernel: interrupting the idle kernel (the sweep runs in the
-        background) stops the sweep; otherwise the kernel's own handler runs."""
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        kernel = getattr(get_ipython(), "kernel", None)
-        if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
-            return
-        previous = kernel.saved_sigint_handler
-        if getattr(previous, "_augreg_panel", None) is self:
-            return
-        panel = self
-
-        def on_interrupt(signum, frame):
-            if panel.running:
-                panel.stop("kernel interrupted")
-            elif callable(previous):
-                previous(signum, frame)
-
-        on_interrupt._augreg_panel = self  # type: ignore[attr-defined]
-        kernel.saved_sigint_handler = on_interrupt
 
     # -- Table 5 and Figure 3 --------------------------------------------------------------
     def table5(self):
