@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -131,10 +132,8 @@ def step_memory(
     ``num_devices`` devices (default: all of them) as :func:`augreg_nb.train.fit` would run
     it there; ``attention_impl`` as in :func:`augreg_nb.models.create_model` ("xla" compiles
     the accelerators' attention on a CPU). Nothing is allocated: the state and the batch are
-    abstract, only the compiler runs.
+    abstract, only the compiler runs (once per setting and process).
     """
-    from augreg_nb.train import _field, loss_name, mixup_alpha, optimizer_for
-
     config = with_fields(config, **fields)
     devices = jax.devices()
     num_devices = len(devices) if num_devices is None else int(num_devices)
@@ -144,7 +143,24 @@ def step_memory(
             f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} before JAX "
             "starts (python -m bench --only memory does this in a child interpreter)")
     config_lib.validate(config, num_devices)
-    mesh = ip.data_mesh(devices[:num_devices])
+    key = (json.dumps(config.to_dict(), sort_keys=True, default=str), model, num_classes,
+           tuple(d.id for d in devices[:num_devices]), attention_impl)
+    if key not in _MEASURED:
+        _MEASURED[key] = _compile(config, model, num_classes, devices[:num_devices],
+                                  attention_impl)
+    return _MEASURED[key]
+
+
+#: Measurements of this process by (config, model, classes, devices, attention): the
+#: compiler's plan is a function of them.
+_MEASURED: dict[tuple, StepMemory] = {}
+
+
+def _compile(config, model, num_classes, devices, attention_impl) -> StepMemory:
+    from augreg_nb.train import _field, loss_name, mixup_alpha, optimizer_for
+
+    num_devices = len(devices)
+    mesh = ip.data_mesh(devices)
     params = abstract_params(model, num_classes, config.resolution)
     p_shard = ts.param_shardings(params, mesh, config.param_sharding)
     tx = optimizer_for(config)
@@ -339,7 +355,7 @@ def oom_advice(config, num_devices: int, *, memory_bytes: float | None = None,
     num_classes = num_classes or _num_classes(config)
     current = config.micro_batches
     tries = [(config.param_sharding, current + 1)]
-    if config.param_sharding == "replicated":
+    if config.param_sharding == "replicated" and num_devices > 1:
         tries.append(("sharded", current))
     measured: dict = {}
     try:
