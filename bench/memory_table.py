@@ -1,7 +1,7 @@
 """Per-device memory of the large models' fine-tuning step, and the settings that fit.
 
 For L/16 and R50+L/32 at 384 px with the recipe's global batch of 512 over 8 devices, a
-child interpreter with 8 virtual CPU devices
+child interpreter per model (side by side) with 8 virtual CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) compiles the step that
 ``augreg_nb.train.fit`` runs (:func:`augreg_nb.memory.step_memory`: the CIFAR-100 preset's
 optimiser and schedule, 100 classes, float32 activations, bfloat16 momentum, the state
@@ -37,20 +37,34 @@ NUM_CLASSES = 100
 def run_memory(models=MEMORY_MODELS, *, resolution: int = MEMORY_RESOLUTION,
                global_batch: int | None = None, devices: int = MEMORY_DEVICES,
                sizes_gib=MEMORY_SIZES_GIB, timeout: float = 3600) -> list[Row]:
-    """The section's rows, measured in a child interpreter with ``devices`` CPU devices."""
-    options = {"models": list(models), "resolution": resolution, "global_batch": global_batch,
-               "devices": devices, "sizes_gib": [float(s) for s in sizes_gib]}
+    """The section's rows, measured in child interpreters with ``devices`` CPU devices, one
+    per model, run side by side (compilation is mostly one thread)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                         + f" --xla_force_host_platform_device_count={devices}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    out = subprocess.run([sys.executable, "-m", "bench.memory_table", json.dumps(options)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        return [Row("memory", "compiled fine-tuning step memory", None, "GiB/device",
-                    f"failed: {out.stderr.strip()[-300:]}")]
-    return rows_of(json.loads(out.stdout.strip().splitlines()[-1]))
+    children = []
+    for model in models:
+        options = {"models": [model], "resolution": resolution, "global_batch": global_batch,
+                   "devices": devices, "sizes_gib": [float(s) for s in sizes_gib]}
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.memory_table", json.dumps(options)], cwd=REPO,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rows = []
+    for model, child in zip(models, children, strict=True):
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            stderr += f"\n(stopped after {timeout:.0f} s)"
+        if child.returncode != 0:
+            rows.append(Row("memory", f"{model}: compiled fine-tuning step memory", None,
+                            "GiB/device", f"failed: {stderr.strip()[-300:]}"))
+            continue
+        rows += rows_of(json.loads(stdout.strip().splitlines()[-1]))
+    return rows
 
 
 def rows_of(doc: dict) -> list[Row]:
