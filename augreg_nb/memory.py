@@ -17,11 +17,13 @@ step runs. ::
 
     from augreg_nb.config import get_config
     from augreg_nb.memory import GiB, smallest_fit, step_memory
+    from augreg_nb.train import step_recipe
     config = get_config("cifar100-2500-0.01-384")          # global batch 512
-    m = step_memory(config, model="L/16", num_classes=100, micro_batches=8,
+    recipe = step_recipe(config)           # fit's optimiser, loss, Mixup, dropout
+    m = step_memory(config, model="L/16", num_classes=100, recipe=recipe, micro_batches=8,
                     param_sharding="sharded", attention_impl="xla")
     m.peak_bytes / GiB                     # per device, on the devices JAX has here
-    fit = smallest_fit(config, 16 * GiB, model="L/16", num_classes=100)
+    fit = smallest_fit(config, 16 * GiB, model="L/16", num_classes=100, recipe=recipe)
     fit.micro_batches, fit.param_sharding  # the fewest micro-batches that fit 16 GiB
 
 The figures are the compiler's plan for the backend it compiles for: on the CPU (for
@@ -40,6 +42,7 @@ import json
 import logging
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,18 @@ GiB = 2**30
 #: what a device really uses.
 HEADROOM = 0.1
 PARAM_SHARDINGS = ("replicated", "sharded")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecipe:
+    """What the step takes from a config besides model and placement:
+    :func:`augreg_nb.train.step_recipe` gives the one :func:`augreg_nb.train.fit` uses."""
+
+    tx: Any  #: the optimiser (optax)
+    loss: str  #: "softmax" or "sigmoid"
+    mixup_alpha: float = 0.0
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +136,15 @@ def step_memory(
     *,
     model: str,
     num_classes: int,
+    recipe: StepRecipe,
     num_devices: int | None = None,
     attention_impl: str = "auto",
     **fields,
 ) -> StepMemory:
     """Per-device memory of the fine-tuning step of ``config`` for ``model``.
 
-    ``fields`` override config fields (``micro_batches``, ``param_sharding``,
+    ``recipe`` is the config's :func:`augreg_nb.train.step_recipe`. ``fields`` override
+    config fields that leave the recipe as it is (``micro_batches``, ``param_sharding``,
     ``global_batch``, ``resolution``, ``dtype``, ...). The step runs on the first
     ``num_devices`` devices (default: all of them) as :func:`augreg_nb.train.fit` would run
     it there; ``attention_impl`` as in :func:`augreg_nb.models.create_model` ("xla" compiles
@@ -144,26 +161,25 @@ def step_memory(
             "starts (python -m bench --only memory does this in a child interpreter)")
     config_lib.validate(config, num_devices)
     key = (json.dumps(config.to_dict(), sort_keys=True, default=str), model, num_classes,
-           tuple(d.id for d in devices[:num_devices]), attention_impl)
+           dataclasses.replace(recipe, tx=None), tuple(d.id for d in devices[:num_devices]),
+           attention_impl)
     if key not in _MEASURED:
-        _MEASURED[key] = _compile(config, model, num_classes, devices[:num_devices],
+        _MEASURED[key] = _compile(config, model, num_classes, recipe, devices[:num_devices],
                                   attention_impl)
     return _MEASURED[key]
 
 
-#: Measurements of this process by (config, model, classes, devices, attention): the
-#: compiler's plan is a function of them.
+#: Measurements of this process by (config, model, classes, recipe, devices, attention):
+#: the compiler's plan is a function of them (the optimiser, of the config).
 _MEASURED: dict[tuple, StepMemory] = {}
 
 
-def _compile(config, model, num_classes, devices, attention_impl) -> StepMemory:
-    from augreg_nb.train import _field, loss_name, mixup_alpha, optimizer_for
-
+def _compile(config, model, num_classes, recipe, devices, attention_impl) -> StepMemory:
     num_devices = len(devices)
     mesh = ip.data_mesh(devices)
     params = abstract_params(model, num_classes, config.resolution)
     p_shard = ts.param_shardings(params, mesh, config.param_sharding)
-    tx = optimizer_for(config)
+    tx = recipe.tx
     # As fit does: the state is created by a jitted TrainState.create on the placed
     # parameters, and keeps the shardings that compilation chose for the optimiser state.
     params_in = _placed(params, p_shard)
@@ -175,14 +191,14 @@ def _compile(config, model, num_classes, devices, attention_impl) -> StepMemory:
     batch_in = {"image": jax.ShapeDtypeStruct((n, res, res, 3), jnp.float32, sharding=batch_sh),
                 "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sh)}
     module = create_model(model, num_classes, dtype=jnp.dtype(config.dtype),
-                          dropout_rate=float(_field(config, "do")),
-                          stochastic_depth=float(_field(config, "sd")),
+                          dropout_rate=recipe.dropout,
+                          stochastic_depth=recipe.stochastic_depth,
                           attention_impl=attention_impl)
     step = ts.make_train_step(
         module.apply, tx, mesh=mesh, num_classes=num_classes,
         micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
-        state_sharding=state_sharding, seed=config.seed, mixup_alpha=mixup_alpha(config),
-        loss=loss_name(config))
+        state_sharding=state_sharding, seed=config.seed, mixup_alpha=recipe.mixup_alpha,
+        loss=recipe.loss)
     started = time.perf_counter()
     stats = step.lower(state_in, batch_in).compile().memory_analysis()
     return StepMemory(
@@ -221,6 +237,7 @@ def smallest_fit(
     *,
     model: str,
     num_classes: int,
+    recipe: StepRecipe,
     num_devices: int | None = None,
     headroom: float = HEADROOM,
     attention_impl: str = "auto",
@@ -249,7 +266,8 @@ def smallest_fit(
             logger.info("compiling the step of %s with micro_batches=%d, param_sharding=%s",
                         model, m, sharding)
             measured[sharding, m] = step_memory(
-                base, model=model, num_classes=num_classes, num_devices=num_devices,
+                base, model=model, num_classes=num_classes, recipe=recipe,
+                num_devices=num_devices,
                 attention_impl=attention_impl, micro_batches=m, param_sharding=sharding)
         return measured[sharding, m]
 
@@ -336,9 +354,9 @@ def halving_advice(config, num_devices: int) -> str:
     )
 
 
-def oom_advice(config, num_devices: int, *, memory_bytes: float | None = None,
-               model: str | None = None, num_classes: int | None = None,
-               headroom: float = HEADROOM) -> str:
+def oom_advice(config, num_devices: int, *, recipe: StepRecipe,
+               memory_bytes: float | None = None, model: str | None = None,
+               num_classes: int | None = None, headroom: float = HEADROOM) -> str:
     """What to change after the step of ``config`` ran out of device memory.
 
     With the device's memory (``memory_bytes``, default :func:`device_memory`) and the
@@ -362,7 +380,7 @@ def oom_advice(config, num_devices: int, *, memory_bytes: float | None = None,
         fit = None
         for sharding, at_least in tries:
             fit = smallest_fit(config, memory_bytes, model=model, num_classes=num_classes,
-                               num_devices=num_devices, headroom=headroom,
+                               recipe=recipe, num_devices=num_devices, headroom=headroom,
                                param_shardings=(sharding,), at_least=at_least,
                                measured=measured)
             if fit is not None:

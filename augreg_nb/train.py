@@ -158,7 +158,17 @@ def oom_advice(config, num_devices: int) -> str:
     (:func:`augreg_nb.memory.oom_advice`)."""
     from augreg_nb import memory
 
-    return memory.oom_advice(config, num_devices)
+    return memory.oom_advice(config, num_devices, recipe=step_recipe(config))
+
+
+def step_recipe(config):
+    """What :func:`fit`'s step takes from ``config`` besides the model and the placement
+    (:class:`augreg_nb.memory.StepRecipe`): for measuring the step's memory."""
+    from augreg_nb.memory import StepRecipe
+
+    return StepRecipe(tx=optimizer_for(config), loss=loss_name(config),
+                      mixup_alpha=mixup_alpha(config), dropout=float(_field(config, "do")),
+                      stochastic_depth=float(_field(config, "sd")))
 
 
 def _is_oom(err: BaseException) -> bool:

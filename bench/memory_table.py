@@ -106,12 +106,14 @@ def _child(options: dict) -> dict:
 
     from augreg_nb import memory
     from augreg_nb.config import get_config
+    from augreg_nb.train import step_recipe
 
     config = get_config(PRESET)
     config.resolution = int(options["resolution"])
     if options.get("global_batch"):
         config.global_batch = int(options["global_batch"])
     devices = int(options["devices"])
+    recipe = step_recipe(config)
     doc = {"resolution": config.resolution, "global_batch": config.global_batch,
            "devices": devices, "headroom": memory.HEADROOM, "dtype": config.dtype,
            "momentum_dtype": config.momentum_dtype, "attention_impl": "xla",
@@ -122,8 +124,8 @@ def _child(options: dict) -> dict:
             for size in options["sizes_gib"]:
                 fit = memory.smallest_fit(
                     config, size * memory.GiB, model=model, num_classes=NUM_CLASSES,
-                    num_devices=devices, attention_impl="xla", param_shardings=(sharding,),
-                    measured=measured)
+                    recipe=recipe, num_devices=devices, attention_impl="xla",
+                    param_shardings=(sharding,), measured=measured)
                 fits.append({"memory_gib": size, "param_sharding": sharding,
                              "micro_batches": fit.micro_batches if fit else None})
         steps = [{**vars(s), "peak_bytes": s.peak_bytes,

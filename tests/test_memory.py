@@ -10,6 +10,7 @@ import pytest
 
 from augreg_nb import memory
 from augreg_nb.config import get_config
+from augreg_nb.train import oom_advice, step_recipe
 
 
 def _testing_model_params(classes: int) -> tuple[int, int]:
@@ -32,10 +33,13 @@ def test_state_bytes_per_device_match_a_count_by_hand(python_runner):
         import json
         from augreg_nb.config import get_config
         from augreg_nb.memory import step_memory
+        from augreg_nb.train import step_recipe
         config = get_config("cifar100-2500-0.01-384")
+        recipe = step_recipe(config)
         res = {{}}
         for sharding in ("replicated", "sharded"):
-            m = step_memory(config, model="testing", num_classes={classes}, resolution=32,
+            m = step_memory(config, model="testing", num_classes={classes}, recipe=recipe,
+                            resolution=32,
                             global_batch={batch}, micro_batches=1, param_sharding=sharding)
             res[sharding] = {{**vars(m), "peak_bytes": m.peak_bytes,
                               "images_per_device": m.images_per_device}}
@@ -78,21 +82,24 @@ def _smoke(**fields):
 
 def test_oom_advice_names_the_micro_batches_the_estimator_finds():
     config = _smoke(micro_batches=1)
-    two, four = (memory.step_memory(config, model="testing", num_classes=10, micro_batches=m)
-                 for m in (2, 4))
+    recipe = step_recipe(config)
+    two, four = (memory.step_memory(config, model="testing", num_classes=10, recipe=recipe,
+                                    micro_batches=m) for m in (2, 4))
     assert two.peak_bytes > four.peak_bytes  # 32 and 16 images per device at a time
     # A pretend device on which 4 micro-batches just fit with the headroom, 2 do not.
     size = four.peak_bytes / (1 - memory.HEADROOM)
     assert four.fits(size) and not two.fits(size)
-    fit = memory.smallest_fit(config, size, model="testing", num_classes=10, at_least=2)
+    fit = memory.smallest_fit(config, size, model="testing", num_classes=10, recipe=recipe,
+                              at_least=2)
     assert (fit.micro_batches, fit.param_sharding) == (4, "replicated")
     assert fit.step == four
-    advice = memory.oom_advice(config, 1, memory_bytes=size)  # model, classes from config
+    # Model and classes from the config (fake:testing, digits), the recipe from train.
+    advice = memory.oom_advice(config, 1, recipe=recipe, memory_bytes=size)
     assert f"set micro_batches={fit.micro_batches} (--set micro_batches=4)" in advice
     assert "param_sharding" not in advice.split("(")[0]
     assert f"needs {memory.format_bytes(four.peak_bytes)} per device (16 image(s)" in advice
     # Nothing fits a device smaller than even one image per device needs.
-    tiny = memory.oom_advice(config, 1, memory_bytes=1000)
+    tiny = memory.oom_advice(config, 1, recipe=recipe, memory_bytes=1000)
     assert tiny.startswith("even 1 image(s) per device (micro_batches=64")
     assert "over 900 B (90% of the device's 1000 B)" in tiny
 
@@ -100,11 +107,12 @@ def test_oom_advice_names_the_micro_batches_the_estimator_finds():
 def test_oom_advice_without_a_memory_figure_halves_the_images_per_device():
     config = get_config("cifar100-2500-0.01-384")  # 512 over 8 devices in 8 micro-batches
     assert memory.device_memory() is None  # the CPU reports none
-    assert "set micro_batches=16 (4 per device" in memory.oom_advice(config, 8)
+    assert "set micro_batches=16 (4 per device" in oom_advice(config, 8)  # train's
     # A checkpoint whose model cannot be told from the config: the same rule.
     other = _smoke(checkpoint="/somewhere/own-weights.npz", model=None)
     assert memory.model_of(other) is None
-    assert memory.oom_advice(other, 1, memory_bytes=2**30) == memory.halving_advice(other, 1)
+    assert memory.oom_advice(other, 1, recipe=step_recipe(other), memory_bytes=2**30) == (
+        memory.halving_advice(other, 1))
 
 
 @pytest.mark.parametrize(("checkpoint", "model"), [
