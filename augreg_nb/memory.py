@@ -250,10 +250,11 @@ def smallest_fit(
     device with ``headroom`` left free, trying ``param_shardings`` in order (replicated
     first: it needs no gathering of parameters); None when nothing fits.
 
-    Memory falls as micro-batches grow (the activations shrink with the images per device;
-    where two counts need about the same, the compiler's plan may differ by a few bytes
-    either way), so each sharding is searched by bisection over the valid counts: a few
-    compilations, and the count below the answer is among the measured ones.
+    For models whose activations dominate (the large ones) memory falls as micro-batches
+    grow, so each sharding is searched by bisection over the valid counts: a few
+    compilations, and the count below the answer is among the measured ones. (For a tiny
+    model the accumulation loop can cost more than the activations it saves; there the
+    bisection may pass over a smaller count that also fits.)
     ``measured`` ((param_sharding, micro_batches) -> StepMemory) is reused and filled.
     """
     num_devices = len(jax.devices()) if num_devices is None else int(num_devices)
