@@ -1,6 +1,6 @@
 """The benchmark suite: one command, a table on screen, the same numbers as JSON.
 
-    .venv/bin/python -m bench                          # everything (about 6 min on 2 cores)
+    .venv/bin/python -m bench                          # all but memory (about 6 min on 2 cores)
     .venv/bin/python -m bench --only model,train       # some sections
     .venv/bin/python -m bench --only torch             # Ti/16: ours vs reference vs timm
     .venv/bin/python -m bench --out bench/results-h100.json --repeats 10
@@ -25,8 +25,8 @@ Sections (``--only`` takes a comma-separated list):
 - ``memory``: per-device memory of the L/16 and R50+L/32 fine-tuning step at 384 px,
   global batch 512 over 8 virtual CPU devices, from XLA's compiled memory analysis
   (parameters replicated and sharded), and the fewest micro-batches that fit a 16 GiB and
-  an 80 GiB accelerator (:mod:`bench.memory_table`; not part of the default run, about
-  10 min).
+  an 80 GiB accelerator (:mod:`bench.memory_table`; only when named in ``--only``,
+  about 7 min on 2 cores).
 
 Every number is the median of ``--repeats`` timed runs after a warm-up; peers are timed in
 interleaved rounds (see :mod:`bench.common`). Before the ``model``, ``train`` and ``torch``
