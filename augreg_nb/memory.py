@@ -377,6 +377,8 @@ def oom_advice(config, num_devices: int, *, recipe: StepRecipe,
     if config.param_sharding == "replicated" and num_devices > 1:
         tries.append(("sharded", current))
     measured: dict = {}
+    logger.warning("out of device memory: compiling the step of %s for more micro-batches to "
+                   "find what fits %s", model, format_bytes(memory_bytes))
     try:
         fit = None
         for sharding, at_least in tries:

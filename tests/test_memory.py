@@ -98,6 +98,10 @@ def test_oom_advice_names_the_micro_batches_the_estimator_finds():
     assert f"set micro_batches={fit.micro_batches} (--set micro_batches=4)" in advice
     assert "param_sharding" not in advice.split("(")[0]
     assert f"needs {memory.format_bytes(four.peak_bytes)} per device (16 image(s)" in advice
+    # What fit is told: train.oom_advice with the memory the device reports.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "device_memory", lambda device=None: size)
+        assert oom_advice(config, 1) == advice
     # Nothing fits a device smaller than even one image per device needs.
     tiny = memory.oom_advice(config, 1, recipe=recipe, memory_bytes=1000)
     assert tiny.startswith("even 1 image(s) per device (micro_batches=64")
@@ -113,6 +117,20 @@ def test_oom_advice_without_a_memory_figure_halves_the_images_per_device():
     assert memory.model_of(other) is None
     assert memory.oom_advice(other, 1, recipe=step_recipe(other), memory_bytes=2**30) == (
         memory.halving_advice(other, 1))
+
+
+def test_device_memory_is_the_limit_the_device_reports():
+    class Device:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert memory.device_memory(Device({"bytes_limit": 12 * memory.GiB,
+                                        "bytes_in_use": 5})) == 12 * memory.GiB
+    assert memory.device_memory(Device(None)) is None  # the CPU's answer
+    assert memory.device_memory(Device({"bytes_in_use": 5})) is None
 
 
 @pytest.mark.parametrize(("checkpoint", "model"), [
