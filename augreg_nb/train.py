@@ -153,26 +153,22 @@ class FinetuneResult:
 
 
 def oom_advice(config, num_devices: int) -> str:
-    """The sentence that tells how to fit a step that ran out of accelerator memory."""
-    per_device = config.global_batch // (num_devices * config.micro_batches)
-    options = [
-        m for m in range(config.micro_batches + 1, config.global_batch + 1)
-        if config.global_batch % (m * num_devices) == 0
-    ]
-    if not options:
-        return (
-            f"each device already processes {per_device} image(s) at a time; use "
-            "dtype=bfloat16, a smaller resolution, param_sharding=sharded or more devices"
-        )
-    # Activation memory scales with the micro-batch: halving it roughly halves the peak.
-    target = next((m for m in options if m >= 2 * config.micro_batches), options[-1])
-    return (
-        f"each device processed {per_device} images at a time (global_batch="
-        f"{config.global_batch} / {num_devices} device(s) / micro_batches="
-        f"{config.micro_batches}); set micro_batches={target} "
-        f"({config.global_batch // (num_devices * target)} per device; "
-        f"--set micro_batches={target}), or use dtype=bfloat16. Valid values: {options[:8]}"
-    )
+    """The sentence that tells how to fit a step that ran out of accelerator memory: the
+    ``micro_batches`` (and ``param_sharding``) whose compiled step fits the device's memory
+    (:func:`augreg_nb.memory.oom_advice`)."""
+    from augreg_nb import memory
+
+    return memory.oom_advice(config, num_devices, recipe=step_recipe(config))
+
+
+def step_recipe(config):
+    """What :func:`fit`'s step takes from ``config`` besides the model and the placement
+    (:class:`augreg_nb.memory.StepRecipe`): for measuring the step's memory."""
+    from augreg_nb.memory import StepRecipe
+
+    return StepRecipe(tx=optimizer_for(config), loss=loss_name(config),
+                      mixup_alpha=mixup_alpha(config), dropout=float(_field(config, "do")),
+                      stochastic_depth=float(_field(config, "sd")))
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -1,6 +1,6 @@
 """The benchmark suite: one command, a table on screen, the same numbers as JSON.
 
-    .venv/bin/python -m bench                          # everything (about 6 min on 2 cores)
+    .venv/bin/python -m bench                          # all but memory (about 6 min on 2 cores)
     .venv/bin/python -m bench --only model,train       # some sections
     .venv/bin/python -m bench --only torch             # Ti/16: ours vs reference vs timm
     .venv/bin/python -m bench --out bench/results-h100.json --repeats 10
@@ -22,6 +22,11 @@ Sections (``--only`` takes a comma-separated list):
 - ``checkpoint``: load a B/16-size file from the cache into device memory; peak memory.
 - ``smoke``: time to first step (compilation) and the whole smoke fine-tune.
 - ``notebooks``: each notebook run headless in smoke mode.
+- ``memory``: per-device memory of the L/16 and R50+L/32 fine-tuning step at 384 px,
+  global batch 512 over 8 virtual CPU devices, from XLA's compiled memory analysis
+  (parameters replicated and sharded), and the fewest micro-batches that fit a 16 GiB and
+  an 80 GiB accelerator (:mod:`bench.memory_table`; only when named in ``--only``,
+  about 7 min on 2 cores).
 
 Every number is the median of ``--repeats`` timed runs after a warm-up; peers are timed in
 interleaved rounds (see :mod:`bench.common`). Before the ``model``, ``train`` and ``torch``
@@ -42,7 +47,9 @@ import time
 from pathlib import Path
 
 SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "latency",
-            "notebooks", "device")
+            "notebooks", "device", "memory")
+#: Sections run only when named in ``--only``.
+OPT_IN_SECTIONS = ("memory",)
 #: Sections whose rows are related to the measured matmul peak.
 ROOFLINE_SECTIONS = ("model", "train", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
@@ -55,12 +62,20 @@ def _csv(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from bench.device_speed import DEVICE_BATCH, DEVICE_DTYPES, DEVICE_MODELS, DEVICE_RESOLUTION
     from bench.latency import LATENCY_MODELS
+    from bench.memory_table import (
+        MEMORY_DEVICES,
+        MEMORY_MODELS,
+        MEMORY_RESOLUTION,
+        MEMORY_SIZES_GIB,
+    )
     from bench.model_speed import FORWARD_MODELS, TRAIN_MODELS
     from bench.torch_worker import DEFAULT_TORCH_PYTHON
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", type=_csv, default=list(SECTIONS),
-                   help=f"comma-separated sections of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", type=_csv,
+                   default=[s for s in SECTIONS if s not in OPT_IN_SECTIONS],
+                   help=f"comma-separated sections of {','.join(SECTIONS)} (default: all "
+                        f"but {','.join(OPT_IN_SECTIONS)})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     p.add_argument("--batch", type=int, default=32)
@@ -85,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-resolution", type=int, default=DEVICE_RESOLUTION)
     p.add_argument("--device-batch", type=int, default=DEVICE_BATCH,
                    help="batch of the device section (halved while it does not fit)")
+    p.add_argument("--memory-models", type=_csv, default=list(MEMORY_MODELS))
+    p.add_argument("--memory-resolution", type=int, default=MEMORY_RESOLUTION)
+    p.add_argument("--memory-batch", type=int, default=None,
+                   help="global batch of the memory section (default: the recipe's 512)")
+    p.add_argument("--memory-devices", type=int, default=MEMORY_DEVICES)
+    p.add_argument("--memory-sizes", type=lambda t: [float(v) for v in _csv(t)],
+                   default=list(MEMORY_SIZES_GIB),
+                   help="accelerator memory sizes in GiB whose fitting micro-batches to find")
     args = p.parse_args(argv)
     unknown = sorted(set(args.only) - set(SECTIONS))
     if unknown:
@@ -213,6 +236,12 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
         return run_device(args.device_models, args.device_dtypes,
                           resolution=args.device_resolution, batch=args.device_batch,
                           repeats=args.repeats, torch_python=args.torch_python)
+    if section == "memory":
+        from bench.memory_table import run_memory
+
+        return run_memory(args.memory_models, resolution=args.memory_resolution,
+                          global_batch=args.memory_batch, devices=args.memory_devices,
+                          sizes_gib=args.memory_sizes)
     if section == "notebooks":
         from bench.startup import run_notebooks
 

@@ -328,3 +328,36 @@ def test_bench_keeps_its_own_gpu_reservation_small_but_not_the_childrens():
         device_speed.keep_parent_memory_small()
         assert os.environ[device_speed.PREALLOCATE_ENV] == "true"
         assert device_speed.PREALLOCATE_SET_BY_BENCH not in os.environ
+
+
+# --- the memory section -------------------------------------------------------------------
+
+
+def test_memory_section_on_a_tiny_model(tmp_path):
+    from augreg_nb.memory import HEADROOM, GiB
+
+    assert "memory" not in bench_main.parse_args([]).only  # opt-in: about 10 min in full
+    out = tmp_path / "results.json"
+    assert bench_main.main([
+        "--only", "memory", "--memory-models", "testing", "--memory-resolution", "32",
+        "--memory-batch", "8", "--memory-devices", "2", "--memory-sizes", "1",
+        "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    fits = [r for r in doc["rows"] if r["unit"] == "micro_batches"]
+    steps = {(r["extra"]["param_sharding"], r["extra"]["micro_batches"]): r
+             for r in doc["rows"] if r["unit"] == "GiB/device"}
+    assert [(f["extra"]["param_sharding"], f["extra"]["memory_gib"]) for f in fits] == [
+        ("replicated", 1.0), ("sharded", 1.0)]
+    for fit in fits:
+        sharding, m = fit["extra"]["param_sharding"], fit["value"]
+        step = steps[sharding, m]["extra"]
+        assert (step["num_devices"], step["global_batch"], step["resolution"]) == (2, 8, 32)
+        assert step["images_per_device"] == 8 // (2 * m)
+        assert step["peak_bytes"] == (step["argument_bytes"] + step["output_bytes"]
+                                      - step["alias_bytes"] + step["temp_bytes"])
+        assert steps[sharding, m]["value"] == pytest.approx(step["peak_bytes"] / GiB)
+        assert step["peak_bytes"] <= (1 - HEADROOM) * GiB  # the fewest that fit ...
+        for (other, k), row in steps.items():  # ... and every smaller count measured does not
+            if other == sharding and k < m:
+                assert row["extra"]["peak_bytes"] > (1 - HEADROOM) * GiB
+    assert "fewest micro_batches for 1 GiB" in doc["table"]
