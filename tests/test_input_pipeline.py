@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from augreg_nb import input_pipeline as ip  # noqa: E402
+from augreg_nb.mock_tfds import mock_tfds  # noqa: E402
 from augreg_nb.preprocess import eval_preprocess  # noqa: E402
 from augreg_nb.tasks import DatasetNotReadyError, folder_task, get_task  # noqa: E402
 from augreg_nb.testing import datasets  # noqa: E402
@@ -29,7 +30,7 @@ def tiny(tmp_path_factory):
 )
 def test_registry_tasks_run_on_mocked_tfds(name):
     task = get_task(name)
-    with datasets.mock_tfds(num_examples=6):
+    with mock_tfds(num_examples=6):
         batch = next(ip.make_train_iterator(task, resolution=16, global_batch=4, seed=1))
         assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
         assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32

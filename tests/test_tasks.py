@@ -192,7 +192,7 @@ def test_kitti_reads_the_tfds_version_vtab_uses(tmp_path):
     """task_adaptation's data/kitti.py builds TFDS "kitti:3.1.0"; so does the task, not TFDS's
     newer default."""
     from augreg_nb import input_pipeline as ip
-    from augreg_nb.testing.datasets import mock_tfds
+    from augreg_nb.mock_tfds import mock_tfds
 
     task = get_task("kitti", data_dir=tmp_path)
     builder = tasks.tfds_builder(task)

@@ -133,7 +133,7 @@ def test_reproduce_config_is_the_published_recipe():
 @pytest.mark.slow
 def test_reproduce_runs_the_named_recipe_and_compares(tmp_path, monkeypatch):
     from augreg_nb.index import load_index
-    from augreg_nb.testing.datasets import mock_tfds
+    from augreg_nb.mock_tfds import mock_tfds
 
     index = load_index(strict=False)
     published = index[index["adapt_filename"] == TI16_I1K]

@@ -15,8 +15,8 @@ pytest.importorskip("tensorflow")
 from augreg_nb import cli, sweep, vtab, vtab_run  # noqa: E402
 from augreg_nb.config import get_config  # noqa: E402
 from augreg_nb.index import COLUMNS  # noqa: E402
+from augreg_nb.mock_tfds import mock_tfds  # noqa: E402
 from augreg_nb.tasks import DatasetNotReadyError, default_manual_dir, get_task  # noqa: E402
-from augreg_nb.testing.datasets import mock_tfds  # noqa: E402
 
 #: Table 5's columns per group, written out from the paper (not from augreg_nb.vtab).
 PAPER_GROUPS = {

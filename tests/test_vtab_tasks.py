@@ -18,8 +18,8 @@ pytest.importorskip("tensorflow")
 
 from augreg_nb import input_pipeline as ip  # noqa: E402
 from augreg_nb import tasks, vtab  # noqa: E402
+from augreg_nb.mock_tfds import mock_tfds  # noqa: E402
 from augreg_nb.tasks import ClosestVehicleDistance, get_task, list_tasks  # noqa: E402
-from augreg_nb.testing.datasets import mock_tfds  # noqa: E402
 
 # ----------------------------------------------------------------------------- label rules
 

@@ -21,8 +21,8 @@ What the panel shows is computed by the plain functions below (:func:`task_table
 checkpoint's model and pre-training set (another row can be chosen for comparison).
 
 Smoke mode runs three tasks (one per group) with a fake tiny model on TFDS mock data
-(random examples with each dataset's real features, :func:`augreg_nb.testing.datasets.
-mock_tfds`), two runs of two steps per task: the panel says so, and its numbers mean
+(random examples with each dataset's real features, :func:`augreg_nb.mock_tfds.mock_tfds`),
+two runs of two steps per task: the panel says so, and its numbers mean
 nothing. The mock data is used only there.
 """
 
@@ -293,7 +293,7 @@ def smoke_data():
     smoke run are not compared with anything)."""
     import jax
 
-    from augreg_nb.testing.datasets import mock_tfds
+    from augreg_nb.mock_tfds import mock_tfds
 
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
