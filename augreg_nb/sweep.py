@@ -40,10 +40,11 @@ from augreg_nb.names import parse_name
 from augreg_nb.train import (
     RECIPE_FIELDS,
     RESULT_FILE,
-    STATE_FILE,
+    STATE_DIR,
     finetune,
     load_task,
 )
+from augreg_nb.train_state import saved
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def sweep(
         workdir = root / config_lib.run_name(config, in_sweep=True)
         config.workdir = str(workdir)
         done = workdir / RESULT_FILE
-        if done.exists() and (workdir / STATE_FILE).exists():
+        if done.exists() and saved(workdir / STATE_DIR):
             row = json.loads(done.read_text())["result_row"]
             logger.info("[%d/%d] %s: done before (val %.4f)", i, len(configs), workdir.name,
                         row["adapt_final_val"])
