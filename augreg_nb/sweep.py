@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import pandas as pd
 
 from augreg_nb import config as config_lib
@@ -120,7 +121,8 @@ def sweep(
             logger.info("[%d/%d] %s", i, len(configs), workdir.name)
             row = finetune(config, callbacks=callbacks(config) if callbacks else ()).result_row
         rows.append({**row, "workdir": str(workdir)})
-        _write_csv(pd.DataFrame(rows), root / SWEEP_TABLE)
+        if jax.process_index() == 0:
+            _write_csv(pd.DataFrame(rows), root / SWEEP_TABLE)
     table = pd.DataFrame(rows)
     best = table.loc[table["adapt_final_val"].astype(float).idxmax()]
     logger.info("best by val: %s (val %.4f, test %.4f)", best["adapt_filename"],

@@ -645,6 +645,19 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
                           result_row=row, export_path=export_path, workdir=workdir)
 
 
+def _prepare_once(task) -> None:
+    """Data a task writes on first use (the smoke task's digits) is written by process 0
+    alone while the others wait, so that processes sharing a data folder never write the
+    same files at once."""
+    if task.build is None or jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        task.build(task)
+    multihost_utils.sync_global_devices(f"prepared {task.name}")
+
+
 def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     """Fine-tune ``config.checkpoint`` on ``config.task`` with the paper's recipe.
 
@@ -659,6 +672,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     if done is not None:
         return done
     task = load_task(config)
+    _prepare_once(task)
     model_name, params, stem = load_start_params(config, task.num_classes)
     model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype),
                          dropout_rate=float(_field(config, "do")),
@@ -695,6 +709,10 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULT_FILE, {"result_row": row, "final": out.final,
                                                   "export_path": str(export_path or "")})
+    if jax.process_count() > 1:  # no process looks for the result before it is written
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"finetune done: {workdir}")
     logger.info("%s: val %.4f, test %.4f", row["adapt_filename"], row["adapt_final_val"],
                 row["adapt_final_test"])
     return FinetuneResult(params=out.params, history=out.history, result_row=row,
