@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from augreg_nb import distributed
+
 _SETS = {"action": "append", "metavar": "KEY=VALUE",
          "help": "override a config field (repeatable), e.g. --set micro_batches=16"}
 
@@ -19,6 +21,10 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
                    help="address of process 0, where the processes meet")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
     g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
+    g.add_argument("--heartbeat-timeout", type=int, metavar="S",
+                   default=distributed.HEARTBEAT_TIMEOUT_S,
+                   help="seconds after which a silent process counts as dead and the others "
+                   f"stop (default: {distributed.HEARTBEAT_TIMEOUT_S})")
 
 
 def register(sub) -> None:
@@ -87,7 +93,8 @@ def _join(args: argparse.Namespace) -> bool:
     process that reports (process 0, or the only one)."""
     from augreg_nb import distributed
 
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           heartbeat_timeout_s=args.heartbeat_timeout)
     if not distributed.is_main_process():  # process 0 reports for all
         logging.getLogger().setLevel(logging.WARNING)
         return False
