@@ -23,8 +23,8 @@ After joining, :func:`jax.devices` lists the devices of every process, the train
 spans them all, each process feeds its own share of every batch, and process 0 alone writes
 results, exports and histories (the training state is written by all, each its shards). If
 a process dies, JAX's coordination service ends the others with a message saying that
-another task died (at once when its connection drops, else after ``heartbeat_timeout_s``),
-and the same commands started again resume from the last saved state.
+another task died, once it has been silent for ``heartbeat_timeout_s`` seconds, and the same
+commands started again resume from the last saved state.
 """
 
 from __future__ import annotations

@@ -27,12 +27,12 @@ or a keyboard (kernel) interrupt, ends the run after the current step with its s
 (:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
 keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
 
-Several hosts (a TPU pod slice, GPU nodes): start the same command on every host after
-``jax.distributed.initialize()`` (automatic on Cloud TPU; elsewhere pass
-``coordinator_address``, ``num_processes`` and ``process_id``, or set the environment
-variables JAX documents). Each host reads its own 1/process_count of every batch; the mesh
-spans all devices of all hosts; the workdir must be a folder every host can read (process 0
-writes the state and results).
+Several hosts (a TPU pod slice, GPU nodes, or processes on one machine): start the same
+command in every process after :func:`augreg_nb.distributed.initialize` (the command line's
+``--coordinator-address``, ``--num-processes`` and ``--process-id``; automatic where JAX
+detects a cluster). Each process decodes its own 1/process_count of every global batch; the
+mesh spans all devices of all processes; the workdir must be a folder every process can
+read and write (each writes its shards of the state, process 0 the results and export).
 """
 
 from __future__ import annotations
