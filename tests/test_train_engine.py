@@ -402,3 +402,23 @@ def test_keyboard_interrupt_in_a_step_becomes_a_saved_stop(tmp_path):
     resumed = run(config, tmp_path / "cut")
     for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_state_file_of_the_earlier_format_is_resumed_once(tmp_path):
+    from tests.test_failure_paths_files import _write_npz_state
+
+    config = small_config(total_steps=30, checkpoint_every=10, eval_every=15)
+    full = run(config, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "cut", callbacks=[_StopAt(25)])  # last saved: step 20
+    # The same state as an earlier version wrote it: one state.npz in the workdir.
+    like = TrainState.create(init_params(), optimizer_for(config))
+    state, _ = train_state.restore_state(tmp_path / "cut" / "state", like=like)
+    meta = train_state.read_meta(tmp_path / "cut" / "state")
+    shutil.rmtree(tmp_path / "cut" / "state")
+    _write_npz_state(tmp_path / "cut" / "state.npz", state, meta)
+    resumed = run(config, tmp_path / "cut")
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(full.params),
+                                                    leaves(resumed.params), strict=True))
+    assert not (tmp_path / "cut" / "state.npz").exists()
+    assert train_state.read_meta(tmp_path / "cut" / "state")["step"] == 30
