@@ -127,7 +127,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     explicit = check_arguments(coordinator_address, num_processes, process_id)
     if local_cpu_devices is not None:
-        jax.config.update("jax_num_cpu_devices", int(local_cpu_devices))
+        _set_cpu_devices(int(local_cpu_devices))
     cluster = None if explicit else detected_cluster()
     if not explicit and cluster is None:
         return False
@@ -151,6 +151,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                 coordinator_address if explicit else f"detected: {cluster}",
                 jax.local_device_count(), jax.device_count())
     return True
+
+
+def _set_cpu_devices(count: int) -> None:
+    """``count`` virtual CPU devices in this process (before the CPU backend starts)."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except AttributeError:  # a JAX without the option: the XLA flag does the same
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
 
 
 def is_main_process() -> bool:

@@ -317,7 +317,10 @@ class _Run:
         sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
         self.state = jax.device_put(state, sharding)
         self.history = History()
-        if self.state_path.exists() or self.legacy_path.is_file():
+        # A state folder without a complete save is the first save of a killed run: start
+        # over. Anything else there resumes (or is named as damaged).
+        if (saved(self.state_path) or self.legacy_path.is_file()
+                or (self.state_path.exists() and not self.state_path.is_dir())):
             self._resume()
         self.train_step = ts.make_train_step(
             apply_fn, tx, mesh=mesh, num_classes=data.num_classes,

@@ -248,3 +248,15 @@ def test_a_plain_machine_runs_alone_without_joining_anything(monkeypatch):
     assert distributed.initialize() is False and not distributed.is_initialized()
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
     assert distributed.detected_cluster() == "JAX_COORDINATOR_ADDRESS"
+
+
+def test_local_cpu_devices_gives_a_process_virtual_devices():
+    from tests.conftest import run_python
+
+    out = run_python("""
+        from augreg_nb import distributed
+        joined = distributed.initialize(local_cpu_devices=3)
+        import jax
+        print(joined, jax.device_count(), jax.process_count())
+    """, env={"JAX_COORDINATOR_ADDRESS": ""})
+    assert out.split()[-3:] == ["False", "3", "1"]

@@ -422,3 +422,15 @@ def test_a_state_file_of_the_earlier_format_is_resumed_once(tmp_path):
                                                     leaves(resumed.params), strict=True))
     assert not (tmp_path / "cut" / "state.npz").exists()
     assert train_state.read_meta(tmp_path / "cut" / "state")["step"] == 30
+
+
+def test_a_run_killed_in_its_first_save_starts_over(tmp_path):
+    config = small_config(total_steps=5)
+    unfinished = tmp_path / "state" / "1.orbax-checkpoint-tmp-1700000000"
+    (unfinished / "arrays").mkdir(parents=True)
+    out = run(config, tmp_path)
+    assert list(out.history.step)[-1] == 5 and not unfinished.exists()
+    (tmp_path / "state").rename(tmp_path / "elsewhere")
+    (tmp_path / "state").write_bytes(b"not a state folder")
+    with pytest.raises(train_state.StateFileError, match="it is a file, not a folder"):
+        run(config, tmp_path)
