@@ -141,7 +141,7 @@ def test_two_processes_train_the_weights_of_one_process_with_four_devices(loopba
         moved = max(float(np.max(np.abs(a[k]))) for k in a.files)
     print(f"max abs difference of the exported weights: {diff:.3g}")
     # Float rounding (the reduction order across processes), as between 1 and 4 devices.
-    assert diff < 1e-3 and moved > 0.1
+    assert diff < 2e-3 and moved > 0.1
     val, test = _split_sizes()
     for workdir in (two, one):
         final = json.loads((workdir / "result.json").read_text())["final"]
