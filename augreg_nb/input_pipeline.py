@@ -11,12 +11,17 @@
         logits = predict(params, batch["image"])          # jitted; padding rows are junk
         # count only rows where batch["mask"] is True
 
-Training data: each process reads its own part of the split (TFDS with file shuffling),
-shuffles the *encoded* examples with a seed (small buffer memory), repeats, then decodes
-and augments (``preprocess.train_preprocess``, a per-example stateless seed so the stream
-is reproducible), batches to ``global_batch / process_count`` and prefetches. Each batch
-becomes one global array sharded along the batch axis over the mesh (default: all devices
-in a 1-D mesh named "data"), so ``jax.jit`` sees the whole global batch.
+Training data: one stream of global batches, a function of the seed alone: the split's
+*encoded* examples (TFDS with file shuffling) are shuffled with the seed (small buffer
+memory) and repeated; global batch k is the k-th run of ``global_batch`` of them. Each
+process keeps its rows of every global batch (process p: rows p*L .. (p+1)*L - 1, with
+L = global_batch / process_count) while they are still encoded, then decodes and augments
+only those (``preprocess.train_preprocess``, a stateless seed per example from its position
+in the stream), batches and prefetches. So the batches, and the trained weights, do not
+depend on how many processes or devices share the work, and a run resumes on any number of
+them. Each batch becomes one global array sharded along the batch axis over the mesh
+(default: all devices in a 1-D mesh named "data"), so ``jax.jit`` sees the whole global
+batch.
 
 Evaluation covers every example of the split exactly once: processes read disjoint
 shards, the last batches are padded with zeros and ``mask`` is False on padding rows, and
@@ -207,35 +212,38 @@ def make_train_dataset(
 ):
     """This process's endless training stream of numpy-ready batches (a tf.data.Dataset).
 
+    ``batch_size`` is this process's share of the global batch (global_batch /
+    process_count): of global batch k it yields rows p * batch_size .. (p + 1) * batch_size
+    - 1 (p: this process), so the processes' batches, concatenated in process order, are
+    the global batch of one process with all the devices.
+
     ``aug`` names an AugReg augmentation setting (index name); its RandAugment is applied
     per image after crop and flip (:func:`augreg_nb.preprocess.train_preprocess`); its
     Mixup acts on whole batches in the training step.
 
     Elements: {"image": float32 (batch_size, r, r, 3) in [-1, 1], "label": int32}.
     The stream is a function of ``seed``: ``start_batch=k`` yields exactly the batches
-    k, k+1, ... of the stream from 0 (for resuming), skipping the first k * batch_size
-    examples while they are still encoded, so nothing is decoded or augmented twice.
+    k, k+1, ... of the stream from 0 (for resuming), skipping the first k global batches
+    while they are still encoded, so nothing is decoded or augmented twice; other
+    processes' rows are dropped encoded too.
     """
     tf = import_tf()
     p, n = _process()
-    pseed = int(seed) * 1000 + p  # distinct, reproducible stream per process
+    stream_seed = int(seed) * 1000  # the same stream in every process
     if task.folder is not None:
-        files = _folder_files(task, "train")[0][p::n]
+        files = _folder_files(task, "train")[0]
         if not files:
             raise ValueError(f"no readable training images in {task.folder.root}")
-        ds = _folder_source(files, shuffle=True, seed=pseed)
+        ds = _folder_source(files, shuffle=True, seed=stream_seed)
     else:
-        import tensorflow_datasets as tfds
-
-        split = task.split("train")
-        if n > 1:
-            split = tfds.split_for_jax_process(split)
-        ds = _tfds_source(task, split, shuffle_files=True, seed=pseed)
-        ds = ds.shuffle(shuffle_buffer, seed=pseed, reshuffle_each_iteration=True).repeat()
+        ds = _tfds_source(task, task.split("train"), shuffle_files=True, seed=stream_seed)
+        ds = ds.shuffle(shuffle_buffer, seed=stream_seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
 
     def pp(index, ex):
         image = _decode(task, ex["encoded"])
-        ex_seed = tf.stack([tf.constant(pseed % 2**31, tf.int32), tf.cast(index % 2**31, tf.int32)])
+        ex_seed = tf.stack([tf.constant(stream_seed % 2**31, tf.int32),
+                            tf.cast(index % 2**31, tf.int32)])
         if aug == "none":
             image = preprocess.train_preprocess(image, resolution, seed=ex_seed,
                                                 mode=preprocess_mode)
@@ -251,8 +259,12 @@ def make_train_dataset(
 
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-    skip = int(start_batch) * int(batch_size)
-    ds = ds.skip(skip).enumerate(start=skip).map(pp, num_parallel_calls=tf.data.AUTOTUNE)
+    global_batch = int(batch_size) * n
+    skip = int(start_batch) * global_batch
+    ds = ds.skip(skip).enumerate(start=skip)
+    if n > 1:  # this process's rows of each global batch, dropped while still encoded
+        ds = ds.filter(lambda index, ex: (index % global_batch) // batch_size == p)
+    ds = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import pandas as pd
 
 from augreg_nb import config as config_lib
@@ -40,10 +41,11 @@ from augreg_nb.names import parse_name
 from augreg_nb.train import (
     RECIPE_FIELDS,
     RESULT_FILE,
-    STATE_FILE,
+    STATE_DIR,
     finetune,
     load_task,
 )
+from augreg_nb.train_state import saved
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def sweep(
         workdir = root / config_lib.run_name(config, in_sweep=True)
         config.workdir = str(workdir)
         done = workdir / RESULT_FILE
-        if done.exists() and (workdir / STATE_FILE).exists():
+        if done.exists() and saved(workdir / STATE_DIR):
             row = json.loads(done.read_text())["result_row"]
             logger.info("[%d/%d] %s: done before (val %.4f)", i, len(configs), workdir.name,
                         row["adapt_final_val"])
@@ -119,7 +121,8 @@ def sweep(
             logger.info("[%d/%d] %s", i, len(configs), workdir.name)
             row = finetune(config, callbacks=callbacks(config) if callbacks else ()).result_row
         rows.append({**row, "workdir": str(workdir)})
-        _write_csv(pd.DataFrame(rows), root / SWEEP_TABLE)
+        if jax.process_index() == 0:
+            _write_csv(pd.DataFrame(rows), root / SWEEP_TABLE)
     table = pd.DataFrame(rows)
     best = table.loc[table["adapt_final_val"].astype(float).idxmax()]
     logger.info("best by val: %s (val %.4f, test %.4f)", best["adapt_filename"],

@@ -27,12 +27,12 @@ or a keyboard (kernel) interrupt, ends the run after the current step with its s
 (:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
 keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
 
-Several hosts (a TPU pod slice, GPU nodes): start the same command on every host after
-``jax.distributed.initialize()`` (automatic on Cloud TPU; elsewhere pass
-``coordinator_address``, ``num_processes`` and ``process_id``, or set the environment
-variables JAX documents). Each host reads its own 1/process_count of every batch; the mesh
-spans all devices of all hosts; the workdir must be a folder every host can read (process 0
-writes the state and results).
+Several hosts (a TPU pod slice, GPU nodes, or processes on one machine): start the same
+command in every process after :func:`augreg_nb.distributed.initialize` (the command line's
+``--coordinator-address``, ``--num-processes`` and ``--process-id``; automatic where JAX
+detects a cluster). Each process decodes its own 1/process_count of every global batch; the
+mesh spans all devices of all processes; the workdir must be a folder every process can
+read and write (each writes its shards of the state, process 0 the results and export).
 """
 
 from __future__ import annotations
@@ -71,11 +71,23 @@ from augreg_nb.models import create_model, param_count
 from augreg_nb.resources import ENV_INDEX
 from augreg_nb.sources import index_cache_path
 from augreg_nb.tasks import get_task
-from augreg_nb.train_state import TrainState, read_meta, restore_state, save_state, to_host
+from augreg_nb.train_state import (
+    TrainState,
+    read_meta,
+    read_npz_meta,
+    restore_npz_state,
+    restore_state,
+    save_state,
+    saved,
+    to_host,
+)
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.npz"
+#: The run's training state: an orbax-checkpoint folder (:mod:`augreg_nb.train_state`).
+STATE_DIR = "state"
+#: The single-file state of earlier versions: resumed from once, then replaced by STATE_DIR.
+LEGACY_STATE_FILE = "state.npz"
 RESULT_FILE = "result.json"
 #: Config fields that change the trained parameters: a workdir's state is only resumed when
 #: these match (micro_batches, devices and the eval/checkpoint intervals may differ).
@@ -275,7 +287,7 @@ def fit(
 ) -> FitOutput:
     """The training loop of :func:`finetune`, for any Linen ``apply_fn`` and data.
 
-    Resumes from ``workdir/state.npz`` when it exists and was written for the same recipe.
+    Resumes from ``workdir/state/`` when it holds a save written for the same recipe.
     """
     mesh = mesh if mesh is not None else ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
@@ -292,7 +304,8 @@ class _Run:
             config, data, workdir, callbacks, mesh)
         self.meta = meta or {}  # stored with the state (what finetune needs to answer later)
         self.num_devices = mesh.devices.size
-        self.state_path = workdir / STATE_FILE
+        self.state_path = workdir / STATE_DIR
+        self.legacy_path = workdir / LEGACY_STATE_FILE
         self.schedule = ts.schedule_from_config(config)
         tx = optimizer_for(config)
         p_shard = ts.param_shardings(params, mesh, config.param_sharding)
@@ -300,7 +313,10 @@ class _Run:
         sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
         self.state = jax.device_put(state, sharding)
         self.history = History()
-        if self.state_path.exists():
+        # A state folder without a complete save is the first save of a killed run: start
+        # over. Anything else there resumes (or is named as damaged).
+        if (saved(self.state_path) or self.legacy_path.is_file()
+                or (self.state_path.exists() and not self.state_path.is_dir())):
             self._resume()
         self.train_step = ts.make_train_step(
             apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
@@ -313,7 +329,10 @@ class _Run:
 
     def _resume(self) -> None:
         config, path = self.config, self.state_path
-        meta = read_meta(path)
+        legacy = not saved(path) and self.legacy_path.is_file()
+        if legacy:  # a state of the earlier single-file format: resumed from once
+            path = self.legacy_path
+        meta = (read_npz_meta if legacy else read_meta)(path)
         stored = _stored_recipe(meta)
         if stored != _recipe(config):
             changed = sorted(k for k in RECIPE_FIELDS if stored.get(k) != _field(config, k))
@@ -321,7 +340,8 @@ class _Run:
                 f"{self.workdir} holds a run with a different recipe (fields {changed} "
                 "differ); use another workdir, or delete it to start over"
             )
-        self.state, meta = restore_state(path, like=self.state)
+        self.state, meta = (restore_npz_state if legacy else restore_state)(path,
+                                                                            like=self.state)
         self.history = History(meta.get("history", []))
         logger.info("resuming from step %d of %d (%s)", int(self.state.step),
                     config.total_steps, path)
@@ -442,6 +462,9 @@ class _Run:
             "config": self.config.to_dict(),
             "history": self.history.rows(),
         })
+        if self.legacy_path.is_file() and jax.process_index() == 0:
+            self.legacy_path.unlink()  # its run now lives on in the state folder
+            logger.info("%s: saved as %s from now on", self.legacy_path, self.state_path)
 
 
 class _Clock:
@@ -580,33 +603,35 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
                     ) -> FinetuneResult | None:
     """The saved result of a run of ``config`` that finished in ``workdir``, or None.
 
-    Read from ``state.npz`` and ``result.json`` alone: no checkpoint is resolved and no
+    Read from ``state/`` and ``result.json`` alone: no checkpoint is resolved and no
     dataset is built. None when the folder holds no finished run of the same recipe (or
     one written before its state recorded the model), and when an export is asked for
     that the folder does not hold: then :func:`finetune` takes its usual path.
     """
-    state_path, result_path = workdir / STATE_FILE, workdir / RESULT_FILE
-    if not (state_path.is_file() and result_path.is_file()):
+    state_path, result_path = workdir / STATE_DIR, workdir / RESULT_FILE
+    if not (saved(state_path) and result_path.is_file()):
         return None
     meta = read_meta(state_path)
     if (_stored_recipe(meta) != _recipe(config) or meta.get("step") != config.total_steps
             or "model" not in meta):
         return None
-    saved = json.loads(result_path.read_text())
-    row = saved["result_row"]
+    row = json.loads(result_path.read_text())["result_row"]
     export_path = workdir / f"{row['adapt_filename']}.npz" if config.export else None
     if export_path is not None and not export_path.is_file():
         return None
     abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
     tx = optimizer_for(config)
-    like = jax.eval_shape(lambda p: TrainState.create(p, tx), abstract)
+    mesh = mesh if mesh is not None else ip.data_mesh()
+    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    like = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
+        jax.eval_shape(lambda p: TrainState.create(p, tx), abstract))
     try:
         state, _ = restore_state(state_path, like=like)
     except ValueError as err:  # another tree than this config builds: train as usual
         logger.debug("%s: not reusable as a finished run (%s)", state_path, err)
         return None
     history = History(meta.get("history", [])).frame()
-    mesh = mesh if mesh is not None else ip.data_mesh()
     callbacks = list(callbacks)
     callbacks_lib.dispatch(callbacks, "on_train_begin", {
         "total_steps": config.total_steps, "start_step": config.total_steps,
@@ -617,6 +642,19 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
                 row["adapt_final_val"], row["adapt_final_test"])
     return FinetuneResult(params=jax.tree.map(to_host, state.params), history=history,
                           result_row=row, export_path=export_path, workdir=workdir)
+
+
+def _prepare_once(task) -> None:
+    """Data a task writes on first use (the smoke task's digits) is written by process 0
+    alone while the others wait, so that processes sharing a data folder never write the
+    same files at once."""
+    if task.build is None or jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        task.build(task)
+    multihost_utils.sync_global_devices(f"prepared {task.name}")
 
 
 def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
@@ -633,6 +671,7 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     if done is not None:
         return done
     task = load_task(config)
+    _prepare_once(task)
     model_name, params, stem = load_start_params(config, task.num_classes)
     model = create_model(model_name, task.num_classes, dtype=jnp.dtype(config.dtype),
                          dropout_rate=float(_field(config, "do")),
@@ -669,6 +708,10 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     if jax.process_index() == 0:
         write_json_atomic(workdir / RESULT_FILE, {"result_row": row, "final": out.final,
                                                   "export_path": str(export_path or "")})
+    if jax.process_count() > 1:  # no process looks for the result before it is written
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"finetune done: {workdir}")
     logger.info("%s: val %.4f, test %.4f", row["adapt_filename"], row["adapt_final_val"],
                 row["adapt_final_test"])
     return FinetuneResult(params=out.params, history=out.history, result_row=row,

@@ -1,21 +1,32 @@
-"""The fine-tuning state and its atomic save/restore, so that a killed run resumes exactly.
+"""The fine-tuning state and its atomic, sharded save/restore, so that a killed run resumes exactly.
 
 A :class:`TrainState` holds everything the next step depends on: the step count, the
 parameters, the optimiser state (SGD momentum) and the step at which the loss first became
 non-finite (0 while training is healthy). The data order is a function of (seed, step), so
 the step count is the data position too.
 
-    from augreg_nb.train_state import save_state, restore_state
-    save_state(workdir / "state.npz", state, meta={"config": config.to_dict()})
-    state, meta = restore_state(workdir / "state.npz", like=state)   # same tree, same shardings
+    from augreg_nb.train_state import save_state, restore_state, read_meta
+    save_state(workdir / "state", state, meta={"config": config.to_dict()})  # every process
+    state, meta = restore_state(workdir / "state", like=state)   # like's tree and shardings
+    read_meta(workdir / "state")["config"]                       # cheap: JSON only
 
-Files are plain ``.npz`` (no pickle): one array per leaf, named by its tree path, plus a JSON
-manifest with the dtypes (bfloat16 is stored as its raw 16-bit pattern) and ``meta``. They are
-written to a temporary file in the same folder and renamed into place, so a run killed while
-saving leaves the previous state intact (and the next save removes its temporary file).
-Restoring gives the bit-identical arrays. A damaged file (truncated, overwritten, a folder in
-its place) raises :class:`StateFileError`, which names the file and says how to start over;
-sizes are checked against the run's own state before anything is read.
+The state is an orbax-checkpoint folder: every process writes the shards of the arrays it
+holds (nothing is gathered on one host), and the save is committed atomically, written
+under a temporary name and renamed into place once every process has finished, so a run
+killed while saving keeps the previous state (orbax removes the unfinished folder at the
+next save). Only the newest save is kept, as ``state/<n>/`` (n counts the saves):
+``state/<n>/arrays`` holds the leaves (``leaf_00000``, ...; bfloat16 stays bfloat16) and
+``state/<n>/meta`` a JSON document with the leaves' tree paths, shapes, dtypes and
+checksums and the caller's ``meta``. Restoring places each leaf with the sharding of the
+matching leaf of ``like``, so a state saved on N devices resumes on M, and gives the
+bit-identical arrays. A damaged state (a truncated, overwritten or missing file; arrays
+whose checksums disagree with the ones recorded at the save) raises
+:class:`StateFileError`, which names the folder and says how to start over; sizes and dtypes
+are checked against the run's own state before any array is read.
+
+States of the earlier single-file format (``state.npz``) are read by
+:func:`restore_npz_state` so that runs saved that way resume once; they are saved in the
+folder format afterwards.
 """
 
 from __future__ import annotations
@@ -32,17 +43,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from augreg_nb import npzfile
-from augreg_nb.atomic import atomic_write, sweep_stale_temps
+from augreg_nb.atomic import sweep_stale_temps
 
 logger = logging.getLogger(__name__)
 
 _MANIFEST = "__manifest__"
 #: A manifest (leaf names, dtypes, history) larger than this is not one this module wrote.
 MAX_MANIFEST_BYTES = 64 << 20
+#: The items of one save in the state folder.
+ARRAYS, META = "arrays", "meta"
 
 
 class StateFileError(ValueError):
-    """A training state file cannot be read; the message names it and the way out."""
+    """A training state cannot be read; the message names it and the way out."""
 
 
 def _damaged(path: Path, why: str) -> StateFileError:
@@ -73,6 +86,7 @@ class TrainState:
 
 
 def to_host(x) -> np.ndarray:
+    """``x`` as one numpy array on this host (gathered from every process when needed)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
@@ -85,31 +99,189 @@ def _path_names(tree) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in flat]
 
 
-def save_state(path: str | os.PathLike, state, *, meta: dict | None = None) -> Path:
-    """Write ``state`` (any pytree of arrays) atomically to ``path`` (.npz).
+def _leaf_key(i: int) -> str:
+    return f"leaf_{i:05d}"
 
-    Every process must call it (arrays sharded over hosts are gathered); process 0 writes.
+
+# ------------------------------------------------------------------ checksums
+
+
+def _words(x):
+    """The bits of ``x`` as uint32 words (one per element), whatever its dtype."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}"))
+    return bits.astype(jnp.uint32)
+
+
+@jax.jit
+def _checksums(leaves):
+    # Integer sums wrap around modulo 2**32 and are exact in any order, so the value does
+    # not depend on how an array is sharded: a state saved on N devices checks on M.
+    def one(x):
+        w = _words(x)
+        return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * w, dtype=jnp.uint32)])
+
+    return [one(x) for x in leaves]
+
+
+def checksums(leaves) -> list[list[int]]:
+    """Two order-independent 32-bit sums of the bits of each array (sharded or not)."""
+    sums = _checksums(list(leaves))
+    return [[int(v) for v in (to_host(c) if not c.is_fully_replicated else np.asarray(c))]
+            for c in sums]
+
+
+# ------------------------------------------------------------------ the state folder
+
+
+def _manager(directory: Path, *, saving: bool):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=saving, cleanup_tmp_directories=saving,
+        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options,
+                                 item_names=(ARRAYS, META))
+
+
+def saved(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a committed save (cheap: lists the folder)."""
+    return _latest(Path(directory)) is not None
+
+
+def _latest(directory: Path) -> int | None:
+    """The newest committed save in ``directory`` (temporary folders of an unfinished save
+    carry a suffix and do not count), or None."""
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
+    return max(steps) if steps else None
+
+
+def save_state(directory: str | os.PathLike, state, *, meta: dict | None = None) -> Path:
+    """Save ``state`` (any pytree of arrays) into the folder ``directory``, atomically.
+
+    Every process must call it with its part of the same global arrays; each writes the
+    shards it holds, process 0 the JSON. Returns the folder of the new save; older ones are
+    removed once it is committed.
     """
-    path = Path(path)
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays, dtypes = {}, []
-    for i, leaf in enumerate(leaves):
-        host = to_host(leaf)
-        dtypes.append(str(host.dtype))
-        if host.dtype == jnp.bfloat16:
-            host = host.view(np.uint16)
-        arrays[f"leaf_{i:05d}"] = host
-    manifest = {"paths": _path_names(state), "dtypes": dtypes, "meta": meta or {}}
-    arrays[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    if jax.process_index() == 0:
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
-        logger.debug("saved training state to %s", path)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    import orbax.checkpoint as ocp
 
-        multihost_utils.sync_global_devices(f"save_state:{path}")
-    return path
+    directory = Path(directory)
+    leaves = jax.tree_util.tree_leaves(state)
+    manifest = {
+        "paths": _path_names(state),
+        "shapes": [list(np.shape(x)) for x in leaves],
+        "dtypes": [str(x.dtype) for x in leaves],
+        "checksums": checksums(leaves),
+        "meta": meta or {},
+    }
+    arrays = {_leaf_key(i): x for i, x in enumerate(leaves)}
+    with _manager(directory, saving=True) as manager:
+        number = (manager.latest_step() or 0) + 1
+        manager.save(number, args=ocp.args.Composite(**{
+            ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(manifest)}))
+        manager.wait_until_finished()
+    logger.debug("saved training state to %s/%d", directory, number)
+    return directory / str(number)
+
+
+def _read_manifest(directory: Path) -> tuple[int, dict]:
+    if directory.exists() and not directory.is_dir():
+        raise _damaged(directory, "it is a file, not a folder")
+    number = _latest(directory)
+    if number is None:
+        raise _damaged(directory, "it holds no complete save")
+    path = directory / str(number) / META / "metadata"
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise _damaged(directory, f"{path.relative_to(directory)} is missing") from None
+    except OSError as err:
+        raise _damaged(directory, f"unreadable: {err.strerror or err}") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _damaged(directory, f"its metadata is not valid JSON: {err}") from None
+    keys = ("paths", "shapes", "dtypes", "checksums")
+    ok = (isinstance(manifest, dict) and all(isinstance(manifest.get(k), list) for k in keys)
+          and len({len(manifest[k]) for k in keys}) == 1
+          and isinstance(manifest.get("meta", {}), dict))
+    if not ok:
+        raise _damaged(directory, "its metadata lacks the leaf names, shapes, dtypes or "
+                       "checksums")
+    return number, manifest
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """The ``meta`` stored with the newest save in ``directory`` (reads its JSON only).
+
+    Raises :class:`StateFileError` when the folder is damaged."""
+    return _read_manifest(Path(directory))[1].get("meta", {})
+
+
+def _check_like(where: Path, manifest: dict, like) -> None:
+    names = _path_names(like)
+    if names != manifest["paths"]:
+        diff = sorted(set(names) ^ set(manifest["paths"]))[:5]
+        raise ValueError(
+            f"{where} holds a different training state (differing entries: {diff}); it was "
+            "written for another model, task or optimiser setting. Use a new workdir or "
+            "delete the old state."
+        )
+    for name, shape, dtype, ref in zip(names, manifest["shapes"], manifest["dtypes"],
+                                       jax.tree_util.tree_leaves(like), strict=True):
+        ref_shape, ref_dtype = list(np.shape(ref)), str(getattr(ref, "dtype", dtype))
+        if shape != ref_shape or dtype != ref_dtype:
+            raise ValueError(f"{where}: {name} is {dtype}{shape} but this run needs "
+                             f"{ref_dtype}{ref_shape}; use a new workdir.")
+
+
+def restore_state(directory: str | os.PathLike, *, like):
+    """Read the newest save in ``directory`` into the tree structure of ``like``.
+
+    Each leaf takes the sharding of the matching leaf of ``like`` (arrays or
+    ``jax.ShapeDtypeStruct``s; without a sharding, a leaf lands on the first device).
+    Returns ``(state, meta)``. Raises ValueError naming the first mismatching leaf when the
+    folder holds a different tree (another model or optimiser), and :class:`StateFileError`
+    when it is damaged. Every process must call it.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    number, manifest = _read_manifest(directory)
+    _check_like(directory, manifest, like)
+    template, treedef = jax.tree_util.tree_flatten(like)
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {
+        _leaf_key(i): jax.ShapeDtypeStruct(np.shape(ref), jnp.dtype(ref.dtype),
+                                           sharding=getattr(ref, "sharding", None) or default)
+        for i, ref in enumerate(template)}
+    try:
+        with _manager(directory, saving=False) as manager:
+            out = manager.restore(number, args=ocp.args.Composite(**{
+                ARRAYS: ocp.args.StandardRestore(abstract)}))
+        restored = out[ARRAYS]
+        leaves = [restored[_leaf_key(i)] for i in range(len(template))]
+    except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+        logger.debug("restoring %s failed", directory, exc_info=True)
+        raise _damaged(directory, f"its arrays cannot be read: {type(err).__name__}: "
+                       f"{_first_line(err)}") from None
+    if checksums(leaves) != manifest["checksums"]:
+        bad = [name for name, got, want in zip(manifest["paths"], checksums(leaves),
+                                               manifest["checksums"], strict=True)
+               if got != want]
+        raise _damaged(directory, f"{len(bad)} array(s) differ from what was saved, "
+                       f"e.g. {bad[0]}")
+    return jax.tree_util.tree_unflatten(treedef, leaves), manifest.get("meta", {})
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+# ------------------------------------------------------------------ the earlier format
 
 
 def _why(path: Path, err: Exception) -> str:
@@ -151,15 +323,15 @@ def _open_state(path: Path) -> tuple[dict[str, npzfile.ArrayHeader], dict]:
     return headers, manifest
 
 
-def read_meta(path: str | os.PathLike) -> dict:
+def read_npz_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` dict stored with a state file (cheap: reads the manifest only).
 
     Raises :class:`StateFileError` when the file is damaged."""
     return _open_state(Path(path))[1].get("meta", {})
 
 
-def restore_state(path: str | os.PathLike, *, like):
-    """Read a state written by :func:`save_state` into the tree structure of ``like``.
+def restore_npz_state(path: str | os.PathLike, *, like):
+    """Read a state file of the earlier single-file format into the tree structure of ``like``.
 
     Each leaf takes the sharding of the matching leaf of ``like`` (or stays a numpy array
     where ``like`` has no sharding). Returns ``(state, meta)``. Raises ValueError naming the

@@ -10,6 +10,7 @@ from augreg_nb import config as config_lib
 from augreg_nb.callbacks import Callback
 from augreg_nb.grid import accuracy_table, grid_configs, run_grid
 from augreg_nb.index import COLUMNS
+from augreg_nb.train_state import saved
 from augreg_nb.widgets.augreg_panel import AugregPanel
 
 
@@ -48,7 +49,7 @@ def test_stop_ends_the_grid_and_start_continues(tmp_path):
     stop = threading.Event()
     out = run_grid(configs, callbacks=lambda c: [_StopAt(stop, 4)], stop=stop)
     assert out.stopped and out.rows.empty  # stopped inside the first run, at step 4
-    assert (tmp_path / config_lib.run_name(configs[0]) / "state.npz").is_file()
+    assert saved(tmp_path / config_lib.run_name(configs[0]) / "state")
     seen = []
     done = run_grid(configs, on_run=lambda i, n, c, row: seen.append((i, row is None)))
     assert not done.stopped and len(done.rows) == 2

@@ -4,7 +4,9 @@ linked class folders, permissions and configuration values."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,6 +35,19 @@ def _state():
             "m": jnp.ones((3,), jnp.bfloat16), "step": jnp.asarray(7, jnp.int32)}
 
 
+def _write_npz_state(path: Path, state, meta: dict) -> None:
+    """A state file in the earlier single-file format: one array per leaf and a manifest."""
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i:05d}": np.asarray(x).view(np.uint16) if x.dtype == jnp.bfloat16
+              else np.asarray(x) for i, x in enumerate(leaves)}
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    manifest = {"paths": paths, "dtypes": [str(x.dtype) for x in leaves], "meta": meta}
+    arrays["__manifest__"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def _rewrite(path: Path, drop: str | None = None, manifest: bytes | None = None) -> None:
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files if k != drop}
@@ -41,14 +57,70 @@ def _rewrite(path: Path, drop: str | None = None, manifest: bytes | None = None)
         np.savez(f, **arrays)
 
 
-DAMAGES = ["truncated", "empty", "random-bytes", "flipped-byte", "bad-manifest",
-           "missing-array", "directory", "object-array"]
+def _data_files(folder: Path) -> list[Path]:
+    """The files of a save that hold array bytes (orbax's OCDBT data files), largest first."""
+    files = [p for p in (folder / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return sorted(files, key=lambda p: -p.stat().st_size)
 
 
-@pytest.mark.parametrize("damage", DAMAGES)
-def test_a_damaged_state_file_is_named_with_the_way_out(tmp_path, damage):
+STATE_DAMAGES = ["truncated", "empty", "random-bytes", "flipped-byte", "missing-data-file",
+                 "missing-manifest", "bad-metadata", "missing-metadata", "file-in-place"]
+
+
+def _large_state():
+    """A state whose arrays are too large for orbax to keep inside its index nodes."""
+    return {**_state(), "w": jnp.arange(64 * 64, dtype=jnp.float32).reshape(64, 64)}
+
+
+@pytest.mark.parametrize("damage", STATE_DAMAGES)
+def test_a_damaged_state_is_named_with_the_way_out(tmp_path, damage):
+    path = tmp_path / "run" / "state"
+    save = train_state.save_state(path, _large_state(), meta={"recipe": {"a": 1}})
+    data = _data_files(save)
+    raw = data[0].read_bytes()
+    if damage == "truncated":
+        data[0].write_bytes(raw[: len(raw) * 2 // 3])
+    elif damage == "empty":
+        data[0].write_bytes(b"")
+    elif damage == "random-bytes":
+        data[0].write_bytes(np.random.default_rng(0).bytes(len(raw)))
+    elif damage == "flipped-byte":
+        i = len(raw) // 2
+        data[0].write_bytes(raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1:])
+    elif damage == "missing-data-file":
+        for f in data:
+            f.unlink()
+    elif damage == "missing-manifest":
+        for f in (save / "arrays").rglob("manifest.ocdbt"):
+            f.unlink()
+    elif damage == "bad-metadata":
+        (save / "meta" / "metadata").write_text("{not json")
+    elif damage == "missing-metadata":
+        (save / "meta" / "metadata").unlink()
+    else:
+        shutil.rmtree(path)
+        path.write_bytes(b"a file where the state folder belongs")
+    calls = [lambda: train_state.restore_state(path, like=_large_state())]
+    if damage in ("bad-metadata", "missing-metadata", "file-in-place"):
+        calls.append(lambda: train_state.read_meta(path))
+    for call in calls:
+        with pytest.raises(train_state.StateFileError) as info:
+            call()
+        text = str(info.value)
+        assert str(path) in text and "Move it away" in text and "step 0" in text
+        assert "Traceback" not in text and len(text) < 800
+    assert path.exists()  # never removed or restarted silently
+
+
+NPZ_DAMAGES = ["truncated", "empty", "random-bytes", "flipped-byte", "bad-manifest",
+               "missing-array", "directory", "object-array"]
+
+
+@pytest.mark.parametrize("damage", NPZ_DAMAGES)
+def test_a_damaged_state_file_of_the_earlier_format_is_named_with_the_way_out(tmp_path,
+                                                                               damage):
     path = tmp_path / "run" / "state.npz"
-    train_state.save_state(path, _state(), meta={"recipe": {"a": 1}})
+    _write_npz_state(path, _state(), meta={"recipe": {"a": 1}})
     raw = path.read_bytes()
     if damage == "truncated":
         path.write_bytes(raw[: len(raw) * 2 // 3])
@@ -72,8 +144,8 @@ def test_a_damaged_state_file_is_named_with_the_way_out(tmp_path, damage):
         arrays["leaf_00000"] = np.array([{"x": 1}], dtype=object)
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-    for call in (lambda: train_state.read_meta(path),
-                 lambda: train_state.restore_state(path, like=_state())):
+    for call in (lambda: train_state.read_npz_meta(path),
+                 lambda: train_state.restore_npz_state(path, like=_state())):
         with pytest.raises(train_state.StateFileError) as info:
             call()
         text = str(info.value)
@@ -84,28 +156,33 @@ def test_a_damaged_state_file_is_named_with_the_way_out(tmp_path, damage):
 
 
 def test_a_sound_state_still_restores_bit_identically(tmp_path):
-    path = tmp_path / "state.npz"
     state = _state()
-    train_state.save_state(path, state, meta={"k": 1})
-    got, meta = train_state.restore_state(path, like=state)
-    assert meta == {"k": 1}
-    for a, b in zip(jax_leaves(got), jax_leaves(state), strict=True):
-        assert np.asarray(a).dtype == np.asarray(b).dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for n in range(3):  # only the newest save is kept
+        train_state.save_state(tmp_path / "state", state, meta={"k": n})
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["3"]
+    got, meta = train_state.restore_state(tmp_path / "state", like=state)
+    assert meta == {"k": 2} and train_state.read_meta(tmp_path / "state") == {"k": 2}
+    _write_npz_state(tmp_path / "state.npz", state, meta={"k": 1})
+    old, old_meta = train_state.restore_npz_state(tmp_path / "state.npz", like=state)
+    assert old_meta == {"k": 1}
+    for tree in (got, old):
+        for a, b in zip(jax_leaves(tree), jax_leaves(state), strict=True):
+            assert np.asarray(a).dtype == np.asarray(b).dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def jax_leaves(tree):
-    import jax
-
     return jax.tree_util.tree_leaves(tree)
 
 
 def test_a_state_whose_arrays_declare_other_shapes_is_refused_before_reading(tmp_path):
-    path = tmp_path / "state.npz"
-    train_state.save_state(path, _state())
     like = {**_state(), "w": jnp.zeros((40, 3), jnp.float32)}
+    train_state.save_state(tmp_path / "state", _state())
     with pytest.raises(ValueError, match=r"\['w'\] is float32\[4, 3\] but this run needs"):
-        train_state.restore_state(path, like=like)
+        train_state.restore_state(tmp_path / "state", like=like)
+    _write_npz_state(tmp_path / "state.npz", _state(), {})
+    with pytest.raises(ValueError, match=r"\['w'\] is float32\[4, 3\] but this run needs"):
+        train_state.restore_npz_state(tmp_path / "state.npz", like=like)
 
 
 # --------------------------------------------------------------------------- 10. sizes
@@ -200,7 +277,8 @@ def test_stale_temp_files_are_swept_and_failed_writes_leave_none(tmp_path, monke
     mine.write_bytes(b"in progress")
     keep = run / "notes.tmp"
     keep.write_bytes(b"not ours")
-    path = train_state.save_state(run / "state.npz", _state())
+    tree = {"embedding": {"kernel": np.zeros((2, 2, 3, 4))}}
+    path = ck.save(tree, run / "export.npz")
     assert not stale.exists() and mine.exists() and keep.exists()
     before = path.read_bytes()
 
@@ -209,12 +287,25 @@ def test_stale_temp_files_are_swept_and_failed_writes_leave_none(tmp_path, monke
 
     monkeypatch.setattr(np, "savez", full_disk)
     with pytest.raises(OSError, match="No space"):
-        train_state.save_state(path, _state())
-    with pytest.raises(OSError, match="No space"):
-        ck.save({"embedding": {"kernel": np.zeros((2, 2, 3, 4))}}, run / "export.npz")
+        ck.save(tree, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        [mine.name, keep.name, "state.npz"])
+        [mine.name, keep.name, "export.npz"])
+
+
+def test_an_unfinished_save_of_a_killed_run_is_ignored_and_removed(tmp_path):
+    folder = tmp_path / "state"
+    train_state.save_state(folder, _state(), meta={"k": 1})
+    # What a run killed while saving leaves: the next save under a temporary name.
+    unfinished = folder / "2.orbax-checkpoint-tmp-1700000000000000"
+    (unfinished / "arrays").mkdir(parents=True)
+    (unfinished / "arrays" / "_METADATA").write_bytes(b"{")
+    assert train_state.read_meta(folder) == {"k": 1}
+    got, _ = train_state.restore_state(folder, like=_state())
+    np.testing.assert_array_equal(np.asarray(got["w"]), np.asarray(_state()["w"]))
+    train_state.save_state(folder, _state(), meta={"k": 2})
+    assert [p.name for p in folder.iterdir()] == ["2"]
+    assert train_state.read_meta(folder) == {"k": 2}
 
 
 # --------------------------------------------------------------------------- Also: umask
@@ -226,12 +317,15 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
 
     old = os.umask(umask)
     try:
-        state = train_state.save_state(tmp_path / "state.npz", _state())
+        state = train_state.save_state(tmp_path / "state", _state())
         export = ck.save(ck.unflatten(fake_params("testing", num_classes=3, resolution=32)),
                          tmp_path / "export.npz")
     finally:
         os.umask(old)
-    assert state.stat().st_mode & 0o777 == mode
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {mode}
+    folders = [state, *(p for p in state.rglob("*") if p.is_dir())]
+    assert {p.stat().st_mode & 0o777 for p in folders} == {mode | (mode & 0o444) >> 2}
     assert export.stat().st_mode & 0o777 == mode
 
 

@@ -64,12 +64,16 @@ def test_every_readme_cli_command_parses():
     text = (REPO / "README.md").read_text()
     lines = []
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # joins continued lines
             words = shlex.split(line, comments=True)
             if ">" in words:  # drop a shell redirection
                 words = words[: words.index(">")]
+            if words and words[-1] == "&":  # started in the background
+                words = words[:-1]
             while words and "=" in words[0] and not words[0].startswith("-"):
                 words = words[1:]  # leading VAR=value assignments
+            if words[:3] == ["python", "-m", "augreg_nb"]:
+                words = ["augreg-nb", *words[3:]]
             if words and words[0].endswith("augreg-nb"):
                 lines.append(words)
     assert len(lines) >= 15, lines

@@ -3,6 +3,7 @@ accumulation, device independence, real sharding, bitwise resume, NaN stop, OOM 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,18 @@ import numpy as np
 import pytest
 
 from augreg_nb import input_pipeline as ip
+from augreg_nb import train_state
 from augreg_nb.callbacks import Callback, LivePlot
 from augreg_nb.config import get_config
-from augreg_nb.train import TrainData, TrainingDiverged, evaluate, fit, oom_advice
+from augreg_nb.train import (
+    TrainData,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    oom_advice,
+    optimizer_for,
+)
+from augreg_nb.train_state import TrainState
 from tests.conftest import REPO, run_python
 
 NUM_CLASSES = 4
@@ -236,7 +246,7 @@ def test_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert (tmp_path / "cut" / "state.npz").exists()
+    assert train_state.saved(tmp_path / "cut" / "state")
     config = small_config(total_steps=30, checkpoint_every=10, eval_every=15)
     resumed = run(config, tmp_path / "cut")
     full = run(config, tmp_path / "full")
@@ -249,8 +259,16 @@ class _CopyState(Callback):
         self.workdir, self.step, self.dest = workdir, step, dest
 
     def on_log(self, step, metrics):
-        if step == self.step:  # the state file then holds the state of step - 1
-            self.dest.write_bytes((self.workdir / "state.npz").read_bytes())
+        if step == self.step:  # the state folder then holds the state of step - 1
+            shutil.copytree(self.workdir / "state", self.dest)
+
+
+def _saved_leaves(folder, config):
+    """{tree path: numpy array} of the state saved in ``folder`` by a run of ``config``."""
+    like = TrainState.create(init_params(), optimizer_for(config))
+    state, _ = train_state.restore_state(folder, like=like)
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path):
@@ -262,15 +280,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path):
     # The kept state is exactly the state after step 8 of a clean run with the same recipe.
     ref = tmp_path / "ref"
     config.checkpoint_every = 8
-    run(config, ref, callbacks=[_CopyState(ref, 9, tmp_path / "step8.npz")])
-    kept, want = np.load(info.value.state_path), np.load(tmp_path / "step8.npz")
-    paths = json.loads(want["__manifest__"].tobytes())["paths"]
-    for i, path in enumerate(paths):
+    run(config, ref, callbacks=[_CopyState(ref, 9, tmp_path / "step8")])
+    kept = _saved_leaves(info.value.state_path, config)
+    want = _saved_leaves(tmp_path / "step8", config)
+    assert list(kept) == list(want)
+    for path in kept:
         if "nonfinite_step" in path:
-            assert kept[f"leaf_{i:05d}"] == 9 and want[f"leaf_{i:05d}"] == 0
+            assert kept[path] == 9 and want[path] == 0
         else:
-            assert np.array_equal(kept[f"leaf_{i:05d}"], want[f"leaf_{i:05d}"]), path
-    assert sum("params" in p for p in paths) == 4
+            assert np.array_equal(kept[path], want[path]), path
+    assert sum("params" in p for p in kept) == 4
 
 
 def test_resume_refuses_a_different_recipe(tmp_path):
@@ -355,7 +374,7 @@ def test_stop_request_saves_the_state_and_resumes_bitwise(tmp_path):
         run(config, tmp_path / "cut", callbacks=[_RequestStopAt(10)])
     assert info.value.step == 10  # the step that was running, not the last checkpoint (0)
     assert "stopped at step 10 of 30" in str(info.value) and "resumes" in str(info.value)
-    assert info.value.state_path.is_file()
+    assert train_state.saved(info.value.state_path)
     resumed = run(config, tmp_path / "cut")
     for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
         assert np.array_equal(a, b)
@@ -379,7 +398,39 @@ def test_keyboard_interrupt_in_a_step_becomes_a_saved_stop(tmp_path):
     data = TrainData(data.num_classes, interrupted, data.eval_batches)
     with pytest.raises(TrainingStopped) as info:
         run(config, tmp_path / "cut", data=data)
-    assert info.value.step == 12 and info.value.state_path.is_file()
+    assert info.value.step == 12 and train_state.saved(info.value.state_path)
     resumed = run(config, tmp_path / "cut")
     for a, b in zip(leaves(full.params), leaves(resumed.params), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_state_file_of_the_earlier_format_is_resumed_once(tmp_path):
+    from tests.test_failure_paths_files import _write_npz_state
+
+    config = small_config(total_steps=30, checkpoint_every=10, eval_every=15)
+    full = run(config, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "cut", callbacks=[_StopAt(25)])  # last saved: step 20
+    # The same state as an earlier version wrote it: one state.npz in the workdir.
+    like = TrainState.create(init_params(), optimizer_for(config))
+    state, _ = train_state.restore_state(tmp_path / "cut" / "state", like=like)
+    meta = train_state.read_meta(tmp_path / "cut" / "state")
+    shutil.rmtree(tmp_path / "cut" / "state")
+    _write_npz_state(tmp_path / "cut" / "state.npz", state, meta)
+    resumed = run(config, tmp_path / "cut")
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(full.params),
+                                                    leaves(resumed.params), strict=True))
+    assert not (tmp_path / "cut" / "state.npz").exists()
+    assert train_state.read_meta(tmp_path / "cut" / "state")["step"] == 30
+
+
+def test_a_run_killed_in_its_first_save_starts_over(tmp_path):
+    config = small_config(total_steps=5)
+    unfinished = tmp_path / "state" / "1.orbax-checkpoint-tmp-1700000000"
+    (unfinished / "arrays").mkdir(parents=True)
+    out = run(config, tmp_path)
+    assert list(out.history.step)[-1] == 5 and not unfinished.exists()
+    (tmp_path / "state").rename(tmp_path / "elsewhere")
+    (tmp_path / "state").write_bytes(b"not a state folder")
+    with pytest.raises(train_state.StateFileError, match="it is a file, not a folder"):
+        run(config, tmp_path)

@@ -103,7 +103,7 @@ def test_cli_check_lists_the_datasets(tmp_path, capsys):
 
 def fake_finished_runs(root, rng, resolution=32) -> dict[str, list[dict]]:
     """Finished runs on disk for every task and grid point, as a fine-tune leaves them
-    (result.json with an index row, state.npz); returns the rows per task."""
+    (result.json with an index row, a save in state/); returns the rows per task."""
     written = {}
     for name in vtab.names():
         rows = []
@@ -117,7 +117,7 @@ def fake_finished_runs(root, rng, resolution=32) -> dict[str, list[dict]]:
                        adapt_final_val=int(rng.integers(0, 201)) / 200,
                        adapt_final_test=float(rng.uniform()), adapt_filename=f"{name}-{steps}-{lr}")
             (workdir / "result.json").write_text(json.dumps({"result_row": row}))
-            (workdir / "state.npz").write_bytes(b"")
+            (workdir / "state" / "1").mkdir(parents=True)
             rows.append(row)
         written[name] = rows
     return written

@@ -349,7 +349,7 @@ def test_stop_saves_the_run_and_start_resumes_it(tmp_path, monkeypatch, catalogu
     panel.wait(120)
     assert panel.messages.kind == "warning", panel.messages.text
     assert panel.messages.text.startswith("stopped at step 1 of 20; Start resumes")
-    assert panel.stopped.state_path.is_file() and panel.result is None
+    assert panel.stopped.state_path.is_dir() and panel.result is None
     assert panel.export_button.disabled and not panel.start_button.disabled
     # Library chatter of the run stays out of the notebook, in a collapsed details block.
     assert "Traceback" not in panel.library_output

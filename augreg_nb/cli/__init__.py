@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Libraries that log through absl (orbax at every save, TFDS) speak at -v only.
+    logging.getLogger("absl").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

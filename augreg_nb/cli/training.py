@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+from augreg_nb import distributed
 
 _SETS = {"action": "append", "metavar": "KEY=VALUE",
          "help": "override a config field (repeatable), e.g. --set micro_batches=16"}
+
+
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    """The options of a run over several processes (hosts); all three or none."""
+    g = p.add_argument_group(
+        "several processes (all three or none; without them JAX's cluster detection "
+        "decides, and a plain machine runs alone)")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="address of process 0, where the processes meet")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
+    g.add_argument("--heartbeat-timeout", type=int, metavar="S",
+                   default=distributed.HEARTBEAT_TIMEOUT_S,
+                   help="seconds after which a silent process counts as dead and the others "
+                   f"stop (default: {distributed.HEARTBEAT_TIMEOUT_S})")
 
 
 def register(sub) -> None:
@@ -21,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--set", **_SETS)
     p.add_argument("--workdir", help="run folder (state, history, export)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_process_args(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
@@ -36,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--set", **_SETS)
     p.add_argument("--root", help="folder of the sweep's runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_process_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
@@ -46,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--set", **_SETS)
     p.add_argument("--workdir", help="run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_process_args(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -67,17 +88,34 @@ def _print_row(row: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def _join(args: argparse.Namespace) -> bool:
+    """Join the other processes of the run (before any JAX computation); True in the
+    process that reports (process 0, or the only one)."""
+    from augreg_nb import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           heartbeat_timeout_s=args.heartbeat_timeout)
+    if not distributed.is_main_process():  # process 0 reports for all
+        logging.getLogger().setLevel(logging.WARNING)
+        return False
+    return True
+
+
 def _progress(args: argparse.Namespace) -> list:
+    from augreg_nb import distributed
     from augreg_nb.callbacks import ProgressBar
 
-    return [] if args.no_progress else [ProgressBar()]
+    return [] if args.no_progress or not distributed.is_main_process() else [ProgressBar()]
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    main = _join(args)
     from augreg_nb.train import finetune
 
     config = _config_from_args(args)
     result = finetune(config, callbacks=_progress(args))
+    if not main:
+        return 0
     _print_row(result.result_row)
     print(f"workdir: {result.workdir}")
     if result.export_path:
@@ -86,6 +124,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    main = _join(args)
     from augreg_nb.config import default_sweep_root
     from augreg_nb.sweep import SWEEP_TABLE, sweep
 
@@ -98,6 +137,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         learning_rates=args.lr, lengths=args.steps, resolutions=args.resolution,
         callbacks=None if args.no_progress else (lambda c: _progress(args)),
     )
+    if not main:
+        return 0
     cols = ["adapt_steps", "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test"]
     print(result.table[cols].to_string(index=False))
     print(f"best by val: {result.best['adapt_filename']} val {result.best['adapt_final_val']:.4f}"
@@ -107,9 +148,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    main = _join(args)
     from augreg_nb.sweep import reproduce
 
     out = reproduce(args.adapt_filename, workdir=args.workdir, overrides=args.set or [],
                     callbacks=_progress(args))
-    _print_row(out)
+    if main:
+        _print_row(out)
     return 0

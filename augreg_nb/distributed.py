@@ -1,0 +1,171 @@
+"""Several processes, one training run: JAX's multi-controller runtime, joined before any
+JAX computation.
+
+Every process (one per host, or several on one machine) runs the same program. Before the
+first JAX computation each joins the others::
+
+    from augreg_nb import distributed
+    distributed.initialize(coordinator_address="10.0.0.1:1234", num_processes=2,
+                           process_id=0)             # 1 on the other host
+    # ... then finetune(config) / sweep(...) exactly as on one machine
+
+    augreg-nb finetune --coordinator-address 10.0.0.1:1234 --num-processes 2 --process-id 0
+
+With no arguments, :func:`initialize` joins only when JAX's own cluster detection finds a
+cluster of several processes (Cloud TPU pod slices, SLURM, Open MPI, ... or the
+``JAX_COORDINATOR_ADDRESS`` variable); on a plain single machine it does nothing, so the same
+command runs everywhere. Process ``0`` also hosts the coordination service at
+``coordinator_address``. On CPU the processes exchange data through gloo collectives
+(selected here before the backend starts); ``local_cpu_devices`` gives each process that
+many virtual CPU devices (for tests and demonstrations on one machine).
+
+After joining, :func:`jax.devices` lists the devices of every process, the training mesh
+spans them all, each process feeds its own share of every batch, and process 0 alone writes
+results, exports and histories (the training state is written by all, each its shards). If
+a process dies, JAX's coordination service ends the others with a message saying that
+another task died, once it has been silent for ``heartbeat_timeout_s`` seconds, and the same
+commands started again resume from the last saved state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+#: Seconds without a heartbeat after which a process counts as dead (JAX's default: 100).
+HEARTBEAT_TIMEOUT_S = 100
+#: Seconds a finishing process waits for the others at shutdown (JAX's default: 300).
+SHUTDOWN_TIMEOUT_S = 300
+
+
+def _address_ok(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def check_arguments(coordinator_address: str | None, num_processes: int | None,
+                    process_id: int | None) -> bool:
+    """Raise ValueError for an incomplete or impossible set; True when they are given."""
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if not any(given):
+        return False
+    if not all(given):
+        missing = [name for name, g in zip(
+            ("coordinator_address", "num_processes", "process_id"), given, strict=True)
+            if not g]
+        raise ValueError(
+            f"several processes need all three of coordinator_address, num_processes and "
+            f"process_id (--coordinator-address HOST:PORT --num-processes N --process-id I); "
+            f"missing: {', '.join(missing)}. Give none of them to run on one machine (or to "
+            "let JAX detect a cluster)."
+        )
+    if not _address_ok(str(coordinator_address)):
+        raise ValueError(f"coordinator_address={coordinator_address!r} must be HOST:PORT, e.g. "
+                         "10.0.0.1:1234 (the host of process 0 and a free port)")
+    if int(num_processes) < 1:
+        raise ValueError(f"num_processes={num_processes} must be at least 1")
+    if not 0 <= int(process_id) < int(num_processes):
+        raise ValueError(f"process_id={process_id} must be in 0..{int(num_processes) - 1} "
+                         f"(one distinct id per process)")
+    return True
+
+
+def detected_cluster() -> str | None:
+    """The name of the multi-process cluster JAX's own detection finds here, or None.
+
+    ``JAX_COORDINATOR_ADDRESS`` counts as a cluster; otherwise JAX's cluster environments
+    (Cloud TPU, SLURM, Open MPI, Kubernetes; not the opt-in ones such as mpi4py) are asked,
+    and one counts only when it reports more than one process.
+    """
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    try:  # JAX's detection itself; its home has moved before, so absence means "none"
+        from jax._src import clusters
+
+        kinds = list(clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError):
+        return None
+    for kind in kinds:
+        if getattr(kind, "opt_in_only_method", False):
+            continue
+        try:
+            if kind.is_env_present() and int(kind.get_process_count()) > 1:
+                return getattr(kind, "name", "") or kind.__name__
+        except Exception as err:  # noqa: BLE001 - a half-configured environment: not ours
+            logger.debug("cluster detection %s: %s", kind.__name__, err)
+    return None
+
+
+def is_initialized() -> bool:
+    """True once this process has joined a multi-process run."""
+    import jax
+
+    check = getattr(jax.distributed, "is_initialized", None)
+    if check is not None:
+        return bool(check())
+    from jax._src import distributed as state
+
+    return state.global_state.client is not None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_cpu_devices: int | None = None,
+               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
+    """Join the processes of one run (see the module docstring); True when joined.
+
+    All three of ``coordinator_address`` ("HOST:PORT" of process 0), ``num_processes`` and
+    ``process_id`` (0 .. num_processes - 1), or none: then JAX's cluster detection decides
+    (:func:`detected_cluster`), and without a cluster nothing happens. Must run before any
+    JAX computation (else JAX refuses). ``local_cpu_devices`` sets the number of virtual
+    CPU devices of this process.
+    """
+    import jax
+
+    explicit = check_arguments(coordinator_address, num_processes, process_id)
+    if local_cpu_devices is not None:
+        _set_cpu_devices(int(local_cpu_devices))
+    cluster = None if explicit else detected_cluster()
+    if not explicit and cluster is None:
+        return False
+    if is_initialized():
+        return True
+    # CPU devices of different processes talk through gloo; harmless for GPU and TPU
+    # runs (it only concerns the CPU backend), and it must be set before that starts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s),
+              "shutdown_timeout_seconds": int(shutdown_timeout_s)}
+    accepted = inspect.signature(jax.distributed.initialize).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    if explicit:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=int(num_processes),
+                                   process_id=int(process_id), **kwargs)
+    else:
+        jax.distributed.initialize(**kwargs)
+    logger.info("process %d of %d joined (%s); devices: %d here, %d in all",
+                jax.process_index(), jax.process_count(),
+                coordinator_address if explicit else f"detected: {cluster}",
+                jax.local_device_count(), jax.device_count())
+    return True
+
+
+def _set_cpu_devices(count: int) -> None:
+    """``count`` virtual CPU devices in this process (before the CPU backend starts)."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except AttributeError:  # a JAX without the option: the XLA flag does the same
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+
+
+def is_main_process() -> bool:
+    """True in process 0, the one that writes results, exports and logs."""
+    import jax
+
+    return jax.process_index() == 0
