@@ -178,13 +178,9 @@ def _compile(config, model, num_classes, recipe, devices, attention_impl) -> Ste
     num_devices = len(devices)
     mesh = ip.data_mesh(devices)
     params = abstract_params(model, num_classes, config.resolution)
-    p_shard = ts.param_shardings(params, mesh, config.param_sharding)
     tx = recipe.tx
-    # As fit does: the state is created by a jitted TrainState.create on the placed
-    # parameters, and keeps the shardings that compilation chose for the optimiser state.
-    params_in = _placed(params, p_shard)
-    init = jax.jit(lambda p: TrainState.create(p, tx)).lower(params_in).compile()
-    state_sharding = init.output_shardings.replace(params=p_shard)
+    # As fit places it (train_step.create_state): the parameters' rule for every array.
+    state_sharding = ts.state_shardings(params, tx, mesh, config.param_sharding)
     state_in = _placed(jax.eval_shape(lambda p: TrainState.create(p, tx), params), state_sharding)
     batch_sh = ip.batch_sharding(mesh)
     res, n = config.resolution, config.global_batch

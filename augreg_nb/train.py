@@ -308,10 +308,7 @@ class _Run:
         self.legacy_path = workdir / LEGACY_STATE_FILE
         self.schedule = ts.schedule_from_config(config)
         tx = optimizer_for(config)
-        p_shard = ts.param_shardings(params, mesh, config.param_sharding)
-        state = jax.jit(lambda p: TrainState.create(p, tx))(jax.device_put(params, p_shard))
-        sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
-        self.state = jax.device_put(state, sharding)
+        self.state, sharding = ts.create_state(params, tx, mesh, config.param_sharding)
         self.history = History()
         # A state folder without a complete save is the first save of a killed run: start
         # over. Anything else there resumes (or is named as damaged).

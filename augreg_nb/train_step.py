@@ -160,6 +160,27 @@ def param_shardings(params, mesh: Mesh, mode: str = "replicated", min_size: int 
     return jax.tree.map(one, params)
 
 
+def state_shardings(params, tx: optax.GradientTransformation, mesh: Mesh,
+                    mode: str = "replicated") -> TrainState:
+    """Shardings for the whole training state of ``params`` under optimiser ``tx``: the rule
+    of :func:`param_shardings` applied to every array of the state. With ``"sharded"`` the
+    optimiser's arrays shaped like the parameters (SGD's momentum, Adam's two moments) are
+    split exactly as their parameters are, so a device holds 1/n of them too; step counters
+    and other small arrays stay replicated. ``params`` may be abstract
+    (``jax.ShapeDtypeStruct``)."""
+    abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
+    return param_shardings(abstract, mesh, mode)
+
+
+def create_state(params, tx: optax.GradientTransformation, mesh: Mesh,
+                 mode: str = "replicated") -> tuple[TrainState, TrainState]:
+    """A new training state placed by :func:`state_shardings`, and those shardings."""
+    sharding = state_shardings(params, tx, mesh, mode)
+    placed = jax.device_put(params, sharding.params)
+    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=sharding)(placed)
+    return state, sharding
+
+
 def _onehot(labels, num_classes: int):
     if labels.ndim == 1:
         return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)

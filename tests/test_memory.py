@@ -51,12 +51,13 @@ def test_state_bytes_per_device_match_a_count_by_hand(python_runner):
     # Only the head's kernel (32 x 8192 = 2**18 elements) is large enough to be sharded;
     # it is split 8 ways along its 8192 classes.
     params = {"replicated": 4 * n_params, "sharded": 4 * (n_params - head) + 4 * head // 8}
-    momentum = 2 * n_params  # bfloat16, whole on every device (fit places only parameters)
+    # bfloat16, split like its parameter: only the head kernel's momentum is sharded too.
+    momentum = {"replicated": 2 * n_params, "sharded": 2 * (n_params - head) + 2 * head // 8}
     scalars = 3 * 4  # step, first non-finite step, the schedule's update count (int32)
     batch_slice = batch // devices * (32 * 32 * 3 * 4 + 4)  # float32 images, int32 labels
     for sharding in ("replicated", "sharded"):
         r = res[sharding]
-        state = params[sharding] + momentum + scalars
+        state = params[sharding] + momentum[sharding] + scalars
         assert r["state_bytes"] == state, sharding
         assert r["argument_bytes"] == state + batch_slice, sharding
         assert r["alias_bytes"] == state, sharding  # the donated state is updated in place
@@ -68,7 +69,8 @@ def test_state_bytes_per_device_match_a_count_by_hand(python_runner):
         assert r["peak_bytes"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"]
                                    + r["temp_bytes"])
         assert r["images_per_device"] == 2
-    saved = params["replicated"] - params["sharded"]
+    saved = (params["replicated"] - params["sharded"]
+             + momentum["replicated"] - momentum["sharded"])
     assert res["replicated"]["state_bytes"] - res["sharded"]["state_bytes"] == saved
     assert res["sharded"]["peak_bytes"] < res["replicated"]["peak_bytes"]
 

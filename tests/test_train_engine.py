@@ -178,6 +178,9 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
         params = jax.device_put(init_params(), ts.param_shardings(init_params(), mesh8))
         big = {"w": np.zeros((64, 4096), np.float32), "b": np.zeros(7, np.float32)}
         sharded = ts.param_shardings(big, mesh8, "sharded")
+        import optax
+        state, _ = ts.create_state(big, optax.sgd(0.1, momentum=0.9), mesh8, "sharded")
+        (trace,) = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 2]
         print(json.dumps({
             "diff": diff,
             "loss_diff": float(np.max(np.abs(a.history.loss.values - b.history.loss.values))),
@@ -188,6 +191,8 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
                                      for x in jax.tree.leaves(params)),
             "params_devices": len(jax.tree.leaves(params)[0].sharding.device_set),
             "big_spec": list(sharded["w"].spec), "small_spec": list(sharded["b"].spec),
+            "momentum_spec": list(trace.sharding.spec),
+            "momentum_shard": list(trace.addressable_shards[0].data.shape),
         }))
         """,
         devices=8,
@@ -200,6 +205,8 @@ def test_eight_devices_equal_one_and_the_sharding_is_real():
     assert res["params_replicated"] and res["params_devices"] == 8
     assert res["big_spec"] == [None, "data"]
     assert res["small_spec"] == []
+    # The optimiser's momentum is split like its parameter: 1/8 of it on each device.
+    assert res["momentum_spec"] == [None, "data"] and res["momentum_shard"] == [64, 512]
 
 
 class _StopAt(Callback):
