@@ -220,15 +220,20 @@ def read_meta(directory: str | os.PathLike) -> dict:
     return _read_manifest(Path(directory))[1].get("meta", {})
 
 
-def _check_like(where: Path, manifest: dict, like) -> None:
-    names = _path_names(like)
-    if names != manifest["paths"]:
-        diff = sorted(set(names) ^ set(manifest["paths"]))[:5]
+def _same_entries(where: Path, names: list[str], stored: list[str]) -> None:
+    """Refuse a saved state whose entries are not those of the state being resumed."""
+    if names != stored:
+        diff = sorted(set(names) ^ set(stored))[:5]
         raise ValueError(
             f"{where} holds a different training state (differing entries: {diff}); it was "
             "written for another model, task or optimiser setting. Use a new workdir or "
             "delete the old state."
         )
+
+
+def _check_like(where: Path, manifest: dict, like) -> None:
+    names = _path_names(like)
+    _same_entries(where, names, manifest["paths"])
     for name, shape, dtype, ref in zip(names, manifest["shapes"], manifest["dtypes"],
                                        jax.tree_util.tree_leaves(like), strict=True):
         ref_shape, ref_dtype = list(np.shape(ref)), str(getattr(ref, "dtype", dtype))
@@ -343,13 +348,7 @@ def restore_npz_state(path: str | os.PathLike, *, like):
     headers, manifest = _open_state(path)
     template, treedef = jax.tree_util.tree_flatten(like)
     names = _path_names(like)
-    if names != manifest["paths"]:
-        diff = sorted(set(names) ^ set(manifest["paths"]))[:5]
-        raise ValueError(
-            f"{path} holds a different training state (differing entries: {diff}); it was "
-            "written for another model, task or optimiser setting. Use a new workdir or "
-            "delete the old state file."
-        )
+    _same_entries(path, names, manifest["paths"])
     keys = [f"leaf_{i:05d}" for i in range(len(names))]
     for name, key, dtype, ref in zip(names, keys, manifest["dtypes"], template, strict=True):
         head = headers[key]

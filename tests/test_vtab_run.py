@@ -190,18 +190,10 @@ def test_choice_by_val_rows_and_table5(tmp_path):
 
 
 def tiny_base(tmp_path):
-    c = get_config("smoke")
-    c.resolution = 16
-    c.global_batch = 4
-    c.micro_batches = 1
-    c.eval_batch = 8
-    c.log_every = 1
-    c.checkpoint_every = 0
-    c.eval_every = 0
-    c.shuffle_buffer = 8
-    c.export = False
-    c.data_dir = str(tmp_path)
-    return c
+    """The VTAB panel's smoke config (fake tiny model, 16 px, batch 4), data under tmp_path."""
+    from augreg_nb.widgets.vtab_panel import smoke_base
+
+    return smoke_base(tmp_path)
 
 
 @pytest.fixture

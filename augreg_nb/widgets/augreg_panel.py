@@ -35,6 +35,7 @@ from augreg_nb.widgets.common import (
     guarded,
     stop_on_kernel_interrupt,
     table_html,
+    wait_for,
 )
 from augreg_nb.widgets.finetune_panel import export_result_row, task_choices
 
@@ -236,13 +237,7 @@ class AugregPanel:
     def wait(self, timeout: float | None = None) -> None:
         """Block until a grid started with the Start button has ended. An interrupt
         (Ctrl-C, the kernel's stop button) while waiting stops the grid instead of raising."""
-        if self.thread is None:
-            return
-        try:
-            self.thread.join(timeout)
-        except KeyboardInterrupt:
-            self.stop("interrupted")
-            self.thread.join()
+        wait_for(self, self.thread, timeout)
 
     def heatmap(self):
         """Your Figure-4-style heat map of the finished runs (test accuracy); before the

@@ -366,3 +366,16 @@ def stop_on_kernel_interrupt(panel) -> None:
 
     on_interrupt._augreg_panel = panel  # type: ignore[attr-defined]
     kernel.saved_sigint_handler = on_interrupt
+
+
+def wait_for(panel, thread, timeout: float | None = None) -> None:
+    """Block until ``thread`` (a panel's background work, or None) ends. An interrupt
+    (Ctrl-C, the kernel's stop button) while waiting calls ``panel.stop("interrupted")``
+    and waits for the work to end there instead of raising."""
+    if thread is None:
+        return
+    try:
+        thread.join(timeout)
+    except KeyboardInterrupt:
+        panel.stop("interrupted")
+        thread.join()

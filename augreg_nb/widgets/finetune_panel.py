@@ -57,6 +57,7 @@ from augreg_nb.widgets.common import (
     set_options,
     stop_on_kernel_interrupt,
     table_html,
+    wait_for,
 )
 from augreg_nb.widgets.index_browser import recommended_files
 
@@ -613,13 +614,7 @@ class FinetunePanel:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is over. An interrupt (Ctrl-C, the kernel's stop button)
         while waiting stops the run after its current step instead of raising."""
-        if self._thread is None:
-            return
-        try:
-            self._thread.join(timeout)
-        except KeyboardInterrupt:
-            self.stop("interrupted")
-            self._thread.join()
+        wait_for(self, self._thread, timeout)
 
     def _on_export(self, _button=None) -> None:
         @guarded(self.messages, "Exporting")

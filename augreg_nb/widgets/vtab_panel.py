@@ -55,6 +55,7 @@ from augreg_nb.widgets.common import (
     quiet_libraries,
     stop_on_kernel_interrupt,
     table_html,
+    wait_for,
 )
 from augreg_nb.widgets.finetune_panel import checkpoint_choices
 
@@ -724,13 +725,7 @@ class VtabPanel:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the sweep is over. An interrupt (Ctrl-C, the kernel's stop button)
         while waiting stops the sweep instead of raising."""
-        if self._thread is None:
-            return
-        try:
-            self._thread.join(timeout)
-        except KeyboardInterrupt:
-            self.stop("interrupted")
-            self._thread.join()
+        wait_for(self, self._thread, timeout)
 
     # -- Table 5 and Figure 3 --------------------------------------------------------------
     def table5(self):
