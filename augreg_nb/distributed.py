@@ -22,8 +22,10 @@ many virtual CPU devices (for tests and demonstrations on one machine).
 After joining, :func:`jax.devices` lists the devices of every process, the training mesh
 spans them all, each process feeds its own share of every batch, and process 0 alone writes
 results, exports and histories (the training state is written by all, each its shards). If
-a process dies, JAX's coordination service ends the others with a message saying that
-another task died, once it has been silent for ``heartbeat_timeout_s`` seconds, and the same
+a process dies, the others stop: a collective that can no longer reach it fails at once, and
+the command line says so (:func:`lost_peer`) and leaves; a process that was not in a
+collective is ended by JAX's coordination service, with its own message that another task
+died, once the dead one has been silent for ``heartbeat_timeout_s`` seconds. The same
 commands started again resume from the last saved state.
 """
 
@@ -32,6 +34,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
+import sys
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +174,39 @@ def is_main_process() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+#: What a collective's error says when another process of the run has gone away: gloo (CPU)
+#: or NCCL losing its connection, the coordination service reporting a task as unhealthy.
+_PEER_GONE = re.compile(
+    r"gloo|nccl|connection (?:reset|refused|closed)|broken pipe|unavailable|heartbeat|"
+    r"another task|tasks? (?:have|has) crashed", re.IGNORECASE)
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """When this process belongs to a run of several and ``err`` is a collective failing
+    because another process went away (killed, crashed, its host lost): a message saying so
+    and what to do. None otherwise (also in a single-process run)."""
+    if "jax" not in sys.modules or not is_initialized():
+        return None
+    import jax
+
+    count = jax.process_count()
+    if count < 2 or not _PEER_GONE.search(str(err)):
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"another process of this {count}-process run stopped answering (killed, crashed "
+            f"or its host lost), so process {jax.process_index()} stops too. Start all "
+            f"{count} commands again with the same --workdir: the run resumes from its last "
+            f"saved state. (The collective's error: {first})")
+
+
+def end_now(code: int) -> NoReturn:
+    """Leave the process at once. After another process of the run is gone, JAX's normal
+    shutdown would wait for it and then abort with a stack trace; nothing is lost by
+    skipping it, since every save of the training state is committed before training goes
+    on."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from augreg_nb import __version__
 from augreg_nb.cli import catalogue, fetch, figures, predict, training, vtab
@@ -68,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (ValueError, RuntimeError, OSError) as err:
+        from augreg_nb import distributed
+
+        lost = distributed.lost_peer(err)
+        if lost is not None:  # another process of the run is gone: say so, leave at once
+            if args.verbose:
+                traceback.print_exc()
+            print(f"augreg-nb {args.command}: error: {lost}", file=sys.stderr)
+            distributed.end_now(1)
         # Expected, explained failures: print the message (which names the fix), no traceback.
         if args.verbose:
             raise
