@@ -22,11 +22,11 @@ many virtual CPU devices (for tests and demonstrations on one machine).
 After joining, :func:`jax.devices` lists the devices of every process, the training mesh
 spans them all, each process feeds its own share of every batch, and process 0 alone writes
 results, exports and histories (the training state is written by all, each its shards). If
-a process dies, the others stop: a collective that can no longer reach it fails at once, and
-the command line says so (:func:`lost_peer`) and leaves; a process that was not in a
-collective is ended by JAX's coordination service, with its own message that another task
-died, once the dead one has been silent for ``heartbeat_timeout_s`` seconds. The same
-commands started again resume from the last saved state.
+a process dies, the others stop. Usually JAX's coordination service ends them, with its own
+message that another task died, once the dead one has been silent for
+``heartbeat_timeout_s`` seconds; when a collective fails first because it can no longer
+reach the dead process, the command line says so (:func:`lost_peer`) and leaves at once.
+The same commands started again resume from the last saved state.
 """
 
 from __future__ import annotations
