@@ -51,7 +51,6 @@ from augreg_nb import config as config_lib
 from augreg_nb import input_pipeline as ip
 from augreg_nb import train_step as ts
 from augreg_nb.models import abstract_params, create_model
-from augreg_nb.train_state import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +179,8 @@ def _compile(config, model, num_classes, recipe, devices, attention_impl) -> Ste
     params = abstract_params(model, num_classes, config.resolution)
     tx = recipe.tx
     # As fit places it (train_step.create_state): the parameters' rule for every array.
-    state_sharding = ts.state_shardings(params, tx, mesh, config.param_sharding)
-    state_in = _placed(jax.eval_shape(lambda p: TrainState.create(p, tx), params), state_sharding)
+    state_in = ts.abstract_state(params, tx, mesh, config.param_sharding)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state_in)
     batch_sh = ip.batch_sharding(mesh)
     res, n = config.resolution, config.global_batch
     batch_in = {"image": jax.ShapeDtypeStruct((n, res, res, 3), jnp.float32, sharding=batch_sh),
@@ -206,11 +205,6 @@ def _compile(config, model, num_classes, recipe, devices, attention_impl) -> Ste
         alias_bytes=int(stats.alias_size_in_bytes),
         temp_bytes=int(stats.temp_size_in_bytes),
         state_bytes=shard_bytes(state_in), compile_s=time.perf_counter() - started)
-
-
-def _placed(tree, shardings):
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def shard_bytes(tree) -> int:

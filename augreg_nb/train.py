@@ -72,7 +72,6 @@ from augreg_nb.resources import ENV_INDEX
 from augreg_nb.sources import index_cache_path
 from augreg_nb.tasks import get_task
 from augreg_nb.train_state import (
-    TrainState,
     read_meta,
     read_npz_meta,
     restore_npz_state,
@@ -619,10 +618,7 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
     abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
     tx = optimizer_for(config)
     mesh = mesh if mesh is not None else ip.data_mesh()
-    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    like = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
-        jax.eval_shape(lambda p: TrainState.create(p, tx), abstract))
+    like = ts.abstract_state(abstract, tx, mesh)  # replicated: read whole on every device
     try:
         state, _ = restore_state(state_path, like=like)
     except ValueError as err:  # another tree than this config builds: train as usual

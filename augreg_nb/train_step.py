@@ -168,8 +168,17 @@ def state_shardings(params, tx: optax.GradientTransformation, mesh: Mesh,
     split exactly as their parameters are, so a device holds 1/n of them too; step counters
     and other small arrays stay replicated. ``params`` may be abstract
     (``jax.ShapeDtypeStruct``)."""
+    return jax.tree.map(lambda x: x.sharding, abstract_state(params, tx, mesh, mode))
+
+
+def abstract_state(params, tx: optax.GradientTransformation, mesh: Mesh,
+                   mode: str = "replicated") -> TrainState:
+    """The training state of ``params`` as ``jax.ShapeDtypeStruct`` leaves carrying the
+    shardings of :func:`state_shardings`: what a restore or a compilation needs, with
+    nothing allocated."""
     abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
-    return param_shardings(abstract, mesh, mode)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, param_shardings(abstract, mesh, mode))
 
 
 def create_state(params, tx: optax.GradientTransformation, mesh: Mesh,
