@@ -183,6 +183,15 @@ class LabPage:
                 )
             self.page.wait_for_timeout(500)
 
+    def run_notebook(self, path: str, timeout: float = 240) -> list[int]:
+        """Open ``path``, Run All, wait until every cell has run, and check that no cell
+        raised and every widget output rendered; the indexes of the widget cells."""
+        self.open(path)
+        self.run_all()
+        self.wait_until_executed(timeout=timeout)
+        self.assert_no_errors()
+        return self.assert_widgets_rendered()
+
     def assert_no_page_errors(self) -> None:
         """No uncaught exception in the page's JavaScript (widget views included)."""
         errors = [line for line in self.console if "[pageerror]" in line]

@@ -66,11 +66,7 @@ def _write_probe(root) -> str:
 
 def test_widgets_reach_the_kernel(lab_page, jupyter_lab):
     nb = lab_page
-    nb.open(_write_probe(jupyter_lab.root_dir))
-    nb.run_all()
-    nb.wait_until_executed(timeout=90)
-    nb.assert_no_errors()
-    assert nb.assert_widgets_rendered() == [0]
+    assert nb.run_notebook(_write_probe(jupyter_lab.root_dir), timeout=90) == [0]
     assert nb.assert_images_rendered() == [1]
 
     area = nb.outputs(0)
@@ -150,11 +146,7 @@ def _assert_fits(area, what: str) -> None:
 
 def test_choose_checkpoint_notebook(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_1)
-    nb.run_all()
-    nb.wait_until_executed(timeout=240)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_1, timeout=240)
     nb.shot("notebook-run")
 
     browser_cells = [c["index"] for c in nb.cells()
@@ -278,11 +270,7 @@ def _shown_image(nb, area, previous: str | None, what: str, timeout: float = 60)
 
 def test_paper_figures_notebook(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_3)
-    nb.run_all()
-    nb.wait_until_executed(timeout=180)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_3, timeout=180)
     nb.shot("notebook-run")
 
     picker_cells = [c["index"] for c in nb.cells()
@@ -326,11 +314,7 @@ def test_real_mode_offers_what_can_be_fetched_and_fails_fast_without_network(lab
     machine without network: the browser starts on files that can be fetched, and Fetch
     fails within seconds with one message instead of minutes of retries."""
     nb = lab_page_real
-    nb.open(NOTEBOOK_1)
-    nb.run_all()
-    nb.wait_until_executed(timeout=240)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_1, timeout=240)
     area = nb.outputs(next(c["index"] for c in nb.cells()
                            if c["widgets"] and "IndexBrowser" in c["source"]))
     area.locator("table.augreg-table").wait_for()
@@ -367,11 +351,7 @@ def _button(area, label: str):
 
 def test_finetune_stop_resume_export_shows_in_notebook_3(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_2)
-    nb.run_all()
-    nb.wait_until_executed(timeout=240)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_2, timeout=240)
     area = nb.outputs(next(c["index"] for c in nb.cells()
                            if c["widgets"] and "FinetunePanel" in c["source"]))
     _button(area, "Start fine-tuning").click()
@@ -429,11 +409,7 @@ NOTEBOOK_4 = "notebooks/04_inference.ipynb"
 
 def test_inference_notebook(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_4)
-    nb.run_all()
-    nb.wait_until_executed(timeout=180)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_4, timeout=180)
     area = nb.outputs(next(c["index"] for c in nb.cells()
                            if c["widgets"] and "InferencePanel" in c["source"]))
     _button(area, "Load").click()
@@ -470,11 +446,7 @@ def _rerun_cell(nb, index: int, timeout: float = 60) -> dict:
 
 def test_augreg_notebook_runs_the_smoke_grid(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_5)
-    nb.run_all()
-    nb.wait_until_executed(timeout=180)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_5, timeout=180)
     cells = nb.cells()
     panel_cell = next(c["index"] for c in cells if c["widgets"] and "AugregPanel" in c["source"])
     area = nb.outputs(panel_cell)
@@ -529,11 +501,7 @@ NOTEBOOK_6 = "notebooks/06_vtab.ipynb"
 
 def test_vtab_notebook_runs_the_smoke_sweep(lab_page):
     nb = lab_page
-    nb.open(NOTEBOOK_6)
-    nb.run_all()
-    nb.wait_until_executed(timeout=180)
-    nb.assert_no_errors()
-    nb.assert_widgets_rendered()
+    nb.run_notebook(NOTEBOOK_6, timeout=180)
     cells = nb.cells()
     panel_cell = next(c["index"] for c in cells if c["widgets"] and "VtabPanel" in c["source"])
     area = nb.outputs(panel_cell)
