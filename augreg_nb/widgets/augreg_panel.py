@@ -226,7 +226,7 @@ class AugregPanel:
         """A grid started with the Start button is still running."""
         return self.thread is not None and self.thread.is_alive()
 
-    def stop(self, reason: str = "stopping") -> None:
+    def stop(self, reason: str = "Stop pressed") -> None:
         """End the grid at the current run's next log step (Start continues it)."""
         self.stop_event.set()
         self.messages.show(f"{reason}: stopping after the current log step ...", "note")
