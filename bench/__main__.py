@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the model timed next to its peers (timm exists for Ti/16 only)")
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
                    help="interpreter with torch and timm for the timm comparison")
+    p.add_argument("--peak-kernels", choices=("all", "in-process"), default="all",
+                   help="kernels of the matmul peak: XLA default, NumPy's BLAS and XLA's "
+                        "dot options (all), or the first two only (in-process)")
     p.add_argument("--input-images", type=int, default=64)
     p.add_argument("--input-batches", type=int, default=10)
     p.add_argument("--smoke-steps", type=int, default=None,
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     peak = None
     if set(args.only) & set(ROOFLINE_SECTIONS):
-        rows.append(_peak_row())
+        rows.append(_peak_row(args))
         peak = rows[-1].extra["peak_flops"]
     for section in SECTIONS:
         if section not in args.only:
@@ -165,15 +168,18 @@ def _relate(rows) -> None:
                       f"({step.value:.1f} img/s)")
 
 
-def _peak_row():
+def _peak_row(args: argparse.Namespace):
     from bench.common import Row
-    from bench.roofline import PEAK_MATMUL_SIZE, matmul_peak
+    from bench.roofline import PEAK_MATMUL_SIZE, XLA_DOT_OPTIONS, hardware_peak
 
-    res = matmul_peak()
-    return Row("roofline", f"float32 matmul peak ({PEAK_MATMUL_SIZE}^2, jit, best of "
-               f"{len(res['seconds'])})", res["peak_flops"] / 1e9, "GFLOP/s",
-               f"median {res['median_flops'] / 1e9:.0f}; the model and train rows give "
-               "their share of it", res)
+    res = hardware_peak(options=XLA_DOT_OPTIONS if args.peak_kernels == "all" else {})
+    each = "; ".join(
+        f"{k} {v['peak_flops'] / 1e9:.0f}" if "error" not in v else f"{k}: {v['error']}"
+        for k, v in res["kernels"].items())
+    return Row("roofline", f"float32 matmul peak ({PEAK_MATMUL_SIZE}^2, best kernel: "
+               f"{res['kernel']})", res["peak_flops"] / 1e9, "GFLOP/s",
+               f"GFLOP/s per kernel: {each}; the model and train rows give their share of "
+               "the best", res)
 
 
 def _run_section(section: str, args: argparse.Namespace, peak: float | None = None):

@@ -128,6 +128,7 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
         "--batch", "4", "--repeats", "2",
         "--peers", "reference,timm,gradient,batched-attention,xla-attention",
         "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
+        "--peak-kernels", "in-process",
     ])
     assert code == 0
     doc = json.loads(out.read_text())
@@ -235,6 +236,31 @@ def test_matmul_peak_and_roofline_fraction():
     res = matmul_peak(size=128, repeats=3)
     assert res["peak_flops"] >= res["median_flops"] > 0 and len(res["seconds"]) == 3
     assert roofline_fraction(50.0, 2e9, 200e9) == pytest.approx(0.5)
+    assert res["rel_error"] < 1e-5
+
+
+def test_hardware_peak_takes_the_fastest_correct_kernel(monkeypatch):
+    from bench import roofline
+
+    options = {"real option": roofline.XLA_DOT_OPTIONS["XLA + XNNPACK dots"],
+               "unknown option": "--xla_cpu_no_such_option_anywhere=1"}
+    res = roofline.hardware_peak(size=96, repeats=2, options=options)
+    kernels = res["kernels"]
+    assert set(kernels) == {"XLA default", "NumPy BLAS", "real option", "unknown option"}
+    # A flag the jaxlib does not know ends the child: reported, never raised, never counted.
+    assert "not available" in kernels["unknown option"]["error"]
+    valid = {k: v["peak_flops"] for k, v in kernels.items() if "error" not in v}
+    assert {"XLA default", "NumPy BLAS"} <= set(valid)
+    assert res["peak_flops"] == max(valid.values()) and valid[res["kernel"]] == res["peak_flops"]
+    assert res["xla_default_flops"] == kernels["XLA default"]["peak_flops"]
+    assert all(v["rel_error"] < 1e-5 for k, v in kernels.items() if "error" not in v)
+
+    # A kernel that is fast but wrong does not set the peak.
+    wrong = dict(roofline.numpy_peak(96, 2), peak_flops=1e18, rel_error=0.5)
+    monkeypatch.setattr(roofline, "numpy_peak", lambda size, repeats: wrong)
+    res = roofline.hardware_peak(size=96, repeats=2, options={})
+    assert res["kernel"] == "XLA default"
+    assert "wrong results" in res["kernels"]["NumPy BLAS"]["error"]
 
 
 @pytest.mark.parametrize(("kind", "dtype", "tflops"), [
