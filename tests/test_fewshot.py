@@ -87,7 +87,7 @@ def test_evaluate_table_and_summary():
     x, y, xt, yt = _data(300, 16, 4, seed=3)
     table = fewshot.evaluate(x, y, xt, yt, 4, shots=(1, 5), seeds=3)
     assert list(table.columns) == ["shots", "seed", "accuracy", "train_examples"]
-    assert sorted(zip(table["shots"], table["seed"])) == [(k, s) for k in (1, 5)
+    assert sorted(zip(table["shots"], table["seed"], strict=True)) == [(k, s) for k in (1, 5)
                                                           for s in range(3)]
     assert table.loc[table["shots"] == 5, "train_examples"].eq(20).all()
     summary = fewshot.summarize(table)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from augreg_nb import features, fewshot, rank
+from augreg_nb import features, rank
 from augreg_nb.random_checkpoints import write_fake_checkpoint
 
 CLASSES = ("blue", "green", "grey", "red")

@@ -42,6 +42,7 @@ from augreg_nb.widgets.common import (
     guarded,
     message_html,
     quiet_libraries,
+    show_figure,
     stop_on_kernel_interrupt,
     table_html,
     wait_for,
@@ -352,13 +353,18 @@ class RankPanel:
         """Block until the ranking is over; an interrupt while waiting stops it."""
         wait_for(self, self._thread, timeout)
 
-    def plot(self):
-        """Accuracy against inference speed (:func:`augreg_nb.rank.plot_rank`), or a note
-        before a ranking has finished a candidate."""
+    def plot(self) -> None:
+        """Show accuracy against inference speed (:func:`augreg_nb.rank.plot_rank`) as a
+        PNG, whatever the matplotlib backend, or a note before a ranking has finished a
+        candidate. ``rank.plot_rank(panel.result)`` returns the Figure itself."""
         if self.result is None or self.result.table.empty:
             print("No ranking yet: press Start ranking, then run this cell again.")
-            return None
-        return rank.plot_rank(self.result)
+            return
+        import matplotlib.pyplot as plt
+
+        fig = rank.plot_rank(self.result)
+        show_figure(fig)
+        plt.close(fig)
 
 
 __all__ = ["RankPanel", "progress_line", "shown_summary", "winner_html"]
