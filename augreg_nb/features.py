@@ -60,8 +60,9 @@ def _slug(text: str) -> str:
 
 
 def task_fingerprint(task: Task, split: str) -> dict[str, Any]:
-    """What identifies a split's images: the task, its TFDS dataset and split string, or
-    for a folder task the hash of its (path, label) list."""
+    """What identifies a split's images: the task, its TFDS dataset (name, version where
+    pinned, data_dir when not the default) and split string, or for a folder task the hash
+    of its (path, label) list."""
     out: dict[str, Any] = {"task": task.name, "split": split, "split_str": task.split(split)}
     if task.folder is not None:
         files = task.folder.files[task.split(split)]
@@ -69,7 +70,7 @@ def task_fingerprint(task: Task, split: str) -> dict[str, Any]:
         out.update(folder=str(task.folder.root), files=len(files),
                    files_sha256=digest.hexdigest())
     else:
-        out["tfds"] = task.tfds_name
+        out.update(tfds=task.tfds_name, data_dir=task.data_dir)
     return out
 
 

@@ -193,3 +193,22 @@ def test_cli_rank_smoke(capsys):
     out = capsys.readouterr().out
     assert "5-shot" in out and "fake:testing" in out and "winner:" in out
     assert "CHECKPOINT" in out
+
+
+def test_rank_a_tfds_dataset_and_a_paper_task(ckpts, tmp_path):
+    """The other kinds of task: ``tfds:<name>`` (a prepared dataset) and a paper task (Pets,
+    read as TFDS mock data with its real features: 37 classes)."""
+    from augreg_nb.mock_tfds import mock_tfds
+    from augreg_nb.testing.datasets import write_tfds_dataset
+
+    write_tfds_dataset(tmp_path / "tfds", sizes={"train": 12, "test": 6})
+    result = rank.rank("tfds:augreg_tiny", ckpts[:1], shots=(2,), seeds=1, resolution=32,
+                       batch_size=4, data_dir=str(tmp_path / "tfds"),
+                       cache_root=tmp_path / "c1", estimate=False)
+    assert result.task == "augreg_tiny" and len(result.table) == 1
+    assert result.table["train_examples"].iat[0] == 6  # 2 shots x 3 classes
+    with mock_tfds(num_examples=6):
+        pets = rank.rank("oxford_iiit_pet", ckpts[:1], shots=(1,), seeds=1, resolution=32,
+                         batch_size=4, cache_root=tmp_path / "c2", estimate=False)
+    assert pets.task == "oxford_iiit_pet" and 0.0 <= pets.table["accuracy"].iat[0] <= 1.0
+    assert len(list((tmp_path / "c2").rglob("*.npz"))) == 2
