@@ -33,7 +33,9 @@ candidate whose features are missing (its compiled pre-logits function on random
 the same shapes, so nothing is downloaded for it) and multiplies by the images to compute;
 ``on_progress`` receives that plan, then per candidate the images done and the candidate's
 results. ``should_stop()`` is asked before every batch; a stopped ranking keeps the
-features of the candidates that finished, and the next call continues from there.
+features of the candidates that finished, and the next call continues from there. A
+candidate that cannot be ranked (no source has the checkpoint, a file does not load) is
+reported (``result.failed``, a "failed" progress event) and the others are ranked.
 
 The paper's pick (section 4.5: transfer the checkpoint with the best upstream validation
 accuracy) is the candidate with the highest ``final_val`` in the index table; when the
@@ -107,6 +109,9 @@ class RankResult:
     paper_pick: str | None = None  #: label of the paper's pick (None: no rule applies)
     paper_pick_rule: str = ""
     plan: pd.DataFrame | None = None  #: the cost estimate made before the start
+    #: candidates that could not be ranked (label -> why: a checkpoint no source has, a
+    #: file that does not load, ...); the others are ranked all the same
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -144,8 +149,9 @@ class RankResult:
 
     def text(self) -> str:
         """The summary as plain text: one line per candidate, one column per shot count."""
+        failed = [f"could not rank {k}: {v}" for k, v in self.failed.items()]
         if self.table.empty:
-            return "no candidate finished"
+            return "\n".join(["no candidate finished", *failed])
         s = self.summary
         lines = [f"{'candidate':<40}" + "".join(f"{k:>5}-shot      " for k in s.index)]
         for c in self.order:
@@ -154,7 +160,7 @@ class RankResult:
             mark = " (paper's pick)" if c == self.paper_pick else ""
             lines.append(f"{c[:40]:<40}{cells}{mark}")
         lines.append("(mean over seeds ± half the spread (max - min), accuracy in %)")
-        return "\n".join(lines)
+        return "\n".join([*lines, *failed])
 
 
 # ----------------------------------------------------------------------- candidates
@@ -202,7 +208,10 @@ def _describe(checkpoint: str, rec: pd.DataFrame | None, index: pd.DataFrame | N
             label += f" ({parsed.adapt_suffix})"
     elif Path(text).expanduser().is_file():
         label = Path(text).name
-        model, native = _file_model(str(Path(text).expanduser().resolve()))
+        try:
+            model, native = _file_model(str(Path(text).expanduser().resolve()))
+        except (ValueError, OSError) as err:  # said when the ranking loads it
+            logger.debug("cannot read %s yet: %s", text, err)
     res = int(resolution or native)
     cand = Candidate(checkpoint=text, label=label, model=model, resolution=res)
     t3 = _table3()
@@ -461,7 +470,7 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
         report(Progress("plan", count=len(cands), plan=plan,
                         text=cost_text(plan, batch_size)))
     pick, rule = paper_pick(cands)
-    tables, stopped = [], False
+    tables, stopped, failed = [], False, {}
     total = sum(sizes.values())
     for i, cand in enumerate(cands, 1):
         if stop():
@@ -483,6 +492,11 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
         except features_lib.Stopped:
             stopped = True
             break
+        except Exception as err:  # noqa: BLE001 - one candidate's failure, said, not fatal
+            failed[cand.label] = str(err).strip() or type(err).__name__
+            logger.warning("%s could not be ranked: %s", cand.label, failed[cand.label])
+            report(Progress("failed", i, len(cands), cand.label, text=failed[cand.label]))
+            continue
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
         rows = fewshot.evaluate(xtr, ytr, xte, yte, task_obj.num_classes, shots=shots,
                                 seeds=seeds, l2=l2)
@@ -495,7 +509,7 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
                                    "train_examples"]))
     result = RankResult(task=task_obj.name, table=table, candidates=candidate_frame(cands),
                         shots=shots, stopped=stopped, paper_pick=pick, paper_pick_rule=rule,
-                        plan=plan)
+                        plan=plan, failed=failed)
     report(Progress("done", len(tables), len(cands)))
     return result
 

@@ -87,3 +87,20 @@ def test_smoke_panel_offers_the_fakes_on_digits():
     assert panel.checkpoints == list(rank.SMOKE_CHECKPOINTS)
     assert panel.task.value == "digits" and panel.resolution.value == 32
     assert "Smoke data" in panel.smoke_notice.value
+
+
+def test_a_candidate_that_fails_is_reported_and_the_others_ranked(setup, tmp_path):
+    folder, files = setup
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a checkpoint")
+    panel = RankPanel(None, task=folder, checkpoints=[files[0], str(broken)], shots=(1,),
+                      seeds=1, resolution=32, batch_size=8)
+    panel.start_button.click()
+    panel.wait()
+    assert panel.messages.kind == "warning", panel.messages.text
+    assert "ranked 1 of 2" in panel.messages.text and "broken.npz" in panel.messages.text
+    assert panel.winner == files[0] and list(panel.result.failed) == ["broken.npz"]
+    only_broken = RankPanel(None, task=folder, checkpoints=[str(broken)], shots=(1,))
+    only_broken.start_button.click()
+    only_broken.wait()
+    assert only_broken.messages.kind == "error" and only_broken.winner is None

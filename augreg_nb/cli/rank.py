@@ -70,6 +70,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             ten = p.rows.groupby("shots")["accuracy"].mean()
             cells = ", ".join(f"{k}-shot {100 * v:.1f}%" for k, v in ten.items())
             print(f"[{p.index}/{p.count}] {p.label}: {cells}", flush=True)
+        elif p.phase == "failed":
+            print(f"[{p.index}/{p.count}] {p.label}: could not be ranked: {p.text}",
+                  flush=True)
 
     result = rank.rank(
         task, ckpts, index=index, shots=args.shots or fewshot.SHOTS,
@@ -89,4 +92,4 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if args.plot:
         rank.plot_rank(result).savefig(args.plot)
         print(f"plot: {args.plot}")
-    return 1 if result.stopped else 0
+    return 1 if result.stopped or result.failed else 0

@@ -289,7 +289,7 @@ class RankPanel:
             self.candidate_bar.max = max(1, p.total)
             self.candidate_bar.value = min(p.done, p.total)
             self.progress_label.value = html.escape(progress_line(p))
-        elif p.phase == "candidate":
+        elif p.phase in ("candidate", "failed"):
             self.overall_bar.value = p.index
             self.candidate_bar.value = self.candidate_bar.max
             self.progress_label.value = html.escape(
@@ -329,11 +329,21 @@ class RankPanel:
             self.figure.value = figure_png(fig)
             plt.close(fig)
         done = result.table["candidate"].nunique() if len(result.table) else 0
+        failed = "".join(f"\n{k}: {v}" for k, v in result.failed.items())
         if result.stopped:
             self.candidate_bar.bar_style = "warning"
             self.messages.show(f"stopped after {done} of {len(result.candidates)} "
-                               "candidate(s); Start continues (computed features are cached)",
+                               "candidate(s); Start continues (computed features are cached)"
+                               + (f"; could not rank:{failed}" if failed else ""),
                                "warning", title="Stopped")
+        elif result.failed and not done:
+            self.candidate_bar.bar_style = "danger"
+            self.messages.error(f"no candidate could be ranked:{failed}", "The ranking")
+        elif result.failed:
+            self.overall_bar.bar_style = "warning"
+            self.messages.show(f"ranked {done} of {len(result.candidates)} candidate(s) on "
+                               f"{result.task}; could not rank:{failed}", "warning",
+                               title="Ranking finished, with failures")
         else:
             self.overall_bar.bar_style = "success"
             self.messages.show(f"ranked {done} candidate(s) on {result.task}",
