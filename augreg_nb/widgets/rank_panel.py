@@ -169,9 +169,9 @@ class RankPanel:
                                     disabled=True, tooltip="stop before the next batch; "
                                     "Start continues from the cached features")
         self.plan_html = w.HTML()
-        self.overall_bar = w.IntProgress(value=0, min=0, max=1,
+        self.overall_bar = w.IntProgress(value=0, min=0, max=1, description="All",
                                          layout=w.Layout(width=FULL_WIDTH, display="none"))
-        self.candidate_bar = w.IntProgress(value=0, min=0, max=1,
+        self.candidate_bar = w.IntProgress(value=0, min=0, max=1, description="Candidate",
                                            layout=w.Layout(width=FULL_WIDTH, display="none"))
         self.progress_label = w.HTML()
         self.table = w.HTML()
