@@ -21,7 +21,9 @@ For every candidate the pre-logits features of the task's train and test splits 
 computed once and cached on disk (:mod:`augreg_nb.features`: per checkpoint, task, split and
 resolution), then :func:`augreg_nb.fewshot.evaluate` fits the big_vision few-shot probes
 (shots 1, 5, 10, 25 per class, 3 seeds, ridge l2 = 2^10) on the train features and scores
-them on the whole test split. Adding a candidate, a shot count or a seed later costs only
+them on the whole test split. The shots come from the task's own train split (the paper's
+Pets: ``train[:90%]``); big_vision's config draws from TFDS's whole ``train``, which a
+``tfds:<name>?train=train&val=...&test=test`` task gives. Adding a candidate, a shot count or a seed later costs only
 the new features: everything cached is read back, so a second ranking takes seconds.
 
 Smoke mode (``augreg-nb rank --smoke``, the notebook's ``AUGREG_NB_SMOKE=1``) ranks
