@@ -23,8 +23,9 @@ resolution), then :func:`augreg_nb.fewshot.evaluate` fits the big_vision few-sho
 (shots 1, 5, 10, 25 per class, 3 seeds, ridge l2 = 2^10) on the train features and scores
 them on the whole test split. The shots come from the task's own train split (the paper's
 Pets: ``train[:90%]``); big_vision's config draws from TFDS's whole ``train``, which a
-``tfds:<name>?train=train&val=...&test=test`` task gives. Adding a candidate, a shot count or a seed later costs only
-the new features: everything cached is read back, so a second ranking takes seconds.
+``tfds:<name>?train=train&val=...&test=test`` task gives. Adding a candidate, a shot
+count or a seed later costs only the new features: everything cached is read back, so a
+second ranking takes seconds.
 
 Smoke mode (``augreg-nb rank --smoke``, the notebook's ``AUGREG_NB_SMOKE=1``) ranks
 :data:`SMOKE_CHECKPOINTS`, fakes with random weights, on the digits at 32 px: it shows the

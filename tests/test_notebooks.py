@@ -256,7 +256,7 @@ def test_04_inference_runs(kernel_name, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_07_rank_checkpoints_runs(kernel_name, tmp_path, monkeypatch):
     nb, _ = _execute("07_rank_checkpoints.ipynb", kernel_name, tmp_path, monkeypatch, press=(
-        "panel.estimate_button.click()\nprint(panel.plan_html.value)\n"
+        "panel.estimate_button.click()\npanel.wait()\nprint(panel.plan_html.value)\n"
         "panel.start_button.click()\npanel.wait()\nprint(panel.messages.text)\n"
         "panel.plot()\nprint('CHECKPOINT =', repr(panel.winner))"))
     outputs = _check_common(nb, "07")

@@ -32,6 +32,8 @@ def test_estimate_then_rank_shows_table_winner_and_plot(setup):
                       resolution=32, batch_size=8)
     assert panel.checkpoints == files and panel.more.value == ", ".join(files)
     panel.estimate_button.click()
+    assert panel.running and not panel.stop_button.disabled  # in the background
+    panel.wait()
     assert panel.messages.kind is None, panel.messages.text
     assert "Cost here" in panel.plan_html.value and "per batch of 8" in panel.plan_html.value
     panel.start_button.click()
@@ -66,6 +68,16 @@ def test_stop_ends_the_ranking_and_says_so(setup):
     assert panel.result.stopped
     assert panel.messages.kind == "warning" and "Start continues" in panel.messages.text
     assert panel.candidate_bar.bar_style == "warning" and not panel.running
+
+
+def test_stop_ends_an_estimate(setup):
+    folder, files = setup
+    panel = RankPanel(None, task=folder, checkpoints=files, resolution=32, batch_size=4)
+    panel.estimate_button.click()
+    panel.stop()
+    panel.wait()
+    assert panel.messages.kind == "warning" and "stopped" in panel.messages.text
+    assert not panel.running and not panel.estimate_button.disabled
 
 
 def test_errors_are_shown_not_raised(setup):

@@ -3,6 +3,7 @@
     from augreg_nb.widgets.rank_panel import RankPanel
     panel = RankPanel(index_df, task="oxford_iiit_pet")   # nothing runs before a button
     panel.estimate_button.click()   # the cost here: a measured forward batch x the images
+    panel.wait()                    # (the estimate runs in the background too; Stop works)
     panel.start_button.click()      # features per candidate in the background, then probes
     panel.stop_button.click()       # ends it before the next batch; Start continues (cache)
     panel.wait()
@@ -234,27 +235,20 @@ class RankPanel:
 
     # -- buttons -------------------------------------------------------------------------
     def _on_estimate(self, _button=None) -> None:
-        @guarded(self.messages, "Estimating the cost")
-        def estimate():
-            if self.running:
-                raise RuntimeError("a ranking is running: wait for it, or press Stop")
-            kw = self._kwargs()
-            self.messages.show("measuring a forward batch per candidate ...", "note")
-            task = rank.resolve_task(self.task.value.strip(), self.data_dir)
-            cands = rank.make_candidates(kw["checkpoints"], index=kw["index"],
-                                         resolution=kw["resolution"])
-            self.plan = rank.estimate_cost(cands, task, batch_size=kw["batch_size"])
-            self._show_plan(rank.cost_text(self.plan, kw["batch_size"]))
-            self.messages.clear()
+        self._launch(estimate_only=True)
 
-        estimate()
+    def _on_start(self, _button=None) -> None:
+        self._launch(estimate_only=False)
 
     def _show_plan(self, text: str) -> None:
         self.plan_html.value = message_html(text, "note", title="Cost here")
 
-    def _on_start(self, _button=None) -> None:
-        @guarded(self.messages, "Starting the ranking")
-        def start():
+    def _launch(self, *, estimate_only: bool) -> None:
+        """Start the estimate or the ranking in a background thread (Stop works in both)."""
+        what = "Estimating the cost" if estimate_only else "Starting the ranking"
+
+        @guarded(self.messages, what)
+        def launch():
             if self.running:
                 raise RuntimeError("a ranking is running: wait for it, or press Stop")
             kw = self._kwargs()
@@ -263,21 +257,24 @@ class RankPanel:
             self._busy = True
             self.start_button.disabled = self.estimate_button.disabled = True
             self.stop_button.disabled = False
-            for bar in (self.overall_bar, self.candidate_bar):
-                bar.layout.display = ""
-                bar.bar_style = ""
-                bar.value = 0
-            self.messages.show(f"ranking {len(kw['checkpoints'])} candidate(s) on "
-                               f"{self.task.value.strip()}: measuring the cost first ...",
-                               "note")
+            if not estimate_only:
+                for bar in (self.overall_bar, self.candidate_bar):
+                    bar.layout.display = ""
+                    bar.bar_style = ""
+                    bar.value = 0
+            self.messages.show(
+                f"{'estimating' if estimate_only else 'ranking'} {len(kw['checkpoints'])} "
+                f"candidate(s) on {self.task.value.strip()}: measuring a forward batch per "
+                "candidate ...", "note")
             captured = ThreadOutput()
-            self._thread = threading.Thread(target=self._run, args=(kw, captured),
+            self._thread = threading.Thread(target=self._run, args=(kw, captured,
+                                                                     estimate_only),
                                             name="augreg-rank", daemon=True)
             captured.install(self._thread)
             stop_on_kernel_interrupt(self)
             self._thread.start()
 
-        start()
+        launch()
 
     def _progress(self, p: rank.Progress) -> None:
         if p.phase == "plan":
@@ -295,12 +292,16 @@ class RankPanel:
             self.progress_label.value = html.escape(
                 f"{p.index} of {p.count} candidate(s) ranked; last: {p.label}")
 
-    def _run(self, kw: dict[str, Any], captured: ThreadOutput) -> None:
+    def _run(self, kw: dict[str, Any], captured: ThreadOutput,
+             estimate_only: bool = False) -> None:
         result = error = None
         try:
-            result = rank.rank(self.task.value.strip(), shots=self.shots.value,
-                               seeds=self.seeds.value, on_progress=self._progress,
-                               should_stop=self._stop.is_set, **kw)
+            if estimate_only:
+                self._estimate(kw)
+            else:
+                result = rank.rank(self.task.value.strip(), shots=self.shots.value,
+                                   seeds=self.seeds.value, on_progress=self._progress,
+                                   should_stop=self._stop.is_set, **kw)
         except Exception as err:  # shown in the panel; the thread has no caller to tell
             error = err
         finally:
@@ -312,9 +313,23 @@ class RankPanel:
             self.start_button.disabled = self.estimate_button.disabled = False
         if error is not None:
             self.candidate_bar.bar_style = "danger"
-            self.messages.error(error, "The ranking")
+            self.messages.error(error, "The cost estimate" if estimate_only else "The ranking")
         elif result is not None:
             self._finished(result)
+
+    def _estimate(self, kw: dict[str, Any]) -> None:
+        """The cost alone (in the background thread); Stop ends it between candidates."""
+        task = rank.resolve_task(self.task.value.strip(), self.data_dir)
+        cands = rank.make_candidates(kw["checkpoints"], index=kw["index"],
+                                     resolution=kw["resolution"])
+        self.plan = rank.estimate_cost(cands, task, batch_size=kw["batch_size"],
+                                       should_stop=self._stop.is_set)
+        self._show_plan(rank.cost_text(self.plan, kw["batch_size"]))
+        if self._stop.is_set():
+            self.messages.show("stopped: candidates not measured show 'time unknown'",
+                               "warning", title="Stopped")
+        else:
+            self.messages.clear()
 
     def _finished(self, result: rank.RankResult) -> None:
         self.result = result
