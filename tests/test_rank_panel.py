@@ -116,3 +116,16 @@ def test_a_candidate_that_fails_is_reported_and_the_others_ranked(setup, tmp_pat
     only_broken.start_button.click()
     only_broken.wait()
     assert only_broken.messages.kind == "error" and only_broken.winner is None
+
+
+def test_real_mode_chooses_the_recommended_checkpoints_of_table3():
+    from augreg_nb.index import load_index
+
+    df = load_index("catalogue")
+    panel = RankPanel(df, task="oxford_iiit_pet")
+    assert panel.checkpoints == rank.default_checkpoints(df)
+    assert len(panel.checkpoints) == 9 and not any(c.startswith("B_8") for c in
+                                                   panel.checkpoints)
+    assert len(panel.candidates.options) > 9  # every upstream row of the table is offered
+    named = RankPanel(df, checkpoints="B/8, my.npz")
+    assert named.more.value == "B/8, my.npz" and named.checkpoints == ["B/8", "my.npz"]

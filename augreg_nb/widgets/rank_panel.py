@@ -17,7 +17,8 @@ forward pass, a progress bar per candidate and overall, the table of mean accura
 spread per shot count (:func:`shown_summary`), and the winner at 10 shots with the line to
 paste into notebook 2 (:func:`winner_html`).
 
-Candidates: the recommended checkpoint of each model (★, chosen by default), any other
+Candidates: the recommended checkpoint of each model (★; those of the nine Table 3 models
+chosen by default, as :func:`augreg_nb.rank.default_checkpoints` gives them), any other
 upstream checkpoint of the index table, and any names or files typed into *More
 checkpoints* (e.g. a row copied from notebook 1's browser). Smoke mode ranks fake
 checkpoints (random weights) on the shipped digits at 32 px: the panel says so.
@@ -126,7 +127,10 @@ class RankPanel:
             task, resolution = rank.SMOKE_TASK, rank.SMOKE_RESOLUTION
         else:
             options = [(label, value) for label, value in checkpoint_choices(df)]
-            chosen = [v for label, v in options if label.startswith("★ ")]
+            known = {v for _, v in options}
+            # the API's default: the recommended checkpoint of each Table 3 model
+            chosen = ([c for c in rank.default_checkpoints(df) if c in known]
+                      if df is not None and len(df) else [])
         extra = []
         if isinstance(checkpoints, str):
             checkpoints = [c for c in checkpoints.replace(",", " ").split() if c]
@@ -162,7 +166,7 @@ class RankPanel:
                                            description="Batch", layout=w.Layout(width="10em"))
         self.smoke_notice = w.HTML(message_html(SMOKE_NOTICE, "warning", title="Smoke data")
                                    if smoke else "")
-        self.estimate_button = w.Button(description="Estimate cost", icon="clock-o",
+        self.estimate_button = w.Button(description="Estimate cost",
                                         layout=w.Layout(width="11em"))
         self.start_button = w.Button(description="Start ranking", icon="play",
                                      button_style="success", layout=w.Layout(width="11em"))
