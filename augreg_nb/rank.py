@@ -405,7 +405,7 @@ class Progress:
 
 
 def _load(cand: Candidate):
-    from augreg_nb import checkpoint
+    from augreg_nb import checkpoint, random_checkpoints  # noqa: F401 - the "fake:" source
 
     model, params = checkpoint.load_pretrained(cand.checkpoint, resolution=cand.resolution)
     cand.model = model

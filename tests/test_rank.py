@@ -186,13 +186,25 @@ def test_plot_marks_the_best_and_the_paper_pick():
 
 
 @pytest.mark.slow
-def test_cli_rank_smoke(capsys):
-    from augreg_nb.cli import main
+def test_cli_rank_smoke(tmp_path):
+    """The command in a fresh interpreter (nothing imported beforehand registers the
+    fake checkpoints for it): a table, the paper's pick and the winner for notebook 2."""
+    import os
+    import subprocess
+    import sys
 
-    assert main(["rank", "--smoke", "--shots", "1", "5", "--seeds", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "5-shot" in out and "fake:testing" in out and "winner:" in out
-    assert "CHECKPOINT" in out
+    env = {**os.environ, "AUGREG_NB_CACHE": str(tmp_path / "cache"),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "augreg_nb", "rank", "--smoke", "--shots",
+                           "1", "5", "--seeds", "1", "--csv", str(tmp_path / "r.csv")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "cost of ranking 3 candidate(s)" in out and "5-shot" in out
+    assert "could not" not in out and "paper's pick: fake:Ti/16" in out
+    assert "winner: fake:" in out and "CHECKPOINT = 'fake:" in out
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert len(table) == 3 * 2 and set(table["shots"]) == {1, 5}
 
 
 def test_rank_a_tfds_dataset_and_a_paper_task(ckpts, tmp_path):
