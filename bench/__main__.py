@@ -22,6 +22,9 @@ Sections (``--only`` takes a comma-separated list):
 - ``checkpoint``: load a B/16-size file from the cache into device memory; peak memory.
 - ``smoke``: time to first step (compilation) and the whole smoke fine-tune.
 - ``notebooks``: each notebook run headless in smoke mode.
+- ``rank``: feature extraction for the few-shot ranking (``augreg_nb.rank``) against the
+  forward pass of the same models, and a ranking of nine checkpoints from cached features
+  (:mod:`bench.rank_speed`).
 - ``memory``: per-device memory of the L/16 and R50+L/32 fine-tuning step at 384 px,
   global batch 512 over 8 virtual CPU devices, from XLA's compiled memory analysis
   (parameters replicated and sharded), and the fewest micro-batches that fit a 16 GiB and
@@ -47,7 +50,7 @@ import time
 from pathlib import Path
 
 SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "latency",
-            "notebooks", "device", "memory")
+            "notebooks", "device", "memory", "rank")
 #: Sections run only when named in ``--only``.
 OPT_IN_SECTIONS = ("memory",)
 #: Sections whose rows are related to the measured matmul peak.
@@ -69,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         MEMORY_SIZES_GIB,
     )
     from bench.model_speed import FORWARD_MODELS, TRAIN_MODELS
+    from bench.rank_speed import RANK_IMAGES, RANK_MODELS
     from bench.torch_worker import DEFAULT_TORCH_PYTHON
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -103,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-resolution", type=int, default=DEVICE_RESOLUTION)
     p.add_argument("--device-batch", type=int, default=DEVICE_BATCH,
                    help="batch of the device section (halved while it does not fit)")
+    p.add_argument("--rank-models", type=_csv, default=list(RANK_MODELS))
+    p.add_argument("--rank-images", type=int, default=RANK_IMAGES,
+                   help="images of the rank section's extraction dataset")
     p.add_argument("--memory-models", type=_csv, default=list(MEMORY_MODELS))
     p.add_argument("--memory-resolution", type=int, default=MEMORY_RESOLUTION)
     p.add_argument("--memory-batch", type=int, default=None,
@@ -248,6 +255,11 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
         return run_memory(args.memory_models, resolution=args.memory_resolution,
                           global_batch=args.memory_batch, devices=args.memory_devices,
                           sizes_gib=args.memory_sizes)
+    if section == "rank":
+        from bench.rank_speed import run_rank
+
+        return run_rank(args.rank_models, batch=args.batch, resolution=args.resolution,
+                        repeats=min(args.repeats, 3), images=args.rank_images)
     if section == "notebooks":
         from bench.startup import run_notebooks
 

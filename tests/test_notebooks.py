@@ -21,6 +21,7 @@ NOTEBOOKS = (
     "04_inference.ipynb",
     "05_augreg.ipynb",
     "06_vtab.ipynb",
+    "07_rank_checkpoints.ipynb",
 )
 #: Cells that may not run headless (none).
 SKIP_HEADLESS: tuple[str, ...] = ()
@@ -250,6 +251,23 @@ def test_04_inference_runs(kernel_name, tmp_path, monkeypatch):
     assert _pngs(outputs) >= 1  # the top-5 chart
     assert "classified 3 image(s)" in _text(outputs)
     assert any("1,000 classes, 384 px" in v for v in _html_values(nb))
+
+
+@pytest.mark.slow
+def test_07_rank_checkpoints_runs(kernel_name, tmp_path, monkeypatch):
+    nb, _ = _execute("07_rank_checkpoints.ipynb", kernel_name, tmp_path, monkeypatch, press=(
+        "panel.estimate_button.click()\npanel.wait()\nprint(panel.plan_html.value)\n"
+        "panel.start_button.click()\npanel.wait()\nprint(panel.messages.text)\n"
+        "panel.plot()\nprint('CHECKPOINT =', repr(panel.winner))"))
+    outputs = _check_common(nb, "07")
+    text = _text(outputs)
+    assert "No ranking yet" in text  # the plot cell before Start says so
+    assert "Cost here" in text and "ranked 3 candidate(s) on digits" in text
+    assert "CHECKPOINT = 'fake:" in text
+    htmls = _html_values(nb)
+    assert any("Smoke data" in v for v in htmls)
+    assert any("augreg-table" in v and "fake:Ti/16" in v for v in htmls)
+    assert _pngs(outputs) >= 1
 
 
 # --------------------------------------------------------------------------- helpers

@@ -74,10 +74,10 @@ COLAB_TESTS = (
     "test_input_pipeline.py", "test_tasks.py", "test_vtab_tasks.py", "test_widgets.py",
     "test_vtab_panel.py", "test_notebooks.py", "test_figures.py",
     "test_figures_readability.py", "test_index.py", "test_index_queries.py", "test_colab.py",
-    "test_multiprocess.py",
+    "test_multiprocess.py", "test_fewshot.py", "test_rank.py", "test_rank_panel.py",
 )
 #: Of those, the tests that are not slow, and every notebook test (the execution of 02, 04,
-#: 05 and 06 is marked slow).
+#: 05, 06 and 07 is marked slow).
 PYTEST_ARGS = (*(f"tests/{name}" for name in COLAB_TESTS),
                "-m", "not browser", "-k", "not slow or test_notebooks",
                "-p", "no:cacheprovider", "--dist", "loadfile",
