@@ -2,10 +2,10 @@
 
     from augreg_nb.timm_export import export_run, push_to_hub, read_timm_folder
 
-    out = export_run("runs/pets", "export/pets-timm")       # a finetune run folder or a checkpoint
-    out.folder, out.architecture                             # export/pets-timm, vit_small_r26_s32_384
-    back = read_timm_folder(out.folder)                      # the package's own timm reader
-    push_to_hub(out.folder, "me/r26-s32-pets")               # token: HF_TOKEN or `hf auth login`
+    out = export_run("runs/pets", "export/pets-timm")  # a finetune run folder or a checkpoint
+    out.folder, out.architecture  # export/pets-timm, vit_small_r26_s32_384
+    back = read_timm_folder(out.folder)  # the package's own timm reader
+    push_to_hub(out.folder, "me/r26-s32-pets")  # token: HF_TOKEN or the login
 
     augreg-nb export --format timm runs/pets --out export/pets-timm [--push-to-hub me/repo]
 

@@ -250,7 +250,8 @@ def test_upload_to_the_hub_and_download_back(tmp_path, hub, monkeypatch):
     url = te.push_to_hub(folder, "me/r-ti-16-test", token="hf_loopback")
     assert "/me/r-ti-16-test/commit/" in url
     posts = [r.path for r in hub.requests if r.method == "POST"]
-    assert posts[0] == "/api/repos/create" and posts[-1] == "/api/models/me/r-ti-16-test/commit/main"
+    assert posts[0] == "/api/repos/create"
+    assert posts[-1] == "/api/models/me/r-ti-16-test/commit/main"
     assert all({k.lower(): v for k, v in r.headers.items()}.get("authorization")
                == "Bearer hf_loopback" for r in hub.requests if r.method == "POST")
     files = hub.files("me/r-ti-16-test")
@@ -285,3 +286,35 @@ def test_an_incomplete_folder_is_never_uploaded(tmp_path, hub):
     with pytest.raises(FileNotFoundError, match="not a complete timm export"):
         te.push_to_hub(tmp_path / "timm", "me/x", token="hf_loopback")
     assert not hub.requests
+
+
+def test_command_line_exports_a_run_and_uploads_it(tmp_path, hub, monkeypatch, capsys):
+    from augreg_nb.cli import main
+
+    run, _ = _fake_run(tmp_path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)))
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    out = tmp_path / "timm"
+    code = main(["export", "--format", "timm", str(run), "--out", str(out),
+                 "--labels", str(labels), "--push-to-hub", "me/digits"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert (f"exported Ti/16 as timm's vit_tiny_patch16_224 (32 px, 10 classes, 10 class "
+            f"names): {out}") in printed
+    assert "uploaded to me/digits: " in printed
+    assert te.read_timm_folder(out).config["label_names"][3] == "digit 3"
+    card = hub.files("me/digits")[te.CARD_FILE].decode()
+    assert f"`augreg-nb export --format timm {run} --out {out} --labels {labels}`" in card
+    assert any({k.lower(): v for k, v in r.headers.items()}.get("authorization")
+               == "Bearer hf_from_env" for r in hub.requests)
+
+
+def test_command_line_explains_a_run_without_weights(tmp_path, capsys):
+    from augreg_nb.cli import main
+
+    run, _ = _fake_run(tmp_path, export=False)
+    assert main(["export", "--format", "timm", str(run), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("augreg-nb export: error: run folder") and "\n" not in err
+    assert not (tmp_path / "o").exists()
