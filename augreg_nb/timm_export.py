@@ -205,6 +205,9 @@ def export_timm(params: Mapping, out_dir: str | os.PathLike, *, model_name: str 
         raise ckpt.CheckpointError("these parameters have no 'embedding/kernel'; pass the "
                                    "params tree of an AugReg model, not the variables dict")
     model = get_model_config(model_name).name if model_name else ckpt.infer_model(flat)
+    if model not in names.MODELS:
+        raise ValueError(f"timm has no architecture for {model!r} (a small model for tests); "
+                         f"export one of the 10 AugReg models: {', '.join(names.MODELS)}")
     ckpt.check_params(flat, model, where="the parameters to export")
     ckpt.check_finite(flat, where="the parameters to export")
     if "head/bias" not in flat:

@@ -163,6 +163,8 @@ def test_bad_inputs_are_explained(tmp_path):
         te.export_timm(bad, tmp_path / "d")
     with pytest.raises(FileNotFoundError, match="not a complete timm export"):
         te.read_timm_folder(tmp_path / "d")
+    with pytest.raises(ValueError, match="timm has no architecture for 'testing'"):
+        te.export_timm(_params("testing", 32, 2), tmp_path / "e")
 
 
 def test_a_folder_whose_config_disagrees_is_refused(tmp_path):
