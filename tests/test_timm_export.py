@@ -320,3 +320,32 @@ def test_command_line_explains_a_run_without_weights(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("augreg-nb export: error: run folder") and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_finetune_panel_exports_the_finished_run_for_timm(tmp_path, monkeypatch):
+    from augreg_nb.index import load_index
+    from augreg_nb.train import FinetuneResult
+    from augreg_nb.widgets.finetune_panel import FinetunePanel
+
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    panel = FinetunePanel(load_index("catalogue", strict=False), workdir=tmp_path / "runs",
+                          smoke=True, results_csv=tmp_path / "own.csv")
+    assert panel.timm_button.disabled  # nothing finished yet
+    assert any(panel.timm_button in getattr(b, "children", ()) for b in panel.widget.children)
+    run, _ = _fake_run(tmp_path)
+    row = json.loads((run / "result.json").read_text())["result_row"]
+    panel.result = FinetuneResult(params={}, history=None, result_row=row,
+                                  export_path=None, workdir=run)
+    panel.export_button.disabled = False  # as a finished run leaves it
+    assert not panel.timm_button.disabled
+    panel.timm_button.click()
+    assert panel.messages.kind == "info", panel.messages.text
+    assert f"{run / 'timm'}: timm's vit_tiny_patch16_224, 10 classes" in panel.messages.text
+    assert te.read_timm_folder(run / "timm").model_name == "Ti/16"
+    # A run whose weights are gone: the panel says so and claims no export.
+    (run / "timm" / te.CONFIG_FILE).unlink()
+    for npz in run.glob("*.npz"):
+        npz.unlink()
+    panel.timm_button.click()
+    assert panel.messages.kind == "error" and "config.export = True" in panel.messages.text
+    assert not (run / "timm" / te.CONFIG_FILE).exists()
