@@ -128,7 +128,7 @@ def test_config_json_is_what_timm_reads(tmp_path):
     pixels = np.array([0.0, 127.5 / 255, 1.0])
     mean, std = np.array(p["mean"]), np.array(p["std"])
     np.testing.assert_allclose((pixels - mean[0]) / std[0], [-1.0, 0.0, 1.0])
-    assert p["interpolation"] == "box" and p["first_conv"] == "patch_embed.proj"
+    assert p["interpolation"] == "bilinear" and p["first_conv"] == "patch_embed.proj"
     assert p["custom_load"] is False and p["classifier"] == "head"
     card = (tmp_path / te.CARD_FILE).read_text()
     assert card.startswith("---\nlibrary_name: timm\n")
