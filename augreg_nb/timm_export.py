@@ -381,6 +381,11 @@ def model_card(architecture: str, model_name: str, num_classes: int, resolution:
                   f"| test accuracy | {_pct(row.get('adapt_final_test'))} |"]
     if info.get("command"):
         lines.append(f"| made by | `{info['command']}` |")
+    try:  # a fine-tune of the published grid: the command that trains it again
+        if row.get("adapt_filename") and names.parse_name(row["adapt_filename"]).is_finetuned:
+            lines.append(f"| fine-tuned by | `augreg-nb reproduce {row['adapt_filename']}` |")
+    except ValueError:
+        pass
     names_line = (", ".join(label_names[:10]) + (", ..." if len(label_names) > 10 else "")
                   if label_names else "not recorded (class indices only)")
     lines += [

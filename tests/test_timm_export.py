@@ -213,6 +213,19 @@ def test_a_run_folder_exports_with_its_task_names_and_card(tmp_path):
                  "| val accuracy | 81.25 % |", "| test accuracy | 79.00 % |",
                  "`augreg-nb export --format timm run`"):
         assert text in card, text
+    assert "augreg-nb reproduce" not in card  # 60 steps on digits: not a published run
+
+
+def test_the_card_of_a_published_grid_run_says_how_to_train_it_again():
+    adapt = ("R26_S_32-i21k-300ep-lr_0.001-aug_light0-wd_0.03-do_0.0-sd_0.0--"
+             "oxford_iiit_pet-steps_0k-lr_0.003-res_384")
+    row = {"filename": adapt.split("--")[0], "adapt_ds": "oxford_iiit_pet",
+           "adapt_steps": 500, "adapt_lr": 0.003, "adapt_final_val": 0.93,
+           "adapt_final_test": float("nan"), "adapt_filename": adapt}
+    card = te.model_card("vit_small_r26_s32_384", "R26+S/32", 37, 384, None, {"row": row})
+    assert f"| fine-tuned by | `augreg-nb reproduce {adapt}` |" in card
+    assert "| val accuracy | 93.00 % |" in card and "| test accuracy | - |" in card
+    assert "| classes | not recorded (class indices only) |" in card
 
 
 def test_a_run_without_weights_says_how_to_get_them(tmp_path):
