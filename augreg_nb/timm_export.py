@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save
+from safetensors.numpy import save_file
 
 from augreg_nb import checkpoint as ckpt
 from augreg_nb import names
-from augreg_nb.atomic import atomic_write, write_json_atomic
+from augreg_nb.atomic import atomic_write, sweep_stale_temps, temp_path, write_json_atomic
 from augreg_nb.models import get_model_config
 from augreg_nb.preprocess import eval_resize_size
 from augreg_nb.resources import data_path
@@ -185,6 +185,23 @@ def pretrained_cfg(architecture: str, num_classes: int, resolution: int, first_c
     }
 
 
+def _save_weights(state: Mapping[str, np.ndarray], path: Path, metadata: dict) -> None:
+    """Write a safetensors file atomically, streaming from the arrays (no second copy of a
+    model of a billion bytes in memory): a temporary file, fsync, rename."""
+    sweep_stale_temps(path.parent)
+    tmp = temp_path(path)
+    try:
+        tmp.unlink(missing_ok=True)
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, str(tmp),
+                  metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _first_conv(state: Mapping[str, Any]) -> str:
     for name in ("patch_embed.backbone.stem.conv", "patch_embed.backbone.conv"):
         if f"{name}.weight" in state:
@@ -237,10 +254,7 @@ def export_timm(params: Mapping, out_dir: str | os.PathLike, *, model_name: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)  # a folder without it is not trusted
-    blob = save({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
-                metadata={"format": "pt", "augreg_nb_model": model})
-    with atomic_write(out / WEIGHTS_FILE) as f:
-        f.write(blob)
+    _save_weights(state, out / WEIGHTS_FILE, metadata={"format": "pt", "augreg_nb_model": model})
     text = model_card(arch, model, num_classes, resolution, labels, card or {})
     with atomic_write(out / CARD_FILE) as f:
         f.write(text.encode("utf-8"))
@@ -277,11 +291,6 @@ def read_timm_folder(folder: str | os.PathLike) -> TimmFolder:
 # ------------------------------------------------------------------------------ sources
 
 
-def _run_result(path: Path) -> dict | None:
-    result = path / RUN_RESULT_FILE
-    return json.loads(result.read_text()) if path.is_dir() and result.is_file() else None
-
-
 def export_run(run_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
                label_names: Any = None, model_name: str | None = None,
                command: str | None = None) -> TimmExport:
@@ -289,20 +298,22 @@ def export_run(run_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     file, or a checkpoint name the sources resolve, as a timm folder.
 
     ``label_names``: names, a task name, or None for the run's task (ImageNet names for a
-    1000-class head of a checkpoint). ``command`` is what the card says made the export
-    (default: this process's command line).
+    1000-class head of a checkpoint; none when the task's names cannot be had, with a
+    warning). ``command`` is what the card says made the export (default: this call).
     """
     from augreg_nb.inference import resolve_label_names
 
     source = Path(run_or_checkpoint).expanduser()
-    result = _run_result(source)
     card: dict[str, Any] = {"command": command or (
         f"augreg_nb.timm_export.export_run({str(run_or_checkpoint)!r}, {str(out_dir)!r})")}
-    if result is not None:
-        row = result["result_row"]
-        npz = Path(result.get("export_path") or source / f"{row['adapt_filename']}.npz")
-        if not npz.is_absolute() and not npz.is_file():
-            npz = source / npz.name
+    explicit = label_names is not None
+    if source.is_dir():
+        if not (source / RUN_RESULT_FILE).is_file():
+            raise FileNotFoundError(
+                f"{source} is a folder without {RUN_RESULT_FILE}: not a finished finetune run "
+                "(let the run finish, or pass its exported .npz file)")
+        row = json.loads((source / RUN_RESULT_FILE).read_text())["result_row"]
+        npz = source / f"{row['adapt_filename']}.npz"  # where finetune exports it
         if not npz.is_file():
             raise FileNotFoundError(
                 f"run folder {source} has no exported weights ({npz.name}); run the finetune "
@@ -311,12 +322,12 @@ def export_run(run_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             model_name = row["name"]
         model, flat = ckpt.load_flat(npz, model_name=model_name)
         card.update(row=row, source=str(source))
-        if label_names is None:
+        if not explicit:
             label_names = row.get("adapt_ds")
     else:
         try:
             is_file = source.is_file()
-        except OSError:
+        except OSError:  # e.g. a name longer than a file name can be: a checkpoint name
             is_file = False
         if is_file:
             model, flat = ckpt.load_flat(source, model_name=model_name)
@@ -327,9 +338,8 @@ def export_run(run_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     num_classes = int(flat["head/bias"].shape[0]) if "head/bias" in flat else 0
     try:
         labels = resolve_label_names(label_names, num_classes)
-    except Exception as err:  # optional: the weights export without names
-        if label_names is not None and not (result and label_names == result["result_row"]
-                                            .get("adapt_ds")):
+    except Exception as err:  # names the user did not ask for are optional
+        if explicit:
             raise
         logger.warning("no class names for task %r (%s); exporting without them",
                        label_names, err)

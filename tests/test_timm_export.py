@@ -19,7 +19,7 @@ from augreg_nb import models, names
 from augreg_nb import timm_export as te
 from augreg_nb.loopback import FakeHub
 from augreg_nb.preprocess import eval_resize_size
-from augreg_nb.testing.checkpoints import fake_params, write_fake_checkpoint
+from augreg_nb.testing.checkpoints import write_fake_checkpoint
 from tests.test_models import random_images
 from tests.test_timm_convert import timm_reference_forward
 
@@ -36,7 +36,22 @@ SLOW = {"B/16", "B/32", "B/8", "L/16", "R26+S/32", "R50+L/32"}
 
 
 def _params(model, resolution, classes, seed=0):
-    return fake_params(model, num_classes=classes, resolution=resolution, seed=seed)
+    """Seeded float32 parameters of the model's tree (drawn directly in float32: L/16 and
+    R50+L/32 have 300 million of them)."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in sorted(ck.expected_shapes(model, classes, resolution).items()):
+        value = rng.standard_normal(shape, dtype=np.float32)
+        if name.endswith("/kernel"):
+            fan_in = shape[0] if "MultiHead" in name and "/out/" not in name else \
+                int(np.prod(shape[:-1]))
+            value *= np.float32(1 / np.sqrt(fan_in))
+        elif name.endswith("/scale"):
+            value = 1 + np.float32(0.1) * value
+        else:
+            value *= np.float32(0.1)
+        flat[name] = value
+    return flat
 
 
 @pytest.mark.parametrize("model,resolution,classes", [
@@ -362,3 +377,12 @@ def test_finetune_panel_exports_the_finished_run_for_timm(tmp_path, monkeypatch)
     panel.timm_button.click()
     assert panel.messages.kind == "error" and "config.export = True" in panel.messages.text
     assert not (run / "timm" / te.CONFIG_FILE).exists()
+
+
+def test_a_folder_that_is_not_a_finished_run_is_named(tmp_path):
+    (tmp_path / "running").mkdir()
+    with pytest.raises(FileNotFoundError, match="without result.json: not a finished finetune"):
+        te.export_run(tmp_path / "running", tmp_path / "timm")
+    run, _ = _fake_run(tmp_path)
+    with pytest.raises(ValueError, match="3 label names were given for a 10-class head"):
+        te.export_run(run, tmp_path / "timm", label_names=["a", "b", "c"])
