@@ -17,6 +17,7 @@ smoke mode::
 
     with FakeHub() as hub:                               # HF_ENDPOINT=hub.url
         hub.add_file("timm/vit_tiny_patch16_224.augreg_in21k", "model.safetensors", data)
+        hub.files("me/model")                            # what uploads committed there
 
 The bucket answers like Google Cloud Storage's public URL: ``Content-Length``, ``ETag``,
 ``Last-Modified``, ``x-goog-hash: md5=...``, ``Range`` requests (206 with
@@ -24,13 +25,18 @@ The bucket answers like Google Cloud Storage's public URL: ``Content-Length``, `
 validator no longer matches), XML error bodies. The Hub answers
 ``HEAD``/``GET /{repo_id}/resolve/{revision}/{filename}`` with the headers
 ``huggingface_hub.hf_hub_download`` needs (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``,
-``X-Linked-Size``, ``Content-Length``) and 404s carrying ``X-Error-Code``.
+``X-Linked-Size``, ``Content-Length``) and 404s carrying ``X-Error-Code``. It also takes
+uploads as ``huggingface_hub.HfApi.create_repo`` and ``upload_folder`` send them (``POST
+/api/repos/create``, ``/api/models/{repo_id}/preupload/{revision}`` and ``/commit/{revision}``
+with an NDJSON body): every file is asked for as a regular (base64) file, so no LFS or Xet
+storage is involved, and a write without ``Authorization`` is refused with 401 as the Hub does.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -152,6 +158,10 @@ class _Server:
     def error_body(self, status: int) -> tuple[bytes, str]:
         return f"HTTP {status}".encode(), "text/plain"
 
+    def write(self, path: str, headers, body: bytes) -> tuple[int, dict]:
+        """(status, JSON answer) for a POST; servers that take no writes answer 405."""
+        return 405, {"error": f"{self.__class__.__name__} takes no POST to {path}"}
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: _Server
@@ -165,6 +175,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._answer(head=False)
+
+    def do_POST(self):
+        path = unquote(urlsplit(self.path).path)
+        self.owner._log(self.command, path, self.headers)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, payload = self.owner.write(path, self.headers, body)
+        data = json.dumps(payload).encode()
+        self._send_headers(status, {"Content-Type": "application/json",
+                                    "Content-Length": str(len(data))})
+        self.wfile.write(data)
 
     def _answer(self, head: bool) -> None:
         owner = self.owner
@@ -301,3 +321,61 @@ class FakeHub(_Server):
 
     def error_body(self, status: int) -> tuple[bytes, str]:
         return b'{"error": "HTTP %d"}' % status, "application/json"
+
+    def files(self, repo_id: str) -> dict[str, bytes]:
+        """The files of ``repo_id`` (added or uploaded), by name."""
+        with self._lock:
+            return dict(self._repos.get(repo_id, {}))
+
+    def write(self, path: str, headers, body: bytes) -> tuple[int, dict]:
+        if not headers.get("Authorization", "").startswith("Bearer "):
+            return 401, {"error": "Invalid credentials in Authorization header"}
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            repo_id = "/".join(p for p in (req.get("organization"), req["name"]) if p)
+            with self._lock:
+                if repo_id in self._repos:
+                    return 409, {"error": "You already created this model repo",
+                                 "url": f"{self.url}/{repo_id}"}
+                self._repos[repo_id] = {}
+            return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}
+        if path == "/api/validate-yaml":  # the model card's metadata block
+            return self._validate_card(json.loads(body)["content"])
+        m = re.fullmatch(r"/api/models/(.+?)/(preupload|commit)/([^/]+)", path)
+        if m is None or m.group(1) not in self._repos:
+            return 404, {"error": "Repository not found"}
+        repo_id, action = m.group(1), m.group(2)
+        if action == "preupload":
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                    "shouldIgnore": False}
+                                   for f in json.loads(body)["files"]]}
+        added = {}
+        for line in body.splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                value = item["value"]
+                if value.get("encoding") != "base64":
+                    return 400, {"error": f"unexpected encoding {value.get('encoding')!r}"}
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] != "header":
+                return 400, {"error": f"this stand-in takes regular files only, not {item['key']}"}
+        with self._lock:
+            self._repos[repo_id].update(added)
+        commit = self.commit(repo_id)
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{commit}",
+                     "commitOid": commit, "pullRequestUrl": None}
+
+    @staticmethod
+    def _validate_card(content: str) -> tuple[int, dict]:
+        import yaml  # a dependency of huggingface_hub
+
+        m = re.match(r"---\n(.*?)\n---\n", content, re.S)
+        if m is None:
+            return 200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata"}]}
+        try:
+            meta = yaml.safe_load(m.group(1))
+        except yaml.YAMLError as err:
+            return 400, {"errors": [{"message": f"invalid YAML: {err}"}]}
+        if not isinstance(meta, dict):
+            return 400, {"errors": [{"message": "metadata must be a mapping"}]}
+        return 200, {"errors": [], "warnings": []}

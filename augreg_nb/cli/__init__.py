@@ -13,6 +13,7 @@ the domain modules they drive when they run, so ``augreg-nb --help`` loads no JA
     augreg-nb finetune --preset smoke      # the paper's fine-tuning recipe
     augreg-nb vtab --checkpoint B/16       # the paper's VTAB-1k sweep; a Table 5 row
     augreg-nb rank --task oxford_iiit_pet  # which checkpoint for a task: few-shot probes
+    augreg-nb export --format timm RUN --out DIR   # a fine-tune as a timm / Hub folder
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import sys
 import traceback
 
 from augreg_nb import __version__
-from augreg_nb.cli import catalogue, fetch, figures, predict, rank, training, vtab
+from augreg_nb.cli import catalogue, export, fetch, figures, predict, rank, training, vtab
 
 #: Command groups, in the order their sub-commands are listed in ``--help``.
-COMMAND_GROUPS = (catalogue, fetch, figures, training, predict, vtab, rank)
+COMMAND_GROUPS = (catalogue, fetch, figures, training, predict, vtab, rank, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -416,6 +416,36 @@ class FinetunePanel:
             self.details,
         ], layout=w.Layout(max_width="100%"))
         self._on_change()
+        self._add_timm_export()
+
+    def _add_timm_export(self) -> None:
+        """"Export for timm" beside "Export result", enabled with it: the finished run as a
+        folder timm and the Hugging Face Hub load, ``<run folder>/timm``
+        (:func:`augreg_nb.timm_export.export_run`)."""
+        self.timm_export = None  #: the last TimmExport
+        self.timm_button = w.Button(description="Export for timm", icon="share-square",
+                                    disabled=True, tooltip="model.safetensors, config.json "
+                                    "and a model card, for timm and the Hugging Face Hub")
+        w.dlink((self.export_button, "disabled"), (self.timm_button, "disabled"))
+        row = next(b for b in self.widget.children
+                   if isinstance(b, w.HBox) and self.export_button in b.children)
+        row.children = (*row.children, self.timm_button)
+
+        @guarded(self.messages, "Exporting for timm")
+        def export():
+            from augreg_nb.timm_export import export_run
+
+            if self.result is None:
+                raise RuntimeError("nothing to export yet: press Start and let the run finish")
+            out = export_run(self.result.workdir, Path(self.result.workdir) / "timm")
+            self.timm_export = out
+            self.messages.show(
+                f"{out.folder}: timm's {out.architecture}, {out.num_classes} classes\nload it "
+                f"with timm.create_model(\"local-dir:{out.folder}\", pretrained=True); upload "
+                "it with augreg_nb.timm_export.push_to_hub(folder, repo_id)", "info",
+                title="Exported for timm")
+
+        self.timm_button.on_click(lambda _button: export())
 
     @classmethod
     def for_session(cls, session, **choices) -> FinetunePanel:
