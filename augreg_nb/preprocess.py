@@ -19,9 +19,10 @@ Training, ``mode=`` (``train_preprocess``):
   inception crop, bilinear resize to r x r *kept in float* (vit_jax never returns to uint8),
   random flip.
 - ``"resize"`` (VTAB's own input code, task_adaptation): bilinear resize of the whole image
-  to r x r kept in float, nothing random: the same pixels as the evaluation mode ``"resize"``. For tasks whose label is a position, an
-  angle, a count or a depth in the picture, which a crop can cut out or move and a mirror
-  can change (``augreg_nb.vtab.TRAIN_PREPROCESS`` says which task uses which mode and why).
+  to r x r kept in float, nothing random: the same pixels as the evaluation mode
+  ``"resize"``. For tasks whose label is a position, an angle, a count or a depth in the
+  picture, which a crop can cut out or move and a mirror can change
+  (``augreg_nb.vtab.TRAIN_PREPROCESS`` says which task uses which mode and why).
 - ``"resize_flip"``: ``"resize"`` then the random horizontal flip, for tasks where what the
   label depends on may sit anywhere in the picture but left and right mean nothing.
 

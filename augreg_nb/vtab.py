@@ -12,8 +12,10 @@
 Every task is registered twice: ``vtab/<name>`` with VTAB's full train / val / test splits
 and ``vtab1k/<name>`` with VTAB-1k's 800 training and 200 validation examples (the test
 split is the same). Both also carry a ``trainval`` split: train+val for the full variant and
-VTAB's ``train800val200`` for the 1k variant. The paper's Table 5 is VTAB-1k; the paper's
-VTAB sweep of a checkpoint over these tasks is ``augreg_nb.vtab_run`` (``augreg-nb vtab``).
+VTAB's ``train800val200`` for the 1k variant. The paper's Table 5 reports the full
+variant (its numbers need the full training sets); VTAB-1k is the standard cheap benchmark.
+The paper's VTAB sweep of a checkpoint over these tasks is ``augreg_nb.vtab_run``
+(``augreg-nb vtab``).
 
 The paper's own fine-tuning tasks ``cifar100``, ``oxford_iiit_pet``, ``resisc45`` and
 ``kitti`` (``augreg_nb.tasks``) keep the splits of the paper's sweep (protocol.md) and stay
