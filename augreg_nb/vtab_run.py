@@ -535,11 +535,11 @@ def run_stoppable(target: Callable[..., None], args: tuple, *, what: str,
 
 
 def download_size(task_name: str, data_dir: str | None = None) -> int | None:
-    """Bytes TFDS downloads for a task's dataset, from its shipped metadata (None: not
-    known)."""
+    """Bytes TFDS downloads for a task's dataset, from the checksums its code ships (the
+    sizes of the files it fetches; None: not known)."""
     with contextlib.suppress(Exception):
-        size = int(tfds_builder(get_task(task_name, data_dir=data_dir)).info.download_size)
-        return size or None
+        infos = tfds_builder(get_task(task_name, data_dir=data_dir)).url_infos or {}
+        return sum(int(info.size) for info in infos.values()) or None
     return None
 
 

@@ -190,3 +190,9 @@ def test_duration_text():
     assert vtab_run.duration_text(5 * 3600 + 20 * 60) == "5 h 20 min"
     assert vtab_run.duration_text(3 * 86400) == "3.0 days"
     assert vtab_run.duration_text(float("nan")) == "unknown time"
+
+
+def test_download_size_from_the_checksums_tfds_ships():
+    # TFDS's checksums for Caltech101 (caltech-101 archive), read offline.
+    assert 250e6 < vtab_run.download_size("vtab/caltech101") < 300e6
+    assert vtab_run.download_size("vtab/dsprites_location") > 20e6
