@@ -266,7 +266,7 @@ def test_no_network_says_so_within_seconds(tmp_path, monkeypatch):
 
 
 def test_stop_while_preparing_a_dataset(tmp_path, monkeypatch):
-    from tests.test_vtab_prepare import slow_child
+    from tests.vtab_children import slow_child
 
     def slow_prepare(task_name, *, data_dir=None, should_stop=None, on_status=None):
         on_status("preparing DTD: TFDS downloads 629 MB and prepares it ...")

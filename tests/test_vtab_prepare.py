@@ -15,6 +15,7 @@ from augreg_nb import cli, sweep, vtab, vtab_run  # noqa: E402
 from augreg_nb.config import get_config  # noqa: E402
 from augreg_nb.mock_tfds import mock_tfds  # noqa: E402
 from tests.test_vtab_run import fake_finished_runs  # noqa: E402
+from tests.vtab_children import failing_child, slow_child  # noqa: E402
 
 # ----------------------------------------------------------------------------- the network
 
@@ -65,16 +66,6 @@ def test_status_summary_says_ready_download_and_manual():
 
 
 # ----------------------------------------------------------------------------- Stop
-
-
-def slow_child(seconds: float, conn) -> None:
-    """A stand-in for a long preparation (run in the spawned child)."""
-    time.sleep(seconds)
-    conn.send(None)
-
-
-def failing_child(conn) -> None:
-    conn.send("ConnectionError: the host name example.org cannot be resolved")
 
 
 def test_stop_while_preparing_ends_the_child_at_once():
