@@ -328,14 +328,20 @@ class StepTiming:
         return self.seconds * self.global_batch / self.images
 
 
+#: Images per device timed on a CPU (see :func:`measure_step`).
+CPU_IMAGES = 4
+
+
 def measure_step(config, *, model: str | None = None, num_classes: int = 100) -> StepTiming:
     """Time the real fine-tuning step of ``config`` here, as notebook 2's first step does.
 
     The config's model (``model``, or what the config names), optimiser, loss, dtype,
     resolution and placement, with zero weights (the time does not depend on them), on one
     micro-batch of the config (global_batch / micro_batches images, as each micro-batch of
-    a step runs alone): compiled, run once, then timed once. A whole step is that time x
-    micro_batches (:attr:`StepTiming.seconds_per_step`).
+    a step runs alone): compiled, run once, then timed once. On a CPU, whose time grows
+    with the images from the first one, at most ``CPU_IMAGES`` per device are timed (a
+    micro-batch of B/16 at 384 px takes minutes there). A whole step is the time per image
+    x global_batch (:attr:`StepTiming.seconds_per_step`).
     """
     import jax
     import jax.numpy as jnp
@@ -354,6 +360,8 @@ def measure_step(config, *, model: str | None = None, num_classes: int = 100) ->
     mesh = ip.data_mesh()
     devices = mesh.devices.size
     images = max(devices, config.global_batch // config.micro_batches // devices * devices)
+    if jax.default_backend() == "cpu":
+        images = min(images, CPU_IMAGES * devices)
     recipe = step_recipe(config)
     r = int(config.resolution)
     module = create_model(model, num_classes, dtype=jnp.dtype(config.dtype),
@@ -425,7 +433,7 @@ def grid_cost(names: Sequence[str], *, variant: str = "full",
 
 def duration_text(seconds: float) -> str:
     """``seconds`` for a reader: ``0.25 s``, ``40 s``, ``12 min``, ``5 h 20 min``,
-    ``3.2 days``."""
+    ``3.2 days``, ``20.2 years``."""
     if not seconds == seconds or seconds in (float("inf"), float("-inf")):
         return "unknown time"
     if 0 < seconds < 1:
@@ -437,7 +445,9 @@ def duration_text(seconds: float) -> str:
     if seconds < 48 * 3600:
         h, m = divmod(round(seconds / 60), 60)
         return f"{h} h {m} min" if m else f"{h} h"
-    return f"{seconds / 86400:.1f} days"
+    if seconds < 365 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365.25 * 86400):.1f} years"
 
 
 def cost_text(cost: GridCost, timing: StepTiming) -> str:

@@ -150,7 +150,11 @@ def test_measure_step_times_the_real_step():
     config.resolution = 16
     timing = vtab_run.measure_step(config)
     assert timing.model == "testing" and timing.resolution == 16
-    assert timing.images == config.global_batch // config.micro_batches
+    import jax
+
+    per_micro_batch = config.global_batch // config.micro_batches
+    assert timing.images == (min(per_micro_batch, vtab_run.CPU_IMAGES * jax.device_count())
+                             if jax.default_backend() == "cpu" else per_micro_batch)
     assert 0 < timing.seconds < 60
     assert timing.seconds_per_step == pytest.approx(
         timing.seconds * config.global_batch / timing.images)
@@ -180,6 +184,7 @@ def test_duration_text():
     assert vtab_run.duration_text(600) == "10 min"
     assert vtab_run.duration_text(5 * 3600 + 20 * 60) == "5 h 20 min"
     assert vtab_run.duration_text(3 * 86400) == "3.0 days"
+    assert vtab_run.duration_text(7379.5 * 86400) == "20.2 years"
     assert vtab_run.duration_text(float("nan")) == "unknown time"
 
 

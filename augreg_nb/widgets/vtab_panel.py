@@ -896,11 +896,13 @@ class VtabPanel:
         self._redraw()
 
     def stop(self, reason: str = "Stop pressed") -> None:
-        """End the sweep at the current run's next log step (finished runs are kept)."""
+        """End the sweep at the current run's next log step, or at once while a dataset is
+        being prepared (finished runs are kept)."""
         if self.running:
             self._stop.set()
             self.stop_button.disabled = True
-            self.messages.show(f"{reason}: stopping at the next log step ...", "note")
+            self.messages.show(f"{reason}: stopping ... (a run at its next log step, the "
+                               "preparation of a dataset at once)", "note")
 
     def _on_stop(self, _button=None) -> None:
         self.stop()
