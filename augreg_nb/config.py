@@ -33,7 +33,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
-from augreg_nb import protocol
+from augreg_nb import preprocess, protocol
 from augreg_nb.download import cache_dir
 from augreg_nb.names import AUG_NAMES, format_float, paper_to_index_aug, unknown_value_error
 from augreg_nb.tasks import get_task, list_tasks
@@ -194,7 +194,10 @@ def _base() -> ml_collections.ConfigDict:
     c.param_sharding = "replicated"
     # Train-time crop (augreg_nb.preprocess says exactly what each does): "inception_crop"
     # (big_vision, default), "resize_random_crop" (big_vision's resize to 448/384 x resolution
-    # then random crop) or "random_crop" (vit_jax's random 5%-100% area crop, float resize).
+    # then random crop), "random_crop" (vit_jax's random 5%-100% area crop, float resize),
+    # "resize" or "resize_flip" (the whole image; VTAB tasks whose label a crop would
+    # change). A task that names its own (Task.train_preprocess) must be trained with it;
+    # preset_for sets it.
     c.train_preprocess = "inception_crop"
     # Eval-time resize: "resize_crop" (short side to 448/384 x resolution, centre crop)
     # or "resize" (plain resize, vit_jax).
@@ -240,6 +243,10 @@ def preset_for(
     """The config of one run of the paper's sweep (warm-up from Table 4), locked."""
     c = _base()
     c.task = task
+    if task.lower() in list_tasks(None):  # a task with its own label-safe pre-processing
+        own = get_task(task)
+        c.train_preprocess = own.train_preprocess or c.train_preprocess
+        c.eval_preprocess = own.eval_preprocess or c.eval_preprocess
     c.total_steps = int(steps)
     c.warmup_steps = warmup_for(int(steps))
     c.base_lr = float(lr)
@@ -493,8 +500,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         ("dtype", ("float32", "bfloat16")),
         ("momentum_dtype", ("float32", "bfloat16")),
         ("param_sharding", ("replicated", "sharded")),
-        ("train_preprocess", ("inception_crop", "resize_random_crop", "random_crop")),
-        ("eval_preprocess", ("resize_crop", "resize")),
+        ("train_preprocess", preprocess.TRAIN_MODES),
+        ("eval_preprocess", preprocess.EVAL_MODES),
     ):
         if config[field] not in allowed:
             raise ValueError(f"{field}={config[field]!r} is not one of {allowed}")

@@ -198,6 +198,28 @@ def num_examples(task: Task, split: str) -> int:
 
 # ----------------------------------------------------------------------------- tf.data
 
+#: The pre-processing a task without its own gets when none is asked for.
+DEFAULT_MODES = {"train": "inception_crop", "eval": "resize_crop"}
+
+
+def task_preprocess(task: Task, requested: str | None, kind: str = "train") -> str:
+    """The pre-processing mode ``kind`` ("train" or "eval") of ``task``: its own
+    (``Task.train_preprocess`` / ``eval_preprocess``, chosen so that its labels survive),
+    else ``requested``, else :data:`DEFAULT_MODES`. Asking a task with its own mode for
+    another one raises with the fix: such a mode would change the task's labels."""
+    own = getattr(task, f"{kind}_preprocess")
+    if own is None:
+        return requested or DEFAULT_MODES[kind]
+    if requested is not None and requested != own:
+        raise ValueError(
+            f"task {task.name!r} {'trains' if kind == 'train' else 'evaluates'} with "
+            f"{kind}_preprocess={own!r}, its label-safe pre-processing "
+            f"(augreg_nb.vtab.TRAIN_PREPROCESS says why); {requested!r} would cut out, move "
+            f"or mirror what its label depends on. Set {kind}_preprocess={own!r} (--set "
+            f"{kind}_preprocess={own}).")
+    return own
+
+
 
 def make_train_dataset(
     task: Task,
@@ -205,7 +227,7 @@ def make_train_dataset(
     resolution: int,
     batch_size: int,
     seed: int = 0,
-    preprocess_mode: str = "inception_crop",
+    preprocess_mode: str | None = None,
     shuffle_buffer: int = 50_000,
     start_batch: int = 0,
     aug: str = "none",
@@ -221,6 +243,9 @@ def make_train_dataset(
     per image after crop and flip (:func:`augreg_nb.preprocess.train_preprocess`); its
     Mixup acts on whole batches in the training step.
 
+    ``preprocess_mode``: the crop and flip (:func:`task_preprocess`: the task's own when it
+    has one, else this, else "inception_crop").
+
     Elements: {"image": float32 (batch_size, r, r, 3) in [-1, 1], "label": int32}.
     The stream is a function of ``seed``: ``start_batch=k`` yields exactly the batches
     k, k+1, ... of the stream from 0 (for resuming), skipping the first k global batches
@@ -228,6 +253,7 @@ def make_train_dataset(
     processes' rows are dropped encoded too.
     """
     tf = import_tf()
+    preprocess_mode = task_preprocess(task, preprocess_mode, "train")
     p, n = _process()
     stream_seed = int(seed) * 1000  # the same stream in every process
     if task.folder is not None:
@@ -269,10 +295,14 @@ def make_train_dataset(
 
 
 def make_eval_dataset(
-    task: Task, split: str, *, resolution: int, batch_size: int, preprocess_mode="resize_crop"
+    task: Task, split: str, *, resolution: int, batch_size: int,
+    preprocess_mode: str | None = None,
 ):
-    """This process's shard of ``split``, pre-processed and batched (last batch partial)."""
+    """This process's shard of ``split``, pre-processed (:func:`task_preprocess`: the
+    task's own, else ``preprocess_mode``, else "resize_crop") and batched (last batch
+    partial)."""
     tf = import_tf()
+    preprocess_mode = task_preprocess(task, preprocess_mode, "eval")
     p, n = _process()
     if task.folder is not None:
         ds = _folder_source(_folder_files(task, split)[0][p::n], shuffle=False, seed=0)
@@ -364,7 +394,7 @@ def make_train_iterator(
     global_batch: int = 512,
     seed: int = 0,
     mesh=None,
-    preprocess_mode: str = "inception_crop",
+    preprocess_mode: str | None = None,
     shuffle_buffer: int = 50_000,
     prefetch: int = 2,
     start_batch: int = 0,
@@ -447,7 +477,7 @@ def make_eval_iterator(
     resolution: int,
     batch_size: int = 512,
     mesh=None,
-    preprocess_mode: str = "resize_crop",
+    preprocess_mode: str | None = None,
 ) -> EvalIterator:
     """Padded evaluation batches {"image", "label", "mask"} covering ``split`` exactly once."""
     return EvalIterator(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 from augreg_nb.preprocess import import_tf
 
@@ -69,9 +70,10 @@ def mock_tfds(
 
         return ds.map(encode) if skipped else ds
 
+    # Every dataset reads as prepared (is_prepared: True), so nothing tries to download it.
     with tfds.testing.mock_data(
         num_examples=num_examples,
         policy=tfds.testing.MockPolicy.USE_CODE,
         as_dataset_fn=as_dataset,
-    ):
+    ), mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", lambda self: True):
         yield

@@ -18,6 +18,13 @@ Training, ``mode=`` (``train_preprocess``):
 - ``"random_crop"`` (vit_jax ``input_pipeline.py``): the same random 5%..100% box as the
   inception crop, bilinear resize to r x r *kept in float* (vit_jax never returns to uint8),
   random flip.
+- ``"resize"`` (VTAB's own input code, task_adaptation): bilinear resize of the whole image
+  to r x r kept in float, nothing random: the same pixels as the evaluation mode
+  ``"resize"``. For tasks whose label is a position, an angle, a count or a depth in the
+  picture, which a crop can cut out or move and a mirror can change
+  (``augreg_nb.vtab.TRAIN_PREPROCESS`` says which task uses which mode and why).
+- ``"resize_flip"``: ``"resize"`` then the random horizontal flip, for tasks where what the
+  label depends on may sit anywhere in the picture but left and right mean nothing.
 
 Evaluation, ``mode=`` (``eval_preprocess``):
 
@@ -53,7 +60,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("inception_crop", "resize_random_crop", "random_crop")
+TRAIN_MODES = ("inception_crop", "resize_random_crop", "random_crop", "resize", "resize_flip")
 EVAL_MODES = ("resize_crop", "resize")
 #: Random box of the inception crop and of vit_jax's crop: fraction of the image area, and
 #: aspect ratio (width / height). Both reference implementations leave the aspect ratio at
@@ -187,13 +194,14 @@ def train_preprocess(image_uint8, resolution: int, *, seed, mode: str = "incepti
 
 def train_crop_flip(image_uint8, resolution: int, *, seed, mode: str = "inception_crop"):
     """The random crop and flip of training, before the value range: (r, r, 3) pixels in
-    [0, 255] (uint8, or float for ``mode="random_crop"``). Pixel-level augmentation such as
-    RandAugment goes between this and :func:`value_range`.
+    [0, 255] (uint8; float for ``"random_crop"``, ``"resize"`` and ``"resize_flip"``).
+    Pixel-level augmentation such as RandAugment goes between this and :func:`value_range`.
 
     ``seed`` is an int or a pair of ints (a tensor inside tf.data); the same seed gives the
     same crop and flip eagerly and in a pipeline. ``mode`` is ``"inception_crop"`` (paper,
-    big_vision), ``"resize_random_crop"`` (big_vision's resize then random crop) or
-    ``"random_crop"`` (vit_jax's crop); the module docstring says exactly what each does.
+    big_vision), ``"resize_random_crop"`` (big_vision's resize then random crop),
+    ``"random_crop"`` (vit_jax's crop), ``"resize"`` (VTAB: the whole image, no flip) or
+    ``"resize_flip"``; the module docstring says exactly what each does.
     """
     tf = import_tf()
     if mode not in TRAIN_MODES:
@@ -201,7 +209,11 @@ def train_crop_flip(image_uint8, resolution: int, *, seed, mode: str = "inceptio
     image = _check_image(image_uint8)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), 2))
     size = (resolution, resolution)
-    if mode == "inception_crop":
+    if mode in ("resize", "resize_flip"):  # the whole picture: nothing cut out or moved
+        image = tf.image.resize(image, size, method="bilinear", antialias=False)
+        if mode == "resize":
+            return image
+    elif mode == "inception_crop":
         image = _resize_uint8(_random_area_crop(image, crop_seed), size, "bilinear")
     elif mode == "resize_random_crop":
         big = eval_resize_size(resolution)

@@ -73,6 +73,12 @@ class Task:
     # Applied to each decoded uint8 (H, W, 3) image, e.g. dSprites' 0/1 pixels -> 0/255.
     image_fn: Callable[[Any], Any] | None = None
     manual: ManualDownload | None = None
+    # The task's own pre-processing by name (augreg_nb.preprocess modes), when the config's
+    # generic one would change its labels (a crop that cuts out what a VTAB label counts or
+    # locates, a flip where left/right is in the label); None: the config's. The input
+    # pipeline refuses another one with the fix (input_pipeline.task_preprocess).
+    train_preprocess: str | None = None
+    eval_preprocess: str | None = None
     folder: FolderSplits | None = dataclasses.field(default=None, repr=False)
     description: str = ""
     # How to make the data when the task ships it (e.g. the digits smoke task writes its

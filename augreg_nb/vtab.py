@@ -12,8 +12,10 @@
 Every task is registered twice: ``vtab/<name>`` with VTAB's full train / val / test splits
 and ``vtab1k/<name>`` with VTAB-1k's 800 training and 200 validation examples (the test
 split is the same). Both also carry a ``trainval`` split: train+val for the full variant and
-VTAB's ``train800val200`` for the 1k variant. The paper's Table 5 is VTAB-1k; the paper's
-VTAB sweep of a checkpoint over these tasks is ``augreg_nb.vtab_run`` (``augreg-nb vtab``).
+VTAB's ``train800val200`` for the 1k variant. The paper's Table 5 reports the full
+variant (its numbers need the full training sets); VTAB-1k is the standard cheap benchmark.
+The paper's VTAB sweep of a checkpoint over these tasks is ``augreg_nb.vtab_run``
+(``augreg-nb vtab``).
 
 The paper's own fine-tuning tasks ``cifar100``, ``oxford_iiit_pet``, ``resisc45`` and
 ``kitti`` (``augreg_nb.tasks``) keep the splits of the paper's sweep (protocol.md) and stay
@@ -48,6 +50,17 @@ called on the TFDS example inside tf.data): see ``ObjectCount``, ``ClosestObject
 ``CoarseBins`` and ``ClosestVehicleDistance``. Grey images (dSprites, sNORB) become RGB by
 repeating the channel, as VTAB does (the package decodes every image to 3 channels);
 dSprites pixels are 0/1 in TFDS and are scaled to 0/255 (``binary_to_uint8``) as in VTAB.
+
+Pre-processing. Each task trains with a pre-processing chosen by name so that its label
+survives (``TRAIN_PREPROCESS``: task -> train mode, eval mode, why): the structured group is
+resized whole, as VTAB's own input code does, since a crop can cut out or move what its
+label counts or locates and a mirror changes a position or an angle; SVHN is resized too
+(its label is the digit in the centre), Camelyon and Retinopathy are resized and mirrored
+(the label is in the patch's centre / anywhere in the retina, left and right mean nothing);
+the other natural and specialized tasks keep the paper's inception crop and flip, which
+keep a category. ``Task.train_preprocess`` / ``eval_preprocess`` carry the choice and the
+input pipeline refuses another one (``augreg_nb.input_pipeline.task_preprocess``).
+``preprocess_table()`` is the README's table of it.
 
 The table of the 19 tasks (name, group, TFDS name:version, splits, classes, label rule) is
 ``markdown_table()``; README.md shows it ("The 19 VTAB tasks").
@@ -232,6 +245,7 @@ class VtabSpec:
         else:
             raise ValueError(f"variant must be {FULL!r} or {ONE_K!r}, got {variant!r}")
         size = "full" if variant == FULL else "1k"
+        train_pp, eval_pp, _ = TRAIN_PREPROCESS[self.name]
         return Task(
             name=f"{variant}/{self.name}",
             tfds_name=self.tfds_spec,
@@ -244,6 +258,8 @@ class VtabSpec:
             label_fn=self.label_fn,
             image_fn=self.image_fn,
             manual=self.manual,
+            train_preprocess=None if train_pp == GENERIC else train_pp,
+            eval_preprocess=eval_pp,
             description=f"VTAB {self.column} ({self.group}, {size} splits): {self.label_rule}",
         )
 
@@ -363,6 +379,65 @@ _SPECS = (
 )
 #: name -> VtabSpec, in the paper's Table 5 order.
 SPECS: dict[str, VtabSpec] = {s.name: s for s in _SPECS}
+
+# ----------------------------------------------------------------------------- pre-processing
+
+#: The paper's training crop and flip (the config's default), kept where it keeps the label.
+GENERIC = "inception_crop"
+_CATEGORY = ("the label is a category: a part of the object or scene, or its mirror "
+             "image, is still that category (the paper's crop and flip)")
+_STRUCTURED = "resized whole as VTAB does: "
+#: task -> (training mode, evaluation mode (None: the config's centre crop), why).
+#: GENERIC means the config's train_preprocess (the paper's inception crop and flip).
+TRAIN_PREPROCESS: dict[str, tuple[str, str | None, str]] = {
+    "caltech101": (GENERIC, None, _CATEGORY),
+    "cifar100": (GENERIC, None, _CATEGORY),
+    "dtd": (GENERIC, None, "a texture: any patch of it, or its mirror, is the same texture"),
+    "flowers102": (GENERIC, None, _CATEGORY),
+    "pets": (GENERIC, None, _CATEGORY),
+    "sun397": (GENERIC, None, _CATEGORY),
+    "svhn": ("resize", None, "the label is the digit in the centre of a picture that also "
+             "shows its neighbours: a crop can centre a neighbour or cut the digit, and a "
+             "mirrored digit is no digit"),
+    "camelyon": ("resize_flip", None, "the label says whether the centre 32x32 px of the "
+                 "96 px patch holds tumour tissue: a crop moves or drops that centre; tissue "
+                 "has no left and right, so the mirror stays"),
+    "eurosat": (GENERIC, None, "the land cover of a small tile: any part of it, or its "
+                "mirror, has the same cover"),
+    "resisc45": (GENERIC, None, _CATEGORY),
+    "retinopathy": ("resize_flip", None, "the grade comes from lesions anywhere in the "
+                    "retina: a crop can cut them all out; left and right eyes are mirror "
+                    "images, so the mirror stays"),
+    "clevr_count": ("resize", "resize", _STRUCTURED + "a crop cuts objects out and changes "
+                    "the count (so would the eval centre crop of the 480x320 picture)"),
+    "clevr_distance": ("resize", "resize", _STRUCTURED + "a crop zooms (objects look "
+                       "nearer) and can cut the nearest object out"),
+    "dmlab": ("resize", "resize", _STRUCTURED + "the label says what is near and how far: "
+              "a crop zooms and can cut it out"),
+    "dsprites_location": ("resize", "resize", _STRUCTURED + "the label is the x position: "
+                          "a crop moves it, a mirror reverses it"),
+    "dsprites_orientation": ("resize", "resize", _STRUCTURED + "the label is the angle: a "
+                             "mirror reverses it, a crop can cut the shape"),
+    "kitti_distance": ("resize", "resize", _STRUCTURED + "the label is the nearest "
+                       "vehicle's depth: a crop can cut it out or zoom (the eval centre "
+                       "crop of the 1242x375 picture would drop two thirds of it)"),
+    "smallnorb_azimuth": ("resize", "resize", _STRUCTURED + "the label is the viewing "
+                          "angle: a mirror turns azimuth a into -a"),
+    "smallnorb_elevation": ("resize", "resize", _STRUCTURED + "the label is the camera "
+                            "height, read from the toy's apparent shape, which a crop's "
+                            "zoom and aspect change"),
+}
+
+
+def preprocess_table() -> str:
+    """Markdown: task -> training and evaluation pre-processing -> why (README.md)."""
+    lines = ["| task | group | training | evaluation | why |", "|---|---|---|---|---|"]
+    for name, spec in SPECS.items():
+        train, evaluation, why = TRAIN_PREPROCESS[name]
+        train = "inception_crop + flip" if train == GENERIC else train
+        lines.append(f"| {name} | {spec.group} | {train} | {evaluation or 'resize_crop'} "
+                     f"| {why} |")
+    return "\n".join(lines)
 
 
 def names(group: str | None = None) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ def test_fig3_draws_three_groups_of_three_pretraining_sets():
     fig = figures.plot_fig3(figures.fig3_data(), highlight="B/16")
     axes = fig.axes
     assert [a.get_title() for a in axes] == [
-        "VTAB-1k natural", "VTAB-1k specialized", "VTAB-1k structured"]
+        "VTAB natural", "VTAB specialized", "VTAB structured"]
     assert all(a.get_xscale() == "log" for a in axes)
     assert "Mean top-1" in axes[0].get_ylabel()
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
@@ -116,7 +116,7 @@ def test_tables_as_stylers():
     data = t5.data
     assert data.shape == (27, 22)
     assert data.loc[("ImageNet-21k (300ep)", "B/16"), ("natural", "Mean natural")] == 91.8
-    with pytest.raises(ValueError, match="VTAB-1k"):
+    with pytest.raises(ValueError, match="Table 5 .VTAB. cannot be derived"):
         figures.table5_data(pd.DataFrame())
 
 

@@ -116,7 +116,7 @@ def test_panel_controls_without_running_anything(tmp_path):
     # Resisc45 and Retinopathy need files by hand: said before Start, which is off.
     assert "Manual download needed" in panel.datasets.value
     assert "kaggle.com" in panel.datasets.value and panel.start_button.disabled
-    assert "manual download missing" in panel.table.value
+    assert "needs a manual step" in panel.table.value
     panel.tasks.value = ("camelyon", "eurosat")
     assert panel.group.value == "list" and not panel.start_button.disabled
     assert "Manual download" not in panel.datasets.value and "Camelyon" in panel.datasets.value
@@ -199,3 +199,101 @@ def test_shown_table_prints_one_decimal_like_table5():
     assert shown.iloc[1][["lr", "val %", "test %", "paper %", "diff"]].tolist() == [
         "0.003", "93.5", "96.0", "97.0", "-1.0"]
     assert shown.iloc[0][["lr", "test %", "paper %", "diff"]].tolist() == ["", "", "79.1", ""]
+
+
+def _panel(tmp_path, **kwargs):
+    return VtabPanel(checkpoint="B/16", workdir=tmp_path / "runs", data_dir=str(tmp_path),
+                     **kwargs)
+
+
+def test_full_vtab_by_default_and_1k_on_its_own(tmp_path):
+    panel = _panel(tmp_path, tasks="dtd, svhn")
+    assert panel.variant.value == "full" and not panel.one_k
+    assert "-full-" in panel.workdir.name and "full VTAB (Table 5's data)" in panel.plan.value
+    assert "yours minus the paper's" in panel.table.value
+    assert "Table 5" in panel.table5_view.value and panel.figure3_image.value
+    panel.results = {"svhn": {**row("svhn", 0.9), "adapt_ds": "vtab1k/svhn"}}
+    panel.variant.value = "1k"  # another sweep: its own folder, nothing of the full one
+    assert panel.one_k and "-1k-" in panel.workdir.name and panel.results == {}
+    assert panel.compare.disabled and panel.paper == {}
+    panel.results = {"svhn": row("svhn", 0.9)}
+    panel._show_table()
+    assert "yours minus" not in panel.table.value and "paper %" not in panel.table.value
+    assert "shown on its own" in panel.table.value
+    html = panel.table5().to_html()
+    assert "Own:" not in html and "Table 5 reports full VTAB" in html and "90.0" in html
+    panel._redraw()
+    assert "not drawn on it" in panel.figure3_note.value
+    assert panel.figure3_image.layout.display == "none"
+
+
+def test_finished_tasks_of_the_folder_are_shown_when_the_panel_opens(tmp_path):
+    panel = _panel(tmp_path, tasks="dtd, svhn")
+    panel.workdir.mkdir(parents=True)
+    pd.DataFrame([{**row("dtd", 0.75), "adapt_ds": "vtab/dtd"}]).to_csv(
+        panel.workdir / vtab_run.RESULTS_FILE, index=False)
+    again = _panel(tmp_path, tasks="dtd, svhn")
+    assert list(again.results) == ["dtd"]
+    assert again.table_rows.set_index("task").loc["DTD", "test %"] == pytest.approx(75.0)
+
+
+def test_a_sweep_that_raises_is_red_with_its_reason(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        kwargs["on_status"]("checking the datasets of 1 task(s) ...")
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(vtab_run, "run_vtab", boom)
+    panel = _panel(tmp_path, tasks="dtd")
+    panel.start_button.click()
+    panel.wait(30)
+    assert panel.messages.kind == "error" and "the disk is full" in panel.messages.text
+    assert panel.overall_bar.bar_style == "danger" and panel.task_bar.bar_style == "danger"
+    assert "success" not in (panel.overall_bar.bar_style, panel.task_bar.bar_style)
+    assert not panel.start_button.disabled and panel.now.value == ""
+
+
+def test_no_network_says_so_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(vtab_run, "PROBE_HOST", "augreg-nb-test.invalid")
+    panel = _panel(tmp_path, tasks="dtd, clevr_count")
+    assert "needs a download" in panel.table.value  # per task, before Start
+    started = time.perf_counter()
+    panel.start_button.click()
+    panel.wait(30)
+    assert time.perf_counter() - started < 5
+    assert panel.messages.kind == "error"
+    assert "this machine seems to have no network" in panel.messages.text
+    assert "needs a download: DTD, Clevr-Count" in panel.messages.text
+
+
+def test_stop_while_preparing_a_dataset(tmp_path, monkeypatch):
+    from tests.vtab_children import slow_child
+
+    def slow_prepare(task_name, *, data_dir=None, should_stop=None, on_status=None):
+        on_status("preparing DTD: TFDS downloads 629 MB and prepares it ...")
+        vtab_run.run_stoppable(slow_child, (60.0,), what="DTD", should_stop=should_stop)
+
+    monkeypatch.setattr(vtab_run, "prepare_task", slow_prepare)
+    monkeypatch.setattr(vtab_run, "network_problem", lambda: None)
+    panel = _panel(tmp_path, tasks="dtd")
+    panel.start_button.click()
+    deadline = time.monotonic() + 30
+    while "preparing DTD" not in panel.now.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "Now</b>: preparing DTD: TFDS downloads 629 MB" in panel.now.value
+    stopped = time.perf_counter()
+    panel.stop_button.click()
+    panel.wait(30)
+    assert time.perf_counter() - stopped < 5
+    assert panel.messages.kind == "warning"
+    assert panel.messages.text.startswith("stopped while preparing DTD")
+    assert panel.result.stopped and not panel.results
+
+
+@pytest.mark.slow
+def test_cost_here_times_a_step_and_states_the_grid(tmp_path):
+    panel = VtabPanel(workdir=tmp_path / "runs", smoke=True, data_dir=str(tmp_path))
+    assert "not measured yet" in panel.plan.value
+    panel.cost_button.click()
+    panel._cost_thread.join(120)
+    assert "On this machine the chosen grid takes about" in panel.plan.value, panel.plan.value
+    assert "3 task(s) x 2 runs = 6 runs, 12 training steps" in panel.plan.value

@@ -75,7 +75,8 @@ def test_manual_downloads_are_reported_before_anything_runs(tmp_path, monkeypatc
         assert needed in msg, needed
     assert not work.exists()
     # Tasks without a manual download pass; so does a group without such tasks.
-    status = vtab_run.check_datasets(vtab.names("natural"), data_dir=str(tmp_path))
+    status = vtab_run.check_datasets(vtab.names("natural"), data_dir=str(tmp_path),
+                                     probe=False)
     assert set(status.values()) == {"needs download"}
     # Not downloading is reported up front too, with each dataset's command.
     with pytest.raises(DatasetNotReadyError) as err:
@@ -84,18 +85,20 @@ def test_manual_downloads_are_reported_before_anything_runs(tmp_path, monkeypatc
     assert "tfds build svhn_cropped:3.1.0" in str(err.value)
     # Once the files are in the manual dir, TFDS can build both.
     put_manual_files(tmp_path)
-    status = vtab_run.check_datasets(vtab.names("specialized"), data_dir=str(tmp_path))
+    status = vtab_run.check_datasets(vtab.names("specialized"), data_dir=str(tmp_path),
+                                     probe=False)
     assert status == {"camelyon": "needs download", "eurosat": "needs download",
                       "resisc45": "manual files present", "retinopathy": "manual files present"}
 
 
-def test_cli_check_lists_the_datasets(tmp_path, capsys):
+def test_cli_check_lists_the_datasets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(vtab_run, "network_problem", lambda: None)
     code = cli.main(["vtab", "--checkpoint", "B/16", "--group", "specialized", "--check",
                      "--set", f"data_dir={tmp_path}"])
     assert code == 1
     out, err = capsys.readouterr()
-    assert "resisc45              manual download missing" in out
-    assert "camelyon              needs download" in out
+    assert "resisc45              needs a manual step" in out
+    assert "camelyon              needs a download" in out
     assert "need a manual download" in err
     assert cli.main(["vtab", "--checkpoint", "B/16", "--tasks", "dtd", "--check",
                      "--set", f"data_dir={tmp_path}"]) == 0
@@ -112,7 +115,7 @@ def fake_finished_runs(root, rng, resolution=32) -> dict[str, list[dict]]:
             workdir.mkdir(parents=True)
             row = dict.fromkeys(COLUMNS, float("nan"))
             row.update(name="B/16", ds="i21k", filename="B_16-i21k-300ep-lr_0.001-aug_medium1-"
-                       "wd_0.1-do_0.0-sd_0.0", adapt_ds=f"vtab1k/{name}", adapt_lr=lr,
+                       "wd_0.1-do_0.0-sd_0.0", adapt_ds=f"vtab/{name}", adapt_lr=lr,
                        adapt_steps=steps, adapt_resolution=resolution,
                        adapt_final_val=int(rng.integers(0, 201)) / 200,
                        adapt_final_test=float(rng.uniform()), adapt_filename=f"{name}-{steps}-{lr}")
@@ -220,7 +223,7 @@ def test_mock_vtab_sweep_of_a_tiny_model_over_all_19_tasks(tmp_path, quick_compi
                                    lengths=[2])
         seconds = time.perf_counter() - start
         table = result.table
-        assert list(table["adapt_ds"]) == [f"vtab1k/{n}" for n in vtab.names()]
+        assert list(table["adapt_ds"]) == [f"vtab/{n}" for n in vtab.names()]
         for column in ("adapt_final_val", "adapt_final_test"):
             # 4 mock examples per split, each evaluated once: accuracies are quarters.
             acc = table[column].to_numpy(dtype=float)
@@ -265,7 +268,7 @@ def test_cli_prints_each_task_and_the_group_means(tmp_path, capsys):
     with mock_tfds(num_examples=2):
         code = cli.main(["vtab", "--checkpoint", "B/16", "--group", "specialized",
                          "--workdir", str(tmp_path / "work"), "--set", f"data_dir={tmp_path}",
-                         "--no-progress"])
+                         "--no-progress", "--no-estimate"])
     assert code == 0
     out = capsys.readouterr().out
     tests = []
@@ -301,7 +304,7 @@ def test_retrain_on_train_and_val_reports_that_runs_test(tmp_path, quick_compile
                                 f"{best['adapt_lr']}-res_16" / "result.json").read_text())
             assert row["adapt_final_test"] == again["result_row"]["adapt_final_test"]
             assert row["workdir"].endswith(f"retrain-steps_2-lr_{best['adapt_lr']}-res_16")
-            # The retrained run read VTAB's train800val200 as its training split.
-            assert again["result_row"]["adapt_ds"] == f"vtab1k/{name}+val"
-            assert get_task(f"vtab1k/{name}+val").split("train") == \
-                vtab.SPECS[name].splits["train800val200"]
+            # The retrained run read VTAB's train+val as its training split.
+            assert again["result_row"]["adapt_ds"] == f"vtab/{name}+val"
+            assert get_task(f"vtab/{name}+val").split("train") == \
+                vtab.SPECS[name].splits["trainval"]

@@ -11,7 +11,7 @@ the domain modules they drive when they run, so ``augreg-nb --help`` loads no JA
     augreg-nb fetch NAME                   # resolve a checkpoint to a local file
     augreg-nb figures --out DIR            # every reproducible paper figure as PNG/SVG/HTML
     augreg-nb finetune --preset smoke      # the paper's fine-tuning recipe
-    augreg-nb vtab --checkpoint B/16       # the paper's VTAB-1k sweep; a Table 5 row
+    augreg-nb vtab --checkpoint B/16       # the paper's VTAB sweep; a Table 5 row
     augreg-nb rank --task oxford_iiit_pet  # which checkpoint for a task: few-shot probes
     augreg-nb export --format timm RUN --out DIR   # a fine-tune as a timm / Hub folder
 """

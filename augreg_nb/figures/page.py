@@ -35,7 +35,8 @@ NOT_REPRODUCIBLE = {
 def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
                 overlay=None) -> dict:
     """stem -> matplotlib Figure for every figure of the registry the data allows; own
-    VTAB-1k rows (``augreg-nb vtab``'s ``vtab.csv``) join Table 5 and Figure 3.
+    full-VTAB rows (``augreg-nb vtab``'s ``vtab.csv``) join Table 5 and Figure 3 (VTAB-1k
+    rows do not: Table 5's numbers come from the full training sets).
 
     Figures that need the full index are left out without ``index``. ``overlay``: own
     fine-tune result rows (index schema), drawn on the figures that take them and, beside
@@ -43,10 +44,10 @@ def figures_for(index: pd.DataFrame | None = None, *, highlight=None,
     """
     out = {}
     overlay = None if overlay is None else derive.as_rows(overlay)
-    paper_tasks = overlay  # own rows of the paper's fine-tuning tasks (not VTAB-1k)
+    paper_tasks = overlay  # own rows of the paper's fine-tuning tasks (not VTAB's)
     if overlay is not None and "adapt_ds" in overlay.columns:
         paper_tasks = overlay[~overlay["adapt_ds"].astype(str).str.startswith(
-            tidy.VTAB1K_PREFIX)]
+            (tidy.VTAB1K_PREFIX, tidy.VTAB_PREFIX))]
     for entry in FIGURES.values():
         if entry.kind == "figure" and (index is not None or not entry.needs_index):
             data = entry.data(index, own=overlay) if entry.takes_own else entry.data(index)

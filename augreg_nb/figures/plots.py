@@ -127,10 +127,10 @@ def place_labels(ax, points, *, fontsize: float = FONT, color: str = "dimgray") 
 
 
 def plot_fig3(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
-    """Figure 3: VTAB-1k group means (natural, specialized, structured) against 224 px
+    """Figure 3: VTAB group means (natural, specialized, structured) against 224 px
     inference speed (V100 img/s, log scale), one colour per pre-training set; a grey line
     joins each model's three points. Highlighted models get their own colour and marker.
-    Rows with ``ds == "own"`` (own VTAB-1k runs, see ``fig3_data(own=...)``) are black stars
+    Rows with ``ds == "own"`` (own full-VTAB runs, see ``fig3_data(own=...)``) are black stars
     at their model's published speed."""
     axes = panel_axes(ax, 3, (9, 10.5), stacked=True)
     styles = highlight_style(_highlights(highlight))
@@ -151,7 +151,7 @@ def plot_fig3(tidy: pd.DataFrame, ax=None, *, highlight=None) -> Figure:
                              color=DS_COLORS[ds], label=paper.DS_LABELS[ds])
         _ring(panel_ax, part, "img_per_sec", "vtab_mean", "model", styles)
         _log_speed_axis(panel_ax)
-        panel_ax.set_title(f"VTAB-1k {group}", fontsize=FONT + 1)
+        panel_ax.set_title(f"VTAB {group}", fontsize=FONT + 1)
         panel_ax.set_xlabel("Inference speed (img/s, V100, 224 px)", fontsize=FONT)
         panel_ax.set_ylabel("Mean top-1 (%)", fontsize=FONT)
         panel_ax.tick_params(labelsize=FONT)

@@ -44,7 +44,7 @@ class FigureEntry:
     overlay: bool = False  #: own result rows can be drawn on it (``overlay=``)
     file: str | None = None  #: file stem on the figures page (default: ``key``)
     missing_note: str = ""  #: what the figures page says when it cannot be drawn
-    takes_own: bool = False  #: ``data(index, own=rows)`` adds own rows (VTAB-1k results)
+    takes_own: bool = False  #: ``data(index, own=rows)`` adds own rows (full-VTAB results)
 
     @property
     def stem(self) -> str:
@@ -64,8 +64,8 @@ FIGURES: dict[str, FigureEntry] = {e.key: e for e in (
         missing_note=FIG1_NEEDS_INDEX,
     ),
     FigureEntry(
-        'fig3', 'Figure 3: VTAB-1k vs inference speed',
-        'Figure 3: VTAB-1k top-1, averaged over the natural, specialized and structured '
+        'fig3', 'Figure 3: VTAB vs inference speed',
+        'Figure 3: VTAB top-1, averaged over the natural, specialized and structured '
         'task groups, against inference speed at 224 px, for the three pre-training '
         "sets; grey lines join each model's points.",
         kind="figure", data=tidy.fig3_data, plot=plots.plot_fig3, takes_own=True,
@@ -106,8 +106,8 @@ FIGURES: dict[str, FigureEntry] = {e.key: e for e in (
         kind="table", data=tidy.table3_data, plot=tables.style_table3,
     ),
     FigureEntry(
-        'table5', 'Table 5: VTAB-1k per task',
-        'Table 5: VTAB-1k results per task.',
+        'table5', 'Table 5: VTAB per task',
+        'Table 5: VTAB results per task (full training sets).',
         kind="table", data=lambda index, own=None: tidy.table5_data(own=own),
         plot=tables.style_table5, takes_own=True,
     ),

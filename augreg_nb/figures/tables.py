@@ -52,7 +52,7 @@ def style_table3(table: pd.DataFrame, *, highlight=None, caption: str | None = N
 
 
 def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = None) -> Styler:
-    """Table 5 (from :func:`table5_data`): VTAB-1k top-1 (%) per pre-training set and
+    """Table 5 (from :func:`table5_data`): VTAB top-1 (%) per pre-training set and
     model, tasks grouped as natural / specialized / structured with their means."""
     order = {d: i for i, d in enumerate(dict.fromkeys(tidy["dataset"]))}
     wide = tidy.pivot_table(index=["pretrain", "model"], columns=["group", "dataset"],
@@ -70,7 +70,7 @@ def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = No
     styler = styler.set_properties(subset=means, **{"font-weight": "bold"})
     styler = styler.apply(_mark_rows, axis=None, highlight=highlight)
     return styler.set_caption(caption or (
-        "Table 5: VTAB-1k top-1 (%) of every model and pre-training set, per task and "
+        "Table 5: VTAB top-1 (%) of every model and pre-training set, per task and "
         "group mean."))
 
 

@@ -94,7 +94,7 @@ def render(
     if entry.kind == "table":
         out.html = entry.plot(entry.data(data), highlight=highlight).to_html()
         if item == "table5" and data is not None:
-            out.note = "Table 5 always shows the paper's numbers: the index holds no VTAB-1k runs."
+            out.note = "Table 5 always shows the paper's numbers: the index holds no VTAB runs."
     elif entry.kind == "comparison":
         table = entry.data(data)
         differ = int(table["differs"].sum())

@@ -6,7 +6,8 @@
     panel.start_button.click()     # the sweep in the background; the table fills in
     panel.stop_button.click()      # ends it at the current run's next log step
     panel.wait()                   # until it is over (scripts and tests)
-    panel.table5(); panel.figure3()   # your row next to the paper's Table 5 and Figure 3
+    panel.table5_view; panel.figure3_view   # Table 5 / Figure 3 with your row, redrawn
+    panel.table5(); panel.figure3()         # as each task finishes; or drawn once
 
 The sweep is :func:`augreg_nb.vtab_run.run_vtab`: per task the paper's VTAB grid (learning
 rates 0.001, 0.003, 0.01, 0.03 x 500 and 2500 steps), the run chosen by val accuracy, its
@@ -14,6 +15,14 @@ test accuracy the task's score. Every run keeps its own folder, so Start after S
 after a kernel restart) continues where the sweep stopped; finished runs are read back.
 Shorter grids can be chosen and are labelled as not the paper's; they run in a folder of
 their own, so their results never mix with the paper grid's.
+
+The data is full VTAB by default, what Table 5 reports; VTAB-1k (800 training examples per
+task) can be chosen and is then shown on its own, never as "yours minus the paper's".
+**Cost here** times one training step on this machine (:func:`augreg_nb.vtab_run.measure_step`)
+and the plan line then says what the chosen grid costs, before Start. A status line says
+what happens now (checking the datasets and the network, preparing a dataset, the run in
+progress); without network the sweep ends within seconds with one message, and Stop while
+a dataset is being prepared ends it at once ("stopped while preparing ...").
 
 What the panel shows is computed by the plain functions below (:func:`task_table`,
 :func:`group_means`, :func:`progress_text`, :func:`dataset_notice`), from the result rows
@@ -85,6 +94,11 @@ RESOLUTIONS = (vtab_run.DEFAULT_RESOLUTION, 224)
 #: The columns of the per-task table.
 TABLE_COLUMNS = ("task", "group", "status", "lr", "steps", "runs", "val %", "test %",
                  "paper %", "diff")
+#: The data offered: full VTAB (Table 5's) or VTAB-1k (shown on its own).
+VARIANTS = (("full VTAB: the training sets Table 5 reports", "full"),
+            ("VTAB-1k: 800 examples per task, shown on its own (Table 5 is full VTAB)", "1k"))
+ONE_K_NOTE = ("VTAB-1k (800 training examples per task) is shown on its own: Table 5 "
+              "reports full VTAB and has no 1k numbers to compare with.")
 
 
 # ------------------------------------------------------------------------ pure functions
@@ -337,7 +351,7 @@ class VtabPanel:
                  group: str = "all", tasks: Iterable[str] | str | None = None,
                  grid: str = "paper", resolution: int | None = None,
                  micro_batches: int = 16, workdir: str | os.PathLike = "augreg_runs",
-                 smoke: bool = False, data_dir: str | None = None):
+                 smoke: bool = False, data_dir: str | None = None, variant: str = "full"):
         self.smoke = smoke
         self.root = Path(workdir)
         self.data_dir = data_dir
@@ -346,12 +360,16 @@ class VtabPanel:
         self.runs: dict[str, pd.DataFrame] = {}  #: task -> every run of it
         self.status: dict[str, str] = {}  #: the chosen tasks' datasets (dataset_status)
         self.progress = Progress(tasks=(), runs_per_task=1)
+        self.failed: tuple[str, str] | None = None  #: (task, reason) of a sweep that raised
+        self.timings: dict[tuple, vtab_run.StepTiming] = {}  #: measured steps, by setting
         self.result: vtab_run.VtabResult | None = None
         self.stopped_at = ""  #: where the last sweep was stopped ("" when it was not)
         self.library_output = ""  #: what the libraries printed during the last sweep
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = False
+        self._measuring = False
+        self._cost_thread: threading.Thread | None = None
         self._results_dir: Path | None = None  # the sweep self.results belong to
         self.messages = MessageArea()
 
@@ -389,8 +407,18 @@ class VtabPanel:
             style={"description_width": "initial"}, layout=w.Layout(width="12em"))
         self.smoke_notice = w.HTML(message_html(SMOKE_NOTICE, "warning", title="Smoke data")
                                    if smoke else "")
+        self.variant = dropdown("Data", list(VARIANTS), variant)
         self.plan = w.HTML()
+        self.cost_button = w.Button(
+            description="Cost here", icon="clock", layout=w.Layout(width="9em"),
+            tooltip="time one training step on this machine and say what the grid costs")
         self.datasets = w.HTML()
+        self.now = w.HTML()  # what happens now (checking, preparing a dataset, a run)
+        # Table 5 and Figure 3 with the own row, redrawn whenever a task finishes.
+        self.table5_view = w.HTML()
+        self.figure3_note = w.HTML()
+        self.figure3_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.figure3_view = w.VBox([self.figure3_note, self.figure3_image])
         self.start_button = w.Button(description="Start VTAB sweep", icon="play",
                                      button_style="success", layout=w.Layout(width="13em"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
@@ -412,6 +440,8 @@ class VtabPanel:
         self.checkpoint.observe(self._on_checkpoint, names="value")
         for widget in (self.grid, self.resolution, self.micro_batches, self.compare):
             widget.observe(self._on_change, names="value")
+        self.variant.observe(self._on_variant, names="value")
+        self.cost_button.on_click(self._on_cost)
         self.start_button.on_click(self._on_start)
         self.stop_button.on_click(self._on_stop)
         wrap = w.Layout(flex_flow="row wrap", max_width="100%")
@@ -420,14 +450,15 @@ class VtabPanel:
             self.checkpoint,
             w.HBox([w.VBox([self.group, self.grid,
                             w.HBox([self.resolution, self.micro_batches], layout=wrap),
-                            self.compare], layout=w.Layout(flex="1 1 24em", min_width="0")),
+                            self.variant, self.compare],
+                           layout=w.Layout(flex="1 1 24em", min_width="0")),
                     self.tasks], layout=wrap),
             self.plan, self.datasets,
-            w.HBox([self.start_button, self.stop_button], layout=wrap),
-            self.overall_label, self.overall_bar, self.task_label, self.task_bar,
+            w.HBox([self.start_button, self.stop_button, self.cost_button], layout=wrap),
+            self.now, self.overall_label, self.overall_bar, self.task_label, self.task_bar,
             self.messages.widget, self.table, self.means, self.details,
         ], layout=w.Layout(max_width="100%"))
-        self._on_tasks()
+        self._on_tasks()  # and _on_change: reads what the folder finished, draws the views
 
     @staticmethod
     def _checkpoint_value(choices, checkpoint: str | None) -> str:
@@ -473,13 +504,22 @@ class VtabPanel:
     def workdir(self) -> Path:
         """The sweep's folder: one per checkpoint, resolution and grid."""
         checkpoint = self.checkpoint.value
-        folder = vtab_run.default_workdir(checkpoint, resolution=self.resolution.value).name
+        folder = vtab_run.default_workdir(checkpoint, variant=self.variant.value,
+                                          resolution=self.resolution.value).name
         grid = self.grid.value
         return self.root / (folder if grid == "paper" else f"{folder}-{grid}")
 
     @property
+    def one_k(self) -> bool:
+        """VTAB-1k is chosen: results are shown on their own, never against Table 5."""
+        return self.variant.value == "1k"
+
+    @property
     def paper(self) -> dict[str, float]:
-        """Table 5's numbers of the row chosen for comparison."""
+        """Table 5's numbers of the row chosen for comparison (none for VTAB-1k: Table 5
+        reports full VTAB)."""
+        if self.one_k:
+            return {}
         pretrain, model = self.compare.value.split("|", 1)
         return paper_values(pretrain, model)
 
@@ -504,10 +544,10 @@ class VtabPanel:
             if self.smoke:
                 out[name] = "waiting (mock data)"
             else:
-                out[name] = {"manual download missing": "manual download missing",
-                             "needs download": "waiting (TFDS downloads it)"}.get(
-                    self.status.get(name, ""), "waiting")
-            if name == p.task and self.running:
+                out[name] = vtab_run.STATUS_WORDS.get(self.status.get(name, ""), "waiting")
+            if self.failed is not None and name == self.failed[0]:
+                out[name] = "failed"
+            elif name == p.task and self.running:
                 out[name] = f"run {p.run} of {p.runs_per_task}"
             elif name == p.task and self.stopped_at:
                 out[name] = "stopped"
@@ -541,8 +581,10 @@ class VtabPanel:
             self.status = {}
             return
         try:
-            self.status = vtab_run.dataset_status(self.names, data_dir=self.data_dir)
-            kind, text = dataset_notice(self.status, data_dir=self.data_dir)
+            self.status = vtab_run.dataset_status(self.names, variant=self.variant.value,
+                                                  data_dir=self.data_dir)
+            kind, text = dataset_notice(self.status, variant=self.variant.value,
+                                        data_dir=self.data_dir)
         except Exception as err:  # shown, never raised into the notebook
             kind, text = "warning", f"Could not check the datasets: {err}"
         if text:
@@ -550,11 +592,25 @@ class VtabPanel:
             self.datasets.value = message_html(text, "warning" if kind == "error" else kind,
                                                title=title)
 
+    def _on_variant(self, change=None) -> None:
+        self.compare.disabled = self.one_k
+        self._check_datasets()
+        self._on_change()
+
     def _on_change(self, change=None) -> None:
         if not self.running and self._results_dir != self.workdir:
-            # Another checkpoint, grid or resolution: another sweep, other results.
-            self.results, self.runs, self.stopped_at = {}, {}, ""
+            # Another checkpoint, grid, resolution or data: another sweep, other results;
+            # what was shown of the last one (messages, bars, figures) goes with it.
+            self.results, self.runs, self.stopped_at, self.failed = {}, {}, "", None
             self._results_dir = self.workdir
+            self._read_finished()
+            if self.messages.kind != "error":
+                self.messages.clear()
+            self.now.value = ""
+            for bar in (self.overall_bar, self.task_bar):
+                bar.layout.display = "none"
+            self.overall_label.value = self.task_label.value = ""
+            self._redraw()
         names = self.names
         if not names:
             self.messages.error("choose at least one task (or a group)", "Setting up the sweep")
@@ -567,13 +623,105 @@ class VtabPanel:
         lrs, lengths = self.grid_values
         runs = len(names) * len(lrs) * len(lengths)
         steps = len(names) * len(lrs) * sum(lengths)
+        data = ("VTAB-1k (800 training examples per task; shown on its own)" if self.one_k
+                else "full VTAB (Table 5's data)")
         self.plan.value = (
             f"<small>{len(names)} task(s) x {len(lrs) * len(lengths)} runs = {runs} runs, "
-            f"{steps:,} steps in all, at {self.resolution.value} px; each task's run is "
-            f"chosen by val accuracy, its test accuracy is the task's score.<br>Runs and "
+            f"{steps:,} steps in all, at {self.resolution.value} px, on {data}; each task's "
+            f"run is chosen by val accuracy, its test accuracy is the task's score.<br>"
+            f"<b>Cost on this machine</b>: {html.escape(self._cost_text())}<br>Runs and "
             f"results: {html.escape(str(self.workdir))} "
             f"({vtab_run.RESULTS_FILE}: one row per finished task)</small>")
         self._show_table()
+
+    def _read_finished(self) -> None:
+        """The tasks this sweep's folder has finished before (its ``vtab.csv``)."""
+        path = self.workdir / vtab_run.RESULTS_FILE
+        if not path.is_file():
+            return
+        with contextlib.suppress(Exception):  # an unreadable file: shown as not finished
+            for row in vtab_run.read_results(self.workdir).to_dict("records"):
+                if row.get("vtab_task") in vtab.SPECS:
+                    self.results[row["vtab_task"]] = row
+
+    # -- cost --------------------------------------------------------------------------
+    def _timing_key(self) -> tuple:
+        return (self.checkpoint.value, self.resolution.value, self.micro_batches.value)
+
+    def _base_config(self):
+        """The config every run of the sweep starts from (as Start builds it)."""
+        if self.smoke:
+            return smoke_base(self.data_dir)
+        overrides = [f"micro_batches={self.micro_batches.value}"]
+        if self.data_dir:
+            overrides.append(f"data_dir={self.data_dir}")
+        return vtab_run.base_config(self.checkpoint.value, resolution=self.resolution.value,
+                                    overrides=overrides)
+
+    def _cost_text(self) -> str:
+        timing = self.timings.get(self._timing_key())
+        if timing is None:
+            return ("not measured yet: press Cost here to time one training step (a minute "
+                    "or so on a CPU for B/16).")
+        lrs, lengths = self.grid_values
+        cost = vtab_run.grid_cost(self.names, variant=self.variant.value,
+                                  learning_rates=lrs, lengths=lengths,
+                                  seconds_per_step=timing.seconds_per_step,
+                                  global_batch=timing.global_batch)
+        return vtab_run.cost_text(cost, timing)
+
+    def _on_cost(self, _button=None) -> None:
+        """Time one training step in the background; the plan line then gives the cost."""
+        if self.running or self._measuring:
+            return
+        key = self._timing_key()
+        self._measuring = True
+        self.cost_button.disabled = True
+        self.now.value = "<b>Now</b>: timing one training step on this machine ..."
+
+        def measure():
+            try:
+                self.timings[key] = vtab_run.measure_step(self._base_config())
+            except Exception as err:  # shown, never raised into the notebook
+                self.messages.error(err, "Timing a training step")
+            finally:
+                self._measuring = False
+                self.cost_button.disabled = False
+                self.now.value = ""
+                self._on_change()
+
+        self._cost_thread = threading.Thread(target=measure, name="augreg-vtab-cost",
+                                             daemon=True)
+        self._cost_thread.start()
+
+    def _on_status(self, text: str) -> None:
+        """``run_vtab``'s word on what happens now (checking, preparing a dataset)."""
+        self.now.value = f"<b>Now</b>: {html.escape(text)}"
+
+    # -- Table 5 and Figure 3, kept up to date ----------------------------------------------
+    def _redraw(self) -> None:
+        """Redraw :attr:`table5_view` and :attr:`figure3_view` from the results so far."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        try:
+            self.table5_view.value = self.table5().to_html()
+            if self.one_k:
+                self.figure3_note.value = message_html(
+                    "Figure 3 plots full-VTAB group means; a VTAB-1k run is not drawn on it.",
+                    "note")
+                self.figure3_image.layout.display = "none"
+                return
+            fig = self._figure3(quiet=True)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+            plt.close(fig)
+            self.figure3_image.value = buffer.getvalue()
+            self.figure3_image.layout.display = ""
+            self.figure3_note.value = self._figure3_note()
+        except Exception as err:  # a figure never breaks the sweep
+            self.figure3_note.value = message_html(f"Could not draw: {err}", "warning")
 
     # -- display -------------------------------------------------------------------------
     def _show_progress(self) -> None:
@@ -591,11 +739,19 @@ class VtabPanel:
     def _show_table(self) -> None:
         table = self.table_rows
         done = table["status"] == "done"
+        means = group_means(self.names, self.results, self.paper)
+        if self.one_k:  # on its own: no full-VTAB number to subtract
+            self.table.value = (f"<b>Per task</b> ({html.escape(ONE_K_NOTE)})" + table_html(
+                shown_table(table).drop(columns=["paper %", "diff"]), marked=list(done),
+                max_height="34em"))
+            self.means.value = "<b>Group means</b> (VTAB-1k)" + table_html(
+                means[["group", "finished", "own mean %"]], marked=list(means["complete"]),
+                float_format="{:.1f}")
+            return
         self.table.value = (
             f"<b>Per task</b> (paper: Table 5, {html.escape(self.compare.label)}; diff: "
             "yours minus the paper's, points)" + table_html(
                 shown_table(table), marked=list(done), max_height="34em"))
-        means = group_means(self.names, self.results, self.paper)
         self.means.value = ("<b>Group means</b> (Table 5's mean is over the whole group; "
                             "the own mean is Table 5's once a group is complete)"
                             + table_html(means.drop(columns="complete"),
@@ -610,9 +766,12 @@ class VtabPanel:
                 raise RuntimeError("the sweep is running: wait for it, or press Stop")
             if not self.names:
                 raise ValueError("choose at least one task (or a group)")
+            if self._measuring:
+                raise RuntimeError("a training step is being timed: Start once the cost "
+                                   "is shown")
             quiet_libraries()
             self._stop.clear()
-            self.stopped_at = ""
+            self.stopped_at, self.failed = "", None
             lrs, lengths = self.grid_values
             self.progress = Progress(tasks=self.names, runs_per_task=len(lrs) * len(lengths),
                                      done=tuple(n for n in self.names if n in self.results))
@@ -623,6 +782,7 @@ class VtabPanel:
             self.task_bar.bar_style = self.overall_bar.bar_style = ""
             self.messages.show(f"VTAB sweep of {self.checkpoint.value}: "
                                f"{len(self.names)} task(s) ...", "note")
+            self._on_status("starting ...")
             captured = ThreadOutput()
             self._thread = threading.Thread(target=self._run, args=(captured,),
                                             name="augreg-vtab", daemon=True)
@@ -640,6 +800,8 @@ class VtabPanel:
         p.lr, p.steps = float(config.base_lr), int(config.total_steps)
         p.run = lengths.index(p.steps) * len(lrs) + lrs.index(p.lr) + 1
         p.step, p.loss = 0, math.nan
+        self._on_status(f"{vtab.SPECS[p.task].column}: run {p.run} of {p.runs_per_task} "
+                        f"(lr {p.lr:g}, {p.steps:,} steps)")
         self._show_progress()
         self._show_table()
         return [_RunProgress(self)]
@@ -652,13 +814,15 @@ class VtabPanel:
         p.done = tuple(n for n in self.names if n in self.results)
         self._show_progress()
         self._show_table()
+        self._redraw()  # Table 5 and Figure 3 below follow each finished task
 
     def _run(self, captured: ThreadOutput) -> None:
         """The sweep itself (in the background thread)."""
         lrs, lengths = self.grid_values
         kwargs = dict(tasks=self.names, workdir=self.workdir, learning_rates=lrs,
                       lengths=lengths, callbacks=self._callbacks, on_task=self._on_task,
-                      should_stop=self._stop.is_set)
+                      should_stop=self._stop.is_set, variant=self.variant.value,
+                      on_status=self._on_status)
         result = error = None
         try:
             if self.smoke:
@@ -683,16 +847,33 @@ class VtabPanel:
             self._on_change()  # Start comes back on
         # The closing message last: whoever waits for it finds the buttons as they stay.
         if error is not None:
-            self.task_bar.bar_style = "danger"
-            self.messages.error(error, "The VTAB sweep")
+            self._failed(error)
         elif result is not None:
             self._finished(result)
+
+    def _failed(self, error: BaseException) -> None:
+        """A sweep that raised: red, with the reason, on the task it was at (never green)."""
+        p = self.progress
+        task = p.task if p.task is not None and p.task not in p.done else None
+        self.failed = (task or "", str(error))
+        self.task_bar.bar_style = self.overall_bar.bar_style = "danger"
+        self.now.value = ""
+        self._show_table()
+        where = f" at {vtab.SPECS[task].column}" if task else ""
+        self.messages.error(error, f"The VTAB sweep{where}")
 
     def _finished(self, result: vtab_run.VtabResult) -> None:
         self.result = result
         p = self.progress
         done = len(p.done)
-        if result.stopped:
+        self.now.value = ""
+        if result.stopped and result.stopped_reason.startswith("stopped while preparing"):
+            self.stopped_at = result.stopped_reason.split(";")[0].removeprefix("stopped at ")
+            self.task_bar.bar_style = "warning"
+            self.messages.show(
+                f"{result.stopped_reason} ({done} of {len(p.tasks)} task(s) finished; "
+                "finished runs are kept)", "warning", title="Stopped")
+        elif result.stopped:
             where = "between tasks"
             if p.task is not None and p.task not in p.done:
                 where = (f"{vtab.SPECS[p.task].column}, run {p.run} of {p.runs_per_task} "
@@ -706,18 +887,22 @@ class VtabPanel:
             p.task = None
             self.overall_bar.bar_style = "success"
             self._show_progress()
+            below = (" — the tables below show them on their own (VTAB-1k)" if self.one_k
+                     else " — Table 5 and Figure 3 below show them next to the paper's")
             self.messages.show(
                 f"finished: {done} task(s); results in {result.workdir / vtab_run.RESULTS_FILE}"
-                " — Table 5 and Figure 3 below show them next to the paper's", "info",
-                title="VTAB sweep finished")
+                + below, "info", title="VTAB sweep finished")
         self._show_table()
+        self._redraw()
 
     def stop(self, reason: str = "Stop pressed") -> None:
-        """End the sweep at the current run's next log step (finished runs are kept)."""
+        """End the sweep at the current run's next log step, or at once while a dataset is
+        being prepared (finished runs are kept)."""
         if self.running:
             self._stop.set()
             self.stop_button.disabled = True
-            self.messages.show(f"{reason}: stopping at the next log step ...", "note")
+            self.messages.show(f"{reason}: stopping ... (a run at its next log step, the "
+                               "preparation of a dataset at once)", "note")
 
     def _on_stop(self, _button=None) -> None:
         self.stop()
@@ -730,9 +915,14 @@ class VtabPanel:
     # -- Table 5 and Figure 3 --------------------------------------------------------------
     def table5(self):
         """Table 5 with your row ("Own: ...") under the paper's; the row compared with and
-        yours are shaded. Before the first finished task, the paper's alone."""
+        yours are shaded. Before the first finished task, the paper's alone. For VTAB-1k,
+        your results alone (Table 5 reports full VTAB)."""
         from augreg_nb import figures
 
+        if self.one_k:
+            shown = shown_table(self.table_rows).drop(columns=["paper %", "diff"])
+            return shown.style.hide(axis="index").set_caption(
+                f"Your VTAB-1k results. {ONE_K_NOTE}")
         own = self.own_rows if self.results else None
         tidy = figures.table5_data(own=own)
         model = self.compare.value.split("|", 1)[1]
@@ -741,19 +931,38 @@ class VtabPanel:
 
     def figure3(self):
         """Figure 3 with your complete groups' means as black stars (at the published speed
-        of your model); a note says what is missing when there is no star yet."""
+        of your model); a note says what is missing when there is no star yet. A VTAB-1k
+        run is not drawn on it (Figure 3 is full VTAB): the paper's figure alone."""
+        return self._figure3(quiet=False)
+
+    def _figure3_note(self) -> str:
+        text = self._no_star_text()
+        return message_html(text, "note") if text else ""
+
+    def _no_star_text(self) -> str:
+        """Why Figure 3 has no star of yours ("" when it has one)."""
         from augreg_nb import figures
 
+        if self.one_k:
+            return "Figure 3 plots full-VTAB group means; a VTAB-1k run is not drawn on it."
         own = self.own_rows if self.results else None
         data = figures.fig3_data(own=own)
-        stars = data[(data["ds"] == "own")].dropna(subset=["img_per_sec", "vtab_mean"])
-        if stars.empty:
-            means = group_means(self.names, self.results, self.paper)
-            done = ", ".join(f"{r.group} {r.finished}" for r in means.itertuples())
-            print("No own point yet: a group's mean is drawn once every task of the group "
-                  f"has finished (now: {done or 'nothing run'}), for a model with a "
-                  "published speed (Table 3).")
-        return figures.plot_fig3(data, highlight=self.compare.value.split("|", 1)[1])
+        if not data[(data["ds"] == "own")].dropna(subset=["img_per_sec", "vtab_mean"]).empty:
+            return ""
+        means = group_means(self.names, self.results, self.paper)
+        done = ", ".join(f"{r.group} {r.finished}" for r in means.itertuples())
+        return ("No own point yet: a group's mean is drawn once every task of the group has "
+                f"finished (now: {done or 'nothing run'}), for a model with a published speed "
+                "(Table 3).")
+
+    def _figure3(self, *, quiet: bool):
+        from augreg_nb import figures
+
+        own = self.own_rows if self.results and not self.one_k else None
+        if not quiet and self._no_star_text():
+            print(self._no_star_text())
+        return figures.plot_fig3(figures.fig3_data(own=own),
+                                 highlight=self.compare.value.split("|", 1)[1])
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
