@@ -180,3 +180,18 @@ def test_for_session_knows_a_temporary_run_folder(tmp_path, catalogue):
     kept = SimpleNamespace(index=catalogue, smoke=True, smoke_env=None,
                            workdir=tmp_path / "runs", results_csv=tmp_path / "own.csv")
     assert not FinetunePanel.for_session(kept).temporary_workdir
+
+
+def test_library_messages_carry_no_terminal_escape_codes():
+    from augreg_nb.widgets.common import details_html
+
+    raw = ("\x1b[1m\x1b[31mE0000 cuda_dnn.cc:8310] Unable to register\x1b[0m\r\n"
+           "Dl Completed...:  10%|\x1b[32m#\x1b[0m  \rDl Completed...: 100%|##########|\n"
+           "\x1b]0;title\x07plain line\n")
+    html_text = details_html(raw, "library messages")
+    assert "\x1b" not in html_text and "[0m" not in html_text and "[31m" not in html_text
+    assert "E0000 cuda_dnn.cc:8310] Unable to register\n" in html_text
+    assert "Dl Completed...: 100%|##########|" in html_text and "10%" not in html_text
+    assert "plain line" in html_text and "title" not in html_text
+    assert "(3 lines)" in html_text
+    assert details_html("\x1b[0m\n", "x") == ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -325,9 +326,18 @@ class _Routed:
         return getattr(self.original, name)
 
 
+#: Terminal escape sequences (colours, cursor moves) that libraries write to stderr: shown
+#: as text in HTML they are noise (``[0;31m``), so :func:`details_html` drops them.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
 def details_html(text: str, title: str) -> str:
-    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text)."""
-    text = text.strip()
+    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text),
+    without terminal escape sequences; a carriage return keeps only what was drawn last on
+    its line (a progress bar's final state)."""
+    text = _ANSI.sub("", text)
+    text = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else
+                      line.rstrip("\r") for line in text.split("\n")).strip()
     if not text:
         return ""
     lines = text.count("\n") + 1
