@@ -73,7 +73,7 @@ COLAB_TESTS = (
     "test_train_engine.py", "test_train.py", "test_schedule.py", "test_upstream_recipe.py",
     "test_augreg_train.py", "test_config.py", "test_preprocess.py", "test_augment.py",
     "test_input_pipeline.py", "test_tasks.py", "test_vtab_tasks.py", "test_widgets.py",
-    "test_finetune_panel.py",
+    "test_finetune_panel.py", "test_inference_panel.py",
     "test_vtab_panel.py", "test_notebooks.py", "test_figures.py",
     "test_figures_readability.py", "test_index.py", "test_index_queries.py", "test_colab.py",
     "test_multiprocess.py",
