@@ -107,13 +107,16 @@ def table_html(
     max_height: str = "26em",
     wrap_columns: Iterable[str] = (),
     selected: int | None = None,
+    clamp_lines: int | None = None,
 ) -> str:
     """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold,
     row ``selected`` (a position) is outlined and has the class ``augreg-selected``.
 
     Cells of ``wrap_columns`` (long names) may break after each ``-`` or ``_`` so the table
     fits the notebook's width; the break points are not characters, so a copied name is
-    whole. Other cells stay on one line.
+    whole. Other cells stay on one line. ``clamp_lines``: a wrapped cell shows at most that
+    many lines (the rest behind an ellipsis, the whole text in its tooltip), and one click
+    selects all of it, so a copy is the whole name.
     """
     marked = list(marked) if marked is not None else [False] * len(df)
     wrap = [c in set(wrap_columns) for c in df.columns]
@@ -125,8 +128,13 @@ def table_html(
         for wraps, v in zip(wrap, values, strict=True):
             text = html.escape(_fmt(v, float_format))
             if wraps:
+                full = text
                 text = text.replace("-", "-<wbr>").replace("_", "_<wbr>")
                 style = "padding:1px 6px;min-width:7em;overflow-wrap:anywhere"
+                if clamp_lines:
+                    text = (f"<div class='augreg-clamp' title='{full}' style='display:"
+                            f"-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:"
+                            f"{int(clamp_lines)};overflow:hidden;user-select:all'>{text}</div>")
             else:
                 style = "padding:1px 6px;white-space:nowrap"
             cells.append(f"<td style='{style}'>{text}</td>")

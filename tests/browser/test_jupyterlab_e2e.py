@@ -221,9 +221,10 @@ def test_choose_checkpoint_notebook(lab_page):
         checkpoint.locator("option").nth(values.index(pick)).click()
         area.locator("tr.augreg-selected", has_text=pick.split()[-1]).wait_for(timeout=30_000)
     kind = area.locator(".widget-toggle-buttons",
-                        has=nb.page.locator("label.widget-label", has_text=re.compile("^Fetch$")))
+                        has=nb.page.locator("label.widget-label",
+                                            has_text=re.compile("^File of the row$")))
     kind.get_by_role("button", name="upstream", exact=True).click()
-    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch checkpoint\s*$"))
     fetch.click()
 
     # The message names the file ("{name}\nis ready: {path} ..."); the notebook's own
@@ -324,7 +325,7 @@ def test_real_mode_offers_what_can_be_fetched_and_fails_fast_without_network(lab
     tasks = [r["task"] for r in shown["rows"]]
     assert tasks == sorted(tasks, key=tasks.index)  # grouped by task, never interleaved
     _assert_fits(area, "the index browser (real mode)")
-    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch checkpoint\s*$"))
     start = time.monotonic()
     fetch.click()
     error = area.locator(".augreg-error")
