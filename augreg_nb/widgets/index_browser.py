@@ -395,6 +395,11 @@ def row_labels(view: BrowserView) -> list[tuple[str, str]]:
     return out
 
 
+def _label(text: str) -> w.HTML:
+    """A control's label, on the control's line."""
+    return w.HTML(f"<b>{html.escape(text)}</b>", layout=w.Layout(margin="0 6px 0 0"))
+
+
 def file_to_fetch(view: BrowserView, selected: str | None, kind: str) -> str:
     """The checkpoint a fetch downloads: the selected row's file, or its upstream."""
     if kind not in KINDS:
@@ -440,10 +445,12 @@ class IndexBrowser:
             for key in FILTERS
         }
         self._report_unavailable(state, options)
+        # Labels of the toggles are HTML beside them: a toggle's own description wraps above
+        # its buttons in a row that wraps.
         self.view_toggle = w.ToggleButtons(options=list(VIEWS), value=VIEWS[0],
-                                           description="Show",
-                                           style={"button_width": "auto",
-                                                  "description_width": "initial"})
+                                           tooltips=["fine-tuned checkpoints, one row each",
+                                                     "pre-trained checkpoints, one row each"],
+                                           style={"button_width": "auto"})
         # Each view keeps its sort: "upstream val" never carries into the fine-tunes.
         self._view_sorts: dict[str, tuple[str, bool]] = {
             VIEWS[0]: ("fine-tuned val accuracy", True), VIEWS[1]: (UPSTREAM_SORTS[0], True)}
@@ -487,11 +494,10 @@ class IndexBrowser:
                            layout=w.Layout(width=FULL_WIDTH))
         self.copy.observe(self._on_copy_edit, names="value")
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
-                                    description="File of the row",
-                                    tooltip="the selected row's fine-tuned checkpoint or the "
-                                            "upstream checkpoint it was fine-tuned from",
-                                    style={"button_width": "auto",
-                                           "description_width": "initial"})
+                                    tooltips=["the upstream (pre-trained) checkpoint the "
+                                              "selected row was fine-tuned from",
+                                              "the selected row's fine-tuned checkpoint"],
+                                    style={"button_width": "auto"})
         self.fetch_button = w.Button(description="Fetch checkpoint", icon="download",
                                      button_style="primary", layout=w.Layout(width="auto"),
                                      tooltip="download the selected checkpoint into the cache")
@@ -514,14 +520,14 @@ class IndexBrowser:
             self.provenance,
             self.notices.widget,
             self.filter_grid,
-            w.HBox([self.view_toggle, self.fetchable_only], layout=wrap),
+            w.HBox([_label("Show"), self.view_toggle, self.fetchable_only], layout=wrap),
             self.access_note,
             self.count,
             self.header_bar,
             self.table_html,
             self.selection,
             self.copy,
-            w.HBox([self.kind, self.fetch_button], layout=wrap),
+            w.HBox([_label("File of the row"), self.kind, self.fetch_button], layout=wrap),
             self.status,
             self.progress,
             self.messages.widget,
