@@ -84,3 +84,22 @@ def test_controls_have_names_of_their_own_and_filters_sit_in_a_grid(catalogue, r
     assert "auto-fill" in grid.layout.grid_template_columns
     assert all(f.layout.width == "auto" for f in browser.filters.values())
     assert browser.filters["model"].value == ANY
+
+
+def test_table_rows_carry_the_click_that_selects_them(catalogue, real_env):
+    import html as html_lib
+
+    browser = IndexBrowser(catalogue, limit=1000)
+    browser.fetchable_only.value = False
+    assert ib.BROWSER_CLASS in browser.widget._dom_classes
+    assert ib.ROWS_CLASS in browser.selection._dom_classes
+    clicks = re.findall(r'<tr[^>]* onclick="([^"]*)"', browser.table_html.value)
+    assert len(clicks) == len(browser.view.files)
+    for i, click in enumerate(clicks[:5]):
+        script = html_lib.unescape(click)
+        assert script == ib.ROW_CLICK.replace("{row}", str(i))
+        assert f"s.selectedIndex={i};" in script and "'change',{bubbles:true}" in script
+    # The list the clicks drive lists the rows in the table's order.
+    assert [f for _, f in browser.selection.options] == browser.view.files
+    # A page without a click script has none.
+    assert "onclick" not in table_html(browser.view.table)

@@ -108,6 +108,7 @@ def table_html(
     wrap_columns: Iterable[str] = (),
     selected: int | None = None,
     clamp_lines: int | None = None,
+    row_click: str | None = None,
 ) -> str:
     """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold,
     row ``selected`` (a position) is outlined and has the class ``augreg-selected``.
@@ -116,7 +117,9 @@ def table_html(
     fits the notebook's width; the break points are not characters, so a copied name is
     whole. Other cells stay on one line. ``clamp_lines``: a wrapped cell shows at most that
     many lines (the rest behind an ellipsis, the whole text in its tooltip), and one click
-    selects all of it, so a copy is the whole name.
+    selects all of it, so a copy is the whole name. ``row_click``: JavaScript run when a
+    row is clicked, ``{row}`` replaced by the row's position (a panel's own script, never
+    data: the cells stay escaped).
     """
     marked = list(marked) if marked is not None else [False] * len(df)
     wrap = [c in set(wrap_columns) for c in df.columns]
@@ -143,6 +146,9 @@ def table_html(
         if i == selected:
             style += "outline:2px solid #1976d2;outline-offset:-2px;"
             attrs = " class='augreg-selected'"
+        if row_click:
+            attrs += f' onclick="{html.escape(row_click.replace("{row}", str(i)))}"'
+            style += "cursor:pointer;"
         style = f" style='{style}'" if style else ""
         rows.append(f"<tr{attrs}{style}>{''.join(cells)}</tr>")
     return (

@@ -20,8 +20,8 @@ without a browser::
 Above the table a row of header buttons, named after the table's columns, sets the sort: a
 click sorts by that column, a second click on the same header reverses the order
 (:func:`sort_after_click`); each view (fine-tunes, upstream checkpoints) keeps its own sort.
-Below it the rows are listed again, one line each, in a list box: clicking a line selects
-that row's checkpoint (:func:`row_labels`). Checkpoint names take at most two lines of the
+A click on a table row selects it, and so does a click on its line in the list box below
+(:func:`row_labels`), which the table's rows drive. Checkpoint names take at most two lines of the
 table (one click on a name selects all of it for copying, the tooltip shows it whole), and
 the selected row's full name stands in the *Selected* field, ready to copy.
 
@@ -97,6 +97,14 @@ HEADERS: dict[str, str] = {
 }
 #: CSS class of the row list (its lines are cut at the list's edge, never scrolled sideways).
 ROWS_CLASS = "augreg-rows"
+#: CSS class of the whole browser: a table row's click finds its row list inside it.
+BROWSER_CLASS = "augreg-browser"
+#: What a click on a table row runs in the browser: select the same row in the row list and
+#: tell its widget, as a click on the list's line does (the kernel then outlines the row).
+#: Where a front end drops inline scripts, the row list still selects.
+ROW_CLICK = (f"var s=this.closest('.{BROWSER_CLASS}');s=s&&s.querySelector('.{ROWS_CLASS} "
+             "select');if(s&&s.selectedIndex!=={row}){s.selectedIndex={row};"
+             "s.dispatchEvent(new Event('change',{bubbles:true}))}")
 #: Lines a checkpoint name may take in the table; the table's and the row list's heights.
 NAME_LINES = 2
 TABLE_HEIGHT = "34em"
@@ -532,6 +540,7 @@ class IndexBrowser:
             self.progress,
             self.messages.widget,
         ], layout=w.Layout(max_width="100%"))
+        self.widget.add_class(BROWSER_CLASS)
         self.refresh()
 
     @classmethod
@@ -657,7 +666,7 @@ class IndexBrowser:
     def _table(view: BrowserView, selected: int) -> str:
         return table_html(view.table, marked=view.marked, selected=selected,
                           wrap_columns=("available", "checkpoint"), clamp_lines=NAME_LINES,
-                          max_height=TABLE_HEIGHT)
+                          max_height=TABLE_HEIGHT, row_click=ROW_CLICK)
 
     def clear_result(self) -> None:
         """Forget the last fetch's output: it belongs to a selection no longer shown."""

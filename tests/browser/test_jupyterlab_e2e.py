@@ -185,6 +185,19 @@ def test_choose_checkpoint_notebook(lab_page):
         "t => t.parentElement.getBoundingClientRect().height")
     assert box >= min(len(heights), 10) * 20, f"the table box is {box} px tall"
     nb.shot("browser-all-rows", area)
+    # A click on a table row selects it: the kernel outlines it and names it under Selected.
+    trs = area.locator("table.augreg-table tbody tr")
+    pick = trs.evaluate_all("trs => trs.findIndex(tr => !tr.classList.contains("
+                            "'augreg-selected'))")
+    second = start["rows"][pick]["checkpoint"]
+    assert area.locator("tr.augreg-selected", has_text=second).count() == 0
+    trs.nth(pick).click()
+    area.locator("tr.augreg-selected", has_text=second).wait_for(timeout=30_000)
+    selected = area.get_by_label("Selected", exact=True)
+    deadline = time.monotonic() + 30
+    while selected.input_value() != second:
+        assert time.monotonic() < deadline, f"Selected shows {selected.input_value()!r}"
+        nb.page.wait_for_timeout(200)
 
     # A filter change updates the table.
     model = area.get_by_label("Model", exact=True)
