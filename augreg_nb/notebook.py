@@ -12,8 +12,9 @@ anything or starts a training run.
 
 Colab
     The notebooks' first cell installs the package only when ``google.colab`` is loaded, at
-    the ref :data:`COLAB_REF` (the main branch until a release is tagged), without extras (Colab ships TensorFlow; installing
-    ``tensorflow-cpu`` next to it would replace the same module), and says in one line
+    the ref :data:`COLAB_REF` (the main branch until a release is tagged), without extras
+    (Colab ships TensorFlow; installing ``tensorflow-cpu`` next to it would replace the same
+    module), and says in one line
     whether the session must restart (:mod:`augreg_nb.colab`). Colab's own versions satisfy
     every requirement, so the install adds packages but changes none of Colab's (the check
     in ``tests/colab/`` proves it). Colab renders ipywidgets 7 with its own widget manager;

@@ -25,7 +25,7 @@ def _upload_value(files: dict[str, bytes], ipywidgets_major: int):
     if ipywidgets_major >= 8:
         import datetime
 
-        when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+        when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
         return tuple({"name": n, "type": "image/png", "size": len(c),
                       "content": memoryview(c), "last_modified": when}
                      for n, c in files.items())
