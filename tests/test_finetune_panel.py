@@ -97,6 +97,20 @@ def test_stop_says_how_long_it_waits(tmp_path, monkeypatch, catalogue):
     assert "a step takes about 68 s here" in ftp.stop_wait_text(measured)
 
 
+def test_the_stop_note_outlives_the_compile_ticker_and_the_next_log():
+    import ipywidgets as w
+
+    progress = ftp._ProgressWidgets(w.IntProgress(), w.HTML())
+    progress.TICK_S = 0.01
+    progress.on_train_begin({"total_steps": 20, "start_step": 0, "global_batch": 32})
+    progress.stop_note = "Stop pressed: stopping after the current step ..."
+    time.sleep(0.1)  # several ticks
+    assert progress.label.value.endswith(" · " + progress.stop_note)
+    assert "s so far" in progress.label.value
+    progress.on_log(1, {"loss": 2.0, "img_per_sec": 100.0})
+    assert progress.label.value.endswith(" · " + progress.stop_note)
+
+
 def test_time_left_after_a_resume_is_the_wall_time_of_this_sessions_steps(monkeypatch):
     import ipywidgets as w
 

@@ -276,6 +276,9 @@ class _ProgressWidgets:
         self._started_step = 0
         self._compiled = threading.Event()
         self._ticker: Any = None
+        #: said at the end of the line from now on (Stop's "stopping after ..."), so that
+        #: neither the ticker nor the next log line wipes it
+        self.stop_note = ""
 
     def on_train_begin(self, info: dict) -> None:
         import threading
@@ -302,7 +305,11 @@ class _ProgressWidgets:
         start = self._started_step
         where = f"step {start:,} of {self.total:,}" + (" (resumed)" if start else "")
         return (f"{where} · compiling the training step and running the first one: "
-                f"{elapsed:.0f} s so far (it takes seconds to minutes; later steps are faster)")
+                f"{elapsed:.0f} s so far (it takes seconds to minutes; later steps are faster)"
+                + self._note())
+
+    def _note(self) -> str:
+        return f" · {self.stop_note}" if self.stop_note else ""
 
     def _tick(self) -> None:
         import time
@@ -346,7 +353,7 @@ class _ProgressWidgets:
                              (self.total - step) * self.seconds_per_step)
         if self._first is None:
             self._first = (now, step)
-        self.label.value = text
+        self.label.value = text + self._note()
 
     def on_eval(self, step: int, metrics: dict) -> None:
         if "val_accuracy" in metrics:
@@ -777,7 +784,10 @@ class FinetunePanel:
         if self.running and self._stop is not None:
             self._stop.request(reason)
             self.stop_button.disabled = True
-            self.bar_label.value += f" · {reason}: {stop_wait_text(self._progress)}"
+            note = f"{reason}: {stop_wait_text(self._progress)}"
+            if self._progress is not None:
+                self._progress.stop_note = note
+            self.bar_label.value += f" · {note}"
 
     def _on_stop(self, _button=None) -> None:
         self.stop()
