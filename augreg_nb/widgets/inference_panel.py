@@ -142,7 +142,8 @@ class _Fd2Redirect:
             if self.depth == 0:
                 try:
                     sys.stderr.flush()
-                    self.file = tempfile.TemporaryFile()
+                    # Appending: writes through fd 2 land at the end wherever a read seeks.
+                    self.file = tempfile.TemporaryFile(mode="a+b", buffering=0)
                     self.saved = os.dup(2)
                     os.dup2(self.file.fileno(), 2)
                 except (OSError, ValueError):  # no file descriptor 2 here
@@ -156,9 +157,9 @@ class _Fd2Redirect:
     def leave(self, start: int) -> str:
         """The text written since ``start``; restores fd 2 when the last user leaves."""
         with self.lock:
-            fd = self.file.fileno()
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, max(0, size - start), start)
+            size = os.fstat(self.file.fileno()).st_size
+            self.file.seek(start)
+            data = self.file.read(max(0, size - start))
             self.depth -= 1
             if self.depth == 0:
                 os.dup2(self.saved, 2)
