@@ -57,8 +57,9 @@ def test_classify_classifies_readable_uploads_names_the_bad_one_and_allows_remov
     assert panel.messages.kind == "info", panel.messages.text
     major = int(ip.w.__version__.split(".")[0])
     panel.use_samples.value = ("cat",)
-    panel.upload.value = _upload_value({"red.png": _png((255, 0, 0)),
-                                        "broken.jpg": b"\xff\xd8 cut off"}, major)
+    # What the front end does after an upload (ipywidgets 7's value is read-only to code).
+    panel.upload.set_trait("value", _upload_value({"red.png": _png((255, 0, 0)),
+                                                   "broken.jpg": b"\xff\xd8 cut off"}, major))
     assert list(panel.use_uploads.options) == ["red.png", "broken.jpg"]
     assert panel.use_uploads.value == ("red.png", "broken.jpg")  # new uploads are chosen
     panel.classify_button.click()
