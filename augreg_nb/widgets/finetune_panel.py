@@ -31,6 +31,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -262,8 +264,6 @@ class _ProgressWidgets:
     TICK_S = 1.0
 
     def __init__(self, bar: w.IntProgress, label: w.HTML, on_estimate=None):
-        import threading
-
         self.bar, self.label = bar, label
         self.on_estimate = on_estimate  # called (step, seconds per step, seconds left)
         self.global_batch = 1
@@ -281,9 +281,6 @@ class _ProgressWidgets:
         self.stop_note = ""
 
     def on_train_begin(self, info: dict) -> None:
-        import threading
-        import time
-
         self.total, self.global_batch = info["total_steps"], info["global_batch"]
         self.bar.max = max(1, self.total)
         self.bar.value = info["start_step"]
@@ -312,8 +309,6 @@ class _ProgressWidgets:
         return f" · {self.stop_note}" if self.stop_note else ""
 
     def _tick(self) -> None:
-        import time
-
         while not self._compiled.wait(self.TICK_S):
             self.label.value = self._compiling_text(time.monotonic() - self._begun)
 
@@ -332,8 +327,6 @@ class _ProgressWidgets:
         return (self.total - step) * (now - t0) / (step - s0)
 
     def on_log(self, step: int, metrics: dict) -> None:
-        import time
-
         self._first_step_done()
         now = time.monotonic()
         self.bar.value = step
@@ -676,8 +669,6 @@ class FinetunePanel:
     def _on_start(self, _button=None) -> None:
         @guarded(self.messages, "Fine-tuning")
         def start():
-            import threading
-
             if self.running:
                 raise RuntimeError("a run is going on: wait for it, or press Stop")
             config = self.config()
