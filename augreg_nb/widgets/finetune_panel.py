@@ -683,8 +683,10 @@ class FinetunePanel:
                                and config.workdir not in self._measured)
             if self._measuring:
                 config.log_every = 1  # a measured step as early as possible
-                self.messages.show("measuring a step on this CPU before the run goes on ...",
-                                   "note")
+                self.messages.show(
+                    "measuring a step on this CPU before the run goes on: the estimate comes "
+                    "after the second step (the first one also compiles; the line above "
+                    "counts its seconds) ...", "note")
             else:
                 self.messages.show(f"fine-tuning {config.checkpoint} on {config.task} ...",
                                    "note")
