@@ -3,7 +3,8 @@
 The first code cell of every notebook installs augreg_nb into a running Colab kernel::
 
     before = {d.name: d.version for d in distributions()}
-    %pip install -q "augreg_nb @ git+https://github.com/augreg-nb/augreg_nb@v0.1.0"
+    AUGREG_NB_REF = "main"  # or a release tag, or a commit
+    %pip install -q "augreg_nb @ git+https://github.com/augreg-nb/augreg_nb@{AUGREG_NB_REF}"
     from augreg_nb.colab import restart_note
     print(restart_note(before))
 

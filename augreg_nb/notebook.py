@@ -12,8 +12,9 @@ anything or starts a training run.
 
 Colab
     The notebooks' first cell installs the package only when ``google.colab`` is loaded, at
-    the release :data:`COLAB_REF`, without extras (Colab ships TensorFlow; installing
-    ``tensorflow-cpu`` next to it would replace the same module), and says in one line
+    the ref :data:`COLAB_REF` (the main branch until a release is tagged), without extras
+    (Colab ships TensorFlow; installing ``tensorflow-cpu`` next to it would replace the same
+    module), and says in one line
     whether the session must restart (:mod:`augreg_nb.colab`). Colab's own versions satisfy
     every requirement, so the install adds packages but changes none of Colab's (the check
     in ``tests/colab/`` proves it). Colab renders ipywidgets 7 with its own widget manager;
@@ -45,7 +46,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from augreg_nb import __version__, compile_cache
+from augreg_nb import compile_cache
 from augreg_nb.config import SMOKE_MODEL
 from augreg_nb.download import cache_dir
 from augreg_nb.envinfo import describe_devices
@@ -59,8 +60,10 @@ logger = logging.getLogger(__name__)
 
 #: The repository the notebooks are published from.
 REPOSITORY = "https://github.com/augreg-nb/augreg_nb"
-#: The git tag the Colab cell installs by default: this release (``AUGREG_NB_REF`` there).
-COLAB_REF = f"v{__version__}"
+#: The git ref the Colab cell installs by default (``AUGREG_NB_REF`` there): the main branch,
+#: which exists in the published repository; a release tag (``v0.1.0``) once one is published.
+#: ``tests/test_colab.py`` checks that the ref exists in the checkout and installs through it.
+COLAB_REF = "main"
 #: pip requirement the Colab cell installs, no extras (Colab has TensorFlow already);
 #: IPython's ``%pip`` fills in the cell's ``AUGREG_NB_REF`` (a tag, a branch or a commit).
 COLAB_INSTALL = f"augreg_nb @ git+{REPOSITORY}@{{AUGREG_NB_REF}}"

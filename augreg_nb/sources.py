@@ -34,6 +34,7 @@ import csv
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -161,10 +162,13 @@ class _Chain:
         self.on_attempt = on_attempt
         self.attempts: list[Attempt] = []
         self.no_network: str | None = None
+        #: positions in ``attempts`` of the sources announced (the others were not tried)
+        self.tried: set[int] = set()
 
     def trying(self, description: str) -> None:
         """Announce the next source (1-based) to ``on_attempt``."""
         self.k += 1
+        self.tried.add(len(self.attempts))
         if self.on_attempt is not None:
             self.on_attempt(min(self.k, self.n), self.n, description)
 
@@ -380,7 +384,7 @@ def _try_hf(chain: _Chain, mirror: MirroredCheckpoint, offline: bool,
                 chain.no_network = f"no network ({unreachable})"
                 reason = f"{unreachable}; this machine seems to have no network"
             else:
-                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+                reason = error_summary(err)
             chain.add(Attempt(HF_MIRROR, where, reason))
             return None
     problem = dl.check_format(Path(path))
@@ -523,8 +527,8 @@ def resolve_checkpoint(name_or_path, *, offline: bool | None = None, folder=None
         got = _try_hf(chain, mirror, offline, progress)
         if got is not None:
             return Resolved(got, HF_MIRROR, "timm-safetensors", name, chain.attempts)
-    raise SourceError(_failure_message(f"checkpoint {name!r}", name, chain.attempts, offline),
-                      chain.attempts)
+    raise SourceError(_failure_message(f"checkpoint {name!r}", name, chain.attempts, offline,
+                                       chain.tried), chain.attempts)
 
 
 def resolve_index(location=None, *, offline: bool | None = None, progress: bool = True,
@@ -586,7 +590,7 @@ def resolve_index(location=None, *, offline: bool | None = None, progress: bool 
             dl.remove_file(got)
     chain.add(Attempt(HF_MIRROR, "", "the Hub copies hold checkpoints only, no index"))
     raise SourceError(_failure_message("the index table (index.csv)", None, chain.attempts,
-                                       offline), chain.attempts)
+                                       offline, chain.tried), chain.attempts)
 
 
 def _index_problem(path: Path, attempts: list, *, full: bool = False) -> bool:
@@ -612,10 +616,30 @@ def _index_problem(path: Path, attempts: list, *, full: bool = False) -> bool:
     return problem is not None
 
 
+def error_summary(err: BaseException, limit: int = 300) -> str:
+    """``Type: text`` of an error on one line, without request ids, and at most about
+    ``limit`` characters cut after a whole sentence (or word), never inside a word."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", text)
+    if len(text) > limit:
+        cut = text[:limit]
+        end = max(cut.rfind(". "), cut.rfind("; "))
+        text = (cut[:end + 1] if end >= limit // 3 else cut.rsplit(" ", 1)[0]) + " ..."
+    return f"{type(err).__name__}: {text}"
+
+
 def _failure_message(what: str, name: str | None, attempts: list[Attempt],
-                     offline: bool) -> str:
+                     offline: bool, tried: set[int] | None = None) -> str:
+    """The error of a failed chain: the sources tried, numbered as the progress counted
+    them ("source k of n"), and the ones that did not apply, unnumbered."""
     lines = [f"Could not get {what}. Sources tried, in order:"]
-    lines += [f"  {i}. {a}" for i, a in enumerate(attempts, 1)]
+    k = 0
+    for i, a in enumerate(attempts):
+        if tried is None or i in tried:
+            k += 1
+            lines.append(f"  {k}. {a}")
+        else:
+            lines.append(f"  -  {a} (not tried)")
     if offline:
         lines.append(f"Offline mode is on ({ENV_OFFLINE}=1): no connection was opened; unset "
                      "it to download.")
@@ -625,8 +649,13 @@ def _failure_message(what: str, name: str | None, attempts: list[Attempt],
                      f"{ENV_CHECKPOINT_DIR if name else ENV_INDEX}), or set {ENV_OFFLINE}=1 "
                      "to skip network sources from the start.")
     if any(a.status == 404 for a in attempts) and name is not None:
-        lines.append("The bucket has no file of this name: check the spelling "
-                     "(`augreg-nb index` lists the published names).")
+        if bucket_url() != DEFAULT_BUCKET_URL:  # another bucket (smoke mode's loopback one)
+            lines.append(f"The bucket at {bucket_url()} (set by {ENV_BUCKET_URL}) does not "
+                         "serve this name, which is well-formed: that bucket holds other "
+                         "files; unset the variable for the published bucket.")
+        else:
+            lines.append("The bucket has no file of this name: check the spelling "
+                         "(`augreg-nb index` lists the published names).")
     if any(a.status == 403 for a in attempts):
         lines.append(
             "The bucket gs://vit_models/augreg has refused anonymous downloads since early "

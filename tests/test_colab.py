@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -179,3 +182,79 @@ def test_the_colab_check_runs_test_files_that_exist():
     missing = [name for name in check.COLAB_TESTS if not (REPO / "tests" / name).is_file()]
     assert not missing, f"tests/colab/check.py names test files that do not exist: {missing}"
     assert "test_notebooks.py" in check.COLAB_TESTS
+
+
+# --------------------------------------------------------------------------- the ref it installs
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _in_git_checkout() -> bool:
+    if shutil.which("git") is None:
+        return False
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-inside-work-tree"],
+                          capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+needs_git = pytest.mark.skipif(not _in_git_checkout(), reason="needs git and a git checkout")
+
+
+def test_every_notebook_names_the_same_default_ref():
+    from augreg_nb import notebook as nbh
+
+    cells = {path.name: check.install_cell([path]) for path in check.NOTEBOOKS}
+    assert len(cells) == 6
+    assert {name: check.install_ref(cell) for name, cell in cells.items()} == {
+        name: nbh.COLAB_REF for name in cells}
+    with pytest.raises(SystemExit, match="AUGREG_NB_REF"):
+        check.install_ref("%pip install x")
+
+
+@needs_git
+def test_the_ref_every_notebook_installs_exists_in_this_repository():
+    """Colab installs ``git+https://...@{AUGREG_NB_REF}``: a tag that was never pushed (as
+    ``v0.1.0`` once was) fails the first cell and with it the whole notebook."""
+    for path in check.NOTEBOOKS:
+        ref = check.install_ref(check.install_cell([path]))
+        assert check.resolve_ref(ref) is not None, (
+            f"{path.name} installs AUGREG_NB_REF={ref!r}, which is no branch, tag or commit "
+            f"of this repository")
+    assert check.resolve_ref("v0.0.0-never-tagged") is None
+
+
+@needs_git
+def test_the_install_cells_pip_arguments_install_the_package_from_a_git_url(tmp_path):
+    """The cell's exact ``%pip install`` arguments, with the GitHub address replaced by a
+    ``git+file://`` clone of this repository: pip resolves the ref, builds the package and
+    installs it with its data (offline: no dependencies, the build tools already here)."""
+    cell = check.install_cell()
+    ref = check.install_ref(cell)
+    commit = check.resolve_ref(ref)
+    clone = tmp_path / "augreg_nb.git"
+    _git("clone", "-q", "--mirror", REPO.as_uri(), str(clone), cwd=tmp_path)
+    if ref != commit and subprocess.run(
+            ["git", "-C", str(clone), "rev-parse", "--verify", "--quiet", ref],
+            capture_output=True).returncode != 0:
+        _git("branch", ref, commit, cwd=clone)  # a CI checkout holds it as origin/<ref> only
+    args = check.pip_install_args(cell)
+    (address,) = [a for a in args if "git+https://" in a]
+    # file://localhost/...: pip's older URL parser wants a host in a git+file URL.
+    served = "file://localhost" + clone.as_posix()
+    url = check.GIT_ADDRESS.sub(f"git+{served}@{ref}", address)
+    local = [url if a == address else a for a in args]
+    assert local[0] == "install" and len(local) == len(args)
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *local, "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (info,) = target.glob("augreg_nb-*.dist-info")
+    direct = json.loads((info / "direct_url.json").read_text())
+    assert direct["url"] == served and direct["vcs_info"]["commit_id"] == commit
+    assert (target / "augreg_nb" / "colab.py").is_file()
+    assert list((target / "augreg_nb" / "_data").rglob("*.csv"))  # the shipped tables

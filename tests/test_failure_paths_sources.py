@@ -134,3 +134,41 @@ def test_index_without_network_fails_fast_and_falls_back(monkeypatch):
     df = index.load_index()
     assert df.attrs["provenance"]["kind"] == "catalogue"
     assert time.monotonic() - start < 5
+
+
+def test_the_failure_message_numbers_the_sources_as_the_progress_counted_them(bucket):  # noqa: F811
+    """Progress says "source k of n" for the sources a request can use; the error lists the
+    others too, unnumbered, so "4 of 4" is never followed by a list of five."""
+    calls = []
+    missing = NAME.replace("wd_0.03", "wd_0.1")  # not mirrored, not in the bucket
+    with pytest.raises(sources.SourceError) as info:
+        sources.resolve_checkpoint(missing, progress=False,
+                                   on_attempt=lambda *a: calls.append(a))
+    n = calls[-1][1]
+    text = str(info.value)
+    numbered = [line for line in text.splitlines() if line[:5].strip().rstrip(".").isdigit()]
+    assert len(numbered) == n == len(calls)
+    assert "(not tried)" in text and "not one of the" in text
+    # A well-formed name that another bucket (smoke mode's) lacks is no spelling problem.
+    assert "check the spelling" not in text and "does not serve this name" in text
+
+
+def test_error_summary_cuts_after_a_sentence_and_drops_request_ids():
+    class RepositoryNotFoundError(Exception):
+        pass
+
+    err = RepositoryNotFoundError(
+        "401 Client Error. (Request ID: Root=1-69a8c1f2-5a1b2c3d4e5f)\n\nRepository Not Found "
+        "for url: https://huggingface.co/api/models/timm/vit_tiny_patch16_384.augreg_in21k_"
+        "ft_in1k/revision/main.\nPlease make sure you specified the correct `repo_id` and "
+        "`repo_type`.\nIf you are trying to access a private or gated repo, make sure you "
+        "are authenticated. For more details, see https://huggingface.co/docs/huggingface_hub/"
+        "authentication\nInvalid username or password.")
+    text = sources.error_summary(err)
+    assert text.startswith("RepositoryNotFoundError: 401 Client Error. Repository Not Found")
+    assert "Request ID" not in text and "\n" not in text
+    assert text.endswith(" ...") and len(text) <= len("RepositoryNotFoundError: ") + 305
+    assert not text.removesuffix(" ...").endswith("authenti")
+    assert text.removesuffix(" ...").endswith(".")
+    short = sources.error_summary(OSError("disk full"))
+    assert short == "OSError: disk full"

@@ -952,13 +952,21 @@ def test_header_clicks_sort_and_row_clicks_select(catalogue, raw_rows, real_env)
     ranks = [order[m] for m in browser.table["model"]]
     assert ranks == sorted(ranks, reverse=True)
 
-    # The upstream view offers only its own sorts.
+    # The upstream view offers only its own sorts, and keeps its own: best upstream first.
     browser.view_toggle.value = "upstream checkpoints"
     visible = [k for k, b in browser.headers.items() if b.layout.display != "none"]
     assert visible == ["model", "upstream val"]
-    browser.headers["upstream val"].click()
+    assert browser.headers["upstream val"].description == "upstream val ▼"
     ups = raw_rows[raw_rows["adapt_ds"] == "imagenet2012"].drop_duplicates("filename")
     assert shown("upstream val") == sorted(ups["final_val"].dropna(), reverse=True)
+    browser.headers["upstream val"].click()
+    assert shown("upstream val") == sorted(ups["final_val"].dropna())
+    # Back in the fine-tunes: their sort (models, reversed), not "upstream val".
+    browser.view_toggle.value = "fine-tunes"
+    assert (browser.sort.value, browser.descending.value) == ("model", True)
+    assert browser.headers["model"].description == "model ▼"
+    browser.view_toggle.value = "upstream checkpoints"
+    assert browser.headers["upstream val"].description == "upstream val ▲"
     browser.view_toggle.value = "fine-tunes"
 
     # Rows: one line each in the list, in table order, ending with the full name; a click

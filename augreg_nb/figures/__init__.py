@@ -30,8 +30,10 @@ from augreg_nb.figures.plots import plot_fig1, plot_fig3, plot_fig6
 from augreg_nb.figures.tables import (
     compare_finetunes,
     plot_finetunes,
+    result_rows_view,
     style_table3,
     style_table5,
+    style_table5_groups,
 )
 from augreg_nb.figures.tidy import (
     fig1_data,
@@ -51,5 +53,6 @@ __all__ = [
     "figures_for",
     "plot_fig1", "plot_fig3", "plot_fig4", "plot_fig5", "plot_fig6", "plot_fig7",
     "plot_finetunes", "read_own_results", "style_comparison", "style_table3", "style_table5",
+    "style_table5_groups", "result_rows_view",
     "table3_data", "table5_data", "write_all",
 ]

@@ -109,7 +109,7 @@ FIGURES: dict[str, FigureEntry] = {e.key: e for e in (
         'table5', 'Table 5: VTAB per task',
         'Table 5: VTAB results per task (full training sets).',
         kind="table", data=lambda index, own=None: tidy.table5_data(own=own),
-        plot=tables.style_table5, takes_own=True,
+        plot=tables.style_table5_groups, takes_own=True,
     ),
     FigureEntry(
         'comparison', "Comparison: index-derived numbers vs the paper's",

@@ -2,8 +2,10 @@
 
     from augreg_nb import figures
     figures.style_table3(figures.table3_data())         # pandas Styler, shows in a notebook
-    figures.style_table5(figures.table5_data())
+    figures.style_table5(figures.table5_data())          # the whole table (22 columns)
+    figures.style_table5_groups(figures.table5_data())   # one table per VTAB group: fits
     figures.compare_finetunes(own_rows)                  # own results vs the published rows
+    figures.result_rows_view(own_rows)                   # own rows without empty columns
 """
 
 from __future__ import annotations
@@ -51,9 +53,16 @@ def style_table3(table: pd.DataFrame, *, highlight=None, caption: str | None = N
         "V100; i1k up: ImageNet-1k models evaluated without fine-tuning."))
 
 
-def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = None) -> Styler:
+def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = None,
+                 group: str | None = None) -> Styler:
     """Table 5 (from :func:`table5_data`): VTAB top-1 (%) per pre-training set and
-    model, tasks grouped as natural / specialized / structured with their means."""
+    model, tasks grouped as natural / specialized / structured with their means.
+    ``group``: that group's tasks and mean only (see :func:`style_table5_groups`). The model
+    columns stay in view when the table scrolls sideways (sticky)."""
+    if group is not None:
+        if group not in paper.VTAB_GROUPS:
+            raise ValueError(f"group must be one of {list(paper.VTAB_GROUPS)}, not {group!r}")
+        tidy = tidy[tidy["group"] == group]
     order = {d: i for i, d in enumerate(dict.fromkeys(tidy["dataset"]))}
     wide = tidy.pivot_table(index=["pretrain", "model"], columns=["group", "dataset"],
                             values="top1", sort=False)
@@ -69,9 +78,60 @@ def style_table5(tidy: pd.DataFrame, *, highlight=None, caption: str | None = No
     styler = wide.style.format("{:.1f}", na_rep="-")
     styler = styler.set_properties(subset=means, **{"font-weight": "bold"})
     styler = styler.apply(_mark_rows, axis=None, highlight=highlight)
+    styler = styler.set_sticky(axis="index")
     return styler.set_caption(caption or (
         "Table 5: VTAB top-1 (%) of every model and pre-training set, per task and "
         "group mean."))
+
+
+class GroupedTables:
+    """Tables shown one under the other, each in a box that scrolls sideways on a narrow
+    screen (its first columns sticky): what :func:`style_table5_groups` returns. Has the
+    ``to_html()`` of a Styler, and displays itself in a notebook."""
+
+    def __init__(self, stylers: dict[str, Styler]):
+        self.stylers = stylers
+
+    def to_html(self) -> str:
+        return "".join(
+            f"<div class='augreg-table-group' style='overflow-x:auto;max-width:100%;"
+            f"margin-bottom:1em'>{s.to_html()}</div>" for s in self.stylers.values())
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The groups' columns side by side (the whole Table 5)."""
+        return pd.concat([s.data for s in self.stylers.values()], axis=1)
+
+
+def style_table5_groups(tidy: pd.DataFrame, *, highlight=None) -> GroupedTables:
+    """Table 5 as three tables, natural / specialized / structured, each with its mean:
+    the 22 columns of the whole table need about 1,700 px, one group fits a notebook."""
+    present = [g for g in paper.VTAB_GROUPS if (tidy["group"] == g).any()]
+    return GroupedTables({
+        g: style_table5(tidy, highlight=highlight, group=g, caption=(
+            f"Table 5, {g} tasks: VTAB-1k top-1 (%) of every model and pre-training set, "
+            f"per task and the group's mean."))
+        for g in present})
+
+
+#: A result row's columns in the order a reader wants them (the run, then its accuracy).
+RESULT_VIEW_COLUMNS = ("adapt_ds", "name", "ds", "aug", "wd", "do", "sd", "adapt_steps",
+                       "adapt_lr", "adapt_resolution", "adapt_final_val", "adapt_final_test")
+
+
+def result_rows_view(rows) -> pd.DataFrame:
+    """Own result rows (index schema, with any extra columns) as a reader wants them: the
+    columns that hold a value in some row, the run's settings and accuracies first
+    (:data:`RESULT_VIEW_COLUMNS`), then the other filled ones; columns empty in every row
+    (upstream metrics a fine-tune does not know, for instance) are left out."""
+    rows = derive.as_rows(rows)
+    filled = [c for c in rows.columns if rows[c].notna().any()
+              and not (rows[c].astype(str).str.strip() == "").all()]
+    first = [c for c in RESULT_VIEW_COLUMNS if c in filled]
+    return rows[first + [c for c in filled if c not in first]].reset_index(drop=True)
 
 
 def _published_rows() -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -106,13 +107,19 @@ def table_html(
     max_height: str = "26em",
     wrap_columns: Iterable[str] = (),
     selected: int | None = None,
+    clamp_lines: int | None = None,
+    row_click: str | None = None,
 ) -> str:
     """``df`` as a scrollable, escaped HTML table; rows where ``marked`` is True are bold,
     row ``selected`` (a position) is outlined and has the class ``augreg-selected``.
 
     Cells of ``wrap_columns`` (long names) may break after each ``-`` or ``_`` so the table
     fits the notebook's width; the break points are not characters, so a copied name is
-    whole. Other cells stay on one line.
+    whole. Other cells stay on one line. ``clamp_lines``: a wrapped cell shows at most that
+    many lines (the rest behind an ellipsis, the whole text in its tooltip), and one click
+    selects all of it, so a copy is the whole name. ``row_click``: JavaScript run when a
+    row is clicked, ``{row}`` replaced by the row's position (a panel's own script, never
+    data: the cells stay escaped).
     """
     marked = list(marked) if marked is not None else [False] * len(df)
     wrap = [c in set(wrap_columns) for c in df.columns]
@@ -124,8 +131,13 @@ def table_html(
         for wraps, v in zip(wrap, values, strict=True):
             text = html.escape(_fmt(v, float_format))
             if wraps:
+                full = text
                 text = text.replace("-", "-<wbr>").replace("_", "_<wbr>")
                 style = "padding:1px 6px;min-width:7em;overflow-wrap:anywhere"
+                if clamp_lines:
+                    text = (f"<div class='augreg-clamp' title='{full}' style='display:"
+                            f"-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:"
+                            f"{int(clamp_lines)};overflow:hidden;user-select:all'>{text}</div>")
             else:
                 style = "padding:1px 6px;white-space:nowrap"
             cells.append(f"<td style='{style}'>{text}</td>")
@@ -134,6 +146,9 @@ def table_html(
         if i == selected:
             style += "outline:2px solid #1976d2;outline-offset:-2px;"
             attrs = " class='augreg-selected'"
+        if row_click:
+            attrs += f' onclick="{html.escape(row_click.replace("{row}", str(i)))}"'
+            style += "cursor:pointer;"
         style = f" style='{style}'" if style else ""
         rows.append(f"<tr{attrs}{style}>{''.join(cells)}</tr>")
     return (
@@ -325,9 +340,18 @@ class _Routed:
         return getattr(self.original, name)
 
 
+#: Terminal escape sequences (colours, cursor moves) that libraries write to stderr: shown
+#: as text in HTML they are noise (``[0;31m``), so :func:`details_html` drops them.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
 def details_html(text: str, title: str) -> str:
-    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text)."""
-    text = text.strip()
+    """``text`` in a collapsed ``<details>`` block titled ``title`` (empty for no text),
+    without terminal escape sequences; a carriage return keeps only what was drawn last on
+    its line (a progress bar's final state)."""
+    text = _ANSI.sub("", text)
+    text = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else
+                      line.rstrip("\r") for line in text.split("\n")).strip()
     if not text:
         return ""
     lines = text.count("\n") + 1

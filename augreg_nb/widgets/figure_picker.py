@@ -83,10 +83,14 @@ def render(
         if index is None or _is_catalogue(index):
             what = "the loaded table is the shipped catalogue (a few published rows)" \
                 if index is not None else "no index table was loaded"
+            # Only a choice that can be drawn from the paper's tables is told to use them.
+            other = ("choose another figure: this one needs the full index, the paper "
+                     "prints no table of its numbers" if item in NEEDS_INDEX else
+                     "choose the paper tables as the data source")
             raise ValueError(
                 f"{ITEMS[item]} from the full index: {what}. Point the notebook at your copy "
                 "of index.csv (parameter INDEX, or the AUGREG_NB_INDEX environment variable), "
-                "or choose the paper tables as the data source"
+                f"or {other}"
             )
         data = index
     entry = FIGURES[item]

@@ -31,6 +31,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -250,7 +252,16 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
 class _ProgressWidgets:
     """A callback drawing the run's progress into panel widgets (safe from a thread):
-    a bar over the steps and a line with loss, speed and the time left at that speed."""
+    a bar over the steps and a line with loss, speed and the time left at that speed.
+
+    Until the first step is done (it compiles the training step: seconds to minutes) the
+    line counts the seconds spent, so there is something to watch. The time left is the
+    wall time per step measured since the first log of this session (evaluations and saves
+    included, the compilation not), so a resumed run is timed by its own steps.
+    """
+
+    #: Seconds between the updates of the line while the first step compiles.
+    TICK_S = 1.0
 
     def __init__(self, bar: w.IntProgress, label: w.HTML, on_estimate=None):
         self.bar, self.label = bar, label
@@ -260,42 +271,160 @@ class _ProgressWidgets:
         self.seconds_per_step = math.nan
         self.last_loss = math.nan
         self.finished_before = False
+        self._first: tuple[float, int] | None = None  # (time, step) of the first log
+        self._begun = math.nan
+        self._started_step = 0
+        self._compiled = threading.Event()
+        self._ticker: Any = None
+        #: said at the end of the line from now on (Stop's "stopping after ..."), so that
+        #: neither the ticker nor the next log line wipes it
+        self.stop_note = ""
 
     def on_train_begin(self, info: dict) -> None:
         self.total, self.global_batch = info["total_steps"], info["global_batch"]
         self.bar.max = max(1, self.total)
         self.bar.value = info["start_step"]
         self.bar.bar_style = ""
-        start = info["start_step"]
+        start = self._started_step = info["start_step"]
         self.finished_before = start >= self.total
-        self.label.value = (
-            f"this run finished earlier: its {self.total:,} steps, curves and result"
-            if start >= self.total else
-            f"step {start:,} of {self.total:,}" + (" (resumed)" if start else ""))
+        self._first, self._begun = None, time.monotonic()
+        if self.finished_before:
+            self.label.value = f"this run finished earlier: its {self.total:,} steps, curves " \
+                               "and result"
+            return
+        self._compiled.clear()
+        self.label.value = self._compiling_text(0.0)
+        self._ticker = threading.Thread(target=self._tick, name="augreg-compile-ticker",
+                                        daemon=True)
+        self._ticker.start()
+
+    def _compiling_text(self, elapsed: float) -> str:
+        start = self._started_step
+        where = f"step {start:,} of {self.total:,}" + (" (resumed)" if start else "")
+        return (f"{where} · compiling the training step and running the first one: "
+                f"{elapsed:.0f} s so far (it takes seconds to minutes; later steps are faster)"
+                + self._note())
+
+    def _note(self) -> str:
+        return f" · {self.stop_note}" if self.stop_note else ""
+
+    def _tick(self) -> None:
+        while not self._compiled.wait(self.TICK_S):
+            self.label.value = self._compiling_text(time.monotonic() - self._begun)
+
+    def _first_step_done(self) -> None:
+        self._compiled.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+
+    def time_left(self, step: int, now: float) -> float:
+        """Seconds left at ``step``: wall time per step since the first log of this session
+        times the steps left (NaN until two logs are apart)."""
+        if self._first is None or step <= self._first[1]:
+            return math.nan
+        t0, s0 = self._first
+        return (self.total - step) * (now - t0) / (step - s0)
 
     def on_log(self, step: int, metrics: dict) -> None:
+        self._first_step_done()
+        now = time.monotonic()
         self.bar.value = step
         self.last_loss = float(metrics["loss"])
         speed = metrics.get("img_per_sec", math.nan)
         text = f"step {step:,} of {self.total:,} · loss {metrics['loss']:.4f}"
         if math.isfinite(speed) and speed > 0:
             self.seconds_per_step = self.global_batch / speed
-            left = (self.total - step) * self.seconds_per_step
-            text += f" · {speed:.1f} img/s · about {format_duration(left)} left"
-            if self.on_estimate is not None:
-                self.on_estimate(step, self.seconds_per_step, left)
-        self.label.value = text
+            text += f" · {speed:.1f} img/s"
+        left = self.time_left(step, now)
+        if not math.isfinite(left) and math.isfinite(self.seconds_per_step):
+            left = (self.total - step) * self.seconds_per_step  # one log so far: its speed
+        if math.isfinite(left):
+            text += f" · about {format_duration(left)} left"
+        if math.isfinite(self.seconds_per_step) and self.on_estimate is not None:
+            self.on_estimate(step, self.seconds_per_step,
+                             (self.total - step) * self.seconds_per_step)
+        if self._first is None:
+            self._first = (now, step)
+        self.label.value = text + self._note()
 
     def on_eval(self, step: int, metrics: dict) -> None:
         if "val_accuracy" in metrics:
             self.label.value += f" · val {metrics['val_accuracy']:.4f}"
 
     def on_train_end(self, history) -> None:
+        self._first_step_done()
         self.bar.value = self.bar.max
-        self.bar.bar_style = "success"
         if not self.finished_before:
             loss = f" · last loss {self.last_loss:.4f}" if math.isfinite(self.last_loss) else ""
-            self.label.value = f"done: {self.total:,} steps{loss}"
+            self.label.value = f"trained: {self.total:,} steps{loss} (saving the result ...)"
+
+    def close(self) -> None:
+        """Stop the compile ticker (the run ended before its first step)."""
+        self._first_step_done()
+
+
+def stop_wait_text(progress: _ProgressWidgets | None) -> str:
+    """What Stop waits for: the current step, with how long a step took so far."""
+    per_step = math.nan if progress is None else progress.seconds_per_step
+    if progress is None or not math.isfinite(per_step):
+        return ("stopping after the current step; the first step also compiles, which can "
+                "take a minute or more on a CPU ...")
+    return (f"stopping after the current step (a step takes about "
+            f"{format_duration(per_step)} here) ...")
+
+
+def folder_summary(path: str | os.PathLike, *, check_limit: int = 5000) -> dict[str, Any]:
+    """What a folder of images holds as a task, before any run: its classes, the images
+    per split (as :func:`augreg_nb.tasks.folder_task` splits them) and the files that cannot
+    be read as images (opened and verified with PIL; the first ``check_limit`` only).
+
+    Returns {classes, per_split: {split: count}, unreadable: [path], checked, layout}.
+    """
+    from PIL import Image
+
+    task = tasks_lib.folder_task(path)
+    files = task.folder.files
+    unreadable, checked = [], 0
+    for split in ("train", "val", "test"):
+        for file, _ in files.get(split, ()):
+            if checked >= check_limit:
+                break
+            checked += 1
+            try:
+                with Image.open(file) as image:
+                    image.verify()
+            except Exception:  # any reason PIL cannot read it
+                unreadable.append(file)
+    return {"classes": list(task.class_names), "layout": task.folder.layout,
+            "per_split": {k: len(v) for k, v in files.items()},
+            "unreadable": unreadable, "checked": checked,
+            "total": sum(len(v) for v in files.values())}
+
+
+def folder_summary_html(path: str | os.PathLike) -> str:
+    """:func:`folder_summary` as a short note (or the reason the folder is no task)."""
+    try:
+        info = folder_summary(path)
+    except (OSError, ValueError) as err:
+        return message_html(str(err), "error", title="This folder is no image task")
+    classes = info["classes"]
+    shown = ", ".join(classes[:8]) + (f", ... ({len(classes) - 8} more)"
+                                       if len(classes) > 8 else "")
+    splits = ", ".join(f"{split} {n:,}" for split, n in info["per_split"].items())
+    lines = [f"{len(classes)} classes: {shown}",
+             f"images per split: {splits} ({info['layout']} layout)"]
+    bad = info["unreadable"]
+    checked = (f"of the first {info['checked']:,} checked" if info["checked"] < info["total"]
+               else f"of {info['checked']:,}")
+    if bad:
+        names = ", ".join(os.path.relpath(f, path) for f in bad[:5])
+        lines.append(f"unreadable files {checked}: {len(bad)} ({names}"
+                     f"{', ...' if len(bad) > 5 else ''}); the run skips them")
+    else:
+        lines.append(f"unreadable files {checked}: none")
+    return message_html("\n".join(lines), "warning" if bad else "note",
+                        title=f"Folder {Path(path).name}")
 
 
 def _on_cpu() -> bool:
@@ -333,8 +462,12 @@ class FinetunePanel:
                  results_csv: str | os.PathLike = "augreg_results.csv", smoke: bool = False,
                  checkpoint: str | None = None, task: str | None = None,
                  resolution: int | None = None, lr: float | None = None,
-                 steps: int | None = None, micro_batches: int | None = None):
+                 steps: int | None = None, micro_batches: int | None = None,
+                 temporary_workdir: bool = False):
         self.df = df
+        #: ``workdir`` is removed with the kernel (smoke mode's temporary folder): Export
+        #: then names no checkpoint file as a result, since it would not outlive the session.
+        self.temporary_workdir = temporary_workdir
         self.workdir = Path(workdir)
         self.results_csv = Path(results_csv)
         self.smoke = smoke
@@ -347,6 +480,7 @@ class FinetunePanel:
         self._stop: Any = None
         self._shown_run: str | None = None  # workdir whose curves/result are on show
         self._measured: set[str] = set()  # runs whose duration was already announced
+        self._progress: _ProgressWidgets | None = None  # the running run's progress line
         self._measuring = False
         self.estimate: tuple[int, float, float] | None = None  #: (step, s/step, s left)
         self.messages = MessageArea()
@@ -369,8 +503,10 @@ class FinetunePanel:
                                               description="Micro-batches",
                                               style={"description_width": "initial"},
                                               layout=w.Layout(width="auto"))
+        # Read when Enter is pressed or the field is left: each value scans the folder.
         self.folder = w.Text(value="", description="or a folder of images",
                              placeholder="path/to/images with one sub-folder per class",
+                             continuous_update=False,
                              style={"description_width": "initial"},
                              layout=w.Layout(width=FULL_WIDTH,
                                              display="none" if smoke else None))
@@ -382,6 +518,7 @@ class FinetunePanel:
                            layout=w.Layout(width=FULL_WIDTH,
                                            display="none" if smoke else None))
         self.preset = w.HTML()
+        self.folder_info = w.HTML()  # what a folder of images holds, before Start
         self.start_button = w.Button(description="Start fine-tuning", icon="play",
                                      button_style="success")
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
@@ -391,7 +528,9 @@ class FinetunePanel:
                                       disabled=True)
         self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width=FULL_WIDTH))
         self.bar_label = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
+        # Hidden while empty: an Image without a picture is a broken-image icon.
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto",
+                                                          display="none"))
         self.summary = w.HTML()
         self.details = w.HTML()
         self.task.observe(self._on_task, names="value")
@@ -409,6 +548,7 @@ class FinetunePanel:
             w.HBox([self.task, self.resolution, self.lr, self.steps, self.micro_batches],
                    layout=wrap),
             self.folder,
+            self.folder_info,
             self.tfds,
             self.preset,
             w.HBox([self.start_button, self.stop_button, self.export_button], layout=wrap),
@@ -452,8 +592,11 @@ class FinetunePanel:
         """The panel for a notebook :class:`~augreg_nb.notebook.Session`: its index, run
         folder and results file; in smoke mode the smoke preset's choices replace
         ``choices`` (checkpoint, task, resolution, lr, steps, micro_batches)."""
+        smoke_env = getattr(session, "smoke_env", None)
         kwargs = {"workdir": session.workdir, "results_csv": session.results_csv,
-                  "smoke": session.smoke}
+                  "smoke": session.smoke,
+                  "temporary_workdir": bool(smoke_env is not None and smoke_env.owns_root
+                                            and smoke_env.root in Path(session.workdir).parents)}
         if not session.smoke:
             kwargs.update(choices)
         return cls(session.index, **kwargs)
@@ -508,6 +651,9 @@ class FinetunePanel:
         set_options(self.steps, steps,
                     keep=self.steps.value if self.steps.value in steps else default_steps(task))
         set_options(self.resolution, res)
+        self.folder_info.value = ""
+        if folder and is_folder_task(task):
+            self.folder_info.value = folder_summary_html(task)
         self._on_change()
 
     def _on_change(self, change=None) -> None:
@@ -515,9 +661,13 @@ class FinetunePanel:
             c = self.config()
             config_lib.validate(c)
         except ValueError as err:
+            if not self.running:
+                self.clear_run()  # the curves and result on show belong to another choice
             self.messages.error(err, "Setting up the run")
             self.start_button.disabled = True
             return
+        if not self.running and self._shown_run not in (None, c.workdir):
+            self.clear_run()  # another run folder: its curves, result and Export are not these
         if not self.running:
             self.messages.clear()
             self.start_button.disabled = False
@@ -534,11 +684,13 @@ class FinetunePanel:
     def _show_figure(self, figure) -> None:
         self.figure = figure
         self.plot.value = figure_png(figure)
+        self.plot.layout.display = None
 
     def clear_run(self) -> None:
         """Remove the shown run's curves, progress and result (another run comes next)."""
         self.result = self.stopped = self.figure = None
         self.plot.value = b""
+        self.plot.layout.display = "none"
         self.summary.value = self.bar_label.value = self.details.value = ""
         self.bar.value, self.bar.bar_style = 0, ""
         self.export_button.disabled = True
@@ -547,8 +699,6 @@ class FinetunePanel:
     def _on_start(self, _button=None) -> None:
         @guarded(self.messages, "Fine-tuning")
         def start():
-            import threading
-
             if self.running:
                 raise RuntimeError("a run is going on: wait for it, or press Stop")
             config = self.config()
@@ -563,8 +713,10 @@ class FinetunePanel:
                                and config.workdir not in self._measured)
             if self._measuring:
                 config.log_every = 1  # a measured step as early as possible
-                self.messages.show("measuring a step on this CPU before the run goes on ...",
-                                   "note")
+                self.messages.show(
+                    "measuring a step on this CPU before the run goes on: the estimate comes "
+                    "after the second step (the first one also compiles; the line above "
+                    "counts its seconds) ...", "note")
             else:
                 self.messages.show(f"fine-tuning {config.checkpoint} on {config.task} ...",
                                    "note")
@@ -582,13 +734,18 @@ class FinetunePanel:
     def _run(self, config, captured) -> None:
         """The run itself (in the background thread)."""
         self._shown_run = config.workdir
+        progress = self._progress = _ProgressWidgets(self.bar, self.bar_label,
+                                                     on_estimate=self._on_estimate)
         try:
             result = finetune(config, callbacks=[
-                _ProgressWidgets(self.bar, self.bar_label, on_estimate=self._on_estimate),
-                LivePlot(display=self._show_figure), self._stop])
+                progress, LivePlot(display=self._show_figure), self._stop])
+            self._finished(config, result, progress)
         except TrainingStopped as stop:
+            progress.close()
             self.stopped = stop
             self.bar.bar_style = "warning"
+            self.bar.value = stop.step
+            self.bar_label.value = f"stopped at step {stop.step:,} of {stop.total_steps:,}"
             if self._stop.reason == "estimate" and self.estimate is not None:
                 self._measured.add(config.workdir)
                 _, per_step, left = self.estimate
@@ -602,25 +759,38 @@ class FinetunePanel:
                     f"stopped at step {stop.step:,} of {stop.total_steps:,}; Start resumes "
                     f"(the state is saved in {stop.state_path})", "warning", title="Stopped")
         except Exception as err:  # shown in the panel; the thread has no caller to tell
+            # Also after the last step (saving the result or the export can fail): the bar
+            # and its line never say "done" for a run that raised.
+            progress.close()
+            self.result = None
+            self.export_button.disabled = True
+            self.summary.value = ""
             self.bar.bar_style = "danger"
+            self.bar_label.value = (f"failed at step {self.bar.value:,} of {self.bar.max:,}: "
+                                    "see the message below")
             self.messages.error(err, "Fine-tuning")
-        else:
-            self._finished(config, result)
         finally:
+            self._progress = None
             captured.uninstall()
             self.library_output = captured.text
             self.details.value = details_html(captured.text, "library messages")
             self.start_button.disabled = False
             self.stop_button.disabled = True
 
-    def _finished(self, config, result) -> None:
-        self.result = result
-        self.published = published_result(self.df, config)
-        self.messages.show(f"finished: {result.workdir}", "info")
+    def _finished(self, config, result, progress: _ProgressWidgets) -> None:
+        published = published_result(self.df, config)
         last = result.history.tail(1).dropna(axis=1, how="all")
-        self.summary.value = message_html(
-            comparison_text(result.result_row, self.published), "info",
-            title="Final accuracy") + table_html(last)
+        summary = message_html(comparison_text(result.result_row, published), "info",
+                               title="Final accuracy") + table_html(last)
+        # Everything is computed: only now does the panel say the run finished.
+        self.result, self.published = result, published
+        if not progress.finished_before:
+            loss = progress.last_loss
+            self.bar_label.value = f"done: {progress.total:,} steps" + (
+                f" · last loss {loss:.4f}" if math.isfinite(loss) else "")
+        self.bar.bar_style = "success"
+        self.messages.show(f"finished: {result.workdir}", "info")
+        self.summary.value = summary
         self.export_button.disabled = False
 
     def _on_estimate(self, step: int, per_step: float, left: float) -> None:
@@ -632,11 +802,15 @@ class FinetunePanel:
                 self._stop.request("estimate")
 
     def stop(self, reason: str = "Stop pressed") -> None:
-        """End the running run after its current step (its state is saved)."""
+        """End the running run after its current step (its state is saved); the progress
+        line says how long that step may still take."""
         if self.running and self._stop is not None:
             self._stop.request(reason)
             self.stop_button.disabled = True
-            self.bar_label.value += " · stopping after this step ..."
+            note = f"{reason}: {stop_wait_text(self._progress)}"
+            if self._progress is not None:
+                self._progress.stop_note = note
+            self.bar_label.value += f" · {note}"
 
     def _on_stop(self, _button=None) -> None:
         self.stop()
@@ -653,10 +827,15 @@ class FinetunePanel:
                 raise RuntimeError("nothing to export yet: press Start and let the run finish")
             path = export_result_row(self.result.result_row, self.results_csv)
             npz = self.result.export_path
+            if self.temporary_workdir:  # the run folder goes with the kernel
+                where = ("not kept: in smoke mode the run folder is a temporary folder that "
+                         "is removed when the kernel stops (a real run keeps it in its run "
+                         "folder)")
+            else:
+                where = str(npz) if npz else "not exported (config.export is off)"
             self.messages.show(
-                f"result row appended to {path}\ncheckpoint (published .npz layout): "
-                f"{npz if npz else 'not exported (config.export is off)'}", "info",
-                title="Exported")
+                f"result row appended to {path}\ncheckpoint (published .npz layout): {where}",
+                "info", title="Exported")
 
         run()
 

@@ -19,9 +19,11 @@ without a browser::
 
 Above the table a row of header buttons, named after the table's columns, sets the sort: a
 click sorts by that column, a second click on the same header reverses the order
-(:func:`sort_after_click`). Below it the rows are listed again, one line each, in a list box:
-clicking a line selects that row's checkpoint (:func:`row_labels`). The table keeps the full
-names as text to read and copy.
+(:func:`sort_after_click`); each view (fine-tunes, upstream checkpoints) keeps its own sort.
+A click on a table row selects it, and so does a click on its line in the list box below
+(:func:`row_labels`), which the table's rows drive. Checkpoint names take at most two lines of the
+table (one click on a name selects all of it for copying, the tooltip shows it whole), and
+the selected row's full name stands in the *Selected* field, ready to copy.
 
 Augmentation is shown with the paper's names (``light1``, ``light2``, ...) next to the index
 name the table and filenames use (``light0``, ``light1``, ...); filter values are the index
@@ -95,6 +97,18 @@ HEADERS: dict[str, str] = {
 }
 #: CSS class of the row list (its lines are cut at the list's edge, never scrolled sideways).
 ROWS_CLASS = "augreg-rows"
+#: CSS class of the whole browser: a table row's click finds its row list inside it.
+BROWSER_CLASS = "augreg-browser"
+#: What a click on a table row runs in the browser: select the same row in the row list and
+#: tell its widget, as a click on the list's line does (the kernel then outlines the row).
+#: Where a front end drops inline scripts, the row list still selects.
+ROW_CLICK = (f"var s=this.closest('.{BROWSER_CLASS}');s=s&&s.querySelector('.{ROWS_CLASS} "
+             "select');if(s&&s.selectedIndex!=={row}){s.selectedIndex={row};"
+             "s.dispatchEvent(new Event('change',{bubbles:true}))}")
+#: Lines a checkpoint name may take in the table; the table's and the row list's heights.
+NAME_LINES = 2
+TABLE_HEIGHT = "34em"
+LIST_ROWS = 12
 #: Sorts whose first click orders ascending (the paper's model order); the others put the
 #: largest value (best accuracy, fastest, biggest) first.
 ASCENDING_FIRST = ("model",)
@@ -389,6 +403,11 @@ def row_labels(view: BrowserView) -> list[tuple[str, str]]:
     return out
 
 
+def _label(text: str) -> w.HTML:
+    """A control's label, on the control's line."""
+    return w.HTML(f"<b>{html.escape(text)}</b>", layout=w.Layout(margin="0 6px 0 0"))
+
+
 def file_to_fetch(view: BrowserView, selected: str | None, kind: str) -> str:
     """The checkpoint a fetch downloads: the selected row's file, or its upstream."""
     if kind not in KINDS:
@@ -430,12 +449,20 @@ class IndexBrowser:
         options = filter_options(df)
         state = dict(state or {})
         self.filters: dict[str, w.Dropdown] = {
-            key: dropdown(FILTERS[key][0], options[key], state.get(key, ANY))
+            key: dropdown(FILTERS[key][0], options[key], state.get(key, ANY), width="auto")
             for key in FILTERS
         }
         self._report_unavailable(state, options)
+        # Labels of the toggles are HTML beside them: a toggle's own description wraps above
+        # its buttons in a row that wraps.
         self.view_toggle = w.ToggleButtons(options=list(VIEWS), value=VIEWS[0],
-                                           description="Show", style={"button_width": "auto"})
+                                           tooltips=["fine-tuned checkpoints, one row each",
+                                                     "pre-trained checkpoints, one row each"],
+                                           style={"button_width": "auto"})
+        # Each view keeps its sort: "upstream val" never carries into the fine-tunes.
+        self._view_sorts: dict[str, tuple[str, bool]] = {
+            VIEWS[0]: ("fine-tuned val accuracy", True), VIEWS[1]: (UPSTREAM_SORTS[0], True)}
+        self._shown_view = VIEWS[0]
         # The sort state; the header buttons set it (they are what the browser shows).
         self.sort = dropdown("Sort by", list(SORTS), "fine-tuned val accuracy")
         self.descending = w.Checkbox(value=True, description="best first", indent=False,
@@ -469,10 +496,18 @@ class IndexBrowser:
                                   style={"description_width": "initial"},
                                   layout=w.Layout(width=FULL_WIDTH))
         self.selection.add_class(ROWS_CLASS)
+        # The selected row's full name, to copy (an edit is undone: it is no input).
+        self.copy = w.Text(value="", description="Selected",
+                           style={"description_width": "initial"},
+                           layout=w.Layout(width=FULL_WIDTH))
+        self.copy.observe(self._on_copy_edit, names="value")
         self.kind = w.ToggleButtons(options=list(KINDS), value="fine-tuned",
-                                    description="Fetch", style={"button_width": "auto"})
-        self.fetch_button = w.Button(description="Fetch", icon="download",
-                                     button_style="primary",
+                                    tooltips=["the upstream (pre-trained) checkpoint the "
+                                              "selected row was fine-tuned from",
+                                              "the selected row's fine-tuned checkpoint"],
+                                    style={"button_width": "auto"})
+        self.fetch_button = w.Button(description="Fetch checkpoint", icon="download",
+                                     button_style="primary", layout=w.Layout(width="auto"),
                                      tooltip="download the selected checkpoint into the cache")
         self.status = w.HTML()  # what a running fetch is doing now
         self.progress = w.Output(layout=w.Layout(max_width="100%", overflow="hidden"))
@@ -484,23 +519,28 @@ class IndexBrowser:
         self.kind.observe(self._on_change, names="value")
         self.selection.observe(self._on_select, names="value")
         self.fetch_button.on_click(self._on_fetch)
-        wrap = w.Layout(flex_flow="row wrap", max_width="100%")
+        wrap = w.Layout(flex_flow="row wrap", max_width="100%", align_items="center")
+        # The filters in even columns (as many as fit), not rows that wrap unevenly.
+        self.filter_grid = w.GridBox(list(self.filters.values()), layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(15em, 1fr))",
+            grid_gap="2px 12px", width=FULL_WIDTH))
         self.widget = w.VBox([
             self.provenance,
             self.notices.widget,
-            w.HBox(list(self.filters.values())[:5], layout=wrap),
-            w.HBox(list(self.filters.values())[5:], layout=wrap),
-            w.HBox([self.view_toggle, self.fetchable_only], layout=wrap),
+            self.filter_grid,
+            w.HBox([_label("Show"), self.view_toggle, self.fetchable_only], layout=wrap),
             self.access_note,
             self.count,
             self.header_bar,
             self.table_html,
             self.selection,
-            w.HBox([self.kind, self.fetch_button], layout=wrap),
+            self.copy,
+            w.HBox([_label("File of the row"), self.kind, self.fetch_button], layout=wrap),
             self.status,
             self.progress,
             self.messages.widget,
         ], layout=w.Layout(max_width="100%"))
+        self.widget.add_class(BROWSER_CLASS)
         self.refresh()
 
     @classmethod
@@ -578,7 +618,28 @@ class IndexBrowser:
     def _on_change(self, change=None) -> None:
         if not self._refreshing:
             self.clear_result()
+            self._switch_sort()
             self.refresh()
+
+    def _switch_sort(self) -> None:
+        """On a change of view: keep the old view's sort, restore the new one's."""
+        view = self.view_toggle.value
+        if view == self._shown_view:
+            return
+        self._view_sorts[self._shown_view] = (self.sort.value, self.descending.value)
+        self._shown_view = view
+        sort_by, descending = self._view_sorts[view]
+        self._refreshing = True
+        try:
+            set_options(self.sort, list(UPSTREAM_SORTS) if view == VIEWS[1] else list(SORTS),
+                        keep=sort_by)
+            self.sort.value, self.descending.value = sort_by, descending
+        finally:
+            self._refreshing = False
+
+    def _on_copy_edit(self, change=None) -> None:
+        if self.copy.value != (self.selected or ""):
+            self.copy.value = self.selected or ""
 
     def _on_header(self, label: str) -> None:
         sort_by, descending = sort_after_click(self.sort.value, self.descending.value, label)
@@ -595,12 +656,17 @@ class IndexBrowser:
             self._show_selected()
 
     def _show_selected(self) -> None:
-        """Outline the selected row in the table."""
+        """Outline the selected row in the table; its full name goes in the copy field."""
         view = self.view
+        self.copy.value = self.selected or ""
         if view is not None and len(view.table) and self.selected in view.files:
-            self.table_html.value = table_html(view.table, marked=view.marked,
-                                               selected=view.files.index(self.selected),
-                                               wrap_columns=("available", "checkpoint"))
+            self.table_html.value = self._table(view, view.files.index(self.selected))
+
+    @staticmethod
+    def _table(view: BrowserView, selected: int) -> str:
+        return table_html(view.table, marked=view.marked, selected=selected,
+                          wrap_columns=("available", "checkpoint"), clamp_lines=NAME_LINES,
+                          max_height=TABLE_HEIGHT, row_click=ROW_CLICK)
 
     def clear_result(self) -> None:
         """Forget the last fetch's output: it belongs to a selection no longer shown."""
@@ -638,9 +704,7 @@ class IndexBrowser:
                        view.files[0] if view.files else "")
         keep = self.selection.value if self.selection.value in view.files else default
         if shown:
-            self.table_html.value = table_html(view.table, marked=view.marked,
-                                               selected=view.files.index(keep),
-                                               wrap_columns=("available", "checkpoint"))
+            self.table_html.value = self._table(view, view.files.index(keep))
         elif self.fetchable_only.value and view.matching_any_source:
             self.table_html.value = (
                 f"<i>None of the {view.matching_any_source:,} matching {what} can be fetched "
@@ -654,7 +718,8 @@ class IndexBrowser:
         if shown < view.matching:
             parts.append(f"showing {shown}")
         if view.grouped_by_task:
-            parts.append("grouped by task, best first within each (accuracies of different "
+            order = "best first" if self.descending.value else "lowest first"
+            parts.append(f"grouped by task, {order} within each (accuracies of different "
                          "tasks are not comparable)")
         if any(view.marked):
             parts.append(f"{MARK_RECOMMENDED} = recommended upstream checkpoint of its model"
@@ -664,7 +729,8 @@ class IndexBrowser:
         self.count.value = "; ".join(parts)
         labels = row_labels(view)
         set_options(self.selection, labels or [("", "")], keep=keep or "")
-        self.selection.rows = max(2, min(len(labels), 8))
+        self.selection.rows = max(2, min(len(labels), LIST_ROWS))
+        self.copy.value = self.selection.value or ""
         shown_headers = header_labels(self.view_toggle.value)
         for label, button in self.headers.items():
             button.layout.display = None if label in shown_headers else "none"

@@ -14,11 +14,22 @@ Pure parts: :func:`sample_images` (three shipped public-domain photographs),
 Classification is :func:`augreg_nb.inference.predict` (the protocol's evaluation
 pre-processing); class names come with it: ImageNet names for 1000-class heads, a task's
 names for the ``labels`` you give, none for ImageNet-21k upstream heads.
+
+An upload that is no readable image is named in the message and left out; the others are
+classified. Each upload has an entry in *Uploads*: unselect it to leave it out. What
+TensorFlow, XLA and absl write to the process's stderr while the panel imports TensorFlow,
+loads or classifies (oneDNN notices, absl's "InitializeLog" warning) is kept in a collapsed
+*library messages* block (:class:`StderrCapture`) instead of red lines in the notebook.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
+import sys
+import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +46,7 @@ from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
     attempt_reporter,
+    details_html,
     guarded,
     run_in_output,
     show_figure,
@@ -69,25 +81,119 @@ def sample_images(size: int | None = None) -> dict[str, np.ndarray]:
     return out
 
 
-def uploaded_images(value: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
-    """Images from a ``FileUpload`` value (ipywidgets 8: a tuple of dicts with ``name`` and
-    ``content``), as RGB PIL images by file name. Unreadable files raise ValueError naming
-    the file."""
-    from PIL import Image, UnidentifiedImageError
-
+def upload_items(value: Sequence[Mapping[str, Any]] | Mapping[str, Any]
+                 ) -> dict[str, bytes]:
+    """``{file name: content}`` of a ``FileUpload`` value: ipywidgets 8's tuple of dicts
+    with ``name`` and ``content``, or ipywidgets 7's ``{name: {"metadata", "content"}}``."""
     items = list(value.values()) if isinstance(value, Mapping) else list(value)
-    out: dict[str, Any] = {}
+    out: dict[str, bytes] = {}
     for item in items:
         name = item.get("name") or item.get("metadata", {}).get("name", "upload")
-        content = bytes(item["content"])
-        try:
-            image = Image.open(io.BytesIO(content))
-            image.load()
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{name} is not an image Pillow can read ({err}); upload a "
-                             "JPEG or PNG file") from None
-        out[name] = image.convert("RGB")
+        out[name] = bytes(item["content"])
     return out
+
+
+def read_image(name: str, content: bytes):
+    """``content`` as an RGB PIL image; ValueError naming ``name`` when Pillow cannot read
+    it (never the in-memory buffer's repr)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(content))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
+        reason = reason or "unknown format"
+        raise ValueError(f"{name} is not an image Pillow can read ({reason}); upload a "
+                         "JPEG or PNG file") from None
+    return image.convert("RGB")
+
+
+def uploaded_images(value: Sequence[Mapping[str, Any]] | Mapping[str, Any], *,
+                    errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """Images from a ``FileUpload`` value (see :func:`upload_items`), as RGB PIL images by
+    file name. An unreadable file raises ValueError naming it, or, when ``errors`` is a
+    dict, is left out with its reason put there."""
+    out: dict[str, Any] = {}
+    for name, content in upload_items(value).items():
+        try:
+            out[name] = read_image(name, content)
+        except ValueError as err:
+            if errors is None:
+                raise
+            errors[name] = str(err)
+    return out
+
+
+class _Fd2Redirect:
+    """The process-wide redirection of file descriptor 2 into one temporary file, shared by
+    every :class:`StderrCapture` entered at the time (the last to leave restores fd 2)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: int | None = None
+        self.file: Any = None
+
+    def enter(self) -> int | None:
+        """Redirect (if not yet) and return the offset from which the caller's text starts;
+        None where fd 2 cannot be redirected."""
+        with self.lock:
+            if self.depth == 0:
+                try:
+                    sys.stderr.flush()
+                    # Appending: writes through fd 2 land at the end wherever a read seeks.
+                    self.file = tempfile.TemporaryFile(mode="a+b", buffering=0)
+                    self.saved = os.dup(2)
+                    os.dup2(self.file.fileno(), 2)
+                except (OSError, ValueError):  # no file descriptor 2 here
+                    if self.file is not None:
+                        self.file.close()
+                    self.file = self.saved = None
+                    return None
+            self.depth += 1
+            return os.fstat(self.file.fileno()).st_size
+
+    def leave(self, start: int) -> str:
+        """The text written since ``start``; restores fd 2 when the last user leaves."""
+        with self.lock:
+            size = os.fstat(self.file.fileno()).st_size
+            self.file.seek(start)
+            data = self.file.read(max(0, size - start))
+            self.depth -= 1
+            if self.depth == 0:
+                os.dup2(self.saved, 2)
+                os.close(self.saved)
+                self.file.close()
+                self.file = self.saved = None
+        return data.decode("utf-8", "replace")
+
+
+_FD2 = _Fd2Redirect()
+
+
+class StderrCapture:
+    """While entered, what anything in the process writes to file descriptor 2 (C++ code
+    too: TensorFlow's oneDNN notice, absl's log lines) is kept: on leaving, its text is
+    added to :attr:`text` instead of reaching the notebook. Entries from several threads or
+    panels at once share one redirection (:class:`_Fd2Redirect`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self._starts: dict[int, list[int | None]] = {}
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __enter__(self) -> StderrCapture:
+        self._starts.setdefault(threading.get_ident(), []).append(_FD2.enter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        start = self._starts[threading.get_ident()].pop()
+        if start is not None:
+            self.parts.append(_FD2.leave(start))
 
 
 def plot_predictions(images: Mapping[str, Any], predictions: Sequence[Sequence[Any]]):
@@ -150,17 +256,21 @@ class InferencePanel:
         self.predictions: list | None = None
         self.figure: Any = None
         self.top_k = top_k
-        preprocess.warm_up()  # TensorFlow's import overlaps with Load and choosing images
+        self.skipped: dict[str, str] = {}  #: uploads the last Classify left out, and why
+        self.stderr = StderrCapture()
+        self.details = w.HTML()  # the collapsed library messages
+        self._warm_up()  # TensorFlow's import overlaps with Load and choosing images
         self.samples = sample_images()
         self.messages = MessageArea()
+        wide = {"description_width": "initial"}  # labels in full ("Class names")
         self.checkpoint = w.Combobox(value=checkpoint, options=list(suggestions),
                                      ensure_option=False, description="Checkpoint",
                                      placeholder="checkpoint name, timm name or file path",
-                                     layout=w.Layout(width=FULL_WIDTH))
+                                     style=wide, layout=w.Layout(width=FULL_WIDTH))
         self.labels = w.Text(value=labels, description="Class names",
                              placeholder="default: ImageNet names for 1000 classes; or a task "
                                          "name, e.g. oxford_iiit_pet",
-                             layout=w.Layout(width=FULL_WIDTH))
+                             style=wide, layout=w.Layout(width=FULL_WIDTH))
         self.load_button = w.Button(description="Load", icon="download", button_style="primary")
         self.info = w.HTML()
         self.status = w.HTML()  # which source a running Load is trying
@@ -169,6 +279,10 @@ class InferencePanel:
                                             rows=len(self.samples))
         self.upload = w.FileUpload(accept="image/*", multiple=True,
                                    description="Your images")
+        # One entry per upload; unselecting one leaves it out (FileUpload cannot drop one).
+        self.use_uploads = w.SelectMultiple(options=[], value=(), description="Uploads",
+                                            rows=3)
+        self.upload.observe(self._on_upload, names="value")
         self.classify_button = w.Button(description="Classify", icon="eye",
                                         button_style="success")
         self.progress = w.Output()
@@ -178,8 +292,9 @@ class InferencePanel:
         self.widget = w.VBox([
             self.checkpoint, self.labels, w.HBox([self.load_button, self.info]), self.status,
             self.progress,
-            w.HBox([self.use_samples, self.upload, self.classify_button]),
-            self.messages.widget, self.output,
+            w.HBox([self.use_samples, self.upload, self.use_uploads, self.classify_button],
+                   layout=w.Layout(flex_flow="row wrap", max_width="100%")),
+            self.messages.widget, self.output, self.details,
         ])
 
     @classmethod
@@ -194,10 +309,39 @@ class InferencePanel:
                        labels=labels)
         return cls(checkpoint, suggestions=imagenet_finetunes(session.index), labels=labels)
 
+    def _warm_up(self) -> None:
+        """Import TensorFlow in the background with its stderr notices kept for the panel."""
+        def run():
+            with self.stderr:
+                preprocess.warm_up().join()
+            self._show_library_messages()
+
+        threading.Thread(target=run, name="augreg_nb-inference-warm-up", daemon=True).start()
+
+    def _show_library_messages(self) -> None:
+        self.details.value = details_html(self.stderr.text, "library messages")
+
+    def _on_upload(self, change=None) -> None:
+        names = list(upload_items(self.upload.value))
+        kept = [n for n in self.use_uploads.value if n in names]
+        new = [n for n in names if n not in self.use_uploads.options]
+        self.use_uploads.options = names
+        self.use_uploads.value = tuple(n for n in names if n in kept or n in new)
+
     def images(self) -> dict[str, Any]:
-        """The images to classify: the chosen samples, then the uploads."""
+        """The images to classify: the chosen samples, then the chosen uploads that can be
+        read (the others are named in :attr:`skipped`)."""
         out: dict[str, Any] = {k: self.samples[k] for k in self.use_samples.value}
-        out.update(uploaded_images(self.upload.value))
+        self._on_upload()  # uploads made before the observer saw them
+        chosen = set(self.use_uploads.value)
+        self.skipped = {}
+        for name, content in upload_items(self.upload.value).items():
+            if name not in chosen:
+                continue
+            try:
+                out[name] = read_image(name, content)
+            except ValueError as err:
+                self.skipped[name] = str(err)
         return out
 
     def forget_model(self) -> None:
@@ -229,10 +373,13 @@ class InferencePanel:
             self.load_button.disabled = True
             try:
                 self.progress.clear_output()
-                self.model_name, self.params = run_in_output(self.progress, self._load, name)
+                with self.stderr:
+                    self.model_name, self.params = run_in_output(self.progress, self._load,
+                                                                 name)
             finally:
                 self.load_button.disabled = False
                 self.status.value = ""
+                self._show_library_messages()
             self.loaded = name
             classes = int(np.shape(self.params["head"]["bias"])[0])
             res = checkpoint_resolution(self.model_name, self.params)
@@ -248,16 +395,29 @@ class InferencePanel:
             if self.params is None:
                 raise RuntimeError("no checkpoint loaded yet: press Load first")
             images = self.images()
+            skipped = "\n".join(f"left out: {why}" for why in self.skipped.values())
             if not images:
-                raise ValueError("no images: choose a sample or upload your own")
-            preds = predict(self.model_name, self.params, list(images.values()),
-                            top_k=self.top_k, label_names=self.labels.value.strip() or None)
+                raise ValueError("no images: choose a sample or upload your own"
+                                 + (f"\n{skipped}" if skipped else ""))
+            try:
+                with self.stderr:
+                    preds = predict(self.model_name, self.params, list(images.values()),
+                                    top_k=self.top_k,
+                                    label_names=self.labels.value.strip() or None)
+            finally:
+                self._show_library_messages()
             self.predictions = preds
             self.figure = plot_predictions(images, preds)
             self.output.clear_output()
             with self.output:
                 show_figure(self.figure)
-            self.messages.show(f"classified {len(images)} image(s) with {self.loaded}", "info")
+            done = f"classified {len(images)} image(s) with {self.loaded}"
+            if skipped:  # the readable ones are classified, the others named
+                self.messages.show(f"{done}\n{skipped}\n(unselect it under Uploads, or "
+                                   "upload it again as JPEG or PNG)", "warning",
+                                   title=f"{len(self.skipped)} upload(s) left out")
+            else:
+                self.messages.show(done, "info")
 
         run()
 

@@ -176,6 +176,28 @@ def test_choose_checkpoint_notebook(lab_page):
         assert time.monotonic() < deadline, f"no row needs access: {start['rows']}"
         nb.page.wait_for_timeout(200)
         start = _read_browser(area)
+    # Names take at most two lines: every row is at most two text lines tall (12 px type,
+    # 1.35 line height, 2 px padding), so the box shows many rows, not three.
+    heights = area.locator("table.augreg-table tbody tr").evaluate_all(
+        "trs => trs.map(tr => tr.getBoundingClientRect().height)")
+    assert heights and max(heights) <= 2 * 12 * 1.35 + 6, f"rows too tall: {heights}"
+    box = area.locator("table.augreg-table").evaluate(
+        "t => t.parentElement.getBoundingClientRect().height")
+    assert box >= min(len(heights), 10) * 20, f"the table box is {box} px tall"
+    nb.shot("browser-all-rows", area)
+    # A click on a table row selects it: the kernel outlines it and names it under Selected.
+    trs = area.locator("table.augreg-table tbody tr")
+    pick = trs.evaluate_all("trs => trs.findIndex(tr => !tr.classList.contains("
+                            "'augreg-selected'))")
+    second = start["rows"][pick]["checkpoint"]
+    assert area.locator("tr.augreg-selected", has_text=second).count() == 0
+    trs.nth(pick).click()
+    area.locator("tr.augreg-selected", has_text=second).wait_for(timeout=30_000)
+    selected = area.get_by_label("Selected", exact=True)
+    deadline = time.monotonic() + 30
+    while selected.input_value() != second:
+        assert time.monotonic() < deadline, f"Selected shows {selected.input_value()!r}"
+        nb.page.wait_for_timeout(200)
 
     # A filter change updates the table.
     model = area.get_by_label("Model", exact=True)
@@ -221,9 +243,9 @@ def test_choose_checkpoint_notebook(lab_page):
         checkpoint.locator("option").nth(values.index(pick)).click()
         area.locator("tr.augreg-selected", has_text=pick.split()[-1]).wait_for(timeout=30_000)
     kind = area.locator(".widget-toggle-buttons",
-                        has=nb.page.locator("label.widget-label", has_text=re.compile("^Fetch$")))
+                        has=nb.page.get_by_role("button", name="fine-tuned", exact=True))
     kind.get_by_role("button", name="upstream", exact=True).click()
-    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch checkpoint\s*$"))
     fetch.click()
 
     # The message names the file ("{name}\nis ready: {path} ..."); the notebook's own
@@ -302,6 +324,17 @@ def test_paper_figures_notebook(lab_page):
     assert area.locator(".jp-RenderedHTMLCommon table tbody tr").count() > 0
     nb.shot("table3", area)
     _assert_fits(area, "the figure picker")
+    table5 = next(t for t in item.locator("option").all_inner_texts()
+                  if t.replace("\xa0", " ").startswith("Table 5"))
+    item.select_option(label=table5)
+    groups = area.locator(".augreg-table-group table")
+    groups.first.wait_for(timeout=30_000)
+    assert groups.count() == 3
+    widths = groups.evaluate_all("ts => ts.map(t => [t.scrollWidth, "
+                                 "t.parentElement.clientWidth])")
+    assert all(w <= box + 1 for w, box in widths), f"Table 5 groups overflow: {widths}"
+    nb.shot("table5", area)
+    _assert_fits(area, "the figure picker with Table 5")
     nb.shot("final")
     nb.assert_no_page_errors()
 
@@ -324,7 +357,7 @@ def test_real_mode_offers_what_can_be_fetched_and_fails_fast_without_network(lab
     tasks = [r["task"] for r in shown["rows"]]
     assert tasks == sorted(tasks, key=tasks.index)  # grouped by task, never interleaved
     _assert_fits(area, "the index browser (real mode)")
-    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch\s*$"))
+    fetch = area.locator("button.widget-button", has_text=re.compile(r"^\s*Fetch checkpoint\s*$"))
     start = time.monotonic()
     fetch.click()
     error = area.locator(".augreg-error")
@@ -354,11 +387,14 @@ def test_finetune_stop_resume_export_shows_in_notebook_3(lab_page):
     nb.run_notebook(NOTEBOOK_2, timeout=240)
     area = nb.outputs(next(c["index"] for c in nb.cells()
                            if c["widgets"] and "FinetunePanel" in c["source"]))
+    # Nothing drawn yet: no image at all (not a broken-image icon under the empty bar).
+    assert area.locator("img:visible").count() == 0
     _button(area, "Start fine-tuning").click()
     _button(area, "Stop").click()
     stopped = area.locator(".augreg-warning", has_text="Start resumes")
     stopped.wait_for(timeout=120_000)
     assert re.search(r"stopped at step \d+ of [\d,]+; Start resumes", stopped.inner_text())
+    assert "stopping after" not in area.inner_text()  # the bar's line says "stopped at"
     nb.shot("stopped", area)
     # Start resumes; interrupting the kernel (the run goes on in the background while the
     # kernel is idle) ends it the same way, with the message and no traceback.
@@ -377,7 +413,11 @@ def test_finetune_stop_resume_export_shows_in_notebook_3(lab_page):
     print(f"notebook 2: smoke run resumed and finished in {time.monotonic() - start:.1f} s")
     assert area.locator("img").count() >= 1  # the curves
     _button(area, "Export result").click()
-    area.locator(".augreg-info", has_text="result row appended to").wait_for(timeout=30_000)
+    exported = area.locator(".augreg-info", has_text="result row appended to")
+    exported.wait_for(timeout=30_000)
+    # Smoke mode's run folder is temporary: Export names no checkpoint file there.
+    assert "not kept" in exported.inner_text()
+    assert not re.search(r"/\S+\.npz", exported.inner_text()), exported.inner_text()
     _assert_fits(area, "the fine-tuning panel")
     text = area.inner_text()
     assert "Downloading and preparing" not in text and "oneDNN" not in text
@@ -418,6 +458,11 @@ def test_inference_notebook(lab_page):
     area.locator(".augreg-info", has_text="classified").wait_for(timeout=120_000)
     _shown_image(nb, area, None, "the top-5 chart")
     _assert_fits(area, "the inference panel")
+    # TensorFlow's and absl's stderr lines sit in the collapsed block, not red in a cell.
+    red = nb.page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+    assert red.count() == 0, red.all_inner_texts()[:3]
+    label = area.locator("label.widget-label", has_text="Class names")
+    assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), "'Class names' is cut"
     nb.shot("final")
     nb.assert_no_page_errors()
 

@@ -15,7 +15,8 @@ Steps, each timed:
    loaded, the modules a Colab kernel has imported at start are imported, and the cell's
    ``git+https`` address is replaced by this checkout (``file://``); every other pip argument
    is the cell's own. The cell must succeed and its last line must say that no restart is
-   needed.
+   needed; the git ref the cell names (``AUGREG_NB_REF``) must exist in this repository
+   (``tests/test_colab.py`` also installs through it from a ``git+file://`` clone).
 3. ``pip freeze`` again: every preinstalled distribution must keep its version, apart from
    :data:`ALLOWED_CHANGES` (each with its reason). Additions are listed; the diff is printed.
 4. Install the test tools that Colab lacks (:data:`TEST_TOOLS`) under the same constraints, so
@@ -72,6 +73,8 @@ COLAB_TESTS = (
     "test_train_engine.py", "test_train.py", "test_schedule.py", "test_upstream_recipe.py",
     "test_augreg_train.py", "test_config.py", "test_preprocess.py", "test_augment.py",
     "test_input_pipeline.py", "test_tasks.py", "test_vtab_tasks.py", "test_widgets.py",
+    "test_finetune_panel.py", "test_inference_panel.py", "test_index_browser.py",
+    "test_paper_tables.py",
     "test_vtab_panel.py", "test_notebooks.py", "test_figures.py",
     "test_figures_readability.py", "test_index.py", "test_index_queries.py", "test_colab.py",
     "test_multiprocess.py", "test_fewshot.py", "test_rank.py", "test_rank_panel.py",
@@ -84,6 +87,8 @@ PYTEST_ARGS = (*(f"tests/{name}" for name in COLAB_TESTS),
                "--import-mode=append", "-q")
 
 GIT_ADDRESS = re.compile(r"git\+https://[^\"'\s@]+@\{AUGREG_NB_REF\}")
+#: The cell's form field naming the git ref it installs.
+REF_FIELD = re.compile(r'^AUGREG_NB_REF = "([^"]+)"', re.M)
 
 
 def version_list() -> Path:
@@ -155,6 +160,25 @@ def local_cell(cell: str, repo: Path = REPO) -> str:
         raise SystemExit("the install cell has no single `git+https://...@{AUGREG_NB_REF}` "
                          "address; update GIT_ADDRESS in tests/colab/check.py to the new cell")
     return new
+
+
+def install_ref(cell: str) -> str:
+    """The git ref (branch, tag or commit) the install cell's ``AUGREG_NB_REF`` names."""
+    found = REF_FIELD.findall(cell)
+    if len(found) != 1:
+        raise SystemExit('the install cell has no single `AUGREG_NB_REF = "..."` line')
+    return found[0]
+
+
+def resolve_ref(ref: str, repo: Path = REPO) -> str | None:
+    """The commit ``ref`` names in the git checkout ``repo`` (as a branch, a tag, a commit
+    or, in a CI checkout without local branches, ``origin/<ref>``); None where none."""
+    for name in (ref, f"origin/{ref}"):
+        proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                               f"{name}^{{commit}}"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    return None
 
 
 def pip_install_args(cell: str) -> list[str]:
@@ -251,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"install cell's pip arguments: {pip_install_args(cell)}")
     steps = Steps()
     failures: list[str] = []
+    ref = install_ref(cell)
+    if shutil.which("git") and (REPO / ".git").exists() and resolve_ref(ref) is None:
+        failures.append(f"the install cell's AUGREG_NB_REF {ref!r} is no branch, tag or "
+                        "commit of this repository: Colab could not install it")
     try:
         steps.run("environment", [python, "-m", "venv", str(env)], check=True)
         constraints = ["-c", str(listed), "-c", str(PINS)]
