@@ -8,8 +8,10 @@ import pytest
 
 from augreg_nb import config as config_lib
 from augreg_nb.callbacks import Callback
-from augreg_nb.grid import accuracy_table, grid_configs, run_grid
+from augreg_nb.grid import accuracy_table, batch_for, check_dataset, grid_configs, run_grid
 from augreg_nb.index import COLUMNS
+from augreg_nb.tasks import DatasetNotReadyError
+from augreg_nb.testing.datasets import write_image_folder
 from augreg_nb.train_state import saved
 from augreg_nb.widgets.augreg_panel import AugregPanel
 
@@ -49,10 +51,14 @@ def test_stop_ends_the_grid_and_start_continues(tmp_path):
     stop = threading.Event()
     out = run_grid(configs, callbacks=lambda c: [_StopAt(stop, 4)], stop=stop)
     assert out.stopped and out.rows.empty  # stopped inside the first run, at step 4
+    assert [(o.status, o.reason) for o in out.outcomes] == [
+        ("stopped", "at step 4 of 6"), ("stopped", "not started")]
+    assert out.summary() == "2 stopped"
     assert saved(tmp_path / config_lib.run_name(configs[0]) / "state")
     seen = []
     done = run_grid(configs, on_run=lambda i, n, c, row: seen.append((i, row is None)))
     assert not done.stopped and len(done.rows) == 2
+    assert done.summary() == "2 done" and not done.failed
     assert seen == [(0, True), (0, False), (1, True), (1, False)]
     assert list(done.rows.columns[:len(COLUMNS)]) == list(COLUMNS)
     assert done.rows["reg"].tolist() == [False, True]
@@ -105,3 +111,133 @@ def test_own_figure_2_tells_every_run_apart():
     assert len(lines) == len(styles) == 4
     labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
     assert sorted(labels) == sorted(f"{r['start']}, {r['aug']}" for r in rows)
+
+
+def _block(config) -> None:
+    """Make ``config``'s run fail for real: a file where its folder has to go."""
+    from pathlib import Path
+
+    Path(config.workdir).parent.mkdir(parents=True, exist_ok=True)
+    Path(config.workdir).write_text("not a folder")
+
+
+def test_a_failing_run_is_listed_with_its_reason_and_the_grid_goes_on(tmp_path):
+    configs = grid_configs("augreg-smoke", augs=("none",), regs=(False, True), root=tmp_path)
+    for c in configs:
+        _block(c)
+    with pytest.raises(FileExistsError):
+        run_grid(configs)  # the default for scripts: the error itself
+    seen = []
+    out = run_grid(configs, on_error="continue",
+                   on_outcome=lambda i, n, o, so_far: seen.append((i, n, o.status)))
+    assert seen == [(0, 2, "failed"), (1, 2, "failed")]
+    assert out.summary() == "2 failed" and out.counts() == {"done": 0, "failed": 2,
+                                                             "stopped": 0}
+    assert not out.stopped and out.rows.empty
+    assert all("File exists" in o.reason and o.test_accuracy is None for o in out.failed)
+    with pytest.raises(ValueError, match="on_error"):
+        run_grid(configs, on_error="ignore")
+
+
+def test_batch_fits_a_small_training_split():
+    assert batch_for(1438, 64) == 64 and batch_for(64, 64) == 64
+    assert batch_for(12, 64) == 8 and batch_for(63, 64) == 32 and batch_for(1, 128) == 1
+
+
+def test_check_dataset_reads_a_folder_and_names_what_is_missing(tmp_path, monkeypatch):
+    made = write_image_folder(tmp_path / "pets")  # 3 classes x 6 images, one broken file
+    report = check_dataset(made["root"])
+    assert report.class_names == ("cat", "dog", "fox")
+    assert sum(report.images.values()) == 18 and report.images["train"] >= 12
+    assert report.unreadable["train"] == (made["corrupt"],)
+    text = report.text()
+    assert "3 classes (cat, dog, fox)" in text and "1 unreadable image(s)" in text
+    assert made["corrupt"] in text
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    with pytest.raises(DatasetNotReadyError, match="tfds build oxford_iiit_pet"):
+        check_dataset("oxford_iiit_pet")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images found"):
+        check_dataset(str(tmp_path / "empty"))
+
+
+def _panel(tmp_path, **kwargs):
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    kwargs = {"augs": "none", "with_reg": False, "steps": 2, "transfer_steps": 2,
+              "workdir": tmp_path / "runs", "results_csv": tmp_path / "own.csv",
+              "smoke": True, "folder": folder["root"], **kwargs}
+    return AugregPanel(**kwargs), folder
+
+
+def test_the_panel_reads_a_folder_of_images_and_sizes_the_grid_to_it(tmp_path):
+    panel, folder = _panel(tmp_path)
+    info = panel.data_info.value
+    assert "3 classes (cat, dog, fox)" in info and "unreadable" in info, info
+    train = panel.report.images["train"]
+    assert train < 64 and "epochs per run" in panel.plan.value
+    configs = panel.configs()
+    assert {c.task for c in configs} == {folder["root"]}
+    assert {c.global_batch for c in configs} == {batch_for(train, 64)}
+    assert all(c.workdir.startswith(str(tmp_path / "runs")) and
+               "/" not in c.workdir.removeprefix(str(tmp_path / "runs") + "/")
+               for c in configs)  # one folder per run, though the task is a path
+    assert not panel.start_button.disabled and panel.messages.kind is None
+    panel.folder.value = str(tmp_path / "nowhere")
+    assert panel.start_button.disabled and "is not a folder" in panel.messages.text
+    panel.folder.value = folder["root"]
+    panel.tfds.value = "tf_flowers"
+    assert panel.start_button.disabled and "both a folder" in panel.messages.text
+    panel.tfds.value = ""
+    assert not panel.start_button.disabled
+
+
+def test_the_panel_refuses_steps_below_one_instead_of_running_one(tmp_path):
+    panel, _ = _panel(tmp_path)
+    panel.steps.value = -5
+    assert panel.start_button.disabled
+    assert "Steps from scratch must be a whole number of at least 1, not -5" in \
+        panel.messages.text and panel.messages.kind == "error"
+    panel.start_button.click()
+    assert panel.thread is None  # nothing started
+    panel.steps.value = 3
+    panel.transfer_steps.value = 0
+    assert panel.start_button.disabled and "Steps from a checkpoint" in panel.messages.text
+    panel.transfer_steps.value = 2
+    assert not panel.start_button.disabled and panel.messages.kind is None
+
+
+def test_the_panel_shows_failed_runs_in_red_never_as_finished(tmp_path):
+    panel, _ = _panel(tmp_path)
+    configs = panel.configs()
+    assert len(configs) == 2
+    for c in configs:
+        _block(c)
+    panel.start_button.click()  # in the background, as in a notebook
+    panel.wait(timeout=300)
+    assert not panel.running
+    assert panel.messages.kind == "error", panel.messages.text
+    assert "The grid failed" in panel.messages.widget.value
+    assert "2 failed" in panel.messages.text and "File exists" in panel.messages.text
+    assert panel.outcomes.value.count("augreg-failed") == 2
+    assert "augreg-done" not in panel.outcomes.value
+    assert panel.runs_bar.bar_style == "danger" and panel.runs_bar.value == 2
+    assert not panel.start_button.disabled and panel.stop_button.disabled
+    assert panel.rows.empty and not (tmp_path / "own.csv").exists()
+
+
+def test_the_panel_says_a_dataset_is_not_prepared_and_how_to_prepare_it(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("AUGREG_NB_OFFLINE", "1")
+    panel = AugregPanel(task="oxford_iiit_pet", from_checkpoint=False, augs="none",
+                        with_reg=False, workdir=tmp_path / "runs")
+    assert "tfds build oxford_iiit_pet" in panel.data_info.value
+    assert not panel.start_button.disabled  # Start would prepare it with the network
+    panel.start_button.click()
+    panel.wait(timeout=120)
+    assert panel.messages.kind == "error", panel.messages.text
+    assert "The grid failed" in panel.messages.widget.value
+    assert "oxford_iiit_pet" in panel.messages.text and "AUGREG_NB_OFFLINE" in \
+        panel.messages.text
+    assert panel.rows.empty and panel.runs_bar.bar_style == "danger"
+    with pytest.raises(DatasetNotReadyError):
+        panel.run()  # the same, here and now: the error itself
