@@ -11,9 +11,9 @@ including its surprises, so that a run here sees the same image distribution:
   (the reference draws a probability per op but never uses it for RandAugment).
 - Magnitude ``m`` maps to an argument with the maximum level 10 (not 30): see
   :func:`op_argument`. Rotate (``m / 10 * 30`` degrees), ShearX/Y (``m / 10 * 0.3``) and
-  TranslateX/Y (``m / 10 * 100`` pixels) are negated with probability 1/2; the other ops are
-  not. Color, Contrast, Brightness and Sharpness use the factor ``m / 10 * 1.8 + 0.1``
-  (0.1 at ``m = 0``: strong, not an identity; 2.8 at ``m = 15``).
+  TranslateX/Y (``m / 10 * 100`` pixels at 224 px, see below) are negated with probability
+  1/2; the other ops are not. Color, Contrast, Brightness and Sharpness use the factor
+  ``m / 10 * 1.8 + 0.1`` (0.1 at ``m = 0``: strong, not an identity; 2.8 at ``m = 15``).
 - Solarize's threshold is ``int(m / 10 * 256)``, compared with the uint8 image after
   TensorFlow casts it to uint8, which wraps modulo 256: the effective thresholds are 0 for
   ``m`` = 0, 10 and 20 (the whole image is inverted) and 128 for ``m`` = 15.

@@ -79,14 +79,31 @@ def test_the_panel_runs_a_smoke_grid_and_draws_its_figures(tmp_path):
     panel.scratch.value = panel.transfer.value = False
     assert panel.start_button.disabled and "choose at least one" in panel.messages.text
     panel.scratch.value = panel.transfer.value = True
+    heatmap, compute = panel.live_heatmap(), panel.live_compute_plot()
+    assert "No finished run yet" in heatmap.children[0].value
+    _block(panel.configs()[-1])  # the last run fails for real
+    lines, drawn = [], []
+    panel.run_label.observe(lambda change: lines.append(change["new"]), names="value")
+    heatmap.children[1].observe(lambda change: drawn.append(len(panel.rows)), names="value")
     panel.start_button.click()  # runs in the background, like in a notebook
-    panel.thread.join(timeout=600)
-    assert not panel.thread.is_alive()
-    assert "finished 4 run(s)" in panel.messages.text, panel.messages.text
-    assert len(panel.rows) == 4 and set(panel.rows["start"]) == {"scratch", "checkpoint"}
+    panel.wait(timeout=600)
+    assert not panel.running
+    # One progress line per run: run i of n, step of steps, loss and time left.
+    assert any("run 1 of 4" in t and "step 5 of 5" in t and "loss" in t and "left" in t
+               for t in lines), lines
+    assert any("run 3 of 4" in t for t in lines)
+    # Red, with the count and the reason; the list says which run failed and why.
+    assert panel.messages.kind == "error", panel.messages.text
+    assert "3 done, 1 failed" in panel.messages.text and "File exists" in panel.messages.text
+    assert panel.outcomes.value.count("augreg-done") == 3
+    assert panel.outcomes.value.count("augreg-failed") == 1
+    assert len(panel.rows) == 3 and set(panel.rows["start"]) == {"scratch", "checkpoint"}
     assert "augreg-table" in panel.table.value and "light2, reg 0.1" in panel.table.value
     own = (tmp_path / "own.csv").read_text().splitlines()
-    assert len(own) == 5  # header + one row per finished run
+    assert len(own) == 4  # header + one row per finished run
+    # The live figures were redrawn during the grid, as runs finished (not only at its end).
+    assert drawn[:3] == [0, 0, 0] and len(heatmap.children[1].value) > 1000
+    assert len(compute.children[1].value) > 1000 and "3 finished" in compute.children[0].value
     assert len(panel.heatmap().axes) >= 1 and len(panel.compute_plot().axes) == 1
 
 
@@ -184,7 +201,14 @@ def test_the_panel_reads_a_folder_of_images_and_sizes_the_grid_to_it(tmp_path):
     assert not panel.start_button.disabled and panel.messages.kind is None
     panel.folder.value = str(tmp_path / "nowhere")
     assert panel.start_button.disabled and "is not a folder" in panel.messages.text
+    empty = tmp_path / "empty" / "cat"
+    empty.mkdir(parents=True)
+    panel.folder.value = str(empty.parent)  # a folder without images: no grid on it
+    assert panel.start_button.disabled and "no images found" in panel.messages.text
+    panel.reg_on.value = True  # another choice does not make it usable
+    assert panel.start_button.disabled and "no images found" in panel.messages.text
     panel.folder.value = folder["root"]
+    assert not panel.start_button.disabled and panel.messages.kind is None
     panel.tfds.value = "tf_flowers"
     assert panel.start_button.disabled and "both a folder" in panel.messages.text
     panel.tfds.value = ""
@@ -241,3 +265,20 @@ def test_the_panel_says_a_dataset_is_not_prepared_and_how_to_prepare_it(tmp_path
     assert panel.rows.empty and panel.runs_bar.bar_style == "danger"
     with pytest.raises(DatasetNotReadyError):
         panel.run()  # the same, here and now: the error itself
+
+
+def test_notebook_5_and_its_panel_name_the_settings_alike():
+    import json
+    from pathlib import Path
+
+    from augreg_nb.names import AUGMENTATIONS
+    from augreg_nb.widgets.augreg_panel import aug_options
+
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / "05_augreg.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    labels = [label for label, _ in aug_options()]
+    for setting in AUGMENTATIONS.values():
+        assert f"`{setting.paper_name}`" in text, setting.paper_name
+        assert any(label.startswith(setting.paper_name) for label in labels)
+    # Figure 4's heavy1/heavy2 are named only beside strong1/strong2, never instead of them.
+    assert "`heavy1`" not in text and "strong2 (heavy2 in the printed Figure 4)" in labels

@@ -308,6 +308,8 @@ def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkey
 @pytest.mark.slow
 def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
     nb, _ = _execute("05_augreg.ipynb", kernel_name, tmp_path, monkeypatch, press=(
+        # Shorter runs than the smoke grid's (a minute or two): the cell has 120 s.
+        "panel.steps.value, panel.transfer_steps.value = 60, 20\n"
         "panel.start_button.click()\npanel.wait()\n"
         "print('runs', len(panel.configs()), panel.messages.kind, panel.messages.text)\n"
         "print('live figures:', [len(v.children[1].value) for v in "

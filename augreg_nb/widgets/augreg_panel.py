@@ -52,6 +52,7 @@ from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
     ThreadOutput,
+    describe_error,
     details_html,
     dropdown,
     figure_png,
@@ -74,23 +75,33 @@ from augreg_nb.widgets.finetune_panel import (
 #: (preset for scratch runs, preset for runs from a checkpoint, checkpoint of those runs).
 SMOKE_PRESETS = ("augreg-smoke", "smoke", config_lib.FAKE_CHECKPOINT_PREFIX + "testing")
 FULL_PRESETS = ("augreg-pets-scratch", "augreg-pets-transfer", None)
-#: The smoke grid: none and medium2, from scratch without and with regularisation (dropout
-#: = stochastic depth = 0.1) and from a fake checkpoint without: 6 runs in about a minute
-#: on 2 CPU cores.
-SMOKE_GRID = {"augs": ("none", "medium2"), "without_reg": True, "with_reg": False,
-              "from_scratch": True, "from_checkpoint": True, "steps": 30,
-              "transfer_steps": 30}
+#: The smoke grid: none and medium2 with dropout = stochastic depth = 0.1, from scratch
+#: (the augreg-smoke preset: 600 steps of 128) and from a fake checkpoint (100 steps).
+SMOKE_GRID = {"augs": ("none", "medium2"), "without_reg": False, "with_reg": True,
+              "from_scratch": True, "from_checkpoint": True, "steps": None,
+              "transfer_steps": 100}
 NO_RUNS_YET = "No finished run yet: press Start grid, then run this cell again."
 LIVE_NO_RUNS = "No finished run yet: this figure is drawn as each run of the grid finishes."
 #: Models offered (the smallest first; from a checkpoint: the model's recommended upstream).
 MODEL_CHOICES = ("Ti/16", "S/16", "B/32", "S/32", "B/16", "R26+S/32")
 
 
+#: The names Figure 4 of the paper prints for the two strongest settings.
+FIGURE4_NAMES = {"strong1": "heavy1", "strong2": "heavy2"}
+
+
 def aug_options() -> list[tuple[str, str]]:
-    """(label, index name) of the seven settings: paper name, then the index name."""
-    return [(a.paper_name if a.paper_name == a.index_name
-             else f"{a.paper_name} (index {a.index_name})", a.index_name)
-            for a in names.AUGMENTATIONS.values()]
+    """(label, index name) of the seven settings: paper name, then the index name (or,
+    for strong1/strong2, the heavy1/heavy2 that Figure 4 prints)."""
+    out = []
+    for a in names.AUGMENTATIONS.values():
+        label = a.paper_name
+        if a.paper_name != a.index_name:
+            label += f" (index {a.index_name})"
+        elif a.index_name in FIGURE4_NAMES:
+            label += f" ({FIGURE4_NAMES[a.index_name]} in the printed Figure 4)"
+        out.append((label, a.index_name))
+    return out
 
 
 def check_steps(value, what: str) -> int:
@@ -155,6 +166,7 @@ class AugregPanel:
         self.result = grid_lib.GridResult.empty()
         self.report: grid_lib.DatasetReport | None = None  #: the checked dataset
         self._checked: tuple[str, str] | None = None  # (task name, error) last checked
+        self._not_prepared = False  # the last check found a dataset Start can prepare
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.library_output = ""  #: what the libraries printed during the last grid
@@ -267,7 +279,8 @@ class AugregPanel:
         try:
             self.report = grid_lib.check_dataset(name)
         except Exception as err:
-            self.report, self._checked = None, (name, str(err))
+            self.report, self._checked = None, (name, describe_error(err))
+            self._not_prepared = isinstance(err, tasks_lib.DatasetNotReadyError)
             raise
         self._checked = (name, "")
         self.data_info.value = message_html(self.report.text(), "note", title="Data")
@@ -279,6 +292,9 @@ class AugregPanel:
         steps = check_steps(self.steps.value, "Steps from scratch")
         transfer_steps = check_steps(self.transfer_steps.value, "Steps from a checkpoint")
         self._check_source()
+        if self._checked is not None and self._checked[0] == self.task_name \
+                and self._checked[1] and self.report is None and not self._not_prepared:
+            raise ValueError(self._checked[1])  # the data cannot be read: no grid on it
         starts = (["scratch"] if self.scratch.value else []) + \
             ([checkpoint or self.model.value] if self.transfer.value else [])
         regs = [r for r, on in ((False, self.reg_off.value), (True, self.reg_on.value)) if on]
@@ -343,9 +359,10 @@ class AugregPanel:
         if self._report_is_current():
             train = self.report.images["train"]
             epochs = sorted({round(c.total_steps * c.global_batch / train, 1) for c in configs})
+            batches = sorted({c.global_batch for c in configs})
             sizing = (f"; {train:,} training images: "
                       f"{' / '.join(f'{e:g}' for e in epochs)} epochs per run, batch "
-                      f"{configs[0].global_batch}")
+                      f"{' / '.join(map(str, batches))}")
         self.plan.value = (
             f"<small>{len(configs)} runs on {html.escape(self.task_name)}, {images:,} "
             f"training images in all{sizing}; runs under {html.escape(str(self.workdir))}"
@@ -380,7 +397,7 @@ class AugregPanel:
         self.runs_bar.bar_style = ""
         self.start_button.disabled, self.stop_button.disabled = True, False
         outcomes: list[grid_lib.RunOutcome] = []
-        self.outcomes.value = outcomes_html(self._outcome_items(configs, outcomes, 0))
+        self.outcomes.value = self.run_label.value = ""
 
         def on_run(i, n, config, row):
             if row is None:
@@ -390,7 +407,7 @@ class AugregPanel:
 
         def on_outcome(i, n, outcome, so_far):
             outcomes.append(outcome)
-            self.runs_bar.value = len(outcomes)
+            self.runs_bar.value = sum(o.reason != "not started" for o in outcomes)
             self.outcomes.value = outcomes_html(self._outcome_items(configs, outcomes, i + 1))
             if outcome.status == grid_lib.FAILED:
                 self.run_bar.bar_style = "danger"
@@ -405,6 +422,7 @@ class AugregPanel:
 
         try:
             self._prepare_data()
+            self.outcomes.value = outcomes_html(self._outcome_items(configs, outcomes, 0))
             self.result = grid_lib.run_grid(
                 configs, callbacks=progress, stop=self.stop_event,
                 on_run=on_run, on_outcome=on_outcome, on_error="continue")
