@@ -281,4 +281,4 @@ def test_notebook_5_and_its_panel_name_the_settings_alike():
         assert f"`{setting.paper_name}`" in text, setting.paper_name
         assert any(label.startswith(setting.paper_name) for label in labels)
     # Figure 4's heavy1/heavy2 are named only beside strong1/strong2, never instead of them.
-    assert "`heavy1`" not in text and "strong2 (heavy2 in the printed Figure 4)" in labels
+    assert "`heavy1`" not in text and "strong2 (Figure 4: heavy2)" in labels

@@ -99,7 +99,7 @@ def aug_options() -> list[tuple[str, str]]:
         if a.paper_name != a.index_name:
             label += f" (index {a.index_name})"
         elif a.index_name in FIGURE4_NAMES:
-            label += f" ({FIGURE4_NAMES[a.index_name]} in the printed Figure 4)"
+            label += f" (Figure 4: {FIGURE4_NAMES[a.index_name]})"
         out.append((label, a.index_name))
     return out
 
@@ -110,6 +110,15 @@ def check_steps(value, what: str) -> int:
         raise ValueError(f"{what} must be a whole number of at least 1, not {value!r}: "
                          "each run needs at least one training step")
     return int(value)
+
+
+def _short_task(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with a folder task named by its folder's name (a figure's title has no room
+    for a path); the run folders and the exported rows keep the full path."""
+    if rows.empty:
+        return rows
+    return rows.assign(adapt_ds=[Path(t).name if ("/" in str(t) or os.sep in str(t)) else t
+                                 for t in rows["adapt_ds"]])
 
 
 class _RunProgress(Callback):
@@ -192,7 +201,8 @@ class AugregPanel:
         augs = [config_lib.index_aug(a) for a in augs]  # paper names too ("light2")
         self.augs = w.SelectMultiple(options=aug_options(), value=tuple(augs), rows=7,
                                      description="Augmentation",
-                                     style={"description_width": "initial"})
+                                     style={"description_width": "initial"},
+                                     layout=w.Layout(width="25em", max_width="100%"))
         self.reg_off = w.Checkbox(value=without_reg, description="no regularisation")
         self.reg_on = w.Checkbox(value=with_reg, description="dropout = sd = 0.1")
         self.scratch = w.Checkbox(value=from_scratch, description="from scratch")
@@ -276,6 +286,7 @@ class AugregPanel:
         offers; raises what makes it unusable (not prepared: with the command to run)."""
         self._check_source()
         name = self.task_name
+        quiet_libraries()  # the digits' first build and TFDS print nothing into the notebook
         try:
             self.report = grid_lib.check_dataset(name)
         except Exception as err:
@@ -462,12 +473,14 @@ class AugregPanel:
         result = result or self.result
         rows, histories = result.rows, result.histories
         for kind, (note, image) in self._live.items():
-            if rows.empty:
+            if rows.empty:  # no image (an empty one shows as a broken picture)
                 note.value, image.value = f"<i>{LIVE_NO_RUNS}</i>", b""
+                image.layout.display = "none"
                 continue
-            figure = (plot_grid_heatmap(rows) if kind == "heatmap"
-                      else plot_compute(rows, histories))
+            figure = (plot_grid_heatmap(_short_task(rows)) if kind == "heatmap"
+                      else plot_compute(_short_task(rows), histories))
             image.value = figure_png(figure)
+            image.layout.display = None
             note.value = f"<small>{len(rows)} finished run(s)</small>"
 
     def _live_view(self, kind: str) -> w.VBox:
@@ -537,7 +550,7 @@ class AugregPanel:
         if self.rows.empty:
             print(NO_RUNS_YET)
             return None
-        return plot_grid_heatmap(self.rows)
+        return plot_grid_heatmap(_short_task(self.rows))
 
     def compute_plot(self):
         """Your Figure-2-style plot: accuracy against training images seen, per run (None
@@ -545,7 +558,7 @@ class AugregPanel:
         if self.rows.empty:
             print(NO_RUNS_YET)
             return None
-        return plot_compute(self.rows, self.result.histories)
+        return plot_compute(_short_task(self.rows), self.result.histories)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

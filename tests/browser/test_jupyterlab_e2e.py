@@ -465,7 +465,7 @@ def test_augreg_notebook_runs_a_grid_on_a_folder_of_images(lab_page, jupyter_lab
     for label in ("Model", "Task", "Augmentation", "Steps from scratch",
                   "Steps from a checkpoint", "or a folder of images"):
         assert area.get_by_label(label, exact=True).is_visible(), f"no {label} control"
-    for label in ("no regularisation", "from scratch", "from an AugReg checkpoint"):
+    for label in ("dropout = sd = 0.1", "from scratch", "from an AugReg checkpoint"):
         assert area.get_by_label(label, exact=True).is_checked(), f"{label} is not ticked"
     # The figure cells below the panel show a note until a run finishes.
     live = [next(c["index"] for c in cells if c["source"].startswith(source))
