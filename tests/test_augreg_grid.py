@@ -62,7 +62,7 @@ def test_stop_ends_the_grid_and_start_continues(tmp_path):
     assert seen == [(0, True), (0, False), (1, True), (1, False)]
     assert list(done.rows.columns[:len(COLUMNS)]) == list(COLUMNS)
     assert done.rows["reg"].tolist() == [False, True]
-    assert set(done.rows["images_seen"]) == {6 * 64}
+    assert set(done.rows["images_seen"]) == {6 * configs[0].global_batch}
     table = accuracy_table(done.rows)
     assert list(table.columns) == ["none", "none, reg 0.1"]
     np.testing.assert_allclose(table.loc["scratch", "none"],
