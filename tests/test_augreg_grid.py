@@ -282,3 +282,19 @@ def test_notebook_5_and_its_panel_name_the_settings_alike():
         assert any(label.startswith(setting.paper_name) for label in labels)
     # Figure 4's heavy1/heavy2 are named only beside strong1/strong2, never instead of them.
     assert "`heavy1`" not in text and "strong2 (Figure 4: heavy2)" in labels
+
+
+def test_stop_before_the_first_run_lists_every_run_as_stopped(tmp_path, monkeypatch):
+    panel, _ = _panel(tmp_path)
+    prepare = panel._prepare_data
+
+    def prepare_then_stop():  # Stop pressed while the data was being read
+        prepare()
+        panel.stop()
+
+    monkeypatch.setattr(panel, "_prepare_data", prepare_then_stop)
+    result = panel.run()
+    assert result.stopped and result.summary() == "2 stopped" and result.rows.empty
+    assert panel.messages.kind == "warning" and "Start continues" in panel.messages.text
+    assert panel.outcomes.value.count("augreg-stopped") == 2
+    assert "not started" in panel.outcomes.value and panel.runs_bar.bar_style == "warning"
