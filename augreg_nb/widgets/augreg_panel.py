@@ -32,7 +32,9 @@ from a fake checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import io
 import math
 import os
 import threading
@@ -341,8 +343,14 @@ class AugregPanel:
     def _on_source(self, change=None) -> None:
         """A new data source: read it, then redo the plan."""
         self.report = None
+        printed = io.StringIO()
         try:
-            self.check_data()
+            # What TFDS prints while it reads (or first builds) a dataset goes to the panel's
+            # library messages, not into the cell. Not while a grid runs: its thread's
+            # output is being routed already.
+            with (contextlib.redirect_stdout(printed) if not self.running
+                  else contextlib.nullcontext()):
+                self.check_data()
         except tasks_lib.DatasetNotReadyError as err:
             # Start prepares it when the network allows; say so and how to do it by hand.
             self.data_info.value = message_html(
@@ -353,6 +361,9 @@ class AugregPanel:
             self.messages.error(err, "Reading the data")
             self.start_button.disabled = True
             return
+        finally:
+            if printed.getvalue().strip():
+                self.details.value = details_html(printed.getvalue(), "library messages")
         self._on_change()
 
     def _on_change(self, change=None) -> None:
