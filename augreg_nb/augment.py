@@ -11,9 +11,9 @@ including its surprises, so that a run here sees the same image distribution:
   (the reference draws a probability per op but never uses it for RandAugment).
 - Magnitude ``m`` maps to an argument with the maximum level 10 (not 30): see
   :func:`op_argument`. Rotate (``m / 10 * 30`` degrees), ShearX/Y (``m / 10 * 0.3``) and
-  TranslateX/Y (``m / 10 * 100`` pixels) are negated with probability 1/2; the other ops are
-  not. Color, Contrast, Brightness and Sharpness use the factor ``m / 10 * 1.8 + 0.1``
-  (0.1 at ``m = 0``: strong, not an identity; 2.8 at ``m = 15``).
+  TranslateX/Y (``m / 10 * 100`` pixels at 224 px, see below) are negated with probability
+  1/2; the other ops are not. Color, Contrast, Brightness and Sharpness use the factor
+  ``m / 10 * 1.8 + 0.1`` (0.1 at ``m = 0``: strong, not an identity; 2.8 at ``m = 15``).
 - Solarize's threshold is ``int(m / 10 * 256)``, compared with the uint8 image after
   TensorFlow casts it to uint8, which wraps modulo 256: the effective thresholds are 0 for
   ``m`` = 0, 10 and 20 (the whole image is inverted) and 128 for ``m`` = 15.
@@ -24,6 +24,14 @@ including its surprises, so that a run here sees the same image distribution:
 - Geometric ops (Rotate, ShearX/Y, TranslateX/Y) use nearest-neighbour sampling, and every
   pixel that comes from outside the image is grey, :data:`FILL_VALUE` = 128; Cutout paints a
   square of side up to ``2 * int(m / 10 * 40)`` centred on a uniformly random pixel, also 128.
+
+Translate (100 px at ``m = 10``) and Cutout (half-size 40 px) are the authors' constants for
+224 px crops. Here they are fractions of the picture by default (``geometry="relative"``):
+TranslateX moves by ``m / 10 * 100 / 224`` of the width, TranslateY of the height, and
+Cutout's half-size is ``int(m / 10 * 40 / 224 * side)`` (side: the shorter one). At 224 px
+this is exactly the authors' pixels, bit for bit; at 32 px medium2 moves a digit by up to 21
+px instead of 150 (which leaves a grey picture) and cuts out at most 16 px instead of the
+whole picture. ``geometry="pixels"`` selects the authors' absolute pixels at every size.
 - Blends (Color, Contrast, Brightness, Sharpness) compute in float32 and truncate to uint8
   after clipping to 0..255.
 
@@ -39,6 +47,7 @@ Usage::
     image = randaugment(image_uint8, num_layers=2, magnitude=15, seed=(0, 7))
     image = randaugment_setting(image_uint8, "medium2", seed=(0, 7))   # index names
     image = apply_op(image_uint8, "ShearX", magnitude=10, seed=3)      # one op by name
+    image = randaugment(image_uint8, 2, 15, seed=0, geometry="pixels")  # the authors' pixels
 """
 
 from __future__ import annotations
@@ -64,18 +73,59 @@ MAX_LEVEL = 10.0
 #: RandAugment's constants: Cutout half-size and translation at the maximum level.
 CUTOUT_CONST = 40
 TRANSLATE_CONST = 100
+#: Side (pixels) of the crops those two constants were made for.
+REFERENCE_SIDE = 224
+#: How Translate and Cutout sizes follow the picture: "relative" (fractions of its side,
+#: ``TRANSLATE_CONST / REFERENCE_SIDE`` and ``CUTOUT_CONST / REFERENCE_SIDE``: the authors'
+#: pixels at 224 px, the same geometry at any size) or "pixels" (the authors' absolute
+#: pixels whatever the size).
+GEOMETRIES: tuple[str, ...] = ("relative", "pixels")
 
 
-def op_argument(name: str, magnitude: float):
-    """The argument op ``name`` gets at ``magnitude``, before any random negation.
+def _check_geometry(geometry: str) -> str:
+    if geometry not in GEOMETRIES:
+        raise unknown_value_error("RandAugment geometry", geometry, GEOMETRIES)
+    return geometry
+
+
+def _scales(size, geometry: str):
+    """(x, y, cutout) factors applied to the authors' pixel constants for an image of
+    ``size`` (height, width; ints or scalar tensors). Exactly 1.0 at 224 x 224 (so the
+    arguments are the authors' to the last bit) and for ``geometry="pixels"``."""
+    if _check_geometry(geometry) == "pixels":
+        return 1.0, 1.0, 1.0
+    height, width = size
+    if isinstance(height, int) and isinstance(width, int):
+        return width / REFERENCE_SIDE, height / REFERENCE_SIDE, min(height, width) / REFERENCE_SIDE
+    tf = import_tf()
+    h = tf.cast(height, tf.float32) / REFERENCE_SIDE
+    w = tf.cast(width, tf.float32) / REFERENCE_SIDE
+    return w, h, tf.minimum(h, w)
+
+
+def _truncate(value):
+    """``int(value)`` of a non-negative Python float or float tensor."""
+    if isinstance(value, float):
+        return int(value)
+    tf = import_tf()
+    return tf.cast(value, tf.int32)
+
+
+def op_argument(name: str, magnitude: float, *, size=(REFERENCE_SIDE, REFERENCE_SIDE),
+                geometry: str = "relative"):
+    """The argument op ``name`` gets at ``magnitude`` on an image of ``size`` (height,
+    width), before any random negation.
 
     ``None`` for AutoContrast, Equalize and Invert (no argument). The values are those of
     the reference's level-to-argument table: degrees for Rotate, bits for Posterize, the
     threshold (before TensorFlow's uint8 wrap, see :func:`solarize`) for Solarize, the
     addition for SolarizeAdd, the blend factor for the enhance ops, the shear coefficient,
-    the translation in pixels and Cutout's half-size.
+    the translation in pixels and Cutout's half-size. Translation and Cutout follow
+    ``geometry`` (see :data:`GEOMETRIES`): at the default size, 224 x 224, both geometries
+    give the reference's pixels.
     """
     level = float(magnitude) / MAX_LEVEL
+    scale_x, scale_y, scale_cut = _scales(size, geometry)
     if name in ("AutoContrast", "Equalize", "Invert"):
         return None
     table = {
@@ -89,9 +139,9 @@ def op_argument(name: str, magnitude: float):
         "Sharpness": lambda: level * 1.8 + 0.1,
         "ShearX": lambda: level * 0.3,
         "ShearY": lambda: level * 0.3,
-        "TranslateX": lambda: level * float(TRANSLATE_CONST),
-        "TranslateY": lambda: level * float(TRANSLATE_CONST),
-        "Cutout": lambda: int(level * CUTOUT_CONST),
+        "TranslateX": lambda: level * float(TRANSLATE_CONST) * scale_x,
+        "TranslateY": lambda: level * float(TRANSLATE_CONST) * scale_y,
+        "Cutout": lambda: _truncate(level * CUTOUT_CONST * scale_cut),
     }
     if name not in table:
         raise unknown_value_error("RandAugment op", name, OPS)
@@ -309,8 +359,18 @@ def _draws(seed, shape):
     return op, sign, tf.stack([cy, cx])
 
 
-def _apply(image, name: str, magnitude: float, sign, center):
-    arg = op_argument(name, magnitude)
+def _size(image):
+    """(height, width) of ``image``: Python ints when known statically, else tensors."""
+    tf = import_tf()
+    height, width = image.shape[0], image.shape[1]
+    if height is None or width is None:
+        shape = tf.shape(image)
+        return shape[0], shape[1]
+    return int(height), int(width)
+
+
+def _apply(image, name: str, magnitude: float, sign, center, geometry: str = "relative"):
+    arg = op_argument(name, magnitude, size=_size(image), geometry=geometry)
     if name in SIGNED_OPS:
         arg = sign * arg
     ops = {
@@ -334,25 +394,32 @@ def _apply(image, name: str, magnitude: float, sign, center):
     return ops[name]()
 
 
-def apply_op(image_uint8, name: str, magnitude: float, seed=0):
+def apply_op(image_uint8, name: str, magnitude: float, seed=0, *,
+             geometry: str = "relative"):
     """Apply RandAugment op ``name`` at ``magnitude`` as one RandAugment layer would.
 
-    The seed decides the sign of signed ops and Cutout's centre (the op is fixed). Returns a
-    uint8 (H, W, 3) tensor.
+    The seed decides the sign of signed ops and Cutout's centre (the op is fixed);
+    ``geometry`` how Translate and Cutout sizes follow the image (:data:`GEOMETRIES`).
+    Returns a uint8 (H, W, 3) tensor.
     """
     tf = import_tf()
     if name not in OPS:
         raise unknown_value_error("RandAugment op", name, OPS)
+    _check_geometry(geometry)
     image = _check_image(image_uint8)
     _, sign, center = _draws(as_seed(seed), tf.shape(image))
-    return _apply(image, name, magnitude, sign, center)
+    return _apply(image, name, magnitude, sign, center, geometry)
 
 
-def randaugment(image_uint8, num_layers: int, magnitude: float, *, seed):
+def randaugment(image_uint8, num_layers: int, magnitude: float, *, seed,
+                geometry: str = "relative"):
     """RandAugment: ``num_layers`` times, one of :data:`OPS` chosen uniformly, at
     ``magnitude``. uint8 (H, W, 3) in, uint8 (H, W, 3) out; ``num_layers = 0`` returns the
-    image unchanged. The same seed gives the same result eagerly and in ``tf.data``."""
+    image unchanged. The same seed gives the same result eagerly and in ``tf.data``.
+    ``geometry``: Translate and Cutout as fractions of the picture ("relative", the
+    authors' pixels at 224 px) or the authors' absolute pixels ("pixels")."""
     tf = import_tf()
+    _check_geometry(geometry)
     if int(num_layers) < 0:
         raise ValueError(f"num_layers must be >= 0, got {num_layers}")
     if float(magnitude) < 0:
@@ -366,7 +433,7 @@ def randaugment(image_uint8, num_layers: int, magnitude: float, *, seed):
         op, sign, center = _draws(seeds[layer], tf.shape(image))
         branches = [
             (lambda name=name, img=image, sign=sign, center=center:
-             _apply(img, name, magnitude, sign, center))
+             _apply(img, name, magnitude, sign, center, geometry))
             for name in OPS
         ]
         image = tf.switch_case(op, branches)
@@ -374,13 +441,14 @@ def randaugment(image_uint8, num_layers: int, magnitude: float, *, seed):
     return image
 
 
-def randaugment_setting(image_uint8, aug: str, *, seed):
+def randaugment_setting(image_uint8, aug: str, *, seed, geometry: str = "relative"):
     """RandAugment with the layers and magnitude of an augmentation setting, named as in the
     index and checkpoint names (``none``, ``light0``, ``light1``, ``medium1``, ``medium2``,
     ``strong1``, ``strong2``; index ``light0``/``light1`` are the paper's light1/light2).
-    The setting's Mixup alpha is applied to batches by :func:`augreg_nb.mixup.mixup`."""
+    The setting's Mixup alpha is applied to batches by :func:`augreg_nb.mixup.mixup`;
+    ``geometry`` as for :func:`randaugment`."""
     if aug not in AUGMENTATIONS:
         raise unknown_value_error("augmentation setting (index name)", aug, AUG_NAMES)
     setting = AUGMENTATIONS[aug]
     return randaugment(image_uint8, setting.randaug_layers, setting.randaug_magnitude,
-                       seed=seed)
+                       seed=seed, geometry=geometry)

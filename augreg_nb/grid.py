@@ -13,7 +13,17 @@ the upstream recipe, or from a checkpoint with the transfer recipe), on one task
 
 Every run has its own folder under ``root`` (:func:`augreg_nb.config.run_name`), so a grid
 that was stopped continues where it stopped; finished runs answer from their saved state.
-``stop`` (a :class:`threading.Event`) ends the grid after the current run's next log step.
+``stop`` (a :class:`threading.Event`) ends the grid after the current run's current step
+(its state is saved). ``result.outcomes`` says of every run whether it is done, failed (with
+the reason) or stopped; by default a failing run raises, ``on_error="continue"`` records it
+and goes on with the next run (the panel of notebook 5 does so)::
+
+    result = run_grid(configs, on_error="continue")
+    result.summary()                        # "3 done, 1 failed"
+    [(o.name, o.status, o.reason) for o in result.outcomes]
+
+Before a grid, :func:`check_dataset` reads what the task offers (classes, images per split,
+unreadable images) or says how to prepare it, and :func:`batch_for` fits the batch to it.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ import pandas as pd
 
 from augreg_nb import config as config_lib
 from augreg_nb import names
+from augreg_nb import tasks as tasks_lib
 from augreg_nb.callbacks import Callback
 from augreg_nb.index import COLUMNS
-from augreg_nb.train import finetune
+from augreg_nb.train import TrainingStopped, finetune
 
 #: The paper's regularisation of the sweep: dropout = stochastic depth = 0.1 ("reg 0.1").
 REG_RATE = 0.1
@@ -39,17 +50,32 @@ REG_RATE = 0.1
 SCRATCH = "scratch"
 
 
-class GridStopped(Exception):
-    """Raised inside a run when the grid's stop event is set (the run's state is kept)."""
+#: What a run of a grid can end as.
+DONE, FAILED, STOPPED = "done", "failed", "stopped"
 
 
 class _StopCheck(Callback):
+    """Asks :func:`finetune` to stop after the current step once ``stop`` is set (the run
+    saves its state and raises :class:`augreg_nb.train.TrainingStopped`)."""
+
     def __init__(self, stop: threading.Event):
         self.stop = stop
 
-    def on_log(self, step: int, metrics: dict) -> None:
-        if self.stop.is_set():
-            raise GridStopped(f"stopped at step {step}")
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.is_set()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """How one run of a grid ended: ``status`` is "done", "failed" (``reason``: the error's
+    message) or "stopped" (``reason``: at which step, or that it had not started)."""
+
+    name: str  # the run's folder name (augreg_nb.config.run_name)
+    status: str
+    reason: str = ""
+    test_accuracy: float | None = None
+    seconds: float = 0.0
 
 
 def grid_configs(
@@ -86,7 +112,8 @@ def grid_configs(
                     if not start.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
                         c.model = None  # read off the checkpoint
                 if root is not None:
-                    c.workdir = str(Path(root) / config_lib.run_name(c))
+                    # One folder per run, whatever the task's name (a folder's path).
+                    c.workdir = str(Path(root) / config_lib.slug(config_lib.run_name(c)))
                 config_lib.validate(c)
                 configs.append(c)
     return configs
@@ -102,11 +129,25 @@ class GridResult:
     rows: pd.DataFrame
     histories: dict[str, pd.DataFrame]
     stopped: bool = False
+    outcomes: list[RunOutcome] = dataclasses.field(default_factory=list)
 
     @classmethod
     def empty(cls) -> GridResult:
         """The result of a grid with no finished run yet."""
         return _result([], {}, stopped=False)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == FAILED]
+
+    def counts(self) -> dict[str, int]:
+        """{"done": n, "failed": n, "stopped": n} over the grid's runs."""
+        return {s: sum(o.status == s for o in self.outcomes) for s in (DONE, FAILED, STOPPED)}
+
+    def summary(self) -> str:
+        """``"2 done, 1 failed, 1 stopped"`` (statuses with no run left out)."""
+        parts = [f"{n} {status}" for status, n in self.counts().items() if n]
+        return ", ".join(parts) or "no runs"
 
 
 def _row(config, result, seconds: float) -> dict:
@@ -127,27 +168,53 @@ def run_grid(
     callbacks: Callable[[Any], list] | None = None,
     stop: threading.Event | None = None,
     on_run: Callable[[int, int, Any, dict | None], None] | None = None,
+    on_outcome: Callable[[int, int, RunOutcome, GridResult], None] | None = None,
+    on_error: str = "raise",
 ) -> GridResult:
     """Run ``configs`` one after the other with :func:`augreg_nb.train.finetune`.
 
     ``callbacks(config)`` gives each run's callbacks (progress bars, live plots); ``on_run
-    (i, n, config, row)`` is called before run i (row None) and after it (its row). When
-    ``stop`` is set the current run stops at its next log step (its last saved state stays
-    for a rerun) and the runs that finished are returned with ``stopped=True``.
+    (i, n, config, row)`` is called before run i (row None) and after it finished (its row);
+    ``on_outcome(i, n, outcome, so_far)`` after every run whatever its end (``so_far``: the
+    result of the runs up to this one, for figures drawn as the grid goes). When ``stop`` is set the
+    current run stops after its current step (its state stays for a rerun), the runs after
+    it count as stopped before they started, and the result has ``stopped=True``. A run
+    that raises ends the grid with that error (``on_error="raise"``) or is recorded as
+    failed, with the error's message, and the grid goes on (``"continue"``).
     """
+    if on_error not in ("raise", "continue"):
+        raise ValueError(f"on_error must be 'raise' or 'continue', not {on_error!r}")
     stop = stop or threading.Event()
-    rows, histories = [], {}
+    rows, histories, outcomes = [], {}, []
+
+    def record(i: int, outcome: RunOutcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(i, len(configs), outcome,
+                       _result(rows, dict(histories), stopped=False, outcomes=outcomes))
+
     for i, config in enumerate(configs):
+        name = config_lib.run_name(config)
         if stop.is_set():
-            return _result(rows, histories, stopped=True)
+            for j, later in enumerate(configs[i:], start=i):
+                record(j, RunOutcome(config_lib.run_name(later), STOPPED, "not started"))
+            break
         if on_run:
             on_run(i, len(configs), config, None)
-        extra = list(callbacks(config)) if callbacks else []
         t0 = time.perf_counter()
         try:
+            extra = list(callbacks(config)) if callbacks else []
             result = finetune(config, callbacks=[*extra, _StopCheck(stop)])
-        except GridStopped:
-            return _result(rows, histories, stopped=True)
+        except TrainingStopped as err:
+            record(i, RunOutcome(name, STOPPED, f"at step {err.step} of {err.total_steps}",
+                                 seconds=time.perf_counter() - t0))
+            continue  # the stop event is set: the later runs are recorded as not started
+        except Exception as err:
+            if on_error == "raise":
+                raise
+            record(i, RunOutcome(name, FAILED, failure_reason(err),
+                                 seconds=time.perf_counter() - t0))
+            continue
         row = _row(config, result, time.perf_counter() - t0)
         history = result.history.copy()
         history["images_seen"] = history["step"] * int(config.global_batch)
@@ -155,12 +222,79 @@ def run_grid(
         rows.append(row)
         if on_run:
             on_run(i, len(configs), config, row)
-    return _result(rows, histories, stopped=False)
+        record(i, RunOutcome(name, DONE, test_accuracy=float(row["adapt_final_test"]),
+                             seconds=row["seconds"]))
+    return _result(rows, histories, stopped=any(o.status == STOPPED for o in outcomes),
+                   outcomes=outcomes)
 
 
-def _result(rows, histories, *, stopped: bool) -> GridResult:
+def failure_reason(err: BaseException) -> str:
+    """One line a user reads for a failed run: the error's own message (ours name the
+    problem and the fix), with its type when that says more (``KeyError: 'x'``)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (ValueError, RuntimeError, OSError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _result(rows, histories, *, stopped: bool, outcomes=()) -> GridResult:
     cols = [*COLUMNS, "start", "reg", "images_seen", "seconds"]
-    return GridResult(pd.DataFrame(rows, columns=cols), histories, stopped)
+    return GridResult(pd.DataFrame(rows, columns=cols), histories, stopped, list(outcomes))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetReport:
+    """What a grid's task offers: its classes, images per split and, for a folder of
+    images, the files that do not decode (they are skipped)."""
+
+    task: str
+    class_names: tuple[str, ...]
+    images: dict[str, int]  # "train" / "val" / "test" -> images that can be read
+    unreadable: dict[str, tuple[str, ...]]  # split -> paths that do not decode
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def text(self) -> str:
+        """One line for a panel, then the unreadable files (a few, then how many more)."""
+        names_ = ", ".join(self.class_names[:8]) + (", ..." if self.num_classes > 8 else "")
+        splits = ", ".join(f"{n:,} {split}" for split, n in self.images.items())
+        lines = [f"{self.task}: {self.num_classes} classes ({names_}); images: {splits}"]
+        bad = [p for paths in self.unreadable.values() for p in paths]
+        if bad:
+            shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            lines.append(f"{len(bad)} unreadable image(s) are skipped: {shown}")
+        return "\n".join(lines)
+
+
+def check_dataset(task_name: str, *, data_dir: str | None = None) -> DatasetReport:
+    """Read what ``task_name`` (a registered task, ``tfds:<name>`` or a folder of images)
+    offers before a grid runs on it. A TFDS dataset that is not prepared raises
+    :class:`augreg_nb.tasks.DatasetNotReadyError` with the command that prepares it; a
+    task without readable training images raises ValueError."""
+    from augreg_nb import input_pipeline as ip
+    from augreg_nb.task_types import tfds_builder
+
+    task = tasks_lib.get_task(task_name, data_dir=data_dir)
+    if task.folder is None and not tfds_builder(task).is_prepared():
+        raise tasks_lib.DatasetNotReadyError(tasks_lib.not_ready_message(task))
+    splits = ("train", "val", "test")
+    images = {split: ip.num_examples(task, split) for split in splits}
+    unreadable = {split: tuple(ip.unreadable_images(task, split)) if task.folder else ()
+                  for split in splits}
+    if not images["train"]:
+        raise ValueError(f"{task_name}: no readable training images; add images to its "
+                         "train split (for a folder: <folder>/<class>/*.jpg)")
+    return DatasetReport(task.name, tuple(task.label_names), images, unreadable)
+
+
+def batch_for(train_images: int, batch: int) -> int:
+    """``batch``, or for a training split smaller than that the largest power of two that
+    fits it (a step then sees each image at most once)."""
+    if train_images >= batch:
+        return int(batch)
+    return 1 << max(0, int(train_images).bit_length() - 1)
 
 
 def accuracy_table(rows: pd.DataFrame, measure: str = "adapt_final_test") -> pd.DataFrame:

@@ -175,11 +175,13 @@ def test_cutout_paints_a_clipped_grey_square():
         np.testing.assert_array_equal(_np(A.cutout(img, pad, (cy, cx))), want)
 
 
-def test_apply_op_negates_signed_ops_with_the_seed():
-    img = _image()
+@pytest.mark.parametrize("img, geometry", [(_image(), "pixels"), (_image(224, 224), "relative")])
+def test_apply_op_negates_signed_ops_with_the_seed(img, geometry):
+    # The authors' pixels by name at any size; at 224 px the default relative geometry.
     signs = set()
     for s in range(12):
-        out = _np(A.apply_op(img, "TranslateX", 0.5, seed=s))  # 5 pixels left or right
+        # 5 pixels left or right
+        out = _np(A.apply_op(img, "TranslateX", 0.5, seed=s, geometry=geometry))
         if np.array_equal(out, _affine_np(img, 1, 0, 5.0, 0, 1, 0)):
             signs.add(1)
         elif np.array_equal(out, _affine_np(img, 1, 0, -5.0, 0, 1, 0)):
@@ -247,3 +249,65 @@ def test_paper_settings_read_from_the_names_table():
     np.testing.assert_array_equal(_np(A.randaugment_setting(img, "none", seed=5)), img)
     with pytest.raises(ValueError, match="augmentation setting"):
         A.randaugment_setting(img, "medium3", seed=0)
+
+
+REFERENCE_TABLE = {  # the reference's level-to-argument table at magnitude m (224 px crops)
+    "TranslateX": lambda m: m / 10 * 100.0, "TranslateY": lambda m: m / 10 * 100.0,
+    "Cutout": lambda m: int(m / 10 * 40),
+}
+
+
+def test_relative_geometry_is_the_authors_pixels_at_224():
+    for m in (0, 0.5, 1, 3, 7, 10, 13, 15, 17, 20, 25, 30):
+        for name in A.OPS:
+            authors = A.op_argument(name, m, geometry="pixels", size=(17, 45))
+            relative = A.op_argument(name, m)
+            assert relative == authors, (name, m)  # exact, not approximately
+            assert type(relative) is type(authors)
+        for name, formula in REFERENCE_TABLE.items():
+            assert A.op_argument(name, m, size=(224, 224)) == formula(m)
+    img = _image(224, 224, seed=3)
+    for s in range(6):
+        np.testing.assert_array_equal(
+            _np(A.randaugment(img, 2, 15, seed=(1, s))),
+            _np(A.randaugment(img, 2, 15, seed=(1, s), geometry="pixels")))
+        np.testing.assert_array_equal(
+            _np(A.randaugment_setting(img, "strong2", seed=(2, s))),
+            _np(A.randaugment(img, 2, 20, seed=(2, s), geometry="pixels")))
+
+
+def test_relative_geometry_scales_with_the_picture():
+    # 32 px: at magnitude 10 a translation of 100/224 of the side (14.29 px) ...
+    assert A.op_argument("TranslateX", 10, size=(32, 32)) == pytest.approx(100 / 224 * 32)
+    # ... along its own axis: x follows the width, y the height; Cutout the shorter side.
+    assert A.op_argument("TranslateX", 10, size=(32, 64)) == pytest.approx(100 / 224 * 64)
+    assert A.op_argument("TranslateY", 10, size=(32, 64)) == pytest.approx(100 / 224 * 32)
+    assert A.op_argument("Cutout", 15, size=(32, 64)) == int(1.5 * 40 / 224 * 32) == 8
+    assert A.op_argument("Cutout", 15, size=(448, 448)) == 120
+    assert A.op_argument("TranslateX", 15, size=(32, 32), geometry="pixels") == 150.0
+    img = _image(32, 32, seed=4)
+    shift = np.float32(0.5 * 100 / 224 * 32)  # 7.14 px at magnitude 5
+    out = _np(A.apply_op(img, "TranslateX", 5, seed=0))
+    assert any(np.array_equal(out, _affine_np(img, 1, 0, sign * shift, 0, 1, 0))
+               for sign in (1, -1))
+    # medium2's translate keeps most of a 32 px picture; the authors' pixels leave grey.
+    assert (_np(A.apply_op(img, "TranslateY", 15, seed=0)) != 128).mean() > 0.2
+    assert (_np(A.apply_op(img, "TranslateY", 15, seed=0, geometry="pixels")) == 128).all()
+    with pytest.raises(ValueError, match="did you mean 'pixels'"):
+        A.randaugment(img, 2, 15, seed=0, geometry="pixel")
+
+
+def test_relative_geometry_without_a_static_shape_matches_eager():
+    img = _image(40, 28, seed=5)
+    fn = tf.function(lambda x, s: A.randaugment(x, 2, 15, seed=s),
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
+                                      tf.TensorSpec([2], tf.int32)])
+    for s in range(8):
+        seed = np.array([3, s], np.int32)
+        np.testing.assert_array_equal(_np(fn(img, seed)), _np(A.randaugment(img, 2, 15,
+                                                                             seed=seed)))
+        for name in ("Cutout", "TranslateX", "TranslateY"):
+            op = tf.function(lambda x, s, name=name: A.apply_op(x, name, 15, seed=s),
+                             input_signature=fn.input_signature)
+            np.testing.assert_array_equal(_np(op(img, seed)),
+                                          _np(A.apply_op(img, name, 15, seed=seed)))

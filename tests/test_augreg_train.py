@@ -172,8 +172,10 @@ def test_augreg_smoke_learns_above_chance(tmp_path):
     result = finetune(augreg_smoke(tmp_path))
     row = result.result_row
     print(f"augreg-smoke: val {row['adapt_final_val']:.3f} test {row['adapt_final_test']:.3f}")
-    # Chance is 0.1; 180 test images give a standard error of about 0.022 at chance.
-    assert row["adapt_final_test"] > 0.18 and row["adapt_final_val"] > 0.15
+    # Chance is 0.1; 180 test images give a standard error of about 0.022 at chance. With
+    # the translate and cutout of RandAugment relative to the 32 px picture and 1200 steps,
+    # medium2 with dropout and stochastic depth is well above it (41% measured).
+    assert row["adapt_final_test"] > 0.3 and row["adapt_final_val"] > 0.25
     assert result.history.loss.iloc[-1] < result.history.loss.iloc[0]
 
 

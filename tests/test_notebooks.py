@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -325,13 +326,21 @@ def test_smoke_session_serves_fake_checkpoints_on_loopback_only(tmp_path, monkey
 @pytest.mark.slow
 def test_05_augreg_runs(kernel_name, tmp_path, monkeypatch):
     nb, _ = _execute("05_augreg.ipynb", kernel_name, tmp_path, monkeypatch, press=(
-        "panel.start_button.click()\npanel.wait()\nprint(panel.messages.text)\n"
+        # Shorter runs than the smoke grid's (a minute or two): the cell has 120 s.
+        "panel.steps.value, panel.transfer_steps.value = 60, 20\n"
+        "panel.start_button.click()\npanel.wait()\n"
+        "print('runs', len(panel.configs()), panel.messages.kind, panel.messages.text)\n"
+        "print('live figures:', [len(v.children[1].value) for v in "
+        "(panel.live_heatmap(), panel.live_compute_plot())])\n"
         "display(panel.heatmap())\ndisplay(panel.compute_plot())\n"
         "panel.rows[['filename', 'aug', 'adapt_final_test', 'seconds']]"))
     outputs = _check_common(nb, "05")
     text = _text(outputs)
-    assert "No finished run yet" in text  # the figure cells before Start say so
-    assert "finished 4 run(s)" in text
+    runs = re.search(r"runs (\d+) (\w+) (\d+) done", text)
+    assert runs, text[-2000:]
+    assert runs.group(2) == "info" and runs.group(1) == runs.group(3)  # green: all done
+    live = re.search(r"live figures: \[(\d+), (\d+)\]", text)
+    assert live and min(map(int, live.groups())) > 1000  # redrawn by the grid, no re-run
     assert _pngs(outputs) >= 3  # the paper's Figure 4, own heat map, own Figure 2
     rows = next(o for o in _code(nb)[-1].outputs
                 if o.get("output_type") == "execute_result")["data"]["text/html"]

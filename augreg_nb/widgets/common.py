@@ -403,3 +403,52 @@ def wait_for(panel, thread, timeout: float | None = None) -> None:
     except KeyboardInterrupt:
         panel.stop("interrupted")
         thread.join()
+
+
+#: Colours of the outcomes of runs (done, failed, stopped) in :func:`outcomes_html`.
+_OUTCOME_STYLES = {
+    "done": "color:#0b3d1e;background:#e8f5e9;",
+    "failed": "color:#8a1f11;background:#fdecea;font-weight:bold;",
+    "stopped": "color:#5f4b00;background:#fff8e1;",
+    "running": "color:#0b3d8a;background:#e8f0fe;",
+    "waiting": "color:#555;",
+}
+
+
+def outcomes_html(items: Iterable[tuple[str, str, str]]) -> str:
+    """A table of runs, one line each: (run, status, detail) with status "done",
+    "failed" (red, its class ``augreg-failed``; detail: the reason), "stopped", "running"
+    or "waiting". A panel that runs several things lists them here, so a failure is never
+    hidden behind a finished message."""
+    rows = []
+    for name, status, detail in items:
+        if status not in _OUTCOME_STYLES:
+            raise ValueError(f"status must be one of {sorted(_OUTCOME_STYLES)}, not {status!r}")
+        rows.append(
+            f"<tr class='augreg-{status}' style='{_OUTCOME_STYLES[status]}'>"
+            f"<td style='padding:1px 6px;overflow-wrap:anywhere'>{html.escape(name)}</td>"
+            f"<td style='padding:1px 6px;white-space:nowrap'>{html.escape(status)}</td>"
+            f"<td style='padding:1px 6px;white-space:pre-wrap'>{html.escape(detail)}</td></tr>")
+    return ("<div style='max-height:20em;overflow:auto;max-width:100%'><table "
+            "class='augreg-outcomes' style='border-collapse:collapse;font-size:12px;"
+            "width:100%'><thead><tr><th style='text-align:left;padding:2px 6px'>run</th>"
+            "<th style='text-align:left;padding:2px 6px'>status</th><th style='text-align:"
+            "left;padding:2px 6px'>result or reason</th></tr></thead><tbody>"
+            f"{''.join(rows)}</tbody></table></div>")
+
+
+def outcome_message(messages: MessageArea, counts: dict[str, int], what: str,
+                    failures: Iterable[str] = ()) -> None:
+    """Show the end of a batch of runs in ``messages``: red (an error, titled "``what``
+    failed") when any run failed, with the reasons; amber when runs were stopped; green
+    only when every run is done. ``counts``: {"done": n, "failed": n, "stopped": n}."""
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no runs"
+    failures = list(failures)
+    if counts.get("failed"):
+        reasons = "\n".join(f"- {r}" for r in failures)
+        messages.show(f"{summary}\n{reasons}" if reasons else summary, "error",
+                      title=f"{what} failed")
+    elif counts.get("stopped"):
+        messages.show(f"{summary}; Start continues", "warning", title=f"{what} stopped")
+    else:
+        messages.show(summary, "info", title=f"{what} finished")
