@@ -201,6 +201,20 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     )
 
 
+def is_folder_task(name: str) -> bool:
+    """Whether :func:`get_task` reads ``name`` as a folder of images (a path to a folder
+    that is neither a TFDS name nor a registered task)."""
+    text = str(name)
+    if text.strip().lower().startswith(TFDS_PREFIX):
+        return False
+    if _ALIASES.get(text.lower(), text.lower()) in _REGISTRY:
+        return False
+    try:
+        return Path(text).expanduser().is_dir()
+    except OSError:  # a name too long for a path, say
+        return False
+
+
 def tfds_task(
     name: str,
     *,
