@@ -438,7 +438,8 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
         try:
             config[key] = value
         except TypeError as err:
-            raise ValueError(f"override {shorten(item)}: {shorten(str(err), 200, quote=False)}") from None
+            why = shorten(str(err), 200, quote=False)
+            raise ValueError(f"override {shorten(item)}: {why}") from None
     return config
 
 
