@@ -131,6 +131,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     import jax
 
     explicit = check_arguments(coordinator_address, num_processes, process_id)
+    for name, value, default in (
+            ("heartbeat-timeout", heartbeat_timeout_s, HEARTBEAT_TIMEOUT_S),
+            ("shutdown-timeout", shutdown_timeout_s, SHUTDOWN_TIMEOUT_S)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"--{name} {value!r} must be a whole number of seconds >= 1 "
+                             f"(default {default})")
     if local_cpu_devices is not None:
         _set_cpu_devices(int(local_cpu_devices))
     cluster = None if explicit else detected_cluster()
