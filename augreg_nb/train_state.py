@@ -31,9 +31,11 @@ folder format afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +183,7 @@ def save_state(directory: str | os.PathLike, state, *, meta: dict | None = None)
     arrays = {_leaf_key(i): x for i, x in enumerate(leaves)}
     before = _latest(directory)
     try:
-        with _manager(directory, saving=True) as manager:
+        with _quiet_failures(), _manager(directory, saving=True) as manager:
             number = (manager.latest_step() or 0) + 1
             manager.save(number, args=ocp.args.Composite(**{
                 ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(manifest)}))
@@ -192,6 +194,79 @@ def save_state(directory: str | os.PathLike, state, *, meta: dict | None = None)
         raise StateSaveError(_save_failed(directory, before, err, removed)) from None
     logger.debug("saved training state to %s/%d", directory, number)
     return directory / str(number)
+
+
+class _Demote(logging.Filter):
+    """Turns a library's error records into debug records (a failure is reported once, by
+    the exception the caller gets)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_failures():
+    """While saving: orbax's worker threads that fail (a full disk) print their tracebacks
+    and log errors on their own; send those to the debug log instead, so that the one
+    message of :class:`StateSaveError` is what the user sees."""
+    import threading
+
+    hook = threading.excepthook
+
+    def to_debug(args):
+        logger.debug("a thread of the save failed: %s", args.exc_value,
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    demote = _Demote()
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    threading.excepthook = to_debug
+    for lg in loggers:
+        lg.addFilter(demote)
+    failed = False
+    try:
+        with _stderr_captured() as captured:
+            try:
+                yield
+            except BaseException:
+                failed = True
+                raise
+    finally:
+        threading.excepthook = hook
+        for lg in loggers:
+            lg.removeFilter(demote)
+        text = captured() if "captured" in locals() else ""
+        if text and failed:  # tracebacks printed by tensorstore's callbacks as the save failed
+            logger.debug("output of the failed save:\n%s", text)
+        elif text:
+            sys.stderr.write(text)
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Send what is written to file descriptor 2 (also from C++ threads) to a temporary file
+    for the block; yields a function that returns it."""
+    import tempfile
+
+    sys.stderr.flush()
+    try:
+        saved_fd = os.dup(2)
+    except OSError:  # no stderr to capture
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        text = ""
+        try:
+            yield lambda: text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
 
 
 class StateSaveError(RuntimeError):
