@@ -40,6 +40,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +193,12 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     if key in _REGISTRY:
         task = _REGISTRY[key]
         return dataclasses.replace(task, data_dir=str(data_dir)) if data_dir else task
-    if Path(name).expanduser().is_dir():
+    if is_folder_task(name):
         return folder_task(name)
-    close = difflib.get_close_matches(key, [*_REGISTRY, *_ALIASES], n=2)
+    close = difflib.get_close_matches(key[:200], [*_REGISTRY, *_ALIASES], n=2)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown task {name!r}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
+        f"unknown task {shorten(name)}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
         "tasks (vtab/<name>, vtab1k/<name>, see augreg_nb.vtab). Any TFDS dataset "
         "works as 'tfds:<name>' (e.g. 'tfds:tf_flowers') or tfds_task(name, train=..., "
         "val=..., test=...), a folder of images as its path or folder_task(path)."
@@ -260,6 +261,9 @@ def tfds_task(
 #: Prefix of a task name that is a TFDS dataset: ``tfds:<dataset>[?<split>=<string>&...]``.
 TFDS_PREFIX = "tfds:"
 _SPLIT_KEYS = ("train", "val", "test")
+#: What a TFDS dataset name (with its optional config and version) may look like.
+_TFDS_DATASET = re.compile(
+    r"([A-Za-z0-9_-]{1,40}:)?[A-Za-z0-9_]{1,120}(/[A-Za-z0-9_.+=,-]{1,60})?(:[0-9.*]{1,20})?")
 
 
 def parse_tfds_name(name: str) -> tuple[str, dict[str, str]]:
@@ -272,24 +276,30 @@ def parse_tfds_name(name: str) -> tuple[str, dict[str, str]]:
     """
     text = name.strip()
     if not text.lower().startswith(TFDS_PREFIX):
-        raise ValueError(f"{name!r} is not a TFDS task name: write 'tfds:<dataset>', e.g. "
+        raise ValueError(f"{shorten(name)} is not a TFDS task name: write 'tfds:<dataset>', "
+                         "e.g. "
                          "'tfds:tf_flowers'")
     dataset, _, query = text[len(TFDS_PREFIX):].partition("?")
     dataset = dataset.strip()
     if not dataset:
-        raise ValueError(f"{name!r} names no dataset: write 'tfds:<dataset>', e.g. "
+        raise ValueError(f"{shorten(name)} names no dataset: write 'tfds:<dataset>', e.g. "
                          "'tfds:tf_flowers' (see `tfds.list_builders()`)")
+    if not _TFDS_DATASET.fullmatch(dataset) or ".." in dataset:
+        raise ValueError(
+            f"{shorten(name)}: {shorten(dataset)} is not a TFDS dataset name (letters, digits "
+            "and _, then optionally /<config> and :<version>, at most 200 characters), e.g. "
+            "'tfds:tf_flowers' or 'tfds:cifar10:3.0.2'")
     splits: dict[str, str] = {}
     for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         key = SPLIT_ALIASES.get(key.strip(), key.strip())
         if not eq or key not in _SPLIT_KEYS or not value.strip():
             raise ValueError(
-                f"{name!r}: cannot read {part!r}; give splits as train=...&val=...&test=... "
-                "with TFDS split strings, e.g. 'tfds:tf_flowers?train=train[:80%]"
-                "&val=train[80%:90%]&test=train[90%:]'")
+                f"{shorten(name)}: cannot read {shorten(part)}; give splits as "
+                "train=...&val=...&test=... with TFDS split strings, e.g. "
+                "'tfds:tf_flowers?train=train[:80%]&val=train[80%:90%]&test=train[90%:]'")
         if key in splits:
-            raise ValueError(f"{name!r} gives the {key} split twice")
+            raise ValueError(f"{shorten(name)} gives the {key} split twice")
         splits[key] = value.strip()
     return dataset, splits
 

@@ -29,3 +29,18 @@ def test_bad_values_are_refused_in_one_line(argv, message, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err
     assert len(err.splitlines()) == 1 and len(err) < 400
+
+
+def test_a_long_library_message_is_cut_to_a_bounded_error(capsys, monkeypatch):
+    from augreg_nb.cli import training
+
+    def talkative(args):
+        raise ValueError("first line\n" + "\n".join(f"line {i}" for i in range(500))
+                         + "\n" + "x" * 9000)
+
+    monkeypatch.setattr(training, "_cmd_finetune", talkative)
+    assert cli.main(["finetune"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("augreg-nb finetune: error: first line") and "line 23" in err
+    assert "line 24" not in err and "477 more lines; -v shows them all" in err
+    assert len(err) < 3000

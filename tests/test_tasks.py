@@ -313,6 +313,22 @@ def test_tfds_task_splits_that_overlap_or_are_reversed_are_refused(tmp_path, que
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["tfds:../../../../x", "tfds:a/../../b", "tfds:" + "a" * 5000,
+                                  "tfds:x y", "b" * 5000])
+def test_hostile_task_names_are_refused_in_a_short_line(name):
+    with pytest.raises(ValueError) as err:
+        get_task(name)
+    text = str(err.value)
+    assert len(text) < 600 and "\n" not in text
+    assert "5,00" in text if len(name) > 1000 else name in text
+
+
+def test_tfds_names_with_config_version_and_namespace_pass_the_name_check():
+    for ok in ["tf_flowers", "cifar10:3.0.2", "imagenet2012_subset/1pct:5.*.*",
+               "huggingface:mnist", "i_naturalist2021/config-1.2"]:
+        assert tasks._TFDS_DATASET.fullmatch(ok), ok
+
+
 def test_split_overlaps_show_without_the_datasets_sizes():
     task = tasks.Task(name="x", splits={"train": "train[:60%]", "val": "validation",
                                         "test": "train[59%:]"}, num_classes=2, tfds_name="x")
