@@ -438,7 +438,8 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
         try:
             config[key] = value
         except TypeError as err:
-            why = shorten(str(err), 200, quote=False)
+            why = (f"{key} must be {FIELD_RULES[key][1]}" if key in FIELD_RULES
+                   else shorten(str(err), 200, quote=False))
             raise ValueError(f"override {shorten(item)}: {why}") from None
         if key in FIELD_RULES and not FIELD_RULES[key][0](config[key]):
             raise ValueError(f"override {shorten(item)}: {key} must be {FIELD_RULES[key][1]}")
