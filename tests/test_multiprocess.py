@@ -148,13 +148,15 @@ def test_two_processes_train_the_weights_of_one_process_with_four_devices(loopba
         assert (final["val_count"], final["test_count"]) == (val, test)
     finals = [json.loads((w / "result.json").read_text())["final"] for w in (two, one)]
     assert finals[0]["val_accuracy"] == pytest.approx(finals[1]["val_accuracy"], abs=0.02)
-    # Process 0 alone reports and writes the results and the export; process 1 (umask 077)
+    # Process 0 alone reports and writes the results, the export, the run's record and its
+    # lock; process 1 (umask 077)
     # wrote its shards of the training state and nothing else.
     assert "exported:" in launch.log("p0") and "adapt_final_val" in launch.log("p0")
     out1 = (launch.logs / "p1.out").read_text()
     assert "exported" not in out1 and "adapt_final_val" not in out1
     outside = [p for p in two.rglob("*") if p.is_file() and "state" not in p.parts]
-    assert sorted(p.name for p in outside) == sorted(["result.json", _export(two).name])
+    assert sorted(p.name for p in outside) == sorted(
+        [".lock", "run.json", "result.json", _export(two).name])
     assert {p.stat().st_mode & 0o777 for p in outside} == {0o644}
     private = [p for p in (two / "state").rglob("*")
                if p.is_file() and p.stat().st_mode & 0o777 == 0o600]
