@@ -26,6 +26,9 @@ parameters an uninterrupted run would reach. A callback whose ``stop_requested``
 or a keyboard (kernel) interrupt, ends the run after the current step with its state saved
 (:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
 keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
+The workdir records the config that produced it (``run.json``, :mod:`augreg_nb.run_folder`):
+a call with another config is refused with the differing fields named (or, with
+``if_different="new_folder"``, runs in a folder of its own), and one run at a time holds it.
 
 Several hosts (a TPU pod slice, GPU nodes, or processes on one machine): start the same
 command in every process after :func:`augreg_nb.distributed.initialize` (the command line's
@@ -319,6 +322,9 @@ class _Run:
         if (saved(self.state_path) or self.legacy_path.is_file()
                 or (self.state_path.exists() and not self.state_path.is_dir())):
             self._resume()
+        elif (workdir / RESULT_FILE).is_file():
+            logger.warning("%s holds a result but no saved training state; the run is "
+                           "trained again from step 0 and its result replaced", workdir)
         self.train_step = ts.make_train_step(
             apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
             micro_batches=config.micro_batches, lr_schedule=self.schedule,

@@ -176,7 +176,7 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, code):
 
 
 @pytest.mark.slow
-def test_finetune_never_serves_another_configs_result(tmp_path):
+def test_finetune_never_serves_another_configs_result(tmp_path, caplog):
     first = finetune(tiny(tmp_path / "run"))
     assert (tmp_path / "run" / run_folder.RUN_FILE).is_file()
     with pytest.raises(run_folder.RunFolderError, match="seed: 0 -> 1"):
@@ -191,6 +191,12 @@ def test_finetune_never_serves_another_configs_result(tmp_path):
         back = finetune(tiny(tmp_path / "run"))
         assert back.result_row["adapt_final_test"] == first.result_row["adapt_final_test"]
         _strict_loads((tmp_path / "run" / "result.json").read_text())
+    # A result without its state is not trusted: the run trains again, and says so.
+    shutil.rmtree(tmp_path / "run" / "state")
+    with caplog.at_level("WARNING", logger="augreg_nb.train"):
+        again = finetune(tiny(tmp_path / "run"))
+    assert "holds a result but no saved training state" in caplog.text
+    assert again.result_row["adapt_final_test"] == first.result_row["adapt_final_test"]
 
 
 @pytest.mark.slow
