@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -64,14 +65,23 @@ def checkpoint_identity(checkpoint) -> dict:
         path = Path(str(checkpoint or "")).expanduser()
         if not str(checkpoint or "").strip() or not path.is_file():
             return {}
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return {"file": path.name, "bytes": path.stat().st_size,
-                "sha256": digest.hexdigest()}
+        stat = path.stat()
+        return {"file": path.name, "bytes": stat.st_size,
+                "sha256": _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns,
+                                       stat.st_ctime_ns, stat.st_ino)}
     except OSError:
         return {}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """SHA-256 of a file, hashed once per (path, size, times, inode): a sweep checks the
+    same checkpoint file for every run."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _plain(value):

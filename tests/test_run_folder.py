@@ -131,7 +131,7 @@ def test_a_replaced_checkpoint_file_is_another_checkpoint(tmp_path):
     ckpt.write_bytes(b"one")
     c = tiny(tmp_path / "run", f"checkpoint={ckpt}")
     run_folder.claim(tmp_path / "run", c)
-    ckpt.write_bytes(b"two")
+    ckpt.write_bytes(b"other")
     with pytest.raises(run_folder.RunFolderError, match="checkpoint file: sha256"):
         run_folder.claim(tmp_path / "run", c)
 
