@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -100,11 +101,32 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 def _json_default(obj):
     if isinstance(obj, np.generic):
-        return obj.item()
+        return strict_json(obj.item())
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def strict_json(value):
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, so that it
+    is written as strict JSON (``null``), which every parser reads; lists, tuples and dicts
+    are converted throughout."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps_strict(payload, **kwargs) -> str:
+    """``json.dumps`` of :func:`strict_json` of ``payload``; never writes NaN/Infinity."""
+    return json.dumps(strict_json(payload), allow_nan=False, default=_json_default, **kwargs)
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON to ``path`` through :func:`atomic_write`."""
+    """Write ``payload`` as strict JSON (NaN and infinities as ``null``) to ``path``
+    through :func:`atomic_write`."""
     with atomic_write(Path(path)) as f:
-        f.write(json.dumps(payload, indent=1, default=_json_default).encode("utf-8"))
+        f.write(dumps_strict(payload, indent=1).encode("utf-8"))

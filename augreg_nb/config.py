@@ -35,8 +35,16 @@ from ml_collections import config_dict
 
 from augreg_nb import preprocess, protocol
 from augreg_nb.download import cache_dir
-from augreg_nb.names import AUG_NAMES, format_float, paper_to_index_aug, unknown_value_error
-from augreg_nb.tasks import get_task, list_tasks
+from augreg_nb.names import (
+    AUG_NAMES,
+    format_float,
+    paper_to_index_aug,
+    safe_folder_name,
+    short_hash,
+    shorten,
+    unknown_value_error,
+)
+from augreg_nb.tasks import get_task, is_folder_task, list_tasks
 
 #: Resolutions of the published sweep (the paper's facts live in augreg_nb.protocol).
 SWEEP_RESOLUTIONS = protocol.SWEEP_RESOLUTIONS
@@ -55,6 +63,8 @@ SMOKE_TASK = "digits"
 RECIPES = ("transfer", "augreg")
 #: The losses a run can use ("auto": softmax for transfer, sigmoid for augreg).
 LOSSES = ("auto", "softmax", "sigmoid")
+#: What a run does when its workdir holds a run of another config (augreg_nb.run_folder).
+IF_DIFFERENT = ("refuse", "new_folder")
 #: ``checkpoint`` values that mean "random initialisation" (train from scratch).
 SCRATCH_CHECKPOINTS = ("", "scratch")
 
@@ -93,25 +103,39 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
+def task_folder_name(task: str) -> str:
+    """The task's part of a run folder's name, safe whatever the task string holds
+    (:func:`augreg_nb.names.safe_folder_name`): a folder of images is named by its base name
+    and a short hash of its full path, so two folders called ``photos`` stay apart."""
+    text = str(task)
+    if is_folder_task(text):
+        full = Path(text).expanduser().resolve()
+        return f"{safe_folder_name(full.name, max_len=40)}-{short_hash(str(full))}"
+    return safe_folder_name(text, max_len=80)
+
+
 def run_name(config, *, in_sweep: bool = False) -> str:
     """The one rule that names a run's folder, from the fields that make the run:
 
     ``<checkpoint>--<task>-steps_<n>-lr_<lr>-res_<px>-seed_<seed>`` (checkpoint: its file
-    stem, or the model name, with path separators and other punctuation as ``_``;
-    ``scratch_<model>`` from random initialisation), followed by :func:`settings_suffix`
-    for runs with AugReg settings. Inside a sweep's folder, which already names the
-    checkpoint and task, only the grid point: ``steps_<n>-lr_<lr>-res_<px>`` and the same
-    suffix (``in_sweep=True``).
+    stem, or the model name; ``scratch_<model>`` from random initialisation; task: see
+    :func:`task_folder_name`), followed by :func:`settings_suffix` for runs with AugReg
+    settings. Inside a sweep's folder, which already names the checkpoint and task, only
+    the grid point: ``steps_<n>-lr_<lr>-res_<px>`` and the same suffix (``in_sweep=True``).
+    Every part is a safe folder name (no separators, no ``..``), and a name longer than
+    :data:`augreg_nb.names.MAX_FOLDER_NAME` is cut and ends in a hash of the whole.
     """
     point = f"steps_{config.total_steps}-lr_{config.base_lr}-res_{config.resolution}"
     if in_sweep:
-        return point + settings_suffix(config)
+        return safe_folder_name(point + settings_suffix(config))
     if is_scratch(config.checkpoint):
         stem = f"scratch_{config.model}"
     else:
         stem = Path(str(config.checkpoint)).name.removesuffix(".npz").removesuffix(
             ".safetensors")
-    return f"{slug(stem)}--{config.task}-{point}-seed_{config.seed}{settings_suffix(config)}"
+    return safe_folder_name(
+        f"{safe_folder_name(stem, max_len=80)}--{task_folder_name(config.task)}-{point}"
+        f"-seed_{config.seed}{settings_suffix(config)}")
 
 
 def uses_augreg(config) -> bool:
@@ -139,7 +163,9 @@ def default_workdir(config) -> Path:
 
 def default_sweep_root(config) -> Path:
     """``<cache>/runs/sweep-<checkpoint>--<task>``: where a sweep's runs go by default."""
-    return cache_dir() / "runs" / f"sweep-{slug(str(config.checkpoint))}--{config.task}"
+    return cache_dir() / "runs" / safe_folder_name(
+        f"sweep-{safe_folder_name(str(config.checkpoint), max_len=80)}"
+        f"--{task_folder_name(config.task)}")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -228,6 +254,10 @@ def _base() -> ml_collections.ConfigDict:
     # Loss: "auto" (softmax for transfer; the upstream sigmoid loss for augreg, with the head
     # bias initialised to -log(classes)), "softmax" or "sigmoid".
     c.loss = "auto"
+    # When the workdir holds a run of another config (it records the config that produced
+    # it, augreg_nb.run_folder): "refuse" (say which fields differ) or "new_folder" (run in
+    # <workdir>-<hash of the config> instead). Never changes what a run computes.
+    c.if_different = "refuse"
     return c
 
 
@@ -400,20 +430,26 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
     """
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value, e.g. --set base_lr=0.03")
+            raise ValueError(f"override {shorten(item)} is not key=value, e.g. "
+                             "--set base_lr=0.03")
         key, text = item.split("=", 1)
         key, text = key.strip(), text.strip()
         if key not in config:
             close = difflib.get_close_matches(key, list(config.keys()), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown config field {key!r} in override {item!r}.{hint}")
+            raise ValueError(f"unknown config field {shorten(key)} in override "
+                             f"{shorten(item)}.{hint}")
         value = _parse_value(text)
         if isinstance(config[key], str) or config[key] is None:  # text fields stay text
             value = None if text == "None" else text
         try:
             config[key] = value
         except TypeError as err:
-            raise ValueError(f"override {item!r}: {err}") from None
+            why = (f"{key} must be {FIELD_RULES[key][1]}" if key in FIELD_RULES
+                   else shorten(str(err), 200, quote=False))
+            raise ValueError(f"override {shorten(item)}: {why}") from None
+        if key in FIELD_RULES and not FIELD_RULES[key][0](config[key]):
+            raise ValueError(f"override {shorten(item)}: {key} must be {FIELD_RULES[key][1]}")
     return config
 
 
@@ -438,6 +474,7 @@ FIELD_RULES = {
             "an augmentation name: none, light0, light1, medium1, medium2, strong1, strong2 "
             "(index names) or a paper name light2, heavy1, heavy2, paper:light1"),
     "loss": (lambda v: v in LOSSES, f"one of {LOSSES}"),
+    "if_different": (lambda v: v in IF_DIFFERENT, f"one of {IF_DIFFERENT}"),
     "model": (_text_or_none, "None or a model name such as 'B/16'"),
     "task": (lambda v: isinstance(v, str) and v.strip() != "", "a task name, e.g. 'cifar100'"),
     "resolution": (lambda v: _is_int(v) and 16 <= v <= 4096,
@@ -471,7 +508,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Raise ValueError naming the field and the fix when ``config`` cannot run."""
     for field, (ok, rule) in FIELD_RULES.items():
         if field in config and not ok(config[field]):
-            raise ValueError(f"config field {field}={config[field]!r} is invalid: it must be "
+            raise ValueError(f"config field {field}={shorten(config[field])} is invalid: it "
+                             f"must be "
                              f"{rule} (set it with --set {field}=...)")
     if config.total_steps < 1:
         raise ValueError(f"total_steps={config.total_steps} must be >= 1")

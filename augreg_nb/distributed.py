@@ -31,12 +31,15 @@ The same commands started again resume from the last saved state.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
 import re
 import sys
-from typing import NoReturn
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_TIMEOUT_S = 100
 #: Seconds a finishing process waits for the others at shutdown (JAX's default: 300).
 SHUTDOWN_TIMEOUT_S = 300
+#: Seconds a process waits for all the others to join (then it ends with one line naming
+#: the missing process); JAX's own limit, set a little later, would abort the process.
+JOIN_TIMEOUT_S = 300
 
 
 def _address_ok(address: str) -> bool:
@@ -119,7 +125,9 @@ def is_initialized() -> bool:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_cpu_devices: int | None = None,
                heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
+               join_timeout_s: int = JOIN_TIMEOUT_S,
+               on_join_timeout: Callable[[str], Any] | None = None) -> bool:
     """Join the processes of one run (see the module docstring); True when joined.
 
     All three of ``coordinator_address`` ("HOST:PORT" of process 0), ``num_processes`` and
@@ -131,6 +139,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     import jax
 
     explicit = check_arguments(coordinator_address, num_processes, process_id)
+    for name, value, default in (
+            ("heartbeat-timeout", heartbeat_timeout_s, HEARTBEAT_TIMEOUT_S),
+            ("shutdown-timeout", shutdown_timeout_s, SHUTDOWN_TIMEOUT_S),
+            ("join-timeout", join_timeout_s, JOIN_TIMEOUT_S)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"--{name} {value!r} must be a whole number of seconds >= 1 "
+                             f"(default {default})")
     if local_cpu_devices is not None:
         _set_cpu_devices(int(local_cpu_devices))
     cluster = None if explicit else detected_cluster()
@@ -142,20 +157,135 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     # runs (it only concerns the CPU backend), and it must be set before that starts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s),
-              "shutdown_timeout_seconds": int(shutdown_timeout_s)}
+              "shutdown_timeout_seconds": int(shutdown_timeout_s),
+              "initialization_timeout": int(join_timeout_s) + JAX_JOIN_GRACE_S}
     accepted = inspect.signature(jax.distributed.initialize).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    if explicit and int(process_id) == 0:
+        check_port_free(str(coordinator_address))
     if explicit:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=int(num_processes),
-                                   process_id=int(process_id), **kwargs)
-    else:
-        jax.distributed.initialize(**kwargs)
+        logger.info("process %d of %d: joining the others at %s (waiting up to %d s, "
+                    "--join-timeout)", int(process_id), int(num_processes),
+                    coordinator_address, join_timeout_s)
+    timer = threading.Timer(join_timeout_s, lambda: (on_join_timeout or _give_up)(
+        join_timeout_message(coordinator_address, num_processes, process_id, join_timeout_s)))
+    timer.daemon = True
+    timer.start()
+    try:
+        if explicit:
+            jax.distributed.initialize(coordinator_address=coordinator_address,
+                                       num_processes=int(num_processes),
+                                       process_id=int(process_id), **kwargs)
+        else:
+            jax.distributed.initialize(**kwargs)
+    finally:
+        timer.cancel()
     logger.info("process %d of %d joined (%s); devices: %d here, %d in all",
                 jax.process_index(), jax.process_count(),
                 coordinator_address if explicit else f"detected: {cluster}",
                 jax.local_device_count(), jax.device_count())
     return True
+
+
+#: Seconds JAX's own join limit is set beyond ``join_timeout_s`` (JAX aborts at its limit).
+JAX_JOIN_GRACE_S = 30
+
+
+def check_port_free(address: str) -> None:
+    """Raise ValueError naming the port when process 0 cannot host the coordination
+    service at ``address`` because something listens on that port already (another
+    process 0: two commands with the same --process-id, or another program)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", int(port)))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                return  # a port it may not bind here (e.g. privileged): JAX decides
+            raise ValueError(
+                f"port {port} of the coordinator address {address} is already in use: "
+                "another process 0 runs there (did two commands get --process-id 0?) or "
+                "another program holds it; stop it or choose a free port in "
+                "--coordinator-address for every process") from None
+
+
+def _answers(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def join_timeout_message(address, num_processes, process_id, seconds: int) -> str:
+    """One line saying which process never joined and what to check."""
+    n = int(num_processes) if num_processes is not None else None
+    same = ("all commands need the same --coordinator-address and --num-processes and each "
+            "its own --process-id")
+    if process_id is None or n is None:
+        return (f"the processes of this run did not all join within {seconds} s (cluster "
+                f"detected by JAX); check that every process was started ({same})")
+    if int(process_id) != 0 and not _answers(str(address)):
+        return (f"process {process_id} of {n} waited {seconds} s, but nothing answers at "
+                f"{address}: process 0 (the coordinator) has not started there or has "
+                f"stopped. Start it ({same}), or raise --join-timeout")
+    if int(process_id) == 0:
+        missing = "process 1" if n == 2 else f"one or more of processes 1 to {n - 1}"
+        return (f"process 0 of {n} waited {seconds} s at {address}, but {missing} never "
+                f"joined. Start it ({same}), or raise --join-timeout")
+    return (f"process {process_id} of {n} waited {seconds} s: process 0 answers at {address} "
+            f"but the run did not start: another command with --process-id {process_id} may "
+            f"have joined in its place, or the others were given another --num-processes "
+            f"({same}); or raise --join-timeout")
+
+
+def _give_up(message: str) -> None:
+    logger.error("%s", message)
+    end_now(1)
+
+
+def agree(label: str, values: dict[str, str], *, timeout_s: int = JOIN_TIMEOUT_S) -> None:
+    """Check, in a run of several processes, that every process passes the same ``values``
+    (e.g. its resolved config and workdir): one exchange through JAX's key-value store.
+    Raises ValueError naming the processes and the keys that differ; nothing in a run of
+    one process."""
+    if "jax" not in sys.modules or not is_initialized():
+        return
+    import json
+
+    import jax
+    from jax._src import distributed as state
+
+    count, me = jax.process_count(), jax.process_index()
+    if count < 2:
+        return
+    client = state.global_state.client
+    prefix = f"augreg_nb/agree/{label}"
+    client.key_value_set(f"{prefix}/{me}", json.dumps(values, sort_keys=True))
+    for other in range(count):
+        if other == me:
+            continue
+        try:
+            theirs = json.loads(client.blocking_key_value_get(f"{prefix}/{other}",
+                                                              int(timeout_s) * 1000))
+        except Exception as err:  # noqa: BLE001 - the store's timeout or a lost peer
+            raise ValueError(
+                f"process {other} did not report its config within {timeout_s} s "
+                f"({str(err).strip().splitlines()[0][:120] if str(err).strip() else ''}); "
+                "start every process with the same command") from None
+        differ = sorted(k for k in set(values) | set(theirs) if values.get(k) != theirs.get(k))
+        if differ:
+            shown = "; ".join(f"{k}: {values.get(k)!s:.40} here, {theirs.get(k)!s:.40} there"
+                              for k in differ[:4])
+            raise ValueError(
+                f"process {me} and process {other} of this run disagree on {', '.join(differ[:8])}"
+                f" ({shown}); start every process with the same command, config and workdir "
+                "(only --process-id differs)")
 
 
 def _set_cpu_devices(count: int) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -86,6 +87,48 @@ def unknown_value_error(kind: str, value: object, choices) -> ValueError:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ValueError(f"unknown {kind} {value!r}{hint}; expected one of: {', '.join(choices)}")
+
+
+#: Longest folder name a run-folder component may have (file systems allow 255 bytes).
+MAX_FOLDER_NAME = 120
+#: Longest piece of user text an error line quotes in full.
+MAX_QUOTED = 80
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``text``: a stable short tag."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+def safe_folder_name(text: str, *, max_len: int = MAX_FOLDER_NAME) -> str:
+    """``text`` as one folder name that stays where it is put.
+
+    Every character but ASCII letters, digits and ``._-`` becomes ``_``, so path
+    separators, ``:`` and control characters cannot appear; runs of dots become ``_`` and
+    leading dots are dropped, so the name is never ``.`` or ``..`` nor hidden. When that
+    changed nothing but the name is longer than ``max_len``, or the text was empty, the
+    name ends in ``-<hash>`` of the original text so that different long texts stay apart.
+    """
+    out = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in text)
+    out = re.sub(r"\.{2,}", "_", out).lstrip(".")
+    if out and len(out) <= max_len:
+        return out
+    tag = short_hash(text)
+    return f"{out[:max_len - len(tag) - 1]}-{tag}" if out else f"_{tag}"
+
+
+def shorten(text: object, limit: int = MAX_QUOTED, *, quote: bool = True) -> str:
+    """``text`` for an error line: a string quoted as ``repr`` does (``quote``), anything
+    else as its ``repr``; beyond about ``limit`` characters its head and tail with the
+    total length named, so that a long input does not make a long message."""
+    plain = isinstance(text, str)
+    value = text if plain else repr(text)
+    show = repr if plain and quote else str
+    if len(value) <= limit:
+        return show(value)
+    head = limit * 2 // 3
+    return (f"{show(value[:head])}...{show(value[-(limit - head - 10):])} "
+            f"({len(value):,} characters)")
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ table after every run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -38,12 +37,14 @@ from augreg_nb import config as config_lib
 from augreg_nb.atomic import atomic_write
 from augreg_nb.index import load_index
 from augreg_nb.names import parse_name
+from augreg_nb.run_folder import RUN_FILE, RunFolderError, read_result
 from augreg_nb.train import (
     RECIPE_FIELDS,
     RESULT_FILE,
     STATE_DIR,
     finetune,
     load_task,
+    run_workdir,
 )
 from augreg_nb.train_state import saved
 
@@ -110,11 +111,12 @@ def sweep(
     configs = sweep_configs(base, learning_rates=learning_rates, lengths=lengths,
                             resolutions=resolutions)
     for i, config in enumerate(configs, 1):
-        workdir = root / config_lib.run_name(config, in_sweep=True)
-        config.workdir = str(workdir)
-        done = workdir / RESULT_FILE
-        if done.exists() and saved(workdir / STATE_DIR):
-            row = json.loads(done.read_text())["result_row"]
+        config.workdir = str(root / config_lib.run_name(config, in_sweep=True))
+        # A folder of another config is refused here (or left for one of its own), before
+        # any run of the sweep trains: a sweep never reports another config's results.
+        workdir = run_workdir(config)
+        row = _done_before(workdir)
+        if row is not None:
             logger.info("[%d/%d] %s: done before (val %.4f)", i, len(configs), workdir.name,
                         row["adapt_final_val"])
         else:
@@ -128,6 +130,20 @@ def sweep(
     logger.info("best by val: %s (val %.4f, test %.4f)", best["adapt_filename"],
                 best["adapt_final_val"], best["adapt_final_test"])
     return SweepResult(table=table, best=best)
+
+
+def _done_before(workdir: Path) -> dict | None:
+    """The result row of a finished run in ``workdir`` whose record matches its config
+    (checked by :func:`augreg_nb.train.run_workdir`), or None: then :func:`finetune` runs
+    it, which resumes it or writes a damaged ``result.json`` again from the saved state."""
+    if not ((workdir / RUN_FILE).is_file() and saved(workdir / STATE_DIR)
+            and (workdir / RESULT_FILE).is_file()):
+        return None
+    try:
+        return read_result(workdir / RESULT_FILE)["result_row"]
+    except RunFolderError as err:
+        logger.warning("%s; the run is read back from its saved state", err)
+        return None
 
 
 def _write_csv(frame, path: Path) -> None:

@@ -40,11 +40,13 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from augreg_nb import digits, vtab
+from augreg_nb.names import shorten
 from augreg_nb.protocol import (  # noqa: F401 - re-exported: the sweep's facts
     IMAGENET_LEARNING_RATES,
     LEARNING_RATES,
@@ -184,21 +186,37 @@ def get_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
     """
     if name.strip().lower().startswith(TFDS_PREFIX):
         dataset, splits = parse_tfds_name(name)
-        return tfds_task_with_defaults(dataset, data_dir=data_dir, **splits)
+        task = tfds_task_with_defaults(dataset, data_dir=data_dir, **splits)
+        check_splits(task, _split_sizes(task))
+        return task
     key = _ALIASES.get(name.lower(), name.lower())
     if key in _REGISTRY:
         task = _REGISTRY[key]
         return dataclasses.replace(task, data_dir=str(data_dir)) if data_dir else task
-    if Path(name).expanduser().is_dir():
+    if is_folder_task(name):
         return folder_task(name)
-    close = difflib.get_close_matches(key, [*_REGISTRY, *_ALIASES], n=2)
+    close = difflib.get_close_matches(key[:200], [*_REGISTRY, *_ALIASES], n=2)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown task {name!r}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
+        f"unknown task {shorten(name)}.{hint} Registered: {', '.join(list_tasks())} and the VTAB "
         "tasks (vtab/<name>, vtab1k/<name>, see augreg_nb.vtab). Any TFDS dataset "
         "works as 'tfds:<name>' (e.g. 'tfds:tf_flowers') or tfds_task(name, train=..., "
         "val=..., test=...), a folder of images as its path or folder_task(path)."
     )
+
+
+def is_folder_task(name: str) -> bool:
+    """Whether :func:`get_task` reads ``name`` as a folder of images (a path to a folder
+    that is neither a TFDS name nor a registered task)."""
+    text = str(name)
+    if text.strip().lower().startswith(TFDS_PREFIX):
+        return False
+    if _ALIASES.get(text.lower(), text.lower()) in _REGISTRY:
+        return False
+    try:
+        return Path(text).expanduser().is_dir()
+    except OSError:  # a name too long for a path, say
+        return False
 
 
 def tfds_task(
@@ -243,6 +261,9 @@ def tfds_task(
 #: Prefix of a task name that is a TFDS dataset: ``tfds:<dataset>[?<split>=<string>&...]``.
 TFDS_PREFIX = "tfds:"
 _SPLIT_KEYS = ("train", "val", "test")
+#: What a TFDS dataset name (with its optional config and version) may look like.
+_TFDS_DATASET = re.compile(
+    r"([A-Za-z0-9_-]{1,40}:)?[A-Za-z0-9_]{1,120}(/[A-Za-z0-9_.+=,-]{1,60})?(:[0-9.*]{1,20})?")
 
 
 def parse_tfds_name(name: str) -> tuple[str, dict[str, str]]:
@@ -255,26 +276,121 @@ def parse_tfds_name(name: str) -> tuple[str, dict[str, str]]:
     """
     text = name.strip()
     if not text.lower().startswith(TFDS_PREFIX):
-        raise ValueError(f"{name!r} is not a TFDS task name: write 'tfds:<dataset>', e.g. "
+        raise ValueError(f"{shorten(name)} is not a TFDS task name: write 'tfds:<dataset>', "
+                         "e.g. "
                          "'tfds:tf_flowers'")
     dataset, _, query = text[len(TFDS_PREFIX):].partition("?")
     dataset = dataset.strip()
     if not dataset:
-        raise ValueError(f"{name!r} names no dataset: write 'tfds:<dataset>', e.g. "
+        raise ValueError(f"{shorten(name)} names no dataset: write 'tfds:<dataset>', e.g. "
                          "'tfds:tf_flowers' (see `tfds.list_builders()`)")
+    if not _TFDS_DATASET.fullmatch(dataset) or ".." in dataset:
+        raise ValueError(
+            f"{shorten(name)}: {shorten(dataset)} is not a TFDS dataset name (letters, digits "
+            "and _, then optionally /<config> and :<version>, at most 200 characters), e.g. "
+            "'tfds:tf_flowers' or 'tfds:cifar10:3.0.2'")
     splits: dict[str, str] = {}
     for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         key = SPLIT_ALIASES.get(key.strip(), key.strip())
         if not eq or key not in _SPLIT_KEYS or not value.strip():
             raise ValueError(
-                f"{name!r}: cannot read {part!r}; give splits as train=...&val=...&test=... "
-                "with TFDS split strings, e.g. 'tfds:tf_flowers?train=train[:80%]"
-                "&val=train[80%:90%]&test=train[90%:]'")
+                f"{shorten(name)}: cannot read {shorten(part)}; give splits as "
+                "train=...&val=...&test=... with TFDS split strings, e.g. "
+                "'tfds:tf_flowers?train=train[:80%]&val=train[80%:90%]&test=train[90%:]'")
         if key in splits:
-            raise ValueError(f"{name!r} gives the {key} split twice")
+            raise ValueError(f"{shorten(name)} gives the {key} split twice")
         splits[key] = value.strip()
     return dataset, splits
+
+
+#: The size each split is taken to have for the overlap check when the dataset's own sizes
+#: are unknown (not prepared): overlaps of percentages and of indices show all the same.
+NOMINAL_SPLIT_SIZE = 1_000_000
+
+
+def _split_sizes(task: Task) -> dict[str, int]:
+    """Examples per split of ``task``'s prepared dataset; {} when it is not prepared."""
+    try:
+        builder = tfds_builder(task)
+        if not builder.is_prepared():
+            return {}
+        return {name: int(info.num_examples) for name, info in builder.info.splits.items()}
+    except Exception as err:  # noqa: BLE001 - the check then uses nominal sizes
+        log.debug("split sizes of %s unknown: %s", task.tfds_name, err)
+        return {}
+
+
+def split_ranges(spec: str, sizes: dict[str, int]) -> list[tuple[str, int, int]]:
+    """The ``(split, start, end)`` example ranges a TFDS split string reads, by TFDS's own
+    split arithmetic (``ReadInstruction``; percentages rounded as TFDS rounds them).
+    Splits whose size is not in ``sizes`` count :data:`NOMINAL_SPLIT_SIZE` examples.
+    Raises ValueError for a string TFDS cannot read and for an empty or reversed slice."""
+    import tensorflow_datasets as tfds
+
+    try:
+        instruction = tfds.core.ReadInstruction.from_spec(spec)
+    except (ValueError, TypeError, AssertionError) as err:
+        why = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"the split {shorten(spec)} is not a TFDS split string ({why}); "
+                         "write e.g. train[:80%] or train[:500]+validation") from None
+    names = {part.split("[")[0].strip() for part in spec.split("+")}
+    known = {n: sizes.get(n, NOMINAL_SPLIT_SIZE) for n in names}
+    infos = {n: tfds.core.SplitInfo(name=n, shard_lengths=[size], num_bytes=0)
+             for n, size in known.items()}
+    try:
+        absolute = instruction.to_absolute(infos)
+    except (ValueError, KeyError, AssertionError) as err:
+        raise ValueError(f"the split {shorten(spec)} cannot be read ({err})") from None
+    out = []
+    for part in absolute:
+        size = known[part.splitname]
+        start = 0 if part.from_ is None else part.from_
+        end = size if part.to is None else part.to
+        start, end = (max(0, min(size, v + size if v < 0 else v)) for v in (start, end))
+        if end <= start:
+            raise ValueError(
+                f"the split {shorten(spec)} is empty: it reads {part.splitname} from example "
+                f"{start} to {end}" + (" (a reversed slice: write [from:to] with from < to)"
+                                       if end < start else ""))
+        out.append((part.splitname, start, end))
+    return out
+
+
+def check_splits(task: Task, sizes: dict[str, int] | None = None) -> None:
+    """Refuse a task whose train, val and test splits share examples, or whose splits are
+    empty or reversed: a test split inside train would report accuracy on images the model
+    was trained on, a val split inside train or test would choose runs by them.
+
+    Uses TFDS's split arithmetic with the prepared dataset's ``sizes`` (else nominal
+    sizes, which show the same overlaps). Raises ValueError naming the splits."""
+    sizes = sizes or {}
+    ranges = {}
+    for key in _SPLIT_KEYS:
+        spec = task.splits.get(key)
+        if spec:
+            try:
+                ranges[key] = split_ranges(spec, sizes)
+            except ValueError as err:
+                raise ValueError(f"task {shorten(task.tfds_name or task.name)}: the {key} "
+                                 f"split: {err}") from None
+    for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        shared = [(name, max(s1, s2), min(e1, e2))
+                  for name, s1, e1 in ranges.get(a, []) for other, s2, e2 in ranges.get(b, [])
+                  if name == other and max(s1, s2) < min(e1, e2)]
+        if shared:
+            name, start, end = shared[0]
+            count = sum(e - s for _, s, e in shared)
+            exact = " (examples counted with the dataset's own sizes)" if name in sizes else ""
+            role = ("the test accuracy would be measured on training images" if b == "test"
+                    and a == "train" else "the choice by val would see the test images"
+                    if b == "test" else "the choice by val would see the training images")
+            raise ValueError(
+                f"task {shorten(task.tfds_name or task.name)}: the {a} split "
+                f"{shorten(task.splits[a])} and the {b} split {shorten(task.splits[b])} share "
+                f"{count:,} examples of {name!r} (from {start} to {end}){exact}, so {role}. "
+                f"Give {a} and {b} disjoint slices, e.g. train=train[:80%]&val=train[80%:90%]"
+                f"&test=train[90%:]")
 
 
 def tfds_default_splits(split_names) -> dict[str, str]:

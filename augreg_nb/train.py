@@ -26,6 +26,9 @@ parameters an uninterrupted run would reach. A callback whose ``stop_requested``
 or a keyboard (kernel) interrupt, ends the run after the current step with its state saved
 (:class:`TrainingStopped`; running it again resumes). A non-finite loss stops the run and
 keeps the last good state; running out of accelerator memory names a ``micro_batches`` that fits.
+The workdir records the config that produced it (``run.json``, :mod:`augreg_nb.run_folder`):
+a call with another config is refused with the differing fields named (or, with
+``if_different="new_folder"``, runs in a folder of its own), and one run at a time holds it.
 
 Several hosts (a TPU pod slice, GPU nodes, or processes on one machine): start the same
 command in every process after :func:`augreg_nb.distributed.initialize` (the command line's
@@ -39,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -61,6 +63,7 @@ from augreg_nb import (
     models,
     names,
     random_checkpoints,  # noqa: F401 - registers the "fake:" source
+    run_folder,
     sources,
     upstream,
 )
@@ -72,6 +75,7 @@ from augreg_nb.resources import ENV_INDEX
 from augreg_nb.sources import index_cache_path
 from augreg_nb.tasks import get_task
 from augreg_nb.train_state import (
+    StateFileError,
     read_meta,
     read_npz_meta,
     restore_npz_state,
@@ -245,7 +249,11 @@ class History:
     """
 
     def __init__(self, rows: Iterable[dict] = ()):
-        self._rows: dict[int, dict] = {int(r["step"]): dict(r) for r in rows}
+        # Strict JSON stores NaN (e.g. the speed of a step that was not timed) as null.
+        self._rows: dict[int, dict] = {
+            int(r["step"]): {k: math.nan if v is None else v for k, v in r.items()}
+            for r in (rows if isinstance(rows, list | tuple) else [])
+            if isinstance(r, dict) and isinstance(r.get("step"), int)}
 
     def record(self, step: int, values: dict) -> None:
         self._rows.setdefault(step, {"step": step}).update(values)
@@ -314,6 +322,9 @@ class _Run:
         if (saved(self.state_path) or self.legacy_path.is_file()
                 or (self.state_path.exists() and not self.state_path.is_dir())):
             self._resume()
+        elif (workdir / RESULT_FILE).is_file():
+            logger.warning("%s holds a result but no saved training state; the run is "
+                           "trained again from step 0 and its result replaced", workdir)
         self.train_step = ts.make_train_step(
             apply_fn, tx, mesh=mesh, num_classes=data.num_classes,
             micro_batches=config.micro_batches, lr_schedule=self.schedule,
@@ -329,6 +340,11 @@ class _Run:
         if legacy:  # a state of the earlier single-file format: resumed from once
             path = self.legacy_path
         meta = (read_npz_meta if legacy else read_meta)(path)
+        if not isinstance(meta.get("recipe"), dict):
+            raise StateFileError(
+                f"the training state {path} is damaged (its metadata lacks the recipe it was "
+                f"trained with), so the run cannot resume from it. Move it away (e.g. `mv "
+                f"{path} {path}.damaged`) or delete it to start over, or use another workdir.")
         stored = _stored_recipe(meta)
         if stored != _recipe(config):
             changed = sorted(k for k in RECIPE_FIELDS if stored.get(k) != _field(config, k))
@@ -611,9 +627,15 @@ def finished_result(config, workdir: Path, *, callbacks: Iterable[Any] = (), mes
     if (_stored_recipe(meta) != _recipe(config) or meta.get("step") != config.total_steps
             or "model" not in meta):
         return None
-    row = json.loads(result_path.read_text())["result_row"]
+    try:
+        row = run_folder.read_result(result_path)["result_row"]
+    except run_folder.RunFolderError as err:
+        logger.warning("%s; it is written again from the saved state", err)
+        return None
     export_path = workdir / f"{row['adapt_filename']}.npz" if config.export else None
     if export_path is not None and not export_path.is_file():
+        return None
+    if not (isinstance(meta.get("num_classes"), int) and isinstance(meta["model"], str)):
         return None
     abstract = models.abstract_params(meta["model"], meta["num_classes"], config.resolution)
     tx = optimizer_for(config)
@@ -658,8 +680,24 @@ def finetune(config, *, callbacks: Iterable[Any] = ()) -> FinetuneResult:
     """
     mesh = ip.data_mesh()
     config_lib.validate(config, mesh.devices.size)
+    workdir = run_workdir(config)
+    main = jax.process_index() == 0
+    # One run per folder: process 0 holds the folder's lock (the others share its folder).
+    with run_folder.locked(workdir) if main else contextlib.nullcontext():
+        workdir = run_folder.claim(workdir, config, write=main)  # again, under the lock
+        return _finetune(config, workdir, callbacks, mesh)
+
+
+def run_workdir(config) -> Path:
+    """The folder a run of ``config`` uses: ``config.workdir`` (or the default under the
+    cache), checked against the config recorded there (:func:`augreg_nb.run_folder.claim`:
+    a folder of another config is refused, or with ``if_different="new_folder"`` replaced
+    by one of its own)."""
     workdir = Path(config.workdir) if config.workdir else config_lib.default_workdir(config)
-    workdir.mkdir(parents=True, exist_ok=True)
+    return run_folder.claim(workdir, config, write=False)
+
+
+def _finetune(config, workdir: Path, callbacks, mesh) -> FinetuneResult:
     done = finished_result(config, workdir, callbacks=callbacks, mesh=mesh)
     if done is not None:
         return done

@@ -31,9 +31,11 @@ folder format afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from augreg_nb import npzfile
-from augreg_nb.atomic import sweep_stale_temps
+from augreg_nb.atomic import strict_json, sweep_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +178,139 @@ def save_state(directory: str | os.PathLike, state, *, meta: dict | None = None)
         "shapes": [list(np.shape(x)) for x in leaves],
         "dtypes": [str(x.dtype) for x in leaves],
         "checksums": checksums(leaves),
-        "meta": meta or {},
+        "meta": strict_json(meta or {}),  # strict JSON: NaN as null
     }
     arrays = {_leaf_key(i): x for i, x in enumerate(leaves)}
-    with _manager(directory, saving=True) as manager:
-        number = (manager.latest_step() or 0) + 1
-        manager.save(number, args=ocp.args.Composite(**{
-            ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(manifest)}))
-        manager.wait_until_finished()
+    before = _latest(directory)
+    try:
+        with _quiet_failures(), _manager(directory, saving=True) as manager:
+            number = (manager.latest_step() or 0) + 1
+            manager.save(number, args=ocp.args.Composite(**{
+                ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(manifest)}))
+            manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+        logger.debug("saving %s failed", directory, exc_info=True)
+        removed = remove_unfinished(directory)
+        raise StateSaveError(_save_failed(directory, before, err, removed)) from None
     logger.debug("saved training state to %s/%d", directory, number)
     return directory / str(number)
+
+
+class _Demote(logging.Filter):
+    """Turns a library's error records into debug records (a failure is reported once, by
+    the exception the caller gets)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_failures():
+    """While saving: orbax's worker threads that fail (a full disk) print their tracebacks
+    and log errors on their own; send those to the debug log instead, so that the one
+    message of :class:`StateSaveError` is what the user sees."""
+    import threading
+
+    hook = threading.excepthook
+
+    def to_debug(args):
+        logger.debug("a thread of the save failed: %s", args.exc_value,
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    demote = _Demote()
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    threading.excepthook = to_debug
+    for lg in loggers:
+        lg.addFilter(demote)
+    failed = False
+    try:
+        with _stderr_captured() as captured:
+            try:
+                yield
+            except BaseException:
+                failed = True
+                raise
+    finally:
+        threading.excepthook = hook
+        for lg in loggers:
+            lg.removeFilter(demote)
+        text = captured() if "captured" in locals() else ""
+        if text and failed:  # tracebacks printed by tensorstore's callbacks as the save failed
+            logger.debug("output of the failed save:\n%s", text)
+        elif text:
+            sys.stderr.write(text)
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Send what is written to file descriptor 2 (also from C++ threads) to a temporary file
+    for the block; yields a function that returns it."""
+    import tempfile
+
+    sys.stderr.flush()
+    try:
+        saved_fd = os.dup(2)
+    except OSError:  # no stderr to capture
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        text = ""
+        try:
+            yield lambda: text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+
+
+class StateSaveError(RuntimeError):
+    """A save of the training state failed; the previous save (if any) is kept."""
+
+
+#: Suffix orbax gives a save until it is committed.
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def remove_unfinished(directory: Path) -> list[str]:
+    """Remove the folders of unfinished saves in ``directory`` (orbax's temporary names);
+    return their names. A committed save is never touched."""
+    import shutil
+
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir()) if Path(directory).is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        if _TMP_MARK in entry.name:
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry.name)
+    return removed
+
+
+def _save_failed(directory: Path, before: int | None, err: Exception,
+                 removed: list[str]) -> str:
+    text = f"{type(err).__name__}: {_first_line(err)}"
+    full = any(s in text for s in ("No space left", "ENOSPC", "RESOURCE_EXHAUSTED",
+                                   "Disk quota"))
+    denied = any(s in text for s in ("Permission denied", "Read-only file system",
+                                     "PERMISSION_DENIED", "EACCES", "EROFS"))
+    why = ("the disk is full" if full else "the folder is not writable" if denied
+           else f"{_first_line(err)[:200]}")
+    kept = (f"the last complete save ({directory / str(before)}) is kept"
+            if before is not None else "no earlier save exists")
+    fix = ("free some space" if full else "make it writable or use another workdir"
+           if denied else "fix the cause")
+    cleaned = " (its unfinished files were removed)" if removed else ""
+    return (f"saving the training state to {directory} failed: {why}{cleaned}; {kept}. "
+            f"{fix[0].upper()}{fix[1:]}, then run the same command again to resume.")
 
 
 def _read_manifest(directory: Path) -> tuple[int, dict]:
@@ -270,8 +395,7 @@ def restore_state(directory: str | os.PathLike, *, like):
         leaves = [restored[_leaf_key(i)] for i in range(len(template))]
     except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
         logger.debug("restoring %s failed", directory, exc_info=True)
-        raise _damaged(directory, f"its arrays cannot be read: {type(err).__name__}: "
-                       f"{_first_line(err)}") from None
+        raise _damaged(directory, f"its arrays cannot be read: {_first_line(err)}") from None
     if checksums(leaves) != manifest["checksums"]:
         bad = [name for name, got, want in zip(manifest["paths"], checksums(leaves),
                                                manifest["checksums"], strict=True)
@@ -281,9 +405,13 @@ def restore_state(directory: str | os.PathLike, *, like):
     return jax.tree_util.tree_unflatten(treedef, leaves), manifest.get("meta", {})
 
 
-def _first_line(err: Exception) -> str:
+def _first_line(err: Exception, limit: int = 160) -> str:
+    """The readable head of an error's first line (TensorStore's spec dumps cut off)."""
     text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""
+    line = text[0] if text else type(err).__name__
+    for cut in (" See full TensorStore details", " [tensorstore_spec", "; tensorstore_spec"):
+        line = line.split(cut)[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 # ------------------------------------------------------------------ the earlier format

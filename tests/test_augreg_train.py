@@ -139,7 +139,9 @@ def test_config_checks_the_augreg_fields():
     apply_overrides(c, ["recipe=augreg", "checkpoint=scratch", "model=None"])
     with pytest.raises(ValueError, match="needs a model"):
         validate(c)
-    apply_overrides(c, ["model=testing", "do=1.5"])
+    with pytest.raises(ValueError, match=r"override 'do=1.5': do must be a rate in \[0, 1\)"):
+        apply_overrides(c, ["model=testing", "do=1.5"])  # refused as it is set
+    c.do = 1.5  # set directly, validate names it
     with pytest.raises(ValueError, match="do=1.5 is invalid"):
         validate(c)
 

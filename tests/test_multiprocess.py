@@ -148,13 +148,15 @@ def test_two_processes_train_the_weights_of_one_process_with_four_devices(loopba
         assert (final["val_count"], final["test_count"]) == (val, test)
     finals = [json.loads((w / "result.json").read_text())["final"] for w in (two, one)]
     assert finals[0]["val_accuracy"] == pytest.approx(finals[1]["val_accuracy"], abs=0.02)
-    # Process 0 alone reports and writes the results and the export; process 1 (umask 077)
+    # Process 0 alone reports and writes the results, the export, the run's record and its
+    # lock; process 1 (umask 077)
     # wrote its shards of the training state and nothing else.
     assert "exported:" in launch.log("p0") and "adapt_final_val" in launch.log("p0")
     out1 = (launch.logs / "p1.out").read_text()
     assert "exported" not in out1 and "adapt_final_val" not in out1
     outside = [p for p in two.rglob("*") if p.is_file() and "state" not in p.parts]
-    assert sorted(p.name for p in outside) == sorted(["result.json", _export(two).name])
+    assert sorted(p.name for p in outside) == sorted(
+        [".lock", "run.json", "result.json", _export(two).name])
     assert {p.stat().st_mode & 0o777 for p in outside} == {0o644}
     private = [p for p in (two / "state").rglob("*")
                if p.is_file() and p.stat().st_mode & 0o777 == 0o600]
@@ -312,3 +314,93 @@ def test_end_now_flushes_what_was_printed_and_exits_with_the_code():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 3 and proc.stdout == "said\n" and proc.stderr == "told\n"
+
+
+# ----------------------------------------------------------- processes that never meet
+
+
+def test_a_coordinator_port_in_use_is_named():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"port {port} of the coordinator address .* "
+                           r"already in use.*--process-id 0"):
+            distributed.check_port_free(f"127.0.0.1:{port}")
+    distributed.check_port_free(f"127.0.0.1:{free_port()}")
+
+
+def test_join_timeout_messages_name_the_missing_process():
+    port = free_port()  # nothing listens there
+    text = distributed.join_timeout_message(f"127.0.0.1:{port}", 2, 0, 7)
+    assert "process 0 of 2 waited 7 s" in text and "process 1 never joined" in text
+    text = distributed.join_timeout_message(f"127.0.0.1:{port}", 4, 0, 7)
+    assert "one or more of processes 1 to 3" in text
+    text = distributed.join_timeout_message(f"127.0.0.1:{port}", 2, 1, 7)
+    assert "nothing answers at" in text and "process 0 (the coordinator)" in text
+    assert "--join-timeout" in text
+
+
+def test_agree_is_nothing_in_a_run_of_one_process():
+    distributed.agree("test", {"a": "1"})  # no exchange, no error
+
+
+def _start(port: int, n: int, pid: int, workdir: Path, *extra: str):
+    argv = [sys.executable, "-m", "augreg_nb", "finetune", "--no-progress",
+            "--set", "total_steps=4", "--set", "warmup_steps=1", "--set", "eval_every=0",
+            "--set", "export=False", "--workdir", str(workdir),
+            "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(n),
+            "--process-id", str(pid), "--join-timeout", "4", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=workdir.parent)
+
+
+def _errors(proc) -> tuple[int, list[str]]:
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err, err[-3000:]
+    return proc.returncode, lines
+
+
+# (processes as (num_processes, process_id, extra), the line each must end with)
+NEVER_MEET = {
+    "peer never starts": ([(2, 0, ())], ["process 0 of 2 waited 4 s .* process 1 never joined"]),
+    "no coordinator": ([(2, 1, ())], ["nothing answers at .*process 0 \\(the coordinator\\)"]),
+    "num_processes differ": ([(2, 0, ()), (3, 1, ())],
+                             ["disagree on num_processes"] * 2),
+    "seeds differ": ([(2, 0, ()), (2, 1, ("--set", "seed=7"))],
+                     ["disagree on config.seed \\(config.seed: 0 here, 7 there\\)",
+                      "disagree on config.seed \\(config.seed: 7 here, 0 there\\)"]),
+    "steps differ": ([(2, 0, ()), (2, 1, ("--set", "total_steps=5"))],
+                     ["disagree on config.total_steps"] * 2),
+    "workdirs differ": ([(2, 0, ()), (2, 1, ("--workdir", "elsewhere"))],
+                        ["disagree on workdir"] * 2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(NEVER_MEET))
+def test_processes_that_never_meet_end_in_one_line(tmp_path, case):
+    import re as re_
+
+    procs, expected = NEVER_MEET[case]
+    port = free_port()
+    started = [_start(port, n, pid, tmp_path / "run", *extra) for n, pid, extra in procs]
+    for proc, pattern in zip(started, expected, strict=True):
+        code, lines = _errors(proc)
+        assert code == 1 and len(lines) == 1 and re_.search(pattern, lines[0]), lines
+
+
+@pytest.mark.slow
+def test_a_second_process_zero_names_the_port(tmp_path):
+    port = free_port()
+    first = _start(port, 2, 0, tmp_path / "run", "--join-timeout", "30")
+    deadline = time.monotonic() + 60
+    while not distributed._answers(f"127.0.0.1:{port}"):  # its coordination service is up
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.2)
+    code, lines = _errors(_start(port, 2, 0, tmp_path / "run"))
+    assert code == 1 and f"port {port} of the coordinator address" in lines[0]
+    first.kill()
+    first.communicate()

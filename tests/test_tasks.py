@@ -282,16 +282,64 @@ def test_tfds_task_names_resolve_with_default_splits(tmp_path):
         assert dict(pets.splits) == dict(get_task("oxford_iiit_pet").splits)
         assert pets.num_classes == 37
         # Splits given in the name replace the defaults; the others stay.
-        mine = get_task("tfds:tf_flowers?test=train[:10]")
-        assert dict(mine.splits) == {"train": "train[:80%]", "val": "train[80%:90%]",
-                                     "test": "train[:10]"}
+        mine = get_task("tfds:tf_flowers?train=train[:70%]")
+        assert dict(mine.splits) == {"train": "train[:70%]", "val": "train[80%:90%]",
+                                     "test": "train[90%:]"}
         # What `augreg-nb finetune --set task=tfds:tf_flowers` runs: the config's task.
         config = config_lib.preset_for("cifar100", 500, 0.003, 224)
         config_lib.apply_overrides(config, ["task=tfds:tf_flowers"])
         config_lib.validate(config)
         assert load_task(config).splits == flowers.splits
-        config_lib.apply_overrides(config, ["task=tfds:tf_flowers?test=train[:10]"])
+        config_lib.apply_overrides(config, ["task=tfds:tf_flowers?train=train[:70%]"])
         assert load_task(config).splits == mine.splits
+
+
+@pytest.mark.parametrize("query, message", [
+    ("test=train[:10]", r"train split 'train\[:80%\]' and the test split 'train\[:10\]' share "
+     r"10 examples .* measured on training images"),
+    ("train=train&test=train[90%:]", r"share 367 examples of 'train' \(from 3303 to 3670\)"),
+    ("train=train&val=train&test=train", "train split 'train' and the test split 'train'"),
+    ("train=train[:50%]&val=train[40%:60%]&test=train[90%:]",
+     "the choice by val would see the training images"),
+    ("train=train[:50%]&val=train[85%:95%]&test=train[90%:]",
+     "the choice by val would see the test images"),
+    ("train=train[80%:20%]", r"train split: .*is empty.* reversed slice"),
+    ("train=train[abc]", "is not a TFDS split string"),
+])
+def test_tfds_task_splits_that_overlap_or_are_reversed_are_refused(tmp_path, query, message):
+    with _mock_prepared(tmp_path, {"tf_flowers": {"train": TF_FLOWERS_TRAIN}}):
+        with pytest.raises(ValueError, match=message) as err:
+            get_task(f"tfds:tf_flowers?{query}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["tfds:../../../../x", "tfds:a/../../b", "tfds:" + "a" * 5000,
+                                  "tfds:x y", "b" * 5000])
+def test_hostile_task_names_are_refused_in_a_short_line(name):
+    with pytest.raises(ValueError) as err:
+        get_task(name)
+    text = str(err.value)
+    assert len(text) < 600 and "\n" not in text
+    assert "5,00" in text if len(name) > 1000 else name in text
+
+
+def test_tfds_names_with_config_version_and_namespace_pass_the_name_check():
+    for ok in ["tf_flowers", "cifar10:3.0.2", "imagenet2012_subset/1pct:5.*.*",
+               "huggingface:mnist", "i_naturalist2021/config-1.2"]:
+        assert tasks._TFDS_DATASET.fullmatch(ok), ok
+
+
+def test_split_overlaps_show_without_the_datasets_sizes():
+    task = tasks.Task(name="x", splits={"train": "train[:60%]", "val": "validation",
+                                        "test": "train[59%:]"}, num_classes=2, tfds_name="x")
+    with pytest.raises(ValueError, match="train split 'train\\[:60%\\]' and the test split"):
+        tasks.check_splits(task)
+    ok = tasks.Task(name="x", splits={"train": "train[:500]", "val": "train[500:600]",
+                                      "test": "test"}, num_classes=2, tfds_name="x")
+    tasks.check_splits(ok)
+    assert tasks.split_ranges("train[10%:20%]", {"train": 1000}) == [("train", 100, 200)]
+    assert tasks.split_ranges("train[-10:]+test", {"train": 50, "test": 7}) == [
+        ("train", 40, 50), ("test", 0, 7)]
 
 
 def test_unprepared_tfds_task_says_how_to_build_it(tmp_path, monkeypatch):

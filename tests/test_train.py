@@ -236,5 +236,5 @@ def test_a_finished_run_answers_before_its_checkpoint_or_data_are_loaded(tmp_pat
     # Another recipe in the same folder is still refused with the usual message.
     other = smoke(tmp_path, "total_steps=7", "warmup_steps=1", "eval_every=0")
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="different recipe"):
+    with pytest.raises(ValueError, match=r"another config \(total_steps: 6 -> 7\)"):
         finetune(other)

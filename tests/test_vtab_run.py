@@ -104,15 +104,27 @@ def test_cli_check_lists_the_datasets(tmp_path, capsys, monkeypatch):
                      "--set", f"data_dir={tmp_path}"]) == 0
 
 
-def fake_finished_runs(root, rng, resolution=32) -> dict[str, list[dict]]:
+def fake_finished_runs(root, rng, resolution=32, base=None) -> dict[str, list[dict]]:
     """Finished runs on disk for every task and grid point, as a fine-tune leaves them
-    (result.json with an index row, a save in state/); returns the rows per task."""
+    (run.json recording the config ``base`` gives that point, result.json with an index
+    row, a save in state/); returns the rows per task."""
+    from augreg_nb import run_folder
+    from augreg_nb.sweep import sweep_configs
+
+    if base is None:
+        base = get_config("smoke")
+        base.checkpoint = "fake:testing"
     written = {}
     for name in vtab.names():
         rows = []
         for steps, lr in GRID:
+            point = base.copy_and_resolve_references()
+            point.task = f"vtab1k/{name}"
+            config, = sweep_configs(point, learning_rates=[lr], lengths=[steps],
+                                    resolutions=[resolution])
             workdir = root / name / f"steps_{steps}-lr_{lr}-res_{resolution}"
             workdir.mkdir(parents=True)
+            (workdir / run_folder.RUN_FILE).write_text(json.dumps(run_folder.record(config)))
             row = dict.fromkeys(COLUMNS, float("nan"))
             row.update(name="B/16", ds="i21k", filename="B_16-i21k-300ep-lr_0.001-aug_medium1-"
                        "wd_0.1-do_0.0-sd_0.0", adapt_ds=f"vtab/{name}", adapt_lr=lr,
@@ -263,7 +275,8 @@ def test_stop_between_tasks_keeps_finished_ones(tmp_path):
 
 
 def test_cli_prints_each_task_and_the_group_means(tmp_path, capsys):
-    written = fake_finished_runs(tmp_path / "work", np.random.default_rng(1), resolution=384)
+    written = fake_finished_runs(tmp_path / "work", np.random.default_rng(1), resolution=384,
+                                 base=vtab_run.base_config("B/16", resolution=384))
     put_manual_files(tmp_path)
     with mock_tfds(num_examples=2):
         code = cli.main(["vtab", "--checkpoint", "B/16", "--group", "specialized",

@@ -82,8 +82,23 @@ def main(argv: list[str] | None = None) -> int:
         # Expected, explained failures: print the message (which names the fix), no traceback.
         if args.verbose:
             raise
-        print(f"augreg-nb {args.command}: error: {err}", file=sys.stderr)
+        print(f"augreg-nb {args.command}: error: {_bounded(str(err))}", file=sys.stderr)
         return 1
+
+
+#: An error message is cut to this many lines of at most MAX_ERROR_LINE characters (the
+#: rest, e.g. a library's list of every dataset it knows, shows with -v).
+MAX_ERROR_LINES, MAX_ERROR_LINE = 25, 1000
+
+
+def _bounded(text: str) -> str:
+    lines = text.splitlines() or [""]
+    shown = [line if len(line) <= MAX_ERROR_LINE else
+             f"{line[:MAX_ERROR_LINE]}... ({len(line):,} characters)"
+             for line in lines[:MAX_ERROR_LINES]]
+    if len(lines) > MAX_ERROR_LINES:
+        shown.append(f"... ({len(lines) - MAX_ERROR_LINES} more lines; -v shows them all)")
+    return "\n".join(shown)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from augreg_nb import distributed
@@ -21,6 +22,10 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
                    help="address of process 0, where the processes meet")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
     g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
+    g.add_argument("--join-timeout", type=int, metavar="S",
+                   default=distributed.JOIN_TIMEOUT_S,
+                   help="seconds to wait for every process to join before giving up with a "
+                   f"line naming the missing one (default: {distributed.JOIN_TIMEOUT_S})")
     g.add_argument("--heartbeat-timeout", type=int, metavar="S",
                    default=distributed.HEARTBEAT_TIMEOUT_S,
                    help="seconds after which a silent process counts as dead and the others "
@@ -93,12 +98,28 @@ def _join(args: argparse.Namespace) -> bool:
     process that reports (process 0, or the only one)."""
     from augreg_nb import distributed
 
+    def give_up(message: str) -> None:
+        print(f"augreg-nb {args.command}: error: {message}", file=sys.stderr)
+        distributed.end_now(1)
+
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                           heartbeat_timeout_s=args.heartbeat_timeout)
+                           heartbeat_timeout_s=args.heartbeat_timeout,
+                           join_timeout_s=args.join_timeout, on_join_timeout=give_up)
     if not distributed.is_main_process():  # process 0 reports for all
         logging.getLogger().setLevel(logging.WARNING)
         return False
     return True
+
+
+def _agree(args: argparse.Namespace, config, workdir) -> None:
+    """Refuse, at start-up, a run whose processes were given different configs, workdirs or
+    numbers of processes (one exchange between the processes; nothing when alone)."""
+    import json
+
+    values = {f"config.{k}": json.dumps(v, sort_keys=True, default=str)
+              for k, v in config.to_dict().items() if k != "workdir"}
+    values.update(workdir=str(workdir), num_processes=str(args.num_processes))
+    distributed.agree(args.command, values, timeout_s=args.join_timeout)
 
 
 def _progress(args: argparse.Namespace) -> list:
@@ -113,6 +134,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from augreg_nb.train import finetune
 
     config = _config_from_args(args)
+    _agree(args, config, config.workdir or "(default)")
     result = finetune(config, callbacks=_progress(args))
     if not main:
         return 0
@@ -132,6 +154,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.task:
         config.task = args.task
     root = Path(args.root) if args.root else default_sweep_root(config)
+    _agree(args, config, root)
     result = sweep(
         config, root=root,
         learning_rates=args.lr, lengths=args.steps, resolutions=args.resolution,
@@ -149,7 +172,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     main = _join(args)
+    import json
+
     from augreg_nb.sweep import reproduce
+
+    distributed.agree(args.command, {
+        "adapt_filename": args.adapt_filename, "set": json.dumps(args.set or []),
+        "workdir": str(args.workdir), "num_processes": str(args.num_processes)},
+        timeout_s=args.join_timeout)
 
     out = reproduce(args.adapt_filename, workdir=args.workdir, overrides=args.set or [],
                     callbacks=_progress(args))

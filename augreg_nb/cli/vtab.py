@@ -49,11 +49,16 @@ def register(sub) -> None:
 
 
 def _cmd_vtab(args: argparse.Namespace) -> int:
+    from augreg_nb import config as config_lib
     from augreg_nb import vtab_run
 
     names = vtab_run.select_tasks(args.tasks, args.group)
-    data_dir = next((item.split("=", 1)[1] for item in reversed(args.set or [])
-                     if item.split("=", 1)[0].strip() == "data_dir"), None)
+    # --set and --resolution are checked before anything runs (with --check too).
+    resolution = vtab_run.DEFAULT_RESOLUTION if args.resolution is None else args.resolution
+    base = vtab_run.base_config(args.checkpoint, resolution=resolution,
+                                overrides=args.set or [])
+    config_lib.validate(base)
+    data_dir = base.data_dir
     if args.check:
         status = vtab_run.dataset_status(names, variant=args.variant, data_dir=data_dir)
         for name, state in status.items():
@@ -93,7 +98,7 @@ def _cmd_vtab(args: argparse.Namespace) -> int:
 
     result = vtab_run.run_vtab(
         args.checkpoint, tasks=names, variant=args.variant, workdir=args.workdir,
-        resolution=args.resolution, learning_rates=args.lr, lengths=args.steps,
+        resolution=resolution, learning_rates=args.lr, lengths=args.steps,
         overrides=args.set or [], prepare=not args.no_prepare, retrain=args.retrain,
         callbacks=callbacks, on_task=on_task, on_status=lambda text: print(text, flush=True))
     if len(result.table):
