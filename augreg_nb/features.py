@@ -41,6 +41,7 @@ import numpy as np
 from augreg_nb.atomic import atomic_write
 from augreg_nb.download import cache_dir
 from augreg_nb.fewshot import fewshot_preprocess, pipeline_text
+from augreg_nb.names import safe_folder_name
 from augreg_nb.task_types import Task
 
 logger = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ DEFAULT_BATCH = 64
 
 class Stopped(RuntimeError):
     """``should_stop()`` said stop during an extraction; nothing of it was cached."""
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:150]
 
 
 def task_fingerprint(task: Task, split: str) -> dict[str, Any]:
@@ -99,7 +96,8 @@ def cache_path(checkpoint: str, task: Task, split: str, resolution: int,
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
     base = Path(root) if root is not None else cache_dir() / FEATURES_DIR
     name = Path(str(checkpoint)).name if Path(str(checkpoint)).is_file() else str(checkpoint)
-    return (base / _slug(name.removesuffix(".npz")) / _slug(task.name)
+    return (base / safe_folder_name(name.removesuffix(".npz"))
+            / safe_folder_name(str(task.name))
             / f"{split}-res_{int(resolution)}-{digest}.npz")
 
 

@@ -112,8 +112,8 @@ def grid_configs(
                     if not start.startswith(config_lib.FAKE_CHECKPOINT_PREFIX):
                         c.model = None  # read off the checkpoint
                 if root is not None:
-                    # One folder per run, whatever the task's name (a folder's path).
-                    c.workdir = str(Path(root) / config_lib.slug(config_lib.run_name(c)))
+                    # One folder per run, safe whatever the task's name (config.run_name).
+                    c.workdir = str(Path(root) / config_lib.run_name(c))
                 config_lib.validate(c)
                 configs.append(c)
     return configs

@@ -328,7 +328,7 @@ class AugregPanel:
             if train_images is not None:  # a small dataset: a batch it can fill
                 c.global_batch = grid_lib.batch_for(train_images, c.global_batch)
                 c.micro_batches = math.gcd(c.micro_batches, c.global_batch)
-            c.workdir = str(self.workdir / config_lib.slug(config_lib.run_name(c)))
+            c.workdir = str(self.workdir / config_lib.run_name(c))
             config_lib.validate(c)
         return configs
 
