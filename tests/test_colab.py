@@ -207,7 +207,7 @@ def test_every_notebook_names_the_same_default_ref():
     from augreg_nb import notebook as nbh
 
     cells = {path.name: check.install_cell([path]) for path in check.NOTEBOOKS}
-    assert len(cells) == 6
+    assert len(cells) == 7  # every notebook, 01 to 07
     assert {name: check.install_ref(cell) for name, cell in cells.items()} == {
         name: nbh.COLAB_REF for name in cells}
     with pytest.raises(SystemExit, match="AUGREG_NB_REF"):
