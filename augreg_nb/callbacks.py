@@ -210,3 +210,22 @@ class LivePlot(Callback):
             self._handle = display(self.figure, display_id=True)
         else:
             self._handle.update(self.figure)
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` for a reader: ``0.25 s``, ``40 s``, ``12 min``, ``5 h 20 min``,
+    ``3.2 days``, ``20.2 years``."""
+    if not seconds == seconds or seconds in (float("inf"), float("-inf")):
+        return "unknown time"
+    if 0 < seconds < 1:
+        return f"{seconds:.2g} s"
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        h, m = divmod(round(seconds / 60), 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    if seconds < 365 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365.25 * 86400):.1f} years"

@@ -64,6 +64,7 @@ import pandas as pd
 from augreg_nb import features as features_lib
 from augreg_nb import fewshot
 from augreg_nb import names as names_lib
+from augreg_nb.callbacks import duration_text
 from augreg_nb.config import FAKE_CHECKPOINT_PREFIX
 from augreg_nb.task_types import Task
 
@@ -369,19 +370,11 @@ def cost_text(plan: pd.DataFrame, batch_size: int) -> str:
         else:
             lines.append(f"{r.label}: {r.images:,} images at {r.resolution} px, "
                          f"{r.batch_s:.2f} s per batch of {batch_size} -> "
-                         f"~{_duration(r.seconds)}")
+                         f"~{duration_text(r.seconds)}")
     total = float(np.nansum(plan["seconds"]))
-    lines.append(f"total here: ~{_duration(total)} of forward passes, plus loading "
+    lines.append(f"total here: ~{duration_text(total)} of forward passes, plus loading "
                  "(and downloading) the checkpoints that are not cached")
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # ----------------------------------------------------------------------------- rank

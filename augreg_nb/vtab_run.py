@@ -67,6 +67,7 @@ from augreg_nb import config as config_lib
 from augreg_nb import sweep as sweep_lib
 from augreg_nb import tasks as tasks_lib
 from augreg_nb import vtab
+from augreg_nb.callbacks import duration_text
 from augreg_nb.download import cache_dir
 from augreg_nb.resources import ENV_OFFLINE, env_flag
 from augreg_nb.tasks import (
@@ -429,25 +430,6 @@ def grid_cost(names: Sequence[str], *, variant: str = "full",
                     train_steps=len(names) * len(learning_rates) * int(sum(lengths)),
                     eval_images=eval_images, seconds_per_step=float(seconds_per_step),
                     global_batch=int(global_batch))
-
-
-def duration_text(seconds: float) -> str:
-    """``seconds`` for a reader: ``0.25 s``, ``40 s``, ``12 min``, ``5 h 20 min``,
-    ``3.2 days``, ``20.2 years``."""
-    if not seconds == seconds or seconds in (float("inf"), float("-inf")):
-        return "unknown time"
-    if 0 < seconds < 1:
-        return f"{seconds:.2g} s"
-    if seconds < 90:
-        return f"{max(seconds, 0):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        h, m = divmod(round(seconds / 60), 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    if seconds < 365 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    return f"{seconds / (365.25 * 86400):.1f} years"
 
 
 def cost_text(cost: GridCost, timing: StepTiming) -> str:

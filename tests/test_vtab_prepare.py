@@ -179,13 +179,15 @@ def test_cli_estimate_prints_the_cost_and_runs_nothing(tmp_path, capsys, monkeyp
 
 
 def test_duration_text():
-    assert vtab_run.duration_text(40) == "40 s"
-    assert vtab_run.duration_text(0.25) == "0.25 s"
-    assert vtab_run.duration_text(600) == "10 min"
-    assert vtab_run.duration_text(5 * 3600 + 20 * 60) == "5 h 20 min"
-    assert vtab_run.duration_text(3 * 86400) == "3.0 days"
-    assert vtab_run.duration_text(7379.5 * 86400) == "20.2 years"
-    assert vtab_run.duration_text(float("nan")) == "unknown time"
+    from augreg_nb.callbacks import duration_text
+
+    assert duration_text(40) == "40 s"
+    assert duration_text(0.25) == "0.25 s"
+    assert duration_text(600) == "10 min"
+    assert duration_text(5 * 3600 + 20 * 60) == "5 h 20 min"
+    assert duration_text(3 * 86400) == "3.0 days"
+    assert duration_text(7379.5 * 86400) == "20.2 years"
+    assert duration_text(float("nan")) == "unknown time"
 
 
 def test_download_size_from_the_checksums_tfds_ships():

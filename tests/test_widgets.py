@@ -402,11 +402,13 @@ def test_start_on_a_finished_run_shows_it_and_another_run_clears_it(tmp_path, mo
     assert again.plot.value != shown_before  # the new run's (empty) curves, not the old ones
 
 
-def test_format_duration():
-    assert ftp.format_duration(42) == "42 s"
-    assert ftp.format_duration(20 * 60) == "20 min"
-    assert ftp.format_duration(3 * 3600 + 20 * 60) == "3 h 20 min"
-    assert ftp.format_duration(3 * 86400) == "3.0 days"
+def test_duration_text():
+    from augreg_nb.callbacks import duration_text
+
+    assert duration_text(42) == "42 s"
+    assert duration_text(20 * 60) == "20 min"
+    assert duration_text(3 * 3600 + 20 * 60) == "3 h 20 min"
+    assert duration_text(3 * 86400) == "3.0 days"
 
 
 # --------------------------------------------------------------------------- figures

@@ -48,7 +48,7 @@ from augreg_nb import config as config_lib
 from augreg_nb import grid as grid_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
-from augreg_nb.callbacks import Callback
+from augreg_nb.callbacks import Callback, duration_text
 from augreg_nb.figures.own_runs import plot_compute, plot_grid_heatmap
 from augreg_nb.widgets.common import (
     FULL_WIDTH,
@@ -69,7 +69,6 @@ from augreg_nb.widgets.common import (
 )
 from augreg_nb.widgets.finetune_panel import (
     export_result_row,
-    format_duration,
     task_choices,
     tfds_task_name,
 )
@@ -152,7 +151,7 @@ class _RunProgress(Callback):
         text = f"step {step:,} of {self.total:,} · loss {float(metrics['loss']):.4f}"
         if math.isfinite(speed) and speed > 0:
             left = (self.total - step) * self.global_batch / speed
-            text += f" · about {format_duration(left)} left"
+            text += f" · about {duration_text(left)} left"
         self._show(text)
 
     def on_train_end(self, history) -> None:

@@ -43,7 +43,7 @@ import pandas as pd
 from augreg_nb import config as config_lib
 from augreg_nb import names
 from augreg_nb import tasks as tasks_lib
-from augreg_nb.callbacks import LivePlot, StopFlag
+from augreg_nb.callbacks import LivePlot, StopFlag, duration_text
 from augreg_nb.index import COLUMNS
 from augreg_nb.train import TrainingStopped, finetune
 from augreg_nb.widgets.common import (
@@ -340,7 +340,7 @@ class _ProgressWidgets:
         if not math.isfinite(left) and math.isfinite(self.seconds_per_step):
             left = (self.total - step) * self.seconds_per_step  # one log so far: its speed
         if math.isfinite(left):
-            text += f" · about {format_duration(left)} left"
+            text += f" · about {duration_text(left)} left"
         if math.isfinite(self.seconds_per_step) and self.on_estimate is not None:
             self.on_estimate(step, self.seconds_per_step,
                              (self.total - step) * self.seconds_per_step)
@@ -371,7 +371,7 @@ def stop_wait_text(progress: _ProgressWidgets | None) -> str:
         return ("stopping after the current step; the first step also compiles, which can "
                 "take a minute or more on a CPU ...")
     return (f"stopping after the current step (a step takes about "
-            f"{format_duration(per_step)} here) ...")
+            f"{duration_text(per_step)} here) ...")
 
 
 def folder_summary(path: str | os.PathLike, *, check_limit: int = 5000) -> dict[str, Any]:
@@ -431,20 +431,6 @@ def _on_cpu() -> bool:
     import jax
 
     return jax.default_backend() == "cpu"
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` as a readable duration: ``45 s``, ``12 min``, ``3 h 20 min``, ``2.5 days``."""
-    if not math.isfinite(seconds):
-        return "unknown time"
-    if seconds < 90:
-        return f"{max(seconds, 0):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        h, m = divmod(round(seconds / 60), 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 class FinetunePanel:
@@ -750,8 +736,8 @@ class FinetunePanel:
                 self._measured.add(config.workdir)
                 _, per_step, left = self.estimate
                 self.messages.show(
-                    f"On this CPU one step takes {format_duration(per_step)}: the whole run "
-                    f"needs about {format_duration(left)} more. Start continues it from step "
+                    f"On this CPU one step takes {duration_text(per_step)}: the whole run "
+                    f"needs about {duration_text(left)} more. Start continues it from step "
                     f"{stop.step:,} (the state is saved); a GPU or TPU runtime is much "
                     "faster.", "warning", title="How long this run takes here")
             else:
