@@ -273,10 +273,7 @@ def preset_for(
     """The config of one run of the paper's sweep (warm-up from Table 4), locked."""
     c = _base()
     c.task = task
-    if task.lower() in list_tasks(None):  # a task with its own label-safe pre-processing
-        own = get_task(task)
-        c.train_preprocess = own.train_preprocess or c.train_preprocess
-        c.eval_preprocess = own.eval_preprocess or c.eval_preprocess
+    use_task_preprocess(c)
     c.total_steps = int(steps)
     c.warmup_steps = warmup_for(int(steps))
     c.base_lr = float(lr)
@@ -421,13 +418,30 @@ def _parse_value(text: str):
         return text
 
 
+def use_task_preprocess(config: ml_collections.ConfigDict, keep: Iterable[str] = ()) -> None:
+    """Give ``config`` its task's own label-safe pre-processing (``Task.train_preprocess`` /
+    ``eval_preprocess``, e.g. a plain resize for the structured VTAB tasks) where the
+    registered task has one; the fields named in ``keep`` stay as they are."""
+    if str(config.task).lower() not in list_tasks(None):
+        return
+    own = get_task(config.task)
+    for field in ("train_preprocess", "eval_preprocess"):
+        mode = getattr(own, field)
+        if mode and field not in keep:
+            config[field] = mode
+
+
 def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
     """Apply ``key=value`` strings (the CLI's ``--set``) to a locked config, in place.
 
     Values are read as Python literals when possible (``0.03``, ``8``, ``True``, ``None``)
     and as plain strings otherwise; the field's type decides (an int given for a float
-    field is converted; a string for a number field is an error).
+    field is converted; a string for a number field is an error). A new ``task`` brings its
+    own label-safe pre-processing (:func:`use_task_preprocess`) unless the same overrides
+    name one.
     """
+    items = list(items)
+    keys = {item.split("=", 1)[0].strip() for item in items}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {shorten(item)} is not key=value, e.g. "
@@ -450,6 +464,8 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]):
             raise ValueError(f"override {shorten(item)}: {why}") from None
         if key in FIELD_RULES and not FIELD_RULES[key][0](config[key]):
             raise ValueError(f"override {shorten(item)}: {key} must be {FIELD_RULES[key][1]}")
+    if "task" in keys:
+        use_task_preprocess(config, keep=keys)
     return config
 
 

@@ -261,6 +261,23 @@ def test_presets_of_a_vtab_task_use_its_own_preprocessing():
     assert c.train_preprocess == "inception_crop"
 
 
+def test_a_task_set_by_override_brings_its_own_preprocessing():
+    """``--set task=vtab/...`` (finetune) and ``sweep --task`` train the task as it must be
+    trained, not with the preset's crop; a mode named in the same overrides stays, for the
+    input pipeline to refuse with its fix."""
+    from augreg_nb import config as config_lib
+
+    c = config_lib.apply_overrides(config_lib.get_config("smoke"),
+                                   ["task=vtab/dsprites_location"])
+    assert (c.train_preprocess, c.eval_preprocess) == ("resize", "resize")
+    c = config_lib.apply_overrides(config_lib.get_config("smoke"), ["task=vtab/dtd"])
+    assert (c.train_preprocess, c.eval_preprocess) == ("resize_random_crop", "resize_crop")
+    c = config_lib.apply_overrides(
+        config_lib.get_config("smoke"),
+        ["task=vtab/clevr_count", "train_preprocess=inception_crop"])
+    assert (c.train_preprocess, c.eval_preprocess) == ("inception_crop", "resize")
+
+
 def test_preprocess_table_is_in_readme():
     from pathlib import Path
 

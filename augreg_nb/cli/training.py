@@ -147,12 +147,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     main = _join(args)
+    from augreg_nb import config as config_lib
     from augreg_nb.config import default_sweep_root
     from augreg_nb.sweep import SWEEP_TABLE, sweep
 
     config = _config_from_args(args)
     if args.task:
         config.task = args.task
+        config_lib.use_task_preprocess(config, keep={o.split("=", 1)[0].strip()
+                                                     for o in args.set or []})
     root = Path(args.root) if args.root else default_sweep_root(config)
     _agree(args, config, root)
     result = sweep(
