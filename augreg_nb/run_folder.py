@@ -127,6 +127,9 @@ def differences(stored: dict, wanted: dict) -> list[str]:
 def read_record(workdir: Path) -> dict | None:
     """The run record of ``workdir`` (None when it has none); a damaged one is named."""
     path = Path(workdir) / RUN_FILE
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise RunFolderError(f"{workdir} is a file, not a folder: move or remove it, or use "
+                             "another workdir")
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:

@@ -655,9 +655,7 @@ def run_vtab(
                 break
         config = base.copy_and_resolve_references()
         config.task = task_name
-        task = get_task(task_name)  # its own label-safe pre-processing, when it has one
-        config.train_preprocess = task.train_preprocess or config.train_preprocess
-        config.eval_preprocess = task.eval_preprocess or config.eval_preprocess
+        config_lib.use_task_preprocess(config)  # its own label-safe pre-processing
         logger.info("[%d/%d] %s", i, len(names), task_name)
         try:
             result = sweep_lib.sweep(

@@ -10,6 +10,7 @@ from augreg_nb import config as config_lib
 from augreg_nb.callbacks import Callback
 from augreg_nb.grid import accuracy_table, batch_for, check_dataset, grid_configs, run_grid
 from augreg_nb.index import COLUMNS
+from augreg_nb.run_folder import RunFolderError
 from augreg_nb.tasks import DatasetNotReadyError
 from augreg_nb.testing.datasets import write_image_folder
 from augreg_nb.train_state import saved
@@ -94,7 +95,8 @@ def test_the_panel_runs_a_smoke_grid_and_draws_its_figures(tmp_path):
     assert any("run 3 of 4" in t for t in lines)
     # Red, with the count and the reason; the list says which run failed and why.
     assert panel.messages.kind == "error", panel.messages.text
-    assert "3 done, 1 failed" in panel.messages.text and "File exists" in panel.messages.text
+    assert "3 done, 1 failed" in panel.messages.text
+    assert "is a file, not a folder" in panel.messages.text
     assert panel.outcomes.value.count("augreg-done") == 3
     assert panel.outcomes.value.count("augreg-failed") == 1
     assert len(panel.rows) == 3 and set(panel.rows["start"]) == {"scratch", "checkpoint"}
@@ -142,7 +144,7 @@ def test_a_failing_run_is_listed_with_its_reason_and_the_grid_goes_on(tmp_path):
     configs = grid_configs("augreg-smoke", augs=("none",), regs=(False, True), root=tmp_path)
     for c in configs:
         _block(c)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
         run_grid(configs)  # the default for scripts: the error itself
     seen = []
     out = run_grid(configs, on_error="continue",
@@ -151,7 +153,8 @@ def test_a_failing_run_is_listed_with_its_reason_and_the_grid_goes_on(tmp_path):
     assert out.summary() == "2 failed" and out.counts() == {"done": 0, "failed": 2,
                                                              "stopped": 0}
     assert not out.stopped and out.rows.empty
-    assert all("File exists" in o.reason and o.test_accuracy is None for o in out.failed)
+    assert all("is a file, not a folder" in o.reason and o.test_accuracy is None
+               for o in out.failed)
     with pytest.raises(ValueError, match="on_error"):
         run_grid(configs, on_error="ignore")
 
@@ -241,7 +244,7 @@ def test_the_panel_shows_failed_runs_in_red_never_as_finished(tmp_path):
     assert not panel.running
     assert panel.messages.kind == "error", panel.messages.text
     assert "The grid failed" in panel.messages.widget.value
-    assert "2 failed" in panel.messages.text and "File exists" in panel.messages.text
+    assert "2 failed" in panel.messages.text and "is a file, not a folder" in panel.messages.text
     assert panel.outcomes.value.count("augreg-failed") == 2
     assert "augreg-done" not in panel.outcomes.value
     assert panel.runs_bar.bar_style == "danger" and panel.runs_bar.value == 2

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from augreg_nb import cli, sweep, vtab, vtab_run  # noqa: E402
+from augreg_nb import config as config_lib  # noqa: E402
 from augreg_nb.config import get_config  # noqa: E402
 from augreg_nb.index import COLUMNS  # noqa: E402
 from augreg_nb.mock_tfds import mock_tfds  # noqa: E402
@@ -119,7 +120,8 @@ def fake_finished_runs(root, rng, resolution=32, base=None) -> dict[str, list[di
         rows = []
         for steps, lr in GRID:
             point = base.copy_and_resolve_references()
-            point.task = f"vtab1k/{name}"
+            point.task = f"vtab/{name}"  # run_vtab's default variant, as it configures it
+            config_lib.use_task_preprocess(point)
             config, = sweep_configs(point, learning_rates=[lr], lengths=[steps],
                                     resolutions=[resolution])
             workdir = root / name / f"steps_{steps}-lr_{lr}-res_{resolution}"
