@@ -63,6 +63,7 @@ from augreg_nb.widgets.common import (
     outcome_message,
     outcomes_html,
     quiet_libraries,
+    show_library_messages,
     stop_on_kernel_interrupt,
     table_html,
     wait_for,
@@ -532,9 +533,7 @@ class AugregPanel:
         except Exception:  # already shown in red by run(); the thread has no caller
             pass
         finally:
-            captured.uninstall()
-            self.library_output = captured.text
-            self.details.value = details_html(captured.text, "library messages")
+            show_library_messages(self, captured)
 
     @property
     def running(self) -> bool:

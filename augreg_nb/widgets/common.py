@@ -318,6 +318,15 @@ class ThreadOutput:
             self.parts.append(text)
 
 
+def show_library_messages(panel, captured: ThreadOutput) -> None:
+    """End ``captured`` (a panel's background thread's output) and show what it kept in the
+    panel's collapsed *library messages* block (``panel.details``), the text also as
+    ``panel.library_output``."""
+    captured.uninstall()
+    panel.library_output = captured.text
+    panel.details.value = details_html(captured.text, "library messages")
+
+
 class _Routed:
     """A stream that sends the owner's thread's writes to the owner, others on."""
 

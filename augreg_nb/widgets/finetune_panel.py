@@ -50,13 +50,13 @@ from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
     ThreadOutput,
-    details_html,
     dropdown,
     figure_png,
     guarded,
     message_html,
     quiet_libraries,
     set_options,
+    show_library_messages,
     stop_on_kernel_interrupt,
     table_html,
     wait_for,
@@ -757,9 +757,7 @@ class FinetunePanel:
             self.messages.error(err, "Fine-tuning")
         finally:
             self._progress = None
-            captured.uninstall()
-            self.library_output = captured.text
-            self.details.value = details_html(captured.text, "library messages")
+            show_library_messages(self, captured)
             self.start_button.disabled = False
             self.stop_button.disabled = True
 

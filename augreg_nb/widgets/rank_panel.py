@@ -39,12 +39,12 @@ from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
     ThreadOutput,
-    details_html,
     figure_png,
     guarded,
     message_html,
     quiet_libraries,
     show_figure,
+    show_library_messages,
     stop_on_kernel_interrupt,
     table_html,
     wait_for,
@@ -309,9 +309,7 @@ class RankPanel:
         except Exception as err:  # shown in the panel; the thread has no caller to tell
             error = err
         finally:
-            captured.uninstall()
-            self.library_output = captured.text
-            self.details.value = details_html(captured.text, "library messages")
+            show_library_messages(self, captured)
             self._busy = False
             self.stop_button.disabled = True
             self.start_button.disabled = self.estimate_button.disabled = False

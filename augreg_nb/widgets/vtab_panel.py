@@ -57,11 +57,11 @@ from augreg_nb.widgets.common import (
     FULL_WIDTH,
     MessageArea,
     ThreadOutput,
-    details_html,
     dropdown,
     guarded,
     message_html,
     quiet_libraries,
+    show_library_messages,
     stop_on_kernel_interrupt,
     table_html,
     wait_for,
@@ -839,9 +839,7 @@ class VtabPanel:
         except Exception as err:  # shown in the panel; the thread has no caller to tell
             error = err
         finally:
-            captured.uninstall()
-            self.library_output = captured.text
-            self.details.value = details_html(captured.text, "library messages")
+            show_library_messages(self, captured)
             self._busy = False
             self.stop_button.disabled = True
             self._on_change()  # Start comes back on
