@@ -27,6 +27,19 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def real_env(tmp_path, monkeypatch):
+    """A real user's set-up without network use: the public bucket (no credentials, so it
+    refuses), an empty cache, no checkpoint folder, online."""
+    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX",
+                "AUGREG_NB_BUCKET_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_caches(tmp_path_factory):
     """No test reads or writes the user's caches (ours, Hugging Face's, TFDS's)."""

@@ -19,17 +19,6 @@ def catalogue() -> pd.DataFrame:
     return index_lib.load_index("catalogue")
 
 
-@pytest.fixture
-def real_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX",
-                "AUGREG_NB_BUCKET_URL"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
 def test_clamped_cells_show_two_lines_and_keep_the_whole_name():
     name = "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k"
     df = pd.DataFrame({"model": ["Ti/16"], "checkpoint": [name]})

@@ -76,19 +76,6 @@ def test_guarded_handlers_show_a_message_not_a_traceback():
 # --------------------------------------------------------------------------- index browser
 
 
-@pytest.fixture
-def real_env(tmp_path, monkeypatch):
-    """A real user's set-up without network use: the public bucket (no credentials, so it
-    refuses), an empty cache, no checkpoint folder, online."""
-    monkeypatch.setenv("AUGREG_NB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    for var in ("AUGREG_NB_OFFLINE", "AUGREG_NB_CHECKPOINT_DIR", "AUGREG_NB_INDEX",
-                "AUGREG_NB_BUCKET_URL"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
 def _mirrored_names() -> set[str]:
     """Files timm re-hosts on the Hugging Face Hub, read from the shipped mirror list."""
     mirror = pd.read_csv(data_path("mirror", "timm_augreg_checkpoints.csv"))
