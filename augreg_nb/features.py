@@ -82,17 +82,35 @@ def checkpoint_fingerprint(checkpoint: str) -> dict[str, Any]:
     return out
 
 
-def describe(checkpoint: str, task: Task, split: str, resolution: int) -> dict[str, Any]:
-    """The meta a cached file must carry to be used for these arguments."""
-    return {**checkpoint_fingerprint(checkpoint), **task_fingerprint(task, split),
+def describe(checkpoint: str, task: Task, split: str, resolution: int,
+             matmul_dtype: Any = None) -> dict[str, Any]:
+    """The meta a cached file must carry to be used for these arguments. Features computed
+    with bfloat16 matrix multiplies carry ``"matmul_dtype": "bfloat16"`` and are never
+    mixed up with float32 ones."""
+    meta = {**checkpoint_fingerprint(checkpoint), **task_fingerprint(task, split),
             "resolution": int(resolution), "preprocess": pipeline_text(int(resolution)),
             "representation": "pre_logits"}
+    if _matmul_name(matmul_dtype) is not None:
+        meta["matmul_dtype"] = "bfloat16"
+    return meta
+
+
+def _matmul_name(matmul_dtype: Any) -> str | None:
+    """"bfloat16" or None (float32) for a ``matmul_dtype`` argument; refuses anything else
+    (JAX is imported only for a non-default value)."""
+    if matmul_dtype is None or (isinstance(matmul_dtype, str)
+                                and matmul_dtype.lower() in ("float32", "none", "")):
+        return None
+    from augreg_nb.models import _check_matmul_dtype
+
+    _check_matmul_dtype(matmul_dtype)
+    return "bfloat16"
 
 
 def cache_path(checkpoint: str, task: Task, split: str, resolution: int,
-               root: str | os.PathLike | None = None) -> Path:
+               root: str | os.PathLike | None = None, matmul_dtype: Any = None) -> Path:
     """Where the features of these arguments live (see the module docstring)."""
-    meta = describe(checkpoint, task, split, resolution)
+    meta = describe(checkpoint, task, split, resolution, matmul_dtype)
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
     base = Path(root) if root is not None else cache_dir() / FEATURES_DIR
     name = Path(str(checkpoint)).name if Path(str(checkpoint)).is_file() else str(checkpoint)
@@ -140,8 +158,9 @@ def write(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, meta: dict[str,
 
 
 @functools.lru_cache(maxsize=16)
-def pre_logits_fn(model_name: str):
-    """A jitted ``f(params, images) -> (N, hidden)`` pre-logits of ``model_name``."""
+def pre_logits_fn(model_name: str, matmul_dtype: str | None = None):
+    """A jitted ``f(params, images) -> (N, hidden)`` pre-logits of ``model_name``
+    (``matmul_dtype``: None for float32, or "bfloat16", see ``models.create_model``)."""
     import flax.linen as nn
     import jax
 
@@ -149,7 +168,7 @@ def pre_logits_fn(model_name: str):
     from augreg_nb.models import create_model
 
     compile_cache.enable()
-    model = create_model(model_name, 1)
+    model = create_model(model_name, 1, matmul_dtype=matmul_dtype)
 
     def head_input(next_fun, args, kwargs, context):
         if context.module.name == "head" and context.method_name == "__call__":
@@ -192,14 +211,15 @@ def make_dataset(task: Task, split: str, *, resolution: int, batch_size: int):
 
 def extract(model_name: str, params: dict, task: Task, split: str, *, resolution: int,
             batch_size: int = DEFAULT_BATCH, should_stop: Callable[[], bool] | None = None,
-            on_batch: Callable[[int], None] | None = None
+            on_batch: Callable[[int], None] | None = None, matmul_dtype: Any = None
             ) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logits features (N, D) float32 and labels (N,) of every example of ``split``.
 
     ``on_batch(n)`` is called after each batch with the number of its examples;
     ``should_stop()`` is asked before each batch and raises :class:`Stopped`.
+    ``matmul_dtype="bfloat16"``: the opt-in faster forward pass (``models.create_model``).
     """
-    fn = pre_logits_fn(model_name)
+    fn = pre_logits_fn(model_name, _matmul_name(matmul_dtype))
     params = without_head(params)
     feats, labels = [], []
     for batch in make_dataset(task, split, resolution=resolution,

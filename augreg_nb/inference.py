@@ -106,28 +106,58 @@ def resolve_label_names(label_names: Any, num_classes: int) -> tuple[str, ...] |
     return names
 
 
+def _matmul_dtype_name(matmul_dtype: Any) -> str | None:
+    """"bfloat16" or None (float32) for a ``matmul_dtype`` argument; refuses anything else
+    (JAX is imported only for a non-default value)."""
+    if matmul_dtype is None or (isinstance(matmul_dtype, str)
+                                and matmul_dtype.lower() in ("float32", "none", "")):
+        return None
+    from augreg_nb.models import _check_matmul_dtype
+
+    _check_matmul_dtype(matmul_dtype)
+    return "bfloat16"
+
+
 @functools.lru_cache(maxsize=8)
-def _compiled_apply(model_name: str, num_classes: int):
+def _compiled_logits(model_name: str, num_classes: int, matmul_dtype: str | None = None):
     import jax
 
     from augreg_nb import compile_cache
     from augreg_nb.models import create_model
 
     compile_cache.enable()  # a kernel restart loads the compiled forward pass from disk
-    model = create_model(model_name, num_classes)
-    return jax.jit(lambda params, x: jax.nn.softmax(model.apply({"params": params}, x)))
+    model = create_model(model_name, num_classes, matmul_dtype=matmul_dtype)
+    return jax.jit(lambda params, x: model.apply({"params": params}, x))
 
 
-def predict_arrays(model_name: str, params: dict, arrays: np.ndarray, *, top_k: int = 5,
-                   label_names: Any = None, batch_size: int = 32) -> list[list[Prediction]]:
-    """Top-k predictions for pre-processed images (N, H, W, 3) float32 in [-1, 1]."""
+@functools.lru_cache(maxsize=8)
+def _compiled_apply(model_name: str, num_classes: int, matmul_dtype: str | None = None):
+    import jax
+
+    logits = _compiled_logits(model_name, num_classes, matmul_dtype)
+    return jax.jit(lambda params, x: jax.nn.softmax(logits(params, x)))
+
+
+def _check_arrays(arrays) -> np.ndarray:
     arrays = np.asarray(arrays, dtype=np.float32)
     if arrays.ndim != 4 or arrays.shape[-1] != 3:
         raise ValueError(f"expected pre-processed images (N, H, W, 3), got {arrays.shape}")
+    return arrays
+
+
+def predict_arrays(model_name: str, params: dict, arrays: np.ndarray, *, top_k: int = 5,
+                   label_names: Any = None, batch_size: int = 32,
+                   matmul_dtype: Any = None) -> list[list[Prediction]]:
+    """Top-k predictions for pre-processed images (N, H, W, 3) float32 in [-1, 1].
+
+    ``matmul_dtype="bfloat16"``: the opt-in faster forward pass on CPUs with bfloat16
+    matrix units (see ``models.create_model``); :func:`agreement` measures what it changes.
+    """
+    arrays = _check_arrays(arrays)
     num_classes = int(np.shape(params["head"]["bias"])[0])
     names = resolve_label_names(label_names, num_classes)
     k = max(1, min(int(top_k), num_classes))
-    apply = _compiled_apply(model_name, num_classes)
+    apply = _compiled_apply(model_name, num_classes, _matmul_dtype_name(matmul_dtype))
     results: list[list[Prediction]] = []
     for start in range(0, len(arrays), batch_size):
         probs = np.asarray(apply(params, arrays[start:start + batch_size]))
@@ -148,11 +178,12 @@ def predict_arrays(model_name: str, params: dict, arrays: np.ndarray, *, top_k: 
 
 
 def predict(model_name: str, params: dict, images: Any, *, resolution: int | None = None,
-            top_k: int = 5, label_names: Any = None, batch_size: int = 32
-            ) -> list[list[Prediction]]:
+            top_k: int = 5, label_names: Any = None, batch_size: int = 32,
+            matmul_dtype: Any = None) -> list[list[Prediction]]:
     """Top-k ``(index, name, prob)`` for each image (paths, PIL images or uint8 arrays).
 
     ``resolution`` defaults to the one the parameters' position table was made for.
+    ``matmul_dtype``: None (float32) or "bfloat16" (see :func:`predict_arrays`).
     """
     from augreg_nb.checkpoint import checkpoint_resolution
 
@@ -160,7 +191,46 @@ def predict(model_name: str, params: dict, images: Any, *, resolution: int | Non
         resolution = checkpoint_resolution(model_name, params)
     arrays = prepare_images(images, int(resolution))
     return predict_arrays(model_name, params, arrays, top_k=top_k, label_names=label_names,
-                          batch_size=batch_size)
+                          batch_size=batch_size, matmul_dtype=matmul_dtype)
+
+
+class Agreement(NamedTuple):
+    """How far a low-precision forward pass is from float32 on the same images."""
+
+    images: int
+    #: Share of images whose top-1 class is the same.
+    top1_agreement: float
+    #: Largest absolute difference of any logit.
+    max_abs_logit_diff: float
+    #: Largest absolute logit of the float32 pass (the scale of the difference).
+    max_abs_logit: float
+
+    def text(self) -> str:
+        return (f"bfloat16 matrix multiplies against float32 on {self.images} image(s): "
+                f"top-1 agreement {self.top1_agreement:.1%}, largest logit difference "
+                f"{self.max_abs_logit_diff:.3g} (largest logit {self.max_abs_logit:.3g})")
+
+
+def agreement(model_name: str, params: dict, arrays: np.ndarray, *,
+              matmul_dtype: Any = "bfloat16", batch_size: int = 32) -> Agreement:
+    """Run pre-processed images (N, H, W, 3) through the float32 and the ``matmul_dtype``
+    forward pass and compare the logits: top-1 agreement and the largest difference."""
+    arrays = _check_arrays(arrays)
+    num_classes = int(np.shape(params["head"]["bias"])[0])
+    low_name = _matmul_dtype_name(matmul_dtype)
+    if low_name is None:
+        raise ValueError("agreement compares a bfloat16 forward pass with float32; pass "
+                         "matmul_dtype='bfloat16'")
+    full = _compiled_logits(model_name, num_classes, None)
+    low = _compiled_logits(model_name, num_classes, low_name)
+    a = np.concatenate([np.asarray(full(params, arrays[i:i + batch_size]))
+                        for i in range(0, len(arrays), batch_size)])
+    b = np.concatenate([np.asarray(low(params, arrays[i:i + batch_size]))
+                        for i in range(0, len(arrays), batch_size)])
+    return Agreement(images=len(arrays),
+                     top1_agreement=float(np.mean(a.argmax(-1) == b.argmax(-1))),
+                     max_abs_logit_diff=float(np.max(np.abs(a - b))),
+                     max_abs_logit=float(np.max(np.abs(a))))
 
 
 def format_predictions(images: Sequence[Any], predictions: list[list[Prediction]]) -> str:

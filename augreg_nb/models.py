@@ -155,7 +155,8 @@ def get_model_config(name: str) -> ModelConfig:
 
 def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype: Any = None,
                  dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
-                 stochastic_depth: float = 0.0, attention_impl: str = "auto"):
+                 stochastic_depth: float = 0.0, attention_impl: str = "auto",
+                 matmul_dtype: Any = None):
     """A Linen module for model ``name`` with a ``num_classes``-way head.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16`` on accelerators) and
@@ -166,7 +167,14 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
     with ``train=True`` and a ``"dropout"`` rng, and add no parameters.
     ``attention_impl``: "auto" (the CPU path on CPU, ``jax.nn.dot_product_attention`` on
     GPU/TPU), "cpu", "xla" or "cudnn"; see :func:`resolve_attention_impl`.
+    ``matmul_dtype``: None (the default: every matrix multiply in float32) or
+    ``jnp.bfloat16`` (or "bfloat16"): the operands of the transformer's matrix multiplies
+    (patch embedding, attention, MLP, head) rounded to bfloat16, sums and every other
+    operation in float32. An opt-in inference speed-up for CPUs with bfloat16 matrix units
+    (Intel AMX, AVX512-BF16), measured with its agreement to float32 by ``python -m bench
+    --only bf16`` (bench/README.md); hybrids' ResNet convolutions stay float32.
     """
+    matmul_dtype = _check_matmul_dtype(matmul_dtype)
     if not 0.0 <= float(stochastic_depth) < 1.0:
         raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
     config = get_model_config(name)
@@ -182,6 +190,7 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
         attention_dropout_rate=attention_dropout_rate,
         stochastic_depth=float(stochastic_depth),
         attention_impl=attention_impl,
+        matmul_dtype=matmul_dtype,
     )
 
 
@@ -223,6 +232,51 @@ def describe(names: Sequence[str] | None = None) -> list[dict]:
 
 Dtype = Any
 _xavier = nn.initializers.xavier_uniform
+
+
+def _check_matmul_dtype(matmul_dtype: Any) -> Any:
+    """``None`` or ``jnp.bfloat16`` (given as a dtype or its name); anything else refuses."""
+    if matmul_dtype is None or (isinstance(matmul_dtype, str)
+                                and matmul_dtype.lower() in ("float32", "none", "")):
+        return None
+    try:
+        dtype = jnp.dtype(matmul_dtype)
+    except TypeError:
+        dtype = None
+    if dtype != jnp.dtype(jnp.bfloat16):
+        raise ValueError(
+            f"matmul_dtype must be None (float32 matrix multiplies, the published numerics) "
+            f"or bfloat16, got {matmul_dtype!r}"
+        )
+    return jnp.bfloat16
+
+
+def matmul(x, w, matmul_dtype: Any = None):
+    """``x @ w``; with ``matmul_dtype`` (bfloat16) the operands are rounded to it and the
+    product is accumulated and returned in float32 (``preferred_element_type``), the form
+    XLA hands to the CPU's bfloat16 matrix units (AMX, AVX512-BF16)."""
+    if matmul_dtype is None:
+        return x @ w
+    out = jnp.matmul(x.astype(matmul_dtype), w.astype(matmul_dtype),
+                     preferred_element_type=jnp.float32)
+    return out.astype(jnp.result_type(x.dtype, w.dtype))
+
+
+def _low_precision_dot_general(matmul_dtype, lhs, rhs, dimension_numbers, precision=None,
+                               preferred_element_type=None):
+    """``lax.dot_general`` for ``nn.Dense``: operands in ``matmul_dtype``, float32 sums."""
+    del preferred_element_type
+    out = jax.lax.dot_general(lhs.astype(matmul_dtype), rhs.astype(matmul_dtype),
+                              dimension_numbers, precision=precision,
+                              preferred_element_type=jnp.float32)
+    return out.astype(jnp.result_type(lhs.dtype, rhs.dtype))
+
+
+def _dense_dot_general(matmul_dtype):
+    """The ``dot_general`` argument of ``nn.Dense`` for ``matmul_dtype`` (None: Flax's)."""
+    if matmul_dtype is None:
+        return None
+    return functools.partial(_low_precision_dot_general, matmul_dtype)
 
 
 class _Projection(nn.Module):
@@ -277,6 +331,14 @@ def attend(q, k, v):
 
 
 attend.defvjp(_attend_forward, _attend_backward)
+
+
+def attend_low_precision(q, k, v, matmul_dtype):
+    """:func:`attend` with both matrix multiplies in ``matmul_dtype`` (float32 sums, softmax
+    in float32); differentiated automatically."""
+    logits = matmul(q, jnp.swapaxes(k, -1, -2), matmul_dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return matmul(weights, v, matmul_dtype).astype(q.dtype)
 
 
 #: Values of ``attention_impl`` (models, :class:`MultiHeadAttention`).
@@ -338,10 +400,13 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     attention_impl: str = "auto"
+    #: None, or bfloat16: the operands of every matrix multiply (see :func:`matmul`).
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
         n, length, width = x.shape
+        mm = self.matmul_dtype
         heads = self.num_heads
         if width % heads:
             raise ValueError(f"hidden size {width} is not divisible by {heads} heads")
@@ -358,7 +423,7 @@ class MultiHeadAttention(nn.Module):
         # [query heads | key heads | value heads], `depth` each.
         w_qkv = jnp.concatenate(kernels, axis=1).astype(self.dtype)
         b_qkv = jnp.concatenate(biases).astype(self.dtype)
-        qkv = x.astype(self.dtype) @ w_qkv + b_qkv
+        qkv = matmul(x.astype(self.dtype), w_qkv, mm) + b_qkv
         w_out = out_kernel.reshape(heads * depth, width).astype(self.dtype)
         scale = jnp.asarray(1.0 / np.sqrt(depth), self.dtype)
         out_bias = out_bias.astype(self.dtype)
@@ -372,15 +437,18 @@ class MultiHeadAttention(nn.Module):
             if not deterministic and self.dropout_rate > 0:
                 out = self._attend_with_dropout(q * scale, k, v)
             else:
+                if mm is not None:
+                    q, k, v = (t.astype(mm) for t in (q, k, v))
                 out = self._fused(q, k, v, impl, float(1.0 / np.sqrt(depth)))
-            return out.reshape(n, length, width) @ w_out + out_bias
+                out = out.astype(self.dtype)
+            return matmul(out.reshape(n, length, width), w_out, mm) + out_bias
         if heads > PER_HEAD_MAX_HEADS:
             # (3, batch, heads, tokens, depth): batched matrix multiplies over (batch, heads)
             # are several times faster on CPU than the equivalent einsum over "nqhd,nkhd".
             qkv = qkv.reshape(n, length, 3, heads, depth).transpose(2, 0, 3, 1, 4)
             out = self._attend(qkv[0] * scale, qkv[1], qkv[2], deterministic)
             out = out.transpose(0, 2, 1, 3).reshape(n, length, heads * depth)
-            return out @ w_out + out_bias
+            return matmul(out, w_out, mm) + out_bias
         # Few heads: head by head on (batch, tokens, depth) column slices, which needs no
         # transposes of the activations, accumulating the output projection per head.
         out = out_bias
@@ -388,7 +456,8 @@ class MultiHeadAttention(nn.Module):
             q = qkv[..., h * depth:(h + 1) * depth] * scale
             k = qkv[..., (heads + h) * depth:(heads + h + 1) * depth]
             v = qkv[..., (2 * heads + h) * depth:(2 * heads + h + 1) * depth]
-            out = out + self._attend(q, k, v, deterministic) @ w_out[h * depth:(h + 1) * depth]
+            out = out + matmul(self._attend(q, k, v, deterministic),
+                               w_out[h * depth:(h + 1) * depth], mm)
         return out
 
     def _fused(self, q, k, v, impl: str, scale: float):
@@ -411,6 +480,8 @@ class MultiHeadAttention(nn.Module):
 
     def _attend(self, q, k, v, deterministic: bool):
         if deterministic or self.dropout_rate == 0:
+            if self.matmul_dtype is not None:
+                return attend_low_precision(q, k, v, self.matmul_dtype)
             return attend(q, k, v)
         logits = q @ jnp.swapaxes(k, -1, -2)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
@@ -475,16 +546,20 @@ class MlpBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
         bias_init = nn.initializers.normal(stddev=1e-6)
+        dot = _dense_dot_general(self.matmul_dtype)
         y = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=_xavier(), bias_init=bias_init, name="Dense_0")(x)
+                     kernel_init=_xavier(), bias_init=bias_init, dot_general=dot,
+                     name="Dense_0")(x)
         y = nn.gelu(y, approximate=True)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=_xavier(), bias_init=bias_init, name="Dense_1")(y)
+                     kernel_init=_xavier(), bias_init=bias_init, dot_general=dot,
+                     name="Dense_1")(y)
         return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
@@ -527,6 +602,7 @@ class EncoderBlock(nn.Module):
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     attention_impl: str = "auto"
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
@@ -534,12 +610,14 @@ class EncoderBlock(nn.Module):
         y = LayerNorm(epsilon=1e-6, name="LayerNorm_0", **kw)(x)
         y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                                attention_impl=self.attention_impl,
+                               matmul_dtype=self.matmul_dtype,
                                name="MultiHeadDotProductAttention_1", **kw)(
             y, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = x + self._drop_path(y, deterministic)
         y = LayerNorm(epsilon=1e-6, name="LayerNorm_2", **kw)(x)
-        y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, name="MlpBlock_3", **kw)(
+        y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
+                     matmul_dtype=self.matmul_dtype, name="MlpBlock_3", **kw)(
             y, deterministic=deterministic)
         return x + self._drop_path(y, deterministic)
 
@@ -582,6 +660,7 @@ class Encoder(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     attention_impl: str = "auto"
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -592,7 +671,7 @@ class Encoder(nn.Module):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
                              self.dropout_rate, self.attention_dropout_rate,
                              drop_path_rate=rates[i], attention_impl=self.attention_impl,
-                             name=f"encoderblock_{i}")(x, deterministic=not train)
+                             matmul_dtype=self.matmul_dtype, name=f"encoderblock_{i}")(x, deterministic=not train)
         return LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="encoder_norm")(x)
 
@@ -677,6 +756,7 @@ class PatchEmbedding(nn.Module):
     patch_size: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -690,7 +770,8 @@ class PatchEmbedding(nn.Module):
         if p > 1:
             x = x.reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(n, gh * gw, p * p * c)
-        tokens = x @ kernel.reshape(p * p * c, self.hidden_size).astype(self.dtype)
+        tokens = matmul(x, kernel.reshape(p * p * c, self.hidden_size).astype(self.dtype),
+                        self.matmul_dtype)
         return tokens + bias.astype(self.dtype)
 
 
@@ -706,6 +787,9 @@ class VisionTransformer(nn.Module):
     stochastic_depth: float = 0.0
     #: "auto", "cpu", "xla" or "cudnn": see :func:`resolve_attention_impl`.
     attention_impl: str = "auto"
+    #: None (float32 matrix multiplies) or bfloat16 operands with float32 sums: see
+    #: :func:`create_model`.
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -726,15 +810,16 @@ class VisionTransformer(nn.Module):
             for i, units in enumerate(cfg.resnet_layers):
                 stride = (1, 1) if i == 0 else (2, 2)
                 x = ResNetStage(units, width * 2**i, stride, name=f"block{i + 1}", **kw)(x)
-        x = PatchEmbedding(cfg.hidden_size, cfg.patch_size, name="embedding", **kw)(x)
+        x = PatchEmbedding(cfg.hidden_size, cfg.patch_size, matmul_dtype=self.matmul_dtype,
+                           name="embedding", **kw)(x)
         n, _, c = x.shape
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
         x = Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.dtype, self.param_dtype,
                     self.dropout_rate, self.attention_dropout_rate,
                     stochastic_depth=self.stochastic_depth, attention_impl=self.attention_impl,
-                    name="Transformer")(
+                    matmul_dtype=self.matmul_dtype, name="Transformer")(
             x, train=train)
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head",
-                          **kw)(x[:, 0])
+                          dot_general=_dense_dot_general(self.matmul_dtype), **kw)(x[:, 0])
         return logits.astype(jnp.float32)

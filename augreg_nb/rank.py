@@ -313,7 +313,8 @@ def split_sizes(task: Task) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=32)
-def measure_forward(model: str, resolution: int, batch_size: int) -> float:
+def measure_forward(model: str, resolution: int, batch_size: int,
+                    matmul_dtype: Any = None) -> float:
     """Seconds of one forward batch of pre-logits, measured after compiling (random
     weights of the model's shapes: the same compiled function the real weights use)."""
     import jax
@@ -324,32 +325,35 @@ def measure_forward(model: str, resolution: int, batch_size: int) -> float:
     shapes = features_lib.without_head(abstract_params(model, 1, resolution))
     params = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
     images = np.zeros((batch_size, resolution, resolution, 3), np.float32)
-    fn = features_lib.pre_logits_fn(model)
+    fn = features_lib.pre_logits_fn(model, features_lib._matmul_name(matmul_dtype))
     jax.block_until_ready(fn(params, images))  # compile
     start = time.perf_counter()
     jax.block_until_ready(fn(params, images))
     return time.perf_counter() - start
 
 
-def _cached(cand: Candidate, task: Task, split: str, cache_root) -> bool:
-    path = features_lib.cache_path(cand.checkpoint, task, split, cand.resolution, cache_root)
+def _cached(cand: Candidate, task: Task, split: str, cache_root, matmul_dtype=None) -> bool:
+    path = features_lib.cache_path(cand.checkpoint, task, split, cand.resolution, cache_root,
+                                   matmul_dtype)
     return path.is_file()
 
 
 def estimate_cost(cands: Sequence[Candidate], task: Task, *, batch_size: int = 64,
                   cache_root=None, sizes: dict[str, int] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> pd.DataFrame:
+                  should_stop: Callable[[], bool] | None = None,
+                  matmul_dtype: Any = None) -> pd.DataFrame:
     """Per candidate: images whose features are missing, a measured forward batch, and
     the estimated seconds (batches x batch time); cached splits cost nothing."""
     sizes = sizes or split_sizes(task)
     rows = []
     for c in cands:
-        todo = sum(n for s, n in sizes.items() if not _cached(c, task, s, cache_root))
+        todo = sum(n for s, n in sizes.items()
+                   if not _cached(c, task, s, cache_root, matmul_dtype))
         batch_s = math.nan
         if todo and c.model is not None and not (should_stop and should_stop()):
-            batch_s = measure_forward(c.model, c.resolution, batch_size)
+            batch_s = measure_forward(c.model, c.resolution, batch_size, matmul_dtype)
         batches = sum(math.ceil(n / batch_size) for s, n in sizes.items()
-                      if not _cached(c, task, s, cache_root))
+                      if not _cached(c, task, s, cache_root, matmul_dtype))
         rows.append({"label": c.label, "model": c.model, "resolution": c.resolution,
                      "images": todo, "batch_s": batch_s,
                      "seconds": 0.0 if not todo else batches * batch_s,
@@ -407,15 +411,18 @@ def _load(cand: Candidate):
 
 def candidate_features(cand: Candidate, task: Task, *, batch_size: int = 64, cache_root=None,
                        should_stop: Callable[[], bool] | None = None,
-                       on_batch: Callable[[int], None] | None = None
+                       on_batch: Callable[[int], None] | None = None,
+                       matmul_dtype: Any = None
                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Train and test features of a candidate: read from the cache, or computed (the
-    checkpoint is loaded only then) and cached."""
+    checkpoint is loaded only then) and cached. ``matmul_dtype="bfloat16"``: extracted
+    with the faster bfloat16 matrix multiplies, cached apart from float32 features."""
     out, missing, timed = {}, [], []
     for split in SPLITS:
-        meta = features_lib.describe(cand.checkpoint, task, split, cand.resolution)
+        meta = features_lib.describe(cand.checkpoint, task, split, cand.resolution,
+                                     matmul_dtype)
         path = features_lib.cache_path(cand.checkpoint, task, split, cand.resolution,
-                                       cache_root)
+                                       cache_root, matmul_dtype)
         got = features_lib.read(path, meta)
         if got is None:
             missing.append((split, path, meta))
@@ -430,7 +437,7 @@ def candidate_features(cand: Candidate, task: Task, *, batch_size: int = 64, cac
             start = time.perf_counter()
             x, y = features_lib.extract(model, params, task, split, resolution=cand.resolution,
                                         batch_size=batch_size, should_stop=should_stop,
-                                        on_batch=on_batch)
+                                        on_batch=on_batch, matmul_dtype=matmul_dtype)
             seconds = time.perf_counter() - start
             features_lib.write(path, x, y, {**meta, "model": model, "seconds": seconds})
             out[split] = (x, y)
@@ -446,11 +453,14 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
          resolution: int | None = None, batch_size: int = 64, data_dir: str | None = None,
          cache_root=None, estimate: bool = True,
          on_progress: Callable[[Progress], None] | None = None,
-         should_stop: Callable[[], bool] | None = None) -> RankResult:
+         should_stop: Callable[[], bool] | None = None,
+         matmul_dtype: Any = None) -> RankResult:
     """Rank ``checkpoints`` on ``task`` by few-shot linear-probe accuracy (see the module
     docstring). ``index``: the index table (a DataFrame or a source; default: the usual
     look-up) for model names, defaults and upstream validation accuracy. ``estimate``:
-    measure the cost first and report it as a "plan" progress event."""
+    measure the cost first and report it as a "plan" progress event.
+    ``matmul_dtype="bfloat16"``: extract features with bfloat16 matrix multiplies (faster on
+    CPUs with bfloat16 matrix units; features cached apart from float32 ones)."""
     shots = tuple(sorted({int(k) for k in shots}))
     if not shots or shots[0] < 1:
         raise ValueError(f"shots must be positive counts per class, got {list(shots)}")
@@ -462,7 +472,7 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
     plan = None
     if estimate:
         plan = estimate_cost(cands, task_obj, batch_size=batch_size, cache_root=cache_root,
-                             sizes=sizes, should_stop=stop)
+                             sizes=sizes, should_stop=stop, matmul_dtype=matmul_dtype)
         report(Progress("plan", count=len(cands), plan=plan,
                         text=cost_text(plan, batch_size)))
     pick, rule = paper_pick(cands)
@@ -484,7 +494,7 @@ def rank(task: str | Task, checkpoints: Sequence[str] | str | None = None, *,
         try:
             feats = candidate_features(cand, task_obj, batch_size=batch_size,
                                        cache_root=cache_root, should_stop=stop,
-                                       on_batch=on_batch)
+                                       on_batch=on_batch, matmul_dtype=matmul_dtype)
         except features_lib.Stopped:
             stopped = True
             break

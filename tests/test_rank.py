@@ -224,3 +224,24 @@ def test_rank_a_tfds_dataset_and_a_paper_task(ckpts, tmp_path):
                          batch_size=4, cache_root=tmp_path / "c2", estimate=False)
     assert pets.task == "oxford_iiit_pet" and 0.0 <= pets.table["accuracy"].iat[0] <= 1.0
     assert len(list((tmp_path / "c2").rglob("*.npz"))) == 2
+
+
+def test_rank_with_bfloat16_matmuls_keeps_its_own_features(folder, ckpts, tmp_path):
+    """bfloat16 features are extracted and cached apart: a float32 rank after them computes
+    its own, and both probe the colours far above chance."""
+    low = rank.rank(str(folder), ckpts[:1], shots=(5,), seeds=2, resolution=32,
+                    batch_size=8, cache_root=tmp_path, matmul_dtype="bfloat16")
+    assert (low.table["accuracy"] > 0.6).all()
+    task = rank.resolve_task(str(folder))
+    p16 = features.cache_path(ckpts[0], task, "test", 32, tmp_path, "bfloat16")
+    x16, _, meta = features.read(p16, features.describe(ckpts[0], task, "test", 32,
+                                                        "bfloat16"))
+    assert meta["matmul_dtype"] == "bfloat16"
+    full = rank.rank(str(folder), ckpts[:1], shots=(5,), seeds=2, resolution=32,
+                     batch_size=8, cache_root=tmp_path)
+    assert not full.plan["cached"].any()
+    x32, _, _ = features.read(features.cache_path(ckpts[0], task, "test", 32, tmp_path),
+                              features.describe(ckpts[0], task, "test", 32))
+    assert not np.array_equal(x16, x32)
+    np.testing.assert_allclose(x16, x32, atol=3e-2 * np.max(np.abs(x32)))
+    assert (full.table["accuracy"] > 0.6).all()
