@@ -11,7 +11,11 @@ Sections (``--only`` takes a comma-separated list):
   224 px); Ti/16 side by side with a reference-style Flax ViT and timm (when available).
 - ``train``: full fine-tuning step images/s (the recipe's optimiser, clip and schedule,
   through ``augreg_nb.train_step``) of Ti/16, S/32, B/32, R+Ti/16, with the same peers.
-- ``torch``: only the Ti/16 comparison of both (forward and train) with timm on PyTorch.
+- ``torch``: only the Ti/16 comparison of both (forward and train) with timm on PyTorch,
+  and B/16's forward pass next to timm's.
+- ``bf16``: the opt-in bfloat16 forward pass (``matmul_dtype``) of Ti/16 and B/16 against
+  float32 and timm (float32 and bfloat16 autocast), with its top-1 agreement and largest
+  logit difference against float32 (:mod:`bench.bf16_speed`).
 - ``latency``: first prediction of Ti/16 and B/16 from a fresh interpreter, with the
   persistent compilation cache off, cold (empty) and warm.
 - ``device``: the B/16 and L/16 fine-tuning step at 384 px in float32 and bfloat16 on the
@@ -49,12 +53,12 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("model", "train", "torch", "input", "index", "checkpoint", "smoke", "latency",
-            "notebooks", "device", "memory", "rank")
+SECTIONS = ("model", "train", "torch", "bf16", "input", "index", "checkpoint", "smoke",
+            "latency", "notebooks", "device", "memory", "rank")
 #: Sections run only when named in ``--only``.
 OPT_IN_SECTIONS = ("memory",)
 #: Sections whose rows are related to the measured matmul peak.
-ROOFLINE_SECTIONS = ("model", "train", "torch")
+ROOFLINE_SECTIONS = ("model", "train", "torch", "bf16")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -63,6 +67,7 @@ def _csv(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from bench.bf16_speed import BF16_MODELS
     from bench.device_speed import DEVICE_BATCH, DEVICE_DTYPES, DEVICE_MODELS, DEVICE_RESOLUTION
     from bench.latency import LATENCY_MODELS
     from bench.memory_table import (
@@ -95,8 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
                    help="interpreter with torch and timm for the timm comparison")
     p.add_argument("--peak-kernels", choices=("all", "in-process"), default="all",
-                   help="kernels of the matmul peak: XLA default, NumPy's BLAS and XLA's "
-                        "dot options (all), or the first two only (in-process)")
+                   help="kernels of the matmul peak: XLA default, NumPy's BLAS, XLA's "
+                        "dot options and PyTorch (all), or the first two only (in-process)")
+    p.add_argument("--bf16-models", type=_csv, default=list(BF16_MODELS),
+                   help="models of the bf16 section (bfloat16 matmuls vs float32 and timm)")
     p.add_argument("--input-images", type=int, default=64)
     p.add_argument("--input-batches", type=int, default=10)
     p.add_argument("--smoke-steps", type=int, default=None,
@@ -145,6 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     if set(args.only) & set(ROOFLINE_SECTIONS):
         rows.append(_peak_row(args))
         peak = rows[-1].extra["peak_flops"]
+        args.bf16_peak = rows[-1].extra["bf16"]["peak_flops"]
     for section in SECTIONS:
         if section not in args.only:
             continue
@@ -179,14 +187,17 @@ def _peak_row(args: argparse.Namespace):
     from bench.common import Row
     from bench.roofline import PEAK_MATMUL_SIZE, XLA_DOT_OPTIONS, hardware_peak
 
-    res = hardware_peak(options=XLA_DOT_OPTIONS if args.peak_kernels == "all" else {})
+    everything = args.peak_kernels == "all"
+    res = hardware_peak(options=XLA_DOT_OPTIONS if everything else {},
+                        torch_python=args.torch_python if everything else None)
     each = "; ".join(
         f"{k} {v['peak_flops'] / 1e9:.0f}" if "error" not in v else f"{k}: {v['error']}"
         for k, v in res["kernels"].items())
     return Row("roofline", f"float32 matmul peak ({PEAK_MATMUL_SIZE}^2, best kernel: "
                f"{res['kernel']})", res["peak_flops"] / 1e9, "GFLOP/s",
                f"GFLOP/s per kernel: {each}; the model and train rows give their share of "
-               "the best", res)
+               f"the best; bfloat16 operands with float32 sums (XLA): "
+               f"{res['bf16']['peak_flops'] / 1e9:.0f}", res)
 
 
 def _run_section(section: str, args: argparse.Namespace, peak: float | None = None):
@@ -215,9 +226,20 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
             rows += run_models(mode, ["Ti/16"], batch=args.batch, resolution=args.resolution,
                                repeats=args.repeats, peers=["reference", "timm", *variants],
                                torch_python=args.torch_python, peak_flops=peak)
+        # Ranking checkpoints on a CPU is forward-bound: B/16 next to timm's as well.
+        rows += run_models("forward", ["B/16"], batch=args.batch, resolution=args.resolution,
+                           repeats=min(args.repeats, 3), peers=["timm"],
+                           torch_python=args.torch_python, peer_model="B/16",
+                           peak_flops=peak)
         for row in rows:
             row.section = "torch"
         return rows
+    if section == "bf16":
+        from bench.bf16_speed import run_bf16
+
+        return run_bf16(args.bf16_models, batch=args.batch, resolution=args.resolution,
+                        repeats=min(args.repeats, 5), torch_python=args.torch_python,
+                        peak_flops=peak, bf16_peak_flops=getattr(args, "bf16_peak", None))
     if section == "input":
         from bench.bench_input import measure
         from bench.common import Row, median

@@ -82,14 +82,16 @@ def _params(name: str, num_classes: int, resolution: int):
 
 
 def forward_fn(name: str, batch: int, resolution: int, dtype=None,
-               attention_impl: str = "auto") -> Callable[[], None]:
-    """A callable that runs one forward pass of ``name`` on a device-resident batch."""
+               attention_impl: str = "auto", matmul_dtype=None) -> Callable[[], None]:
+    """A callable that runs one forward pass of ``name`` on a device-resident batch
+    (``matmul_dtype``: see ``models.create_model``)."""
     import jax
     import jax.numpy as jnp
 
     from augreg_nb.models import create_model
 
-    model = create_model(name, FORWARD_CLASSES, dtype=dtype, attention_impl=attention_impl)
+    model = create_model(name, FORWARD_CLASSES, dtype=dtype, attention_impl=attention_impl,
+                         matmul_dtype=matmul_dtype)
     params = jax.device_put(_params(name, FORWARD_CLASSES, resolution))
     images = jax.device_put(jnp.asarray(_inputs(batch, resolution, FORWARD_CLASSES)[0]))
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
@@ -188,7 +190,7 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
                torch_python: str | None = None, peer_model: str = "Ti/16",
                peak_flops: float | None = None) -> list[Row]:
     """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
-    ``peer_model`` (timm only for Ti/16). With ``peak_flops`` (the machine's measured
+    ``peer_model`` (timm for the models of ``torch_worker.TIMM_ARCH``). With ``peak_flops`` (the machine's measured
     matmul peak, FLOP/s) each row also gives its fraction of that roofline."""
     from bench import torch_worker
     from bench.roofline import forward_flops, roofline_fraction, train_flops
@@ -209,8 +211,9 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             if name == peer_model and variant in peers:
                 fns[variant] = variant_fn(variant, mode, name, batch, resolution)
         worker = None
-        if name == peer_model == "Ti/16" and "timm" in peers:
-            worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution)
+        if name == peer_model and name in torch_worker.TIMM_ARCH and "timm" in peers:
+            worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution,
+                                             arch=torch_worker.TIMM_ARCH[name])
             if worker is None:
                 notes.append(why)
             else:

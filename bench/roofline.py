@@ -17,7 +17,9 @@ what the machine's matrix units can do at best does. The bench therefore
    kernel (:func:`matmul_peak`), XLA with each of its CPU options that hand dots to another
    library (:data:`XLA_DOT_OPTIONS`, each in a child interpreter since XLA reads its flags
    once), and NumPy's BLAS (:func:`numpy_peak`). The fastest sets the peak and is named, so
-   the roofline is the machine's, not one compiler's;
+   the roofline is the machine's, not one compiler's; PyTorch's kernel (oneDNN) is
+   measured too when the interpreter of the timm comparison exists (:func:`torch_peak`),
+   and the bfloat16 rows get a roofline of their own (:func:`bf16_matmul_peak`);
 3. reports ``images/s x FLOPs per image / peak``: the fraction of that roofline a model
    reaches (1.0 = every cycle spent in matrix multiplies at the best rate).
 """
@@ -186,6 +188,56 @@ def numpy_peak(size: int = PEAK_MATMUL_SIZE, repeats: int = 10) -> dict:
     return res
 
 
+def torch_peak(torch_python: str | None, size: int = PEAK_MATMUL_SIZE,
+               repeats: int = 10) -> dict:
+    """The same float32 measurement with PyTorch (its CPU kernels are oneDNN's), in the
+    interpreter of the bench's timm comparison (:mod:`bench.torch_worker`). Returns
+    ``{"error": why}`` when that interpreter is missing or fails."""
+    import tempfile
+
+    import numpy as np
+
+    from bench import torch_worker
+
+    worker, why = torch_worker.start(torch_python, batch=1, resolution=32)
+    if worker is None:
+        return {"error": why.replace("timm skipped: ", "")}
+    a, b = _operands(size)
+    with tempfile.TemporaryDirectory(prefix="augreg-bench-peak-") as tmp:
+        path = os.path.join(tmp, "operands.npz")
+        np.savez(path, a=a, b=b)
+        try:
+            got = worker.matmul(path, repeats)
+        except (RuntimeError, OSError, ValueError) as err:
+            return {"error": f"the PyTorch interpreter failed ({str(err)[:160]})"}
+        finally:
+            worker.close()
+    seconds = sorted(got["seconds"])
+    flops = 2.0 * size**3
+    return {"size": size, "peak_flops": flops / seconds[0],
+            "median_flops": flops / seconds[len(seconds) // 2], "seconds": seconds,
+            "rel_error": _rel_error(a, b, np.asarray(got["rows"], np.float32)),
+            "library": got["library"]}
+
+
+def bf16_matmul_peak(size: int = PEAK_MATMUL_SIZE, repeats: int = 10) -> dict:
+    """Best FLOP/s of XLA's ``size x size`` product of bfloat16 operands with float32 sums
+    and result (``preferred_element_type``), the form of ``matmul_dtype="bfloat16"``; the
+    error is measured against a float64 product of the rounded operands."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a_np, b_np = _operands(size)
+    a = jax.device_put(jnp.asarray(a_np, jnp.bfloat16))
+    b = jax.device_put(jnp.asarray(b_np, jnp.bfloat16))
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    res = _timed(lambda: matmul(a, b).block_until_ready(), size, repeats)
+    res["rel_error"] = _rel_error(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                  matmul(a, b))
+    return res
+
+
 def xla_option_peak(flag: str, size: int = PEAK_MATMUL_SIZE, repeats: int = 10,
                     timeout: float = 300) -> dict:
     """:func:`matmul_peak` in a child interpreter whose XLA starts with ``flag`` added.
@@ -211,26 +263,33 @@ def xla_option_peak(flag: str, size: int = PEAK_MATMUL_SIZE, repeats: int = 10,
 
 
 def hardware_peak(size: int = PEAK_MATMUL_SIZE, repeats: int = 10,
-                  options: dict[str, str] | None = None) -> dict:
+                  options: dict[str, str] | None = None,
+                  torch_python: str | None = None) -> dict:
     """The machine's float32 matmul peak: the fastest correct kernel of the environment.
 
-    Measures XLA's default kernel in this interpreter, NumPy's BLAS, and each of ``options``
-    (default :data:`XLA_DOT_OPTIONS`) in a child interpreter. A kernel whose product is off
+    Measures XLA's default kernel in this interpreter, NumPy's BLAS, each of ``options``
+    (default :data:`XLA_DOT_OPTIONS`) in a child interpreter, and PyTorch's (oneDNN) when
+    ``torch_python`` names an interpreter that has it. A kernel whose product is off
     by more than :data:`PEAK_MAX_REL_ERROR` does not count. Returns ``peak_flops`` and the
-    ``kernel`` that set it, ``xla_default_flops``, and every kernel's measurement (or the
-    reason it is missing) under ``kernels``.
+    ``kernel`` that set it, ``xla_default_flops``, every kernel's measurement (or the
+    reason it is missing) under ``kernels``, and ``bf16`` (:func:`bf16_matmul_peak`), the
+    roofline of the bfloat16 rows.
     """
     options = XLA_DOT_OPTIONS if options is None else options
     kernels = {"XLA default": matmul_peak(size, repeats), "NumPy BLAS": numpy_peak(size, repeats)}
     for name, flag in options.items():
         kernels[name] = dict(xla_option_peak(flag, size, repeats), flag=flag)
+    if torch_python is not None:
+        kernels["PyTorch"] = torch_peak(torch_python, size, repeats)
     for res in kernels.values():
         if "peak_flops" in res and not res["rel_error"] <= PEAK_MAX_REL_ERROR:
             res["error"] = f"wrong results (relative error {res['rel_error']:.1e})"
     valid = {k: v for k, v in kernels.items() if "error" not in v}
     best = max(valid, key=lambda k: valid[k]["peak_flops"])
+    bf16 = bf16_matmul_peak(size, repeats)
     return {"size": size, "peak_flops": valid[best]["peak_flops"], "kernel": best,
-            "xla_default_flops": kernels["XLA default"]["peak_flops"], "kernels": kernels}
+            "xla_default_flops": kernels["XLA default"]["peak_flops"], "kernels": kernels,
+            "bf16": bf16}
 
 
 def roofline_fraction(img_per_s: float, flops_per_image: float, peak_flops: float) -> float:

@@ -27,6 +27,10 @@ import time
 
 DEFAULT_TORCH_PYTHON = "/tmp/torchvenv/bin/python"
 ARCH = "vit_tiny_patch16_224"
+#: timm's architecture of each model the bench compares (224 px, ImageNet-style head).
+TIMM_ARCH = {"Ti/16": "vit_tiny_patch16_224", "S/16": "vit_small_patch16_224",
+             "S/32": "vit_small_patch32_224", "B/16": "vit_base_patch16_224",
+             "B/32": "vit_base_patch32_224", "L/16": "vit_large_patch16_224"}
 
 
 class Worker:
@@ -45,6 +49,16 @@ class Worker:
         if not line:
             raise RuntimeError(f"the torch worker exited: {self._stderr()}")
         return float(json.loads(line)["seconds"])
+
+    def matmul(self, operands: str, repeats: int = 10) -> dict:
+        """Seconds of ``repeats`` float32 products of the two matrices ``a`` and ``b`` in the
+        ``.npz`` file ``operands`` with PyTorch, and the product's first four rows."""
+        self.proc.stdin.write(f"matmul {repeats} {operands}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch worker exited: {self._stderr()}")
+        return json.loads(line)
 
     def peak_memory(self) -> int | None:
         """Peak device memory in bytes the worker's PyTorch allocated (None on CPU)."""
@@ -191,6 +205,23 @@ def _serve(batch: int, resolution: int, arch: str = ARCH, device: str = "cpu",
         command = line.strip()
         if command == "quit":
             break
+        if command.startswith("matmul "):  # float32 matmul peak: "matmul REPEATS FILE"
+            import numpy as np
+
+            _, repeats, path = command.split(" ", 2)
+            with np.load(path, allow_pickle=False) as f:
+                a, b = torch.from_numpy(f["a"]), torch.from_numpy(f["b"])
+            with torch.inference_mode():
+                out = a @ b
+                seconds = []
+                for _ in range(int(repeats)):
+                    t0 = time.perf_counter()
+                    out = a @ b
+                    seconds.append(time.perf_counter() - t0)
+            print(json.dumps({"seconds": seconds, "rows": out[:4].tolist(),
+                              "library": f"PyTorch {torch.__version__} "
+                                         f"({torch.get_num_threads()} threads)"}), flush=True)
+            continue
         if command == "memory":  # peak bytes of device memory so far (CUDA only)
             peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
             print(json.dumps({"peak_bytes": peak}), flush=True)

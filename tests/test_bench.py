@@ -9,6 +9,7 @@ differentiation of the textbook formula, and a ViT written with Flax's own
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +175,49 @@ def test_missing_torch_interpreter_is_a_note_not_an_error(tmp_path):
     assert "timm skipped" in why and "no-such-python" in why and "pip install" in why
 
 
+def test_pytorch_kernel_of_the_peak_is_reported_missing_without_its_interpreter(tmp_path):
+    from bench import roofline
+
+    res = roofline.hardware_peak(size=64, repeats=2, options={},
+                                 torch_python=str(tmp_path / "no-such-python"))
+    assert "no PyTorch interpreter" in res["kernels"]["PyTorch"]["error"]
+    assert res["kernel"] in ("XLA default", "NumPy BLAS")
+
+
+@pytest.mark.skipif(not Path("/tmp/torchvenv/bin/python").exists(),
+                    reason="needs the PyTorch interpreter of the timm comparison")
+def test_pytorch_kernel_of_the_peak_is_checked_like_the_others():
+    from bench import roofline
+
+    res = roofline.torch_peak("/tmp/torchvenv/bin/python", size=128, repeats=3)
+    assert res["peak_flops"] > 0 and res["rel_error"] < 1e-5 and "PyTorch" in res["library"]
+
+
+def test_bf16_section_on_a_tiny_model(tmp_path):
+    out = tmp_path / "results.json"
+    code = bench_main.main([
+        "--only", "bf16", "--bf16-models", "Ti/16", "--resolution", "32", "--batch", "4",
+        "--repeats", "2", "--torch-python", str(tmp_path / "no-such-python"),
+        "--out", str(out), "--peak-kernels", "in-process"])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    rows = {r["name"]: r for r in doc["rows"]}
+    low = rows["Ti/16 forward, bfloat16 matmuls"]
+    full = rows["Ti/16 forward [float32]"]
+    assert low["value"] > 0 and full["value"] > 0
+    # Ti/16 has a timm twin; without its interpreter the row says so and goes on.
+    assert "x float32" in low["note"] and "timm skipped" in low["note"]
+    agree = low["extra"]["agreement"]
+    assert agree["images"] == 4 + 3  # the batch and the three shipped photos
+    assert 0 < agree["max_abs_logit_diff"] < 0.05 * agree["max_abs_logit"]
+    assert 0.0 <= agree["top1_agreement"] <= 1.0
+    peak = next(r for r in doc["rows"] if r["section"] == "roofline")
+    flops = bench_roofline.forward_flops("Ti/16", 32, 1000)
+    assert low["extra"]["bf16_roofline_fraction"] == pytest.approx(
+        low["value"] * flops / peak["extra"]["bf16"]["peak_flops"])
+    assert "of the float32 roofline" in full["note"]
+
+
 def test_unknown_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_main.parse_args(["--only", "model,speed"])
@@ -254,6 +298,9 @@ def test_hardware_peak_takes_the_fastest_correct_kernel(monkeypatch):
     assert res["peak_flops"] == max(valid.values()) and valid[res["kernel"]] == res["peak_flops"]
     assert res["xla_default_flops"] == kernels["XLA default"]["peak_flops"]
     assert all(v["rel_error"] < 1e-5 for k, v in kernels.items() if "error" not in v)
+
+    # The bfloat16 roofline: operands rounded, float32 sums, checked against float64.
+    assert res["bf16"]["peak_flops"] > 0 and res["bf16"]["rel_error"] < 1e-5
 
     # A kernel that is fast but wrong does not set the peak.
     wrong = dict(roofline.numpy_peak(96, 2), peak_flops=1e18, rel_error=0.5)
