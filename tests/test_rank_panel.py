@@ -129,3 +129,31 @@ def test_real_mode_chooses_the_recommended_checkpoints_of_table3():
     assert len(panel.candidates.options) > 9  # every upstream row of the table is offered
     named = RankPanel(df, checkpoints="B/8, my.npz")
     assert named.more.value == "B/8, my.npz" and named.checkpoints == ["B/8", "my.npz"]
+
+
+def test_bf16_box_extracts_with_bfloat16_matmuls(setup, monkeypatch):
+    folder, files = setup
+    seen = {}
+    real_rank, real_estimate = rank.rank, rank.estimate_cost
+
+    def spy_rank(*args, **kwargs):
+        seen["rank"] = kwargs.get("matmul_dtype")
+        return real_rank(*args, **kwargs)
+
+    def spy_estimate(*args, **kwargs):
+        seen["estimate"] = kwargs.get("matmul_dtype")
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(rank, "rank", spy_rank)
+    monkeypatch.setattr(rank, "estimate_cost", spy_estimate)
+    panel = RankPanel(None, task=folder, checkpoints=files[:1], shots=(1,), seeds=1,
+                      resolution=32, batch_size=8, bf16_matmuls=True)
+    assert panel.bf16.value and panel.bf16 in panel.widget.children
+    panel.estimate_button.click()
+    panel.wait()
+    panel.start_button.click()
+    panel.wait()
+    assert panel.messages.kind == "info", panel.messages.text
+    assert seen == {"rank": "bfloat16", "estimate": "bfloat16"}
+    panel.bf16.value = False
+    assert panel._kwargs()["matmul_dtype"] is None

@@ -109,7 +109,7 @@ class RankPanel:
                  checkpoints: Sequence[str] | str | None = None,
                  shots: Sequence[int] = fewshot.SHOTS, seeds: int = fewshot.NUM_SEEDS,
                  resolution: int = 0, batch_size: int = 64, smoke: bool = False,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, bf16_matmuls: bool = False):
         self.df = df
         self.smoke = smoke
         self.data_dir = data_dir
@@ -164,6 +164,10 @@ class RankPanel:
             style={"description_width": "initial"}, layout=w.Layout(width="20em"))
         self.batch_size = w.BoundedIntText(value=batch_size, min=1, max=1024,
                                            description="Batch", layout=w.Layout(width="10em"))
+        self.bf16 = w.Checkbox(
+            value=bool(bf16_matmuls), indent=False,
+            description="bfloat16 matmuls (faster on CPUs with AMX; features cached apart)",
+            layout=w.Layout(width="auto"))
         self.smoke_notice = w.HTML(message_html(SMOKE_NOTICE, "warning", title="Smoke data")
                                    if smoke else "")
         self.estimate_button = w.Button(description="Estimate cost",
@@ -191,6 +195,7 @@ class RankPanel:
             self.smoke_notice, self.task, self.candidates, self.more,
             w.HBox([self.shots, w.VBox([self.seeds, self.batch_size]), self.resolution],
                    layout=wrap),
+            self.bf16,
             w.HBox([self.estimate_button, self.start_button, self.stop_button], layout=wrap),
             self.plan_html, self.progress_label, self.candidate_bar, self.overall_bar,
             self.messages.widget, self.table, self.winner_box, self.figure, self.details,
@@ -199,9 +204,10 @@ class RankPanel:
     @classmethod
     def for_session(cls, session, **choices) -> RankPanel:
         """The panel for a notebook Session (its index); in smoke mode the smoke set-up
-        (``choices`` other than shots and seeds are ignored)."""
+        (``choices`` other than shots, seeds and bf16_matmuls are ignored)."""
         if session.smoke:
-            choices = {k: v for k, v in choices.items() if k in ("shots", "seeds")}
+            choices = {k: v for k, v in choices.items()
+                       if k in ("shots", "seeds", "bf16_matmuls")}
         return cls(session.index, smoke=session.smoke, **choices)
 
     def _ipython_display_(self) -> None:
@@ -235,7 +241,8 @@ class RankPanel:
                              "folder of images")
         return dict(checkpoints=self.checkpoints, index=self.df if not self.smoke
                     else "catalogue", resolution=self.resolution.value or None,
-                    batch_size=self.batch_size.value, data_dir=self.data_dir)
+                    batch_size=self.batch_size.value, data_dir=self.data_dir,
+                    matmul_dtype="bfloat16" if self.bf16.value else None)
 
     # -- buttons -------------------------------------------------------------------------
     def _on_estimate(self, _button=None) -> None:
@@ -325,7 +332,8 @@ class RankPanel:
         cands = rank.make_candidates(kw["checkpoints"], index=kw["index"],
                                      resolution=kw["resolution"])
         self.plan = rank.estimate_cost(cands, task, batch_size=kw["batch_size"],
-                                       should_stop=self._stop.is_set)
+                                       should_stop=self._stop.is_set,
+                                       matmul_dtype=kw["matmul_dtype"])
         self._show_plan(rank.cost_text(self.plan, kw["batch_size"]))
         if self._stop.is_set():
             self.messages.show("stopped: candidates not measured show 'time unknown'",
