@@ -120,3 +120,29 @@ def test_stderr_captures_nest_across_threads_and_restore_fd2(tmp_path):
     assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)  # fd 2 restored
     assert outer.text == "from the thread\nfrom the main thread\n"
     assert inner.text == "from the thread\n"
+
+
+def test_bf16_box_classifies_with_bfloat16_matmuls(tmp_path, monkeypatch):
+    path = write_fake_checkpoint(tmp_path / "fake.npz", "testing", num_classes=10,
+                                 resolution=32, seed=3)
+    panel = InferencePanel(str(path))
+    panel.load_button.click()
+    panel.use_samples.value = ("cat",)
+    panel.classify_button.click()
+    full = panel.predictions
+    seen = []
+    real = ip.predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("matmul_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ip, "predict", spy)
+    assert not panel.bf16.value  # float32 unless asked
+    panel.bf16.value = True
+    panel.classify_button.click()
+    assert panel.messages.kind == "info", panel.messages.text
+    assert "(bfloat16 matmuls)" in panel.messages.text and seen == ["bfloat16"]
+    low = panel.predictions
+    assert [p.index for p in low[0]][:1] == [p.index for p in full[0]][:1]
+    assert low[0][0].prob != full[0][0].prob

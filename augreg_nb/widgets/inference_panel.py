@@ -285,6 +285,10 @@ class InferencePanel:
         self.upload.observe(self._on_upload, names="value")
         self.classify_button = w.Button(description="Classify", icon="eye",
                                         button_style="success")
+        self.bf16 = w.Checkbox(value=False, indent=False,
+                               description="bfloat16 matmuls (faster on CPUs with AMX; "
+                                           "logits move slightly)",
+                               layout=w.Layout(width="auto"))
         self.progress = w.Output()
         self.output = w.Output()
         self.load_button.on_click(self._on_load)
@@ -294,7 +298,7 @@ class InferencePanel:
             self.progress,
             w.HBox([self.use_samples, self.upload, self.use_uploads, self.classify_button],
                    layout=w.Layout(flex_flow="row wrap", max_width="100%")),
-            self.messages.widget, self.output, self.details,
+            self.bf16, self.messages.widget, self.output, self.details,
         ])
 
     @classmethod
@@ -403,7 +407,8 @@ class InferencePanel:
                 with self.stderr:
                     preds = predict(self.model_name, self.params, list(images.values()),
                                     top_k=self.top_k,
-                                    label_names=self.labels.value.strip() or None)
+                                    label_names=self.labels.value.strip() or None,
+                                    matmul_dtype="bfloat16" if self.bf16.value else None)
             finally:
                 self._show_library_messages()
             self.predictions = preds
@@ -412,6 +417,8 @@ class InferencePanel:
             with self.output:
                 show_figure(self.figure)
             done = f"classified {len(images)} image(s) with {self.loaded}"
+            if self.bf16.value:
+                done += " (bfloat16 matmuls)"
             if skipped:  # the readable ones are classified, the others named
                 self.messages.show(f"{done}\n{skipped}\n(unselect it under Uploads, or "
                                    "upload it again as JPEG or PNG)", "warning",
