@@ -41,6 +41,7 @@ import numpy as np
 from augreg_nb.atomic import atomic_write
 from augreg_nb.download import cache_dir
 from augreg_nb.fewshot import fewshot_preprocess, pipeline_text
+from augreg_nb.inference import matmul_dtype_name
 from augreg_nb.names import safe_folder_name
 from augreg_nb.task_types import Task
 
@@ -90,21 +91,9 @@ def describe(checkpoint: str, task: Task, split: str, resolution: int,
     meta = {**checkpoint_fingerprint(checkpoint), **task_fingerprint(task, split),
             "resolution": int(resolution), "preprocess": pipeline_text(int(resolution)),
             "representation": "pre_logits"}
-    if _matmul_name(matmul_dtype) is not None:
+    if matmul_dtype_name(matmul_dtype) is not None:
         meta["matmul_dtype"] = "bfloat16"
     return meta
-
-
-def _matmul_name(matmul_dtype: Any) -> str | None:
-    """"bfloat16" or None (float32) for a ``matmul_dtype`` argument; refuses anything else
-    (JAX is imported only for a non-default value)."""
-    if matmul_dtype is None or (isinstance(matmul_dtype, str)
-                                and matmul_dtype.lower() in ("float32", "none", "")):
-        return None
-    from augreg_nb.models import _check_matmul_dtype
-
-    _check_matmul_dtype(matmul_dtype)
-    return "bfloat16"
 
 
 def cache_path(checkpoint: str, task: Task, split: str, resolution: int,
@@ -219,7 +208,7 @@ def extract(model_name: str, params: dict, task: Task, split: str, *, resolution
     ``should_stop()`` is asked before each batch and raises :class:`Stopped`.
     ``matmul_dtype="bfloat16"``: the opt-in faster forward pass (``models.create_model``).
     """
-    fn = pre_logits_fn(model_name, _matmul_name(matmul_dtype))
+    fn = pre_logits_fn(model_name, matmul_dtype_name(matmul_dtype))
     params = without_head(params)
     feats, labels = [], []
     for batch in make_dataset(task, split, resolution=resolution,

@@ -106,7 +106,7 @@ def resolve_label_names(label_names: Any, num_classes: int) -> tuple[str, ...] |
     return names
 
 
-def _matmul_dtype_name(matmul_dtype: Any) -> str | None:
+def matmul_dtype_name(matmul_dtype: Any) -> str | None:
     """"bfloat16" or None (float32) for a ``matmul_dtype`` argument; refuses anything else
     (JAX is imported only for a non-default value)."""
     if matmul_dtype is None or (isinstance(matmul_dtype, str)
@@ -157,7 +157,7 @@ def predict_arrays(model_name: str, params: dict, arrays: np.ndarray, *, top_k: 
     num_classes = int(np.shape(params["head"]["bias"])[0])
     names = resolve_label_names(label_names, num_classes)
     k = max(1, min(int(top_k), num_classes))
-    apply = _compiled_apply(model_name, num_classes, _matmul_dtype_name(matmul_dtype))
+    apply = _compiled_apply(model_name, num_classes, matmul_dtype_name(matmul_dtype))
     results: list[list[Prediction]] = []
     for start in range(0, len(arrays), batch_size):
         probs = np.asarray(apply(params, arrays[start:start + batch_size]))
@@ -217,7 +217,7 @@ def agreement(model_name: str, params: dict, arrays: np.ndarray, *,
     forward pass and compare the logits: top-1 agreement and the largest difference."""
     arrays = _check_arrays(arrays)
     num_classes = int(np.shape(params["head"]["bias"])[0])
-    low_name = _matmul_dtype_name(matmul_dtype)
+    low_name = matmul_dtype_name(matmul_dtype)
     if low_name is None:
         raise ValueError("agreement compares a bfloat16 forward pass with float32; pass "
                          "matmul_dtype='bfloat16'")

@@ -671,7 +671,8 @@ class Encoder(nn.Module):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
                              self.dropout_rate, self.attention_dropout_rate,
                              drop_path_rate=rates[i], attention_impl=self.attention_impl,
-                             matmul_dtype=self.matmul_dtype, name=f"encoderblock_{i}")(x, deterministic=not train)
+                             matmul_dtype=self.matmul_dtype, name=f"encoderblock_{i}")(
+                x, deterministic=not train)
         return LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="encoder_norm")(x)
 

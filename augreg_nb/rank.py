@@ -66,6 +66,7 @@ from augreg_nb import fewshot
 from augreg_nb import names as names_lib
 from augreg_nb.callbacks import duration_text
 from augreg_nb.config import FAKE_CHECKPOINT_PREFIX
+from augreg_nb.inference import matmul_dtype_name
 from augreg_nb.task_types import Task
 
 logger = logging.getLogger(__name__)
@@ -325,7 +326,7 @@ def measure_forward(model: str, resolution: int, batch_size: int,
     shapes = features_lib.without_head(abstract_params(model, 1, resolution))
     params = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
     images = np.zeros((batch_size, resolution, resolution, 3), np.float32)
-    fn = features_lib.pre_logits_fn(model, features_lib._matmul_name(matmul_dtype))
+    fn = features_lib.pre_logits_fn(model, matmul_dtype_name(matmul_dtype))
     jax.block_until_ready(fn(params, images))  # compile
     start = time.perf_counter()
     jax.block_until_ready(fn(params, images))

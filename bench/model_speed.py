@@ -190,8 +190,9 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
                torch_python: str | None = None, peer_model: str = "Ti/16",
                peak_flops: float | None = None) -> list[Row]:
     """Rows of images/s for ``mode`` "forward" or "train"; peers only next to
-    ``peer_model`` (timm for the models of ``torch_worker.TIMM_ARCH``). With ``peak_flops`` (the machine's measured
-    matmul peak, FLOP/s) each row also gives its fraction of that roofline."""
+    ``peer_model`` (timm for the models of ``torch_worker.TIMM_ARCH``). With ``peak_flops``
+    (the machine's measured matmul peak, FLOP/s) each row also gives its fraction of that
+    roofline."""
     from bench import torch_worker
     from bench.roofline import forward_flops, roofline_fraction, train_flops
 
