@@ -464,6 +464,12 @@ def test_inference_notebook(lab_page):
     label = area.locator("label.widget-label", has_text="Class names")
     assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), "'Class names' is cut"
     nb.shot("final")
+    # The opt-in bfloat16 matmuls: tick the box, classify again, and the result says so.
+    area.get_by_text("bfloat16 matmuls").click()
+    _button(area, "Classify").click()
+    area.locator(".augreg-info", has_text="(bfloat16 matmuls)").wait_for(timeout=120_000)
+    _shown_image(nb, area, None, "the top-5 chart with bfloat16 matmuls")
+    nb.shot("bfloat16", area)
     nb.assert_no_page_errors()
 
 
