@@ -78,6 +78,7 @@ COLAB_TESTS = (
     "test_vtab_panel.py", "test_notebooks.py", "test_figures.py",
     "test_figures_readability.py", "test_index.py", "test_index_queries.py", "test_colab.py",
     "test_multiprocess.py", "test_fewshot.py", "test_rank.py", "test_rank_panel.py",
+    "test_matmul_dtype.py",
 )
 #: Of those, the tests that are not slow, and every notebook test (the execution of 02, 04,
 #: 05, 06 and 07 is marked slow).
