@@ -172,7 +172,10 @@ def create_model(name: str, num_classes: int, *, dtype: Any = None, param_dtype:
     (patch embedding, attention, MLP, head) rounded to bfloat16, sums and every other
     operation in float32. An opt-in inference speed-up for CPUs with bfloat16 matrix units
     (Intel AMX, AVX512-BF16), measured with its agreement to float32 by ``python -m bench
-    --only bf16`` (bench/README.md); hybrids' ResNet convolutions stay float32.
+    --only bf16`` (bench/README.md); hybrids' ResNet convolutions stay float32, and with
+    ``attention_impl`` "xla"/"cudnn" the fused attention takes bfloat16 operands and sums
+    as that kernel does. Meant for inference: attention dropout, when training with it,
+    stays float32.
     """
     matmul_dtype = _check_matmul_dtype(matmul_dtype)
     if not 0.0 <= float(stochastic_depth) < 1.0:
