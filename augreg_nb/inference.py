@@ -221,12 +221,13 @@ def agreement(model_name: str, params: dict, arrays: np.ndarray, *,
     if low_name is None:
         raise ValueError("agreement compares a bfloat16 forward pass with float32; pass "
                          "matmul_dtype='bfloat16'")
-    full = _compiled_logits(model_name, num_classes, None)
-    low = _compiled_logits(model_name, num_classes, low_name)
-    a = np.concatenate([np.asarray(full(params, arrays[i:i + batch_size]))
-                        for i in range(0, len(arrays), batch_size)])
-    b = np.concatenate([np.asarray(low(params, arrays[i:i + batch_size]))
-                        for i in range(0, len(arrays), batch_size)])
+
+    def logits(dtype_name):
+        fn = _compiled_logits(model_name, num_classes, dtype_name)
+        return np.concatenate([np.asarray(fn(params, arrays[i:i + batch_size]))
+                               for i in range(0, len(arrays), batch_size)])
+
+    a, b = logits(None), logits(low_name)
     return Agreement(images=len(arrays),
                      top1_agreement=float(np.mean(a.argmax(-1) == b.argmax(-1))),
                      max_abs_logit_diff=float(np.max(np.abs(a - b))),

@@ -103,8 +103,8 @@ def run_bf16(models: Sequence[str] = BF16_MODELS, *, batch: int = 32, resolution
         if bf16_peak_flops:
             extra["bf16_roofline_fraction"] = ours * flops / bf16_peak_flops
             notes.append(f"{extra['bf16_roofline_fraction']:.0%} of the bfloat16 roofline")
-        if worker_versions := [w.versions for w in workers]:
-            extra["torch"] = worker_versions[0]
+        if workers:
+            extra["torch"] = workers[0].versions
         rows.append(Row("bf16", f"{name} forward, bfloat16 matmuls", ours, "img/s",
                         "; ".join(notes), extra))
         for peer in fns:
