@@ -8,11 +8,13 @@
 Sections (``--only`` takes a comma-separated list):
 
 - ``model``: forward images/s of Ti/16, S/32, B/32, R+Ti/16, B/16 (float32, batch 32,
-  224 px); Ti/16 side by side with a reference-style Flax ViT and timm (when available).
+  224 px, run as the package's inference runs it: in chunks of ``models.forward_chunk()``
+  images on a CPU); Ti/16 side by side with a reference-style Flax ViT, timm (when
+  available) and the same model on the whole batch at once (``whole-batch``).
 - ``train``: full fine-tuning step images/s (the recipe's optimiser, clip and schedule,
   through ``augreg_nb.train_step``) of Ti/16, S/32, B/32, R+Ti/16, with the same peers.
 - ``torch``: only the Ti/16 comparison of both (forward and train) with timm on PyTorch,
-  and B/16's forward pass next to timm's.
+  and B/16's forward pass next to timm's (forward rows with ``whole-batch`` as well).
 - ``bf16``: the opt-in bfloat16 forward pass (``matmul_dtype``) of Ti/16 and B/16 against
   float32 and timm (float32 and bfloat16 autocast), with its top-1 agreement and largest
   logit difference against float32 (:mod:`bench.bf16_speed`).
@@ -91,9 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--forward-models", type=_csv, default=list(FORWARD_MODELS))
     p.add_argument("--train-models", type=_csv, default=list(TRAIN_MODELS))
-    p.add_argument("--peers", type=_csv, default=["reference", "timm", "gradient"],
-                   help="comparisons next to Ti/16: reference, timm, gradient (or none); "
-                        "also our attention variants batched-attention, "
+    p.add_argument("--peers", type=_csv,
+                   default=["reference", "timm", "gradient", "whole-batch"],
+                   help="comparisons next to Ti/16: reference, timm, gradient, whole-batch "
+                        "(or none); also our attention variants batched-attention, "
                         "head-by-head-attention, xla-attention")
     p.add_argument("--peer-model", default="Ti/16",
                    help="the model timed next to its peers (timm exists for Ti/16 only)")
@@ -211,7 +214,7 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
                           repeats=args.repeats, peers=peers, torch_python=args.torch_python,
                           peer_model=args.peer_model, peak_flops=peak)
     if section == "torch":
-        from bench.model_speed import run_models
+        from bench.model_speed import WHOLE_BATCH, run_models
         from bench.torch_worker import start
 
         worker, why = start(args.torch_python, batch=args.batch, resolution=args.resolution)
@@ -224,11 +227,12 @@ def _run_section(section: str, args: argparse.Namespace, peak: float | None = No
         variants = [p for p in peers if p.endswith("-attention")]
         for mode in ("forward", "train"):
             rows += run_models(mode, ["Ti/16"], batch=args.batch, resolution=args.resolution,
-                               repeats=args.repeats, peers=["reference", "timm", *variants],
+                               repeats=args.repeats,
+                               peers=["reference", "timm", WHOLE_BATCH, *variants],
                                torch_python=args.torch_python, peak_flops=peak)
         # Ranking checkpoints on a CPU is forward-bound: B/16 next to timm's as well.
         rows += run_models("forward", ["B/16"], batch=args.batch, resolution=args.resolution,
-                           repeats=min(args.repeats, 3), peers=["timm"],
+                           repeats=min(args.repeats, 3), peers=["timm", WHOLE_BATCH],
                            torch_python=args.torch_python, peer_model="B/16",
                            peak_flops=peak)
         for row in rows:

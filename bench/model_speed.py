@@ -44,6 +44,9 @@ FORWARD_CLASSES = 1000
 #: routing (all heads batched, or head by head) and ``jax.nn.dot_product_attention``'s XLA
 #: implementation (the accelerator path, run on the CPU).
 ATTENTION_VARIANTS = ("batched-attention", "head-by-head-attention", "xla-attention")
+#: Forward-pass peer: the whole batch at once instead of the package's chunks of
+#: ``models.forward_chunk()`` images (the same on accelerators, where that is 0).
+WHOLE_BATCH = "whole-batch"
 
 
 def variant_fn(variant: str, mode: str, name: str, batch: int, resolution: int
@@ -82,19 +85,23 @@ def _params(name: str, num_classes: int, resolution: int):
 
 
 def forward_fn(name: str, batch: int, resolution: int, dtype=None,
-               attention_impl: str = "auto", matmul_dtype=None) -> Callable[[], None]:
+               attention_impl: str = "auto", matmul_dtype=None,
+               chunk: int | None = None) -> Callable[[], None]:
     """A callable that runs one forward pass of ``name`` on a device-resident batch
-    (``matmul_dtype``: see ``models.create_model``)."""
+    (``matmul_dtype``: see ``models.create_model``), in sequential chunks of ``chunk``
+    images as the package's inference does (``models.in_chunks``; None: the package's
+    choice for this backend, ``models.forward_chunk()``; 0: the whole batch at once)."""
     import jax
     import jax.numpy as jnp
 
-    from augreg_nb.models import create_model
+    from augreg_nb.models import create_model, forward_chunk, in_chunks
 
     model = create_model(name, FORWARD_CLASSES, dtype=dtype, attention_impl=attention_impl,
                          matmul_dtype=matmul_dtype)
     params = jax.device_put(_params(name, FORWARD_CLASSES, resolution))
     images = jax.device_put(jnp.asarray(_inputs(batch, resolution, FORWARD_CLASSES)[0]))
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    chunk = forward_chunk() if chunk is None else chunk
+    apply = jax.jit(in_chunks(lambda p, x: model.apply({"params": p}, x, train=False), chunk))
     return lambda: apply(params, images).block_until_ready()
 
 
@@ -193,6 +200,7 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
     ``peer_model`` (timm for the models of ``torch_worker.TIMM_ARCH``). With ``peak_flops``
     (the machine's measured matmul peak, FLOP/s) each row also gives its fraction of that
     roofline."""
+    from augreg_nb.models import forward_chunk
     from bench import torch_worker
     from bench.roofline import forward_flops, roofline_fraction, train_flops
 
@@ -211,6 +219,8 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         for variant in ATTENTION_VARIANTS:
             if name == peer_model and variant in peers:
                 fns[variant] = variant_fn(variant, mode, name, batch, resolution)
+        if mode == "forward" and name == peer_model and WHOLE_BATCH in peers:
+            fns[WHOLE_BATCH] = forward_fn(name, batch, resolution, chunk=0)
         worker = None
         if name == peer_model and name in torch_worker.TIMM_ARCH and "timm" in peers:
             worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution,
@@ -233,18 +243,21 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         roof = ({k: roofline_fraction(r, flops, peak_flops) for k, r in rate.items()}
                 if peak_flops else {})
         extra = {"batch": batch, "resolution": resolution, "dtype": "float32",
+                 "chunk": forward_chunk() if mode == "forward" else None,
                  "seconds": times["ours"], "best_img_per_s": best["ours"],
                  "model_flops_per_image": flops}
         if roof:
             extra["roofline_fraction"] = roof["ours"]
             extra["matmul_peak_flops"] = peak_flops
             notes.append(f"{roof['ours']:.0%} of roofline")
+        if mode == "forward" and extra["chunk"]:
+            notes.append(f"in chunks of {extra['chunk']}")
         if diff is not None:
             extra["max_abs_logit_diff_vs_reference"] = diff
         if "gradient only" in rate:
             extra["gradient_only_img_per_s"] = rate["gradient only"]
             notes.append(f"step/gradient {rate['ours'] / rate['gradient only']:.2f}")
-        for peer in ("reference", "timm", *ATTENTION_VARIANTS):
+        for peer in ("reference", "timm", *ATTENTION_VARIANTS, WHOLE_BATCH):
             if peer in rate:
                 extra[f"{peer}_img_per_s"] = rate[peer]
                 extra[f"{peer}_best_img_per_s"] = best[peer]
@@ -256,7 +269,7 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
             extra["torch"] = worker.versions
         notes.append(f"best {best['ours']:.1f}")
         rows.append(Row(section, label, rate["ours"], "img/s", "; ".join(notes), extra))
-        for peer in ("gradient only", "reference", "timm", *ATTENTION_VARIANTS):
+        for peer in ("gradient only", "reference", "timm", *ATTENTION_VARIANTS, WHOLE_BATCH):
             if peer in rate:
                 peer_extra = {"seconds": times[peer], "best_img_per_s": best[peer]}
                 roof_note = ""

@@ -121,13 +121,14 @@ def test_model_matches_flax_attention_reference_in_value_and_gradient(monkeypatc
         assert err <= 1e-4 * scale, (jax.tree_util.keystr(path), err, scale)
 
 
-def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
+def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
     out = tmp_path / "results.json"
+    monkeypatch.setenv("AUGREG_NB_CPU_CHUNK", "3")  # batches of 4 run as chunks of 3 + 1
     code = bench_main.main([
         "--only", "model,train,index", "--forward-models", "testing",
         "--train-models", "testing", "--peer-model", "testing", "--resolution", "32",
         "--batch", "4", "--repeats", "2",
-        "--peers", "reference,timm,gradient,batched-attention,xla-attention",
+        "--peers", "reference,timm,gradient,batched-attention,xla-attention,whole-batch",
         "--torch-python", str(tmp_path / "no-such-python"), "--out", str(out),
         "--peak-kernels", "in-process",
     ])
@@ -150,6 +151,11 @@ def test_suite_runs_end_to_end_on_a_tiny_config(tmp_path):
         assert rows["testing train"]["extra"][f"ratio_vs_{variant}"] == pytest.approx(
             rows["testing train"]["value"] / rows[f"testing train [{variant}]"]["value"])
     assert "step/gradient" in rows["testing train"]["note"]
+    # The forward rows run as the package's inference does, next to the whole batch.
+    assert forward["extra"]["chunk"] == 3 and "in chunks of 3" in forward["note"]
+    assert forward["extra"]["ratio_vs_whole-batch"] == pytest.approx(
+        forward["value"] / rows["testing forward [whole-batch]"]["value"])
+    assert "testing train [whole-batch]" not in rows
     load = next(r for r in doc["rows"] if r["name"].startswith("load_index from cache"))
     assert load["extra"]["rows"] == 51509 and load["unit"] == "s"
     queries = [r for r in doc["rows"] if r["section"] == "index" and r["unit"] == "ms"]
