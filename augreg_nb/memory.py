@@ -193,7 +193,7 @@ def _compile(config, model, num_classes, recipe, devices, attention_impl) -> Ste
         module.apply, tx, mesh=mesh, num_classes=num_classes,
         micro_batches=config.micro_batches, lr_schedule=ts.schedule_from_config(config),
         state_sharding=state_sharding, seed=config.seed, mixup_alpha=recipe.mixup_alpha,
-        loss=recipe.loss)
+        loss=recipe.loss, unroll_convolutions=False)  # the accelerator's (rolled) loop
     started = time.perf_counter()
     stats = step.lower(state_in, batch_in).compile().memory_analysis()
     return StepMemory(

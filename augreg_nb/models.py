@@ -214,6 +214,7 @@ def abstract_params(name: str, num_classes: int = 21843, resolution: int = 224) 
 #: model measured, float32 and bfloat16 alike (up to 2x for S/16 in bfloat16), and
 #: were never worse than chunks of 4 or 8. Override with the environment variable
 #: ``AUGREG_NB_CPU_CHUNK`` (0: whole batches), read when a forward pass is first built.
+#: The transfer recipe's training step uses the same size (``train.train_chunk``).
 CPU_FORWARD_CHUNK = 16
 
 

@@ -186,6 +186,19 @@ def step_recipe(config):
                       stochastic_depth=float(_field(config, "sd")))
 
 
+def train_chunk(config, num_devices: int) -> int:
+    """Images per sequential chunk of a micro-batch in :func:`fit`'s step
+    (``make_train_step(chunk=...)``): ``models.forward_chunk()`` on one CPU device when the
+    recipe has no dropout and no stochastic depth (the transfer recipe), else 0 (whole
+    micro-batches), so that stochastic runs draw the same masks on every backend."""
+    from augreg_nb.models import forward_chunk
+
+    recipe = step_recipe(config)
+    if num_devices != 1 or recipe.dropout or recipe.stochastic_depth:
+        return 0
+    return forward_chunk()
+
+
 def _is_oom(err: BaseException) -> bool:
     text = str(err)
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "OOM" in text
@@ -330,6 +343,7 @@ class _Run:
             micro_batches=config.micro_batches, lr_schedule=self.schedule,
             state_sharding=sharding, seed=config.seed,
             mixup_alpha=mixup_alpha(config), loss=loss_name(config),
+            chunk=train_chunk(config, self.num_devices),
         )
         self.eval_step = ts.make_eval_step(apply_fn, mesh=mesh, num_classes=data.num_classes)
         self.pending: list[tuple[int, dict]] = []  # step metrics not logged yet (on device)

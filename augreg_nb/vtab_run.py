@@ -352,7 +352,7 @@ def measure_step(config, *, model: str | None = None, num_classes: int = 100) ->
     from augreg_nb import memory
     from augreg_nb import train_step as ts
     from augreg_nb.models import abstract_params, create_model
-    from augreg_nb.train import step_recipe
+    from augreg_nb.train import step_recipe, train_chunk
 
     model = model or memory.model_of(config)
     if model is None:
@@ -373,7 +373,8 @@ def measure_step(config, *, model: str | None = None, num_classes: int = 100) ->
     step = ts.make_train_step(
         module.apply, recipe.tx, mesh=mesh, num_classes=num_classes, micro_batches=1,
         lr_schedule=ts.schedule_from_config(config), state_sharding=sharding,
-        mixup_alpha=recipe.mixup_alpha, loss=recipe.loss)
+        mixup_alpha=recipe.mixup_alpha, loss=recipe.loss,
+        chunk=train_chunk(config, devices))
     batch = ip.put_batch({"image": np.zeros((images, r, r, 3), np.float32),
                           "label": np.zeros((images,), np.int32)}, mesh)
     state, metrics = step(state, batch)  # compiles

@@ -44,8 +44,9 @@ FORWARD_CLASSES = 1000
 #: routing (all heads batched, or head by head) and ``jax.nn.dot_product_attention``'s XLA
 #: implementation (the accelerator path, run on the CPU).
 ATTENTION_VARIANTS = ("batched-attention", "head-by-head-attention", "xla-attention")
-#: Forward-pass peer: the whole batch at once instead of the package's chunks of
-#: ``models.forward_chunk()`` images (the same on accelerators, where that is 0).
+#: Peer: the whole batch at once instead of the package's chunks of
+#: ``models.forward_chunk()`` images (``train.train_chunk`` for a step; the same on
+#: accelerators, where both are 0).
 WHOLE_BATCH = "whole-batch"
 
 
@@ -106,15 +107,18 @@ def forward_fn(name: str, batch: int, resolution: int, dtype=None,
 
 
 def train_fn(name: str, batch: int, resolution: int, dtype=None,
-             attention_impl: str = "auto") -> Callable[[], None]:
+             attention_impl: str = "auto", chunk: int | None = None) -> Callable[[], None]:
     """A callable that runs one fine-tuning step of ``name`` through ``make_train_step``
-    (``dtype``: the model's compute dtype, float32 by default)."""
+    (``dtype``: the model's compute dtype, float32 by default), in sequential chunks of
+    ``chunk`` images as ``train.fit`` runs it (None: ``train.train_chunk``'s choice for
+    the recipe and this machine; 0: the whole batch at once)."""
     import jax
 
     from augreg_nb import input_pipeline as ip
     from augreg_nb import train_step as ts
     from augreg_nb.config import get_config
     from augreg_nb.models import create_model
+    from augreg_nb.train import train_chunk
     from augreg_nb.train_state import TrainState
 
     config = get_config(RECIPE_PRESET)
@@ -128,7 +132,9 @@ def train_fn(name: str, batch: int, resolution: int, dtype=None,
     state_sharding = jax.tree.map(lambda x: x.sharding, state).replace(params=p_shard)
     step = ts.make_train_step(model.apply, tx, mesh=mesh, num_classes=TRAIN_CLASSES,
                               micro_batches=1, lr_schedule=ts.schedule_from_config(config),
-                              state_sharding=state_sharding, seed=0)
+                              state_sharding=state_sharding, seed=0,
+                              chunk=train_chunk(config, mesh.devices.size) if chunk is None
+                              else chunk)
     images, labels = _inputs(batch, resolution, TRAIN_CLASSES)
     device_batch = ip.put_batch({"image": images, "label": labels}, mesh)
     holder = {"state": jax.device_put(state, state_sharding)}
@@ -200,7 +206,11 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
     ``peer_model`` (timm for the models of ``torch_worker.TIMM_ARCH``). With ``peak_flops``
     (the machine's measured matmul peak, FLOP/s) each row also gives its fraction of that
     roofline."""
+    import jax
+
+    from augreg_nb.config import get_config
     from augreg_nb.models import forward_chunk
+    from augreg_nb.train import train_chunk
     from bench import torch_worker
     from bench.roofline import forward_flops, roofline_fraction, train_flops
 
@@ -219,8 +229,8 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         for variant in ATTENTION_VARIANTS:
             if name == peer_model and variant in peers:
                 fns[variant] = variant_fn(variant, mode, name, batch, resolution)
-        if mode == "forward" and name == peer_model and WHOLE_BATCH in peers:
-            fns[WHOLE_BATCH] = forward_fn(name, batch, resolution, chunk=0)
+        if name == peer_model and WHOLE_BATCH in peers:
+            fns[WHOLE_BATCH] = make(name, batch, resolution, chunk=0)
         worker = None
         if name == peer_model and name in torch_worker.TIMM_ARCH and "timm" in peers:
             worker, why = torch_worker.start(torch_python, batch=batch, resolution=resolution,
@@ -238,19 +248,23 @@ def run_models(mode: str, models: Sequence[str], *, batch: int, resolution: int,
         rate = {k: batch / median(v) for k, v in times.items()}
         best = {k: batch / min(v) for k, v in times.items()}
         label = f"{name} {mode}"
+        used_chunk = forward_chunk() if mode == "forward" else train_chunk(
+            get_config(RECIPE_PRESET), len(jax.devices()))
+        if batch <= used_chunk or (mode == "train" and batch % used_chunk):
+            used_chunk = 0  # the whole batch runs at once (as in_chunks / the step decide)
         flops = (forward_flops(name, resolution, FORWARD_CLASSES) if mode == "forward"
                  else train_flops(name, resolution, TRAIN_CLASSES))
         roof = ({k: roofline_fraction(r, flops, peak_flops) for k, r in rate.items()}
                 if peak_flops else {})
         extra = {"batch": batch, "resolution": resolution, "dtype": "float32",
-                 "chunk": forward_chunk() if mode == "forward" else None,
+                 "chunk": used_chunk,
                  "seconds": times["ours"], "best_img_per_s": best["ours"],
                  "model_flops_per_image": flops}
         if roof:
             extra["roofline_fraction"] = roof["ours"]
             extra["matmul_peak_flops"] = peak_flops
             notes.append(f"{roof['ours']:.0%} of roofline")
-        if mode == "forward" and extra["chunk"]:
+        if extra["chunk"]:
             notes.append(f"in chunks of {extra['chunk']}")
         if diff is not None:
             extra["max_abs_logit_diff_vs_reference"] = diff

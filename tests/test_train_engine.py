@@ -13,10 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from augreg_nb import input_pipeline as ip
 from augreg_nb import train_state
+from augreg_nb import train_step as ts
 from augreg_nb.callbacks import Callback, LivePlot
 from augreg_nb.config import get_config
 from augreg_nb.train import (
@@ -26,6 +28,7 @@ from augreg_nb.train import (
     fit,
     oom_advice,
     optimizer_for,
+    train_chunk,
 )
 from augreg_nb.train_state import TrainState
 from tests.conftest import REPO, run_python
@@ -441,3 +444,61 @@ def test_a_run_killed_in_its_first_save_starts_over(tmp_path):
     (tmp_path / "state").write_bytes(b"not a state folder")
     with pytest.raises(train_state.StateFileError, match="it is a file, not a folder"):
         run(config, tmp_path)
+
+
+def test_cpu_chunks_of_a_step_give_the_same_training(tmp_path, monkeypatch):
+    """A step that runs its micro-batches in sequential chunks (train_chunk on one CPU
+    device) trains the same parameters as whole micro-batches, up to float rounding."""
+    results = {}
+    for chunk, micro in (("0", 1), ("8", 1), ("8", 2)):
+        monkeypatch.setenv("AUGREG_NB_CPU_CHUNK", chunk)
+        config = small_config(total_steps=12, micro_batches=micro)
+        assert train_chunk(config, 1) == int(chunk)
+        results[chunk, micro] = run(config, tmp_path / f"c{chunk}-m{micro}")
+    base = results["0", 1]
+    for key in (("8", 1), ("8", 2)):  # 4 chunks of 8 images; 2 micro-batches of 2 chunks
+        for a, b in zip(leaves(base.params), leaves(results[key].params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(base.history.loss, results[key].history.loss, rtol=1e-5)
+
+
+def test_train_chunk_only_for_deterministic_steps_on_one_device(monkeypatch):
+    monkeypatch.delenv("AUGREG_NB_CPU_CHUNK", raising=False)
+    assert train_chunk(small_config(), 1) == 16  # the transfer recipe on this CPU
+    assert train_chunk(small_config(), 8) == 0
+    assert train_chunk(small_config(do=0.1), 1) == 0
+    assert train_chunk(small_config(sd=0.1), 1) == 0
+    with pytest.raises(ValueError, match="chunk must be >= 0"):
+        ts.make_train_step(TinyNet().apply, optax.sgd(0.1), mesh=ip.data_mesh(),
+                           num_classes=NUM_CLASSES, chunk=-1)
+
+
+class TinyConvNet(nn.Module):
+    """A convolution before the head, as the ResNet stem of the hybrids."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        return nn.Dense(NUM_CLASSES, name="head")(x.reshape((x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("net,rolled", [(TinyNet, True), (TinyConvNet, False)])
+def test_micro_batch_loop_is_unrolled_for_convolutions_on_cpu(net, rolled):
+    """XLA's CPU backend runs a convolution's weight gradient 50-70x slower inside a loop,
+    so a step with convolutions unrolls its micro-batches there; others keep the loop."""
+    mesh = ip.data_mesh()
+    params = net().init(jax.random.key(0), jnp.zeros((1, *SHAPE)))["params"]
+    tx = optax.sgd(0.1)
+    state, sharding = ts.create_state(params, tx, mesh)
+    step = ts.make_train_step(net().apply, tx, mesh=mesh, num_classes=NUM_CLASSES,
+                              micro_batches=4, state_sharding=sharding, donate=False)
+    x, y = examples(8, np.random.default_rng(0))
+    batch = ip.put_batch({"image": x, "label": y}, mesh)
+    hlo = step.lower(state, batch).as_text()
+    assert ("stablehlo.while" in hlo) == rolled
+    kept = ts.make_train_step(net().apply, tx, mesh=mesh, num_classes=NUM_CLASSES,
+                              micro_batches=4, state_sharding=sharding, donate=False,
+                              unroll_convolutions=False)  # as augreg_nb.memory models it
+    assert "stablehlo.while" in kept.lower(state, batch).as_text()
+    new_state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
