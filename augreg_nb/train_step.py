@@ -197,20 +197,19 @@ def _onehot(labels, num_classes: int):
     return labels.astype(jnp.float32)
 
 
-def _loop_unroll(grad_fn, *args, enabled: bool | None = None) -> int:
-    """How far to unroll a loop over ``grad_fn``: fully (a large number) on CPUs when the
-    gradient has a convolution, else 1.
+def _unroll_loops(grad_fn, *args, enabled: bool | None = None) -> bool:
+    """Whether loops over ``grad_fn`` (micro-batches, chunks) should be unrolled: on CPUs
+    (``enabled`` None decides by JAX's backend) when the gradient has a convolution.
 
     XLA's CPU backend runs the weight gradient of a convolution inside a loop 50-70x slower
     than outside one (a 3x3 convolution's weight gradient: 18.4 s in ``lax.scan``, 0.36 s
     unrolled), which made micro-batches of the ResNet+ViT hybrids about 10x slower per image
     (R+Ti/16: 2.8 against 26.7 img/s); unrolled, the loop costs nothing. Transformers keep
-    the rolled loop, which compiles once. ``enabled``: None decides by JAX's backend.
+    the rolled loop, which compiles once. ``grad_fn`` is traced on ``args``, not run.
     """
     if not (jax.default_backend() == "cpu" if enabled is None else enabled):
-        return 1
-    jaxpr = str(jax.make_jaxpr(grad_fn)(*args))
-    return 1 << 30 if "conv_general_dilated" in jaxpr else 1
+        return False
+    return "conv_general_dilated" in str(jax.make_jaxpr(grad_fn)(*args))
 
 
 def make_train_step(
@@ -260,7 +259,7 @@ def make_train_step(
     draw other (still independent) masks than without chunks.
 
     ``unroll_convolutions``: unroll the micro-batch loop when the gradient has a
-    convolution (:func:`_loop_unroll`); None does so on CPUs only, False keeps the loop (a
+    convolution (:func:`_unroll_loops`); None does so on CPUs only, False keeps the loop (a
     memory estimate of an accelerator's step compiled on CPU devices).
     """
     if chunk < 0:
@@ -279,13 +278,11 @@ def make_train_step(
 
     plain_grad_fn = jax.value_and_grad(loss_fn)
 
-    def grad_fn(params, images, onehot, rng):
+    def grad_fn(params, images, onehot, rng, unroll):
         n = images.shape[0]
-        if not chunk or n <= chunk or n % chunk:
+        if not chunk or n <= chunk or n % chunk or unroll:
+            # Convolutions (unroll): chunks would be a second unrolled loop, compiled again.
             return plain_grad_fn(params, images, onehot, rng)
-        if _loop_unroll(plain_grad_fn, params, images[:chunk], onehot[:chunk], rng,
-                        enabled=unroll_convolutions) > 1:
-            return plain_grad_fn(params, images, onehot, rng)  # a convolution: see there
         k = n // chunk
 
         def body(carry, xs):
@@ -309,8 +306,12 @@ def make_train_step(
         if mixup_alpha:
             mix_key = jax.random.fold_in(jax.random.fold_in(key0, 0), state.step + 1)
             images, onehot, _ = mixup(mix_key, images, onehot, mixup_alpha)
+        # Traced once on one image: whether this gradient's loops are unrolled.
+        unroll = (micro_batches > 1 or chunk > 0) and _unroll_loops(
+            plain_grad_fn, state.params, images[:1], onehot[:1], rng,
+            enabled=unroll_convolutions)
         if micro_batches == 1:
-            loss, grads = grad_fn(state.params, images, onehot, rng)
+            loss, grads = grad_fn(state.params, images, onehot, rng, unroll)
         else:
             n = images.shape[0]
 
@@ -321,16 +322,14 @@ def make_train_step(
             def body(carry, xs):
                 loss_sum, grad_sum = carry
                 i, x, y = xs
-                loss_i, grads_i = grad_fn(state.params, x, y, jax.random.fold_in(rng, i))
+                loss_i, grads_i = grad_fn(state.params, x, y, jax.random.fold_in(rng, i),
+                                          unroll)
                 return (loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
             xs = (jnp.arange(micro_batches), split(images), split(onehot))
-            m = n // micro_batches
-            unroll = _loop_unroll(grad_fn, state.params, images[:m], onehot[:m], rng,
-                                  enabled=unroll_convolutions)
             (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs,
-                                            unroll=min(unroll, micro_batches))
+                                            unroll=micro_batches if unroll else 1)
             loss = loss / micro_batches
             grads = jax.tree.map(lambda g: g / micro_batches, grads)
         grad_norm = optax.tree.norm(grads)
